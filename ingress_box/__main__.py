@@ -1,0 +1,5 @@
+"""``python -m ingress_box``: the same program as the ``ingress-box`` console script."""
+
+from .cli import main
+
+main(prog_name="ingress-box")

@@ -1,0 +1,80 @@
+"""The exception tree. No HTTP codes here: the edges (app.py, admin.py, cli.py) translate.
+
+IngressBoxError
+├── ConfigError            a setting cannot be read or makes no sense
+├── ManifestError          a plugin manifest is wrong (names the file and the field)
+├── StorageUnavailable     the database cannot commit now (locked past its timeout, disk full)
+├── NotFound               no such instance, delivery, dead letter or mapping
+├── AlreadyExists          an instance with that plugin and id exists
+├── InvalidInput           a request or command carries a bad value
+├── MappingConflict        the conversation is already bound to another chat
+└── DeliveryError          raised by a handler to say how an attempt ended
+    ├── RetryLater         transient: try again (after ``delay`` seconds when given)
+    └── PermanentFailure   do not retry: dead-letter now
+"""
+
+from __future__ import annotations
+
+
+class IngressBoxError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(IngressBoxError):
+    pass
+
+
+class ManifestError(IngressBoxError):
+    def __init__(self, file: str, field: str, problem: str) -> None:
+        super().__init__(f"{file}: {field}: {problem}")
+        self.file = file
+        self.field = field
+        self.problem = problem
+
+
+class StorageUnavailable(IngressBoxError):
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NotFound(IngressBoxError):
+    pass
+
+
+class AlreadyExists(IngressBoxError):
+    pass
+
+
+class InvalidInput(IngressBoxError):
+    pass
+
+
+class MappingConflict(IngressBoxError):
+    """The conversation is bound to another chat in this plugin instance."""
+
+    def __init__(self, conversation: str, session: str, chat: str, mapping_id: int) -> None:
+        super().__init__(
+            f"conversation {conversation!r} is already bound to chat {chat!r} "
+            f"of session {session!r}"
+        )
+        self.conversation = conversation
+        self.session = session
+        self.chat = chat
+        self.mapping_id = mapping_id
+
+
+class DeliveryError(IngressBoxError):
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class RetryLater(DeliveryError):
+    def __init__(self, error: str, delay: float | None = None) -> None:
+        super().__init__(error)
+        self.delay = delay
+
+
+class PermanentFailure(DeliveryError):
+    pass

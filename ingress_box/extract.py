@@ -1,0 +1,156 @@
+"""What the pipeline reads out of a verified request: ids, the conversation, safe headers.
+
+All pure functions of the raw bytes and headers; nothing here can raise on hostile input except
+:class:`BodyNotJson`, which the pipeline answers with 400.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from .plugins import Route
+
+REDACTED = "[redacted]"
+# Header names whose values are credentials wherever they appear.
+_SECRET_HEADERS = frozenset({
+    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key",
+    "x-auth-token", "x-access-token",
+})
+# ...and any header whose name says it carries one (not "token": idempotency tokens are ids).
+_SECRET_WORDS = ("signature", "secret", "password")
+
+
+class BodyNotJson(ValueError):
+    """A route dedups on a JSON pointer but the body is not JSON."""
+
+
+class Body:
+    """The raw body with its JSON and form views parsed at most once."""
+
+    _UNSET: Any = object()
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self._json: Any = self._UNSET
+        self._form: dict[str, str] | None = None
+
+    def json(self) -> Any:
+        """The parsed document; raises BodyNotJson."""
+        if self._json is self._UNSET:
+            try:
+                self._json = json.loads(self.raw)
+            except (ValueError, RecursionError) as exc:
+                self._json = exc
+        if isinstance(self._json, Exception):
+            raise BodyNotJson(str(self._json))
+        return self._json
+
+    def form(self) -> dict[str, str]:
+        """Form fields (first value of each name); empty when the body is not a form."""
+        if self._form is None:
+            text = self.raw.decode("utf-8", errors="replace")
+            self._form = {}
+            for name, value in parse_qsl(text, keep_blank_values=True):
+                self._form.setdefault(name, value)
+        return self._form
+
+
+def json_pointer(doc: Any, pointer: str) -> Any:
+    """RFC 6901 lookup; None when the path does not exist. Array indexes are allowed."""
+    if pointer == "":
+        return doc
+    node = doc
+    for raw_token in pointer.split("/")[1:]:
+        token = raw_token.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict):
+            if token not in node:
+                return None
+            node = node[token]
+        elif isinstance(node, list):
+            if not token.isdigit() or (len(token) > 1 and token[0] == "0"):
+                return None
+            index = int(token)
+            if index >= len(node):
+                return None
+            node = node[index]
+        else:
+            return None
+    return node
+
+
+def _scalar(value: Any) -> str | None:
+    """A JSON value usable as an id: a non-empty string or a number (not a bool)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def body_hash(plugin_id: str, instance_id: str, route: str, raw: bytes) -> str:
+    h = hashlib.sha256()
+    for part in (plugin_id.encode(), instance_id.encode(), route.encode()):
+        h.update(part)
+        h.update(b"\x00")
+    h.update(raw)
+    return h.hexdigest()
+
+
+def provider_delivery_id(route: Route, plugin_id: str, instance_id: str,
+                         headers: Mapping[str, str], body: Body) -> str:
+    """The dedup key's third column: header, else JSON pointer, else the body hash."""
+    if not route.dedup_body:
+        for name in route.dedup_headers:
+            value = headers.get(name, "").strip()
+            if value:
+                return value
+        if route.dedup_json_pointer is not None:
+            found = _scalar(json_pointer(body.json(), route.dedup_json_pointer))
+            if found is not None:
+                return found
+    return body_hash(plugin_id, instance_id, route.name, body.raw)
+
+
+def webhook_id(plugin_id: str, instance_id: str, provider_id: str) -> str:
+    """The id sent to targets: derived from the dedup key, so stable across retry and redrive."""
+    digest = hashlib.sha256(
+        b"\x00".join((plugin_id.encode(), instance_id.encode(), provider_id.encode()))
+    ).hexdigest()
+    return "msg_" + digest[:32]
+
+
+def conversation_id(route: Route, headers: Mapping[str, str], body: Body) -> str | None:
+    """Best effort: the first declared header, JSON pointer or form field that has a value."""
+    for name in route.conversation_headers:
+        value = headers.get(name, "").strip()
+        if value:
+            return value[:256]
+    if route.conversation_pointers:
+        try:
+            doc = body.json()
+        except BodyNotJson:
+            doc = None
+        for pointer in route.conversation_pointers:
+            found = _scalar(json_pointer(doc, pointer))
+            if found is not None:
+                return found[:256]
+    for name in route.conversation_form_fields:
+        value = body.form().get(name, "").strip()
+        if value:
+            return value[:256]
+    return None
+
+
+def redact_headers(headers: Mapping[str, str]) -> str:
+    """The headers as JSON with every credential replaced by a marker."""
+    safe = {}
+    for name, value in headers.items():
+        secret = name in _SECRET_HEADERS or any(word in name for word in _SECRET_WORDS)
+        safe[name] = REDACTED if secret else value
+    return json.dumps(safe, separators=(",", ":"))

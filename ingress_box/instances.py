@@ -1,0 +1,168 @@
+"""Creating, changing and rotating instances: the checks and secret generation both edges share.
+
+The admin API and the CLI hand this module whatever the operator typed (decoded JSON, or flags)
+and get back an :class:`~ingress_box.store.instances.Instance`, or a store op, plus the secrets
+to show exactly once. Every rule about what a valid instance is lives here, so the two edges
+cannot drift apart. Values arrive as ``object`` because they come from untrusted JSON.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from .delivery import generate_outbound_secret
+from .errors import InvalidInput
+from .plugins import Plugin, Registry
+from .signatures import generate_secret
+from .store import instances as store_instances
+from .store.instances import LANE_POLICIES, Instance
+
+INSTANCE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A registered handler name, or ``package.module:function`` (the rule plugins.py applies too).
+HANDLER = re.compile(r"[a-z][a-z0-9_-]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+MAX_TEXT = 4096  # no operator-given string needs more; keeps junk out of the database
+
+CREATE_FIELDS = frozenset({"target_url", "secret", "verify_token", "session", "config",
+                           "lane_policy", "handler", "enabled"})
+PATCH_FIELDS = frozenset({"target_url", "session", "config", "lane_policy", "handler",
+                          "verify_token", "enabled"})
+
+
+def _text(name: str, value: object, *, nullable: bool = False) -> str | None:
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{name} must be a non-empty string")
+    if len(value) > MAX_TEXT:
+        raise InvalidInput(f"{name} must be at most {MAX_TEXT} characters")
+    return value
+
+
+def _target_url(value: object) -> str | None:
+    url = _text("target_url", value, nullable=True)
+    if url is None:
+        return None
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise InvalidInput("target_url must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # raises ValueError on a port that is not a number in range
+    except ValueError as exc:
+        raise InvalidInput(f"target_url is not a URL: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not host:
+        raise InvalidInput("target_url must be an http:// or https:// URL with a host")
+    return url
+
+
+def _check(name: str, value: object) -> Any:
+    """One field's value, validated (the field name is known to be allowed)."""
+    if name == "target_url":
+        return _target_url(value)
+    if name in ("session", "verify_token"):
+        return _text(name, value, nullable=True)
+    if name == "secret":
+        return _text(name, value)
+    if name == "config":
+        if not isinstance(value, dict):
+            raise InvalidInput("config must be a JSON object")
+        return value
+    if name == "lane_policy":
+        if value not in LANE_POLICIES:
+            raise InvalidInput(f"lane_policy must be one of {', '.join(LANE_POLICIES)}")
+        return value
+    if name == "handler":
+        handler = _text(name, value)
+        if handler is None or not HANDLER.fullmatch(handler):
+            raise InvalidInput("handler must be a handler name or package.module:function")
+        return handler
+    if name == "enabled":
+        if not isinstance(value, bool):
+            raise InvalidInput("enabled must be true or false")
+        return value
+    raise AssertionError(name)  # pragma: no cover - callers check the name first
+
+
+def _fields(given: Mapping[str, object], allowed: frozenset[str], hint: str = "") -> dict[str, Any]:
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise InvalidInput(f"unknown field {unknown[0]!r}{hint}")
+    return {name: _check(name, value) for name, value in given.items()}
+
+
+def plugin_of(registry: Registry, plugin_id: object) -> Plugin:
+    if not isinstance(plugin_id, str) or not plugin_id:
+        raise InvalidInput("plugin must be a non-empty string")
+    plugin = registry.get(plugin_id)
+    if plugin is None:
+        raise InvalidInput(f"unknown plugin {plugin_id!r}")
+    return plugin
+
+
+def _fresh_secret(plugin: Plugin) -> str:
+    # An instance has one secret for all routes; the first route's scheme decides its form.
+    first = next(iter(plugin.routes.values()))
+    return generate_secret(first.verify)
+
+
+def new_instance(registry: Registry, plugin_id: object, instance_id: object,
+                 fields: Mapping[str, object], now: float) -> tuple[Instance, dict[str, str]]:
+    """A valid new Instance and its plain secrets (generated where not given), to show once."""
+    plugin = plugin_of(registry, plugin_id)
+    if not isinstance(instance_id, str) or not INSTANCE_ID.fullmatch(instance_id):
+        raise InvalidInput(f"instance must match ^{INSTANCE_ID.pattern}$")
+    values = _fields(fields, CREATE_FIELDS)
+    shown = {
+        "secret": values.pop("secret", None) or _fresh_secret(plugin),
+        "verify_token": values.pop("verify_token", None) or secrets.token_urlsafe(24),
+        "outbound_secret": generate_outbound_secret(),
+    }
+    values.setdefault("handler", plugin.handler)
+    inst = Instance(plugin_id=plugin.id, instance_id=instance_id, created_at=now, updated_at=now,
+                    **shown, **values)
+    return inst, shown
+
+
+def changes(fields: Mapping[str, object]) -> dict[str, Any]:
+    """Validated PATCH changes (Instance field names); secrets change only through rotation."""
+    return _fields(fields, PATCH_FIELDS, hint=" (secrets change through rotate-secret)")
+
+
+def rotation(registry: Registry, inst: Instance, secret: object, grace_seconds: object,
+             now: float) -> tuple[Any, str]:
+    """A store op that rotates the secret of ``inst``, and the new secret (generated when None)."""
+    if secret is None:
+        plugin = registry.get(inst.plugin_id)
+        if plugin is None:
+            raise InvalidInput(f"plugin {inst.plugin_id!r} is not loaded: give the new secret")
+        new_secret = _fresh_secret(plugin)
+    else:
+        new_secret = _check("secret", secret)
+    if (isinstance(grace_seconds, bool) or not isinstance(grace_seconds, (int, float))
+            or not math.isfinite(grace_seconds) or grace_seconds < 0):
+        raise InvalidInput("grace_seconds must be a number >= 0")
+    op = store_instances.rotate(inst.plugin_id, inst.instance_id, new_secret,
+                                float(grace_seconds), now)
+    return op, new_secret
+
+
+def ingress_urls(registry: Registry, inst: Instance, base_url: str) -> dict[str, str]:
+    """The URL of each route of the instance, by route name (empty if its plugin is gone)."""
+    plugin = registry.get(inst.plugin_id)
+    routes = plugin.routes if plugin is not None else {}
+    base = base_url.rstrip("/")
+    return {name: f"{base}/ingress/{quote(inst.plugin_id)}/{quote(inst.instance_id)}/{name}"
+            for name in routes}
+
+
+def created_json(registry: Registry, inst: Instance, shown: Mapping[str, str],
+                 base_url: str) -> dict[str, Any]:
+    """The answer to a create: the masked instance, then what is shown this once."""
+    urls = ingress_urls(registry, inst, base_url)
+    return {**inst.to_json(), **shown,
+            "ingress_url": next(iter(urls.values()), None), "ingress_urls": urls}

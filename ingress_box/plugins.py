@@ -1,0 +1,299 @@
+"""Provider presets as data: manifest loading and validation, and the registry.
+
+A plugin is a declarative manifest (TOML, or JSON with the same structure). The built-ins live in
+``ingress_box/manifests``; ``INGRESS_BOX_PLUGINS_DIR`` adds the ``*.toml`` and ``*.json`` files of
+one folder. Validation is strict so a typo fails start-up instead of silently accepting forgeries:
+unknown keys and wrong types are errors, and every :class:`ManifestError` names the file and the
+dotted field (``routes.events.verify.tolerance_seconds``)::
+
+    id = "chatwoot"                  # ^[a-z0-9][a-z0-9_-]{0,63}$
+    name = "Chatwoot"
+    description = "..."              # optional
+    handler = "forward"              # optional: a handler name or "package.module:function"
+
+    [routes.events]                  # route names follow the id pattern
+    methods = ["POST"]               # optional: None means any method
+    max_body_bytes = 262144          # optional: absent means the process default; 0 = empty only
+    ack = { status = 202 }           # optional: status (2xx), body (string), content_type
+    dedup = { header = "X-Chatwoot-Delivery" }   # or headers = [...], json_pointer = "/id",
+                                                 # or body = true; the body hash is the fallback
+    conversation = { json_pointers = ["/conversation/id"] }  # and/or headers, form_fields
+    challenge = { }                  # optional: Meta-style GET handshake (param names overridable)
+
+    [routes.events.verify]           # required; see ingress_box.signatures for the schemes
+    scheme = "hmac"
+    header = "X-Chatwoot-Signature"
+    prefix = "sha256="
+    template = "{timestamp}.{rawBody}"
+    timestamp_header = "X-Chatwoot-Timestamp"
+
+An unsigned route must say so: ``scheme = "none"`` with ``allow_unsigned = true``.
+
+Adding a scheme that needs code
+-------------------------------
+Manifests pick a scheme by name from :data:`ingress_box.signatures.SCHEMES`. To add one, write
+(in ``ingress_box/schemes/``) a frozen spec dataclass with ``scheme`` and ``secret_kind``
+attributes, a parse function ``(ManifestTable) -> spec`` that reads and checks its params (call
+``table.only(...)`` so unknown keys fail), and a pure verify function
+``(spec, secrets, SignedRequest, now) -> Verdict`` that passes when any secret verifies; then
+register it in ``SCHEMES`` in ``signatures.py``::
+
+    SCHEMES["acme"] = Scheme(parse=parse_acme, verify=verify_acme)
+
+``verify()`` already answers ``no_secret`` for an empty secret list before calling yours.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from .errors import ConfigError, ManifestError
+from .signatures import ManifestTable, VerifySpec, parse_verify_spec
+
+_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_METHOD = re.compile(r"[A-Z]{1,20}")
+_HANDLER = re.compile(r"[a-z][a-z0-9_-]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+_BAD_ESCAPE = re.compile(r"~(?![01])")  # RFC 6901: "~" only as "~0" or "~1"
+
+
+@dataclass(frozen=True)
+class Ack:
+    """What a verified request (new or duplicate) is answered with."""
+
+    status: int = 202
+    body: bytes | None = None  # None: the pipeline's default JSON body
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """A GET handshake that echoes ``challenge_param`` when the verify token matches."""
+
+    mode_param: str = "hub.mode"
+    mode_value: str = "subscribe"
+    token_param: str = "hub.verify_token"
+    challenge_param: str = "hub.challenge"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One endpoint of a plugin.
+
+    Delivery id: the first present, non-blank ``dedup_headers``, then ``dedup_json_pointer``, then
+    the body hash; ``dedup_body`` means the body hash always. Conversation: headers, then JSON
+    pointers, then form fields, first found wins.
+    """
+
+    name: str
+    verify: VerifySpec
+    dedup_headers: tuple[str, ...]
+    dedup_json_pointer: str | None
+    dedup_body: bool
+    conversation_headers: tuple[str, ...]
+    conversation_pointers: tuple[str, ...]
+    conversation_form_fields: tuple[str, ...]
+    challenge: Challenge | None
+    max_body_bytes: int | None
+    ack: Ack
+    methods: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class Plugin:
+    id: str
+    name: str
+    description: str
+    routes: Mapping[str, Route]
+    handler: str = "forward"
+    source: str = ""  # the manifest file it came from, for error messages and the admin API
+
+
+class Registry:
+    """The loaded plugins, by id."""
+
+    def __init__(self, plugins: Mapping[str, Plugin]) -> None:
+        self._plugins = dict(plugins)
+
+    def get(self, plugin_id: str) -> Plugin | None:
+        return self._plugins.get(plugin_id)
+
+    def all(self) -> list[Plugin]:
+        return [self._plugins[key] for key in sorted(self._plugins)]
+
+
+def _check_pointer(t: ManifestTable, key: str, pointer: str) -> None:
+    if pointer and not pointer.startswith("/"):
+        raise t.error(key, f"JSON pointer {pointer!r} must start with '/' (or be empty)")
+    if _BAD_ESCAPE.search(pointer):
+        raise t.error(key, f"JSON pointer {pointer!r}: '~' must be followed by 0 or 1")
+
+
+def _pointers(t: ManifestTable, key: str) -> tuple[str, ...]:
+    pointers = t.texts(key)
+    for pointer in pointers:
+        _check_pointer(t, key, pointer)
+    return pointers
+
+
+def _headers(t: ManifestTable, key: str) -> tuple[str, ...]:
+    names = t.texts(key)
+    for name in names:  # reuse the single-header check so the rule lives in one place
+        ManifestTable({key: name}, t.file, t.field).header(key)
+    return tuple(name.lower() for name in names)
+
+
+def _sub(t: ManifestTable, key: str) -> ManifestTable | None:
+    return ManifestTable(t.data[key], t.file, t.path(key)) if key in t.data else None
+
+
+def _ack(t: ManifestTable | None) -> Ack:
+    if t is None:
+        return Ack()
+    t.only("status", "body", "content_type")
+    status = t.integer("status", minimum=200)
+    if status is not None and status > 299:
+        raise t.error("status", "must be a 2xx status")
+    body = t.text("body")
+    if body is not None and status in (204, 205):
+        raise t.error("body", f"a {status} answer has no body")
+    return Ack(status=status or 202, body=None if body is None else body.encode("utf-8"),
+               content_type=t.text("content_type") or "application/json")
+
+
+def _challenge(t: ManifestTable | None) -> Challenge | None:
+    if t is None:
+        return None
+    names = ("mode_param", "mode_value", "token_param", "challenge_param")
+    t.only(*names)
+    given = {name: t.text(name) for name in names}
+    return Challenge(**{name: value for name, value in given.items() if value})
+
+
+def _route(name: str, t: ManifestTable) -> Route:
+    t.only("methods", "max_body_bytes", "ack", "dedup", "conversation", "challenge", "verify")
+    if "verify" not in t.data:
+        raise t.error("verify", 'is required (an unsigned route says scheme = "none" with '
+                                "allow_unsigned = true)")
+    spec = parse_verify_spec(t.data["verify"], t.file, t.path("verify"))
+    methods = None
+    if "methods" in t.data:
+        methods = tuple(m.upper() for m in t.texts("methods"))
+        if not methods or not all(_METHOD.fullmatch(m) for m in methods):
+            raise t.error("methods", "must be a non-empty list of HTTP methods")
+    dedup = _sub(t, "dedup") or ManifestTable({}, t.file, t.path("dedup"))
+    dedup.only("header", "headers", "json_pointer", "body")
+    if "header" in dedup.data and "headers" in dedup.data:
+        raise dedup.error("headers", "give header or headers, not both")
+    single = dedup.header("header")
+    headers = (single,) if single else _headers(dedup, "headers")
+    pointer = dedup.text("json_pointer")
+    if pointer is not None:
+        _check_pointer(dedup, "json_pointer", pointer)
+    body = bool(dedup.flag("body"))
+    if body and (headers or pointer is not None):
+        raise dedup.error("body", "body = true always uses the body hash: drop header/json_pointer")
+    conversation = _sub(t, "conversation") or ManifestTable({}, t.file, t.path("conversation"))
+    conversation.only("headers", "json_pointers", "form_fields")
+    return Route(
+        name=name, verify=spec, dedup_headers=headers, dedup_json_pointer=pointer, dedup_body=body,
+        conversation_headers=_headers(conversation, "headers"),
+        conversation_pointers=_pointers(conversation, "json_pointers"),
+        conversation_form_fields=conversation.texts("form_fields"),
+        challenge=_challenge(_sub(t, "challenge")),
+        max_body_bytes=t.integer("max_body_bytes", minimum=0),
+        ack=_ack(_sub(t, "ack")), methods=methods)
+
+
+def parse_manifest(data: object, source: str) -> Plugin:
+    """Build a Plugin from a decoded manifest; ``source`` names the file in errors."""
+    t = ManifestTable(data, source, "")
+    t.only("id", "name", "description", "handler", "routes")
+    plugin_id = t.text("id", required=True)
+    if not _ID.fullmatch(plugin_id or ""):
+        raise t.error("id", f"{plugin_id!r} must match ^{_ID.pattern}$")
+    name = t.text("name", required=True)
+    if not name:
+        raise t.error("name", "must not be empty")
+    handler = t.text("handler") or "forward"
+    if not _HANDLER.fullmatch(handler):
+        raise t.error("handler", f"{handler!r} is neither a handler name nor module:function")
+    routes_table = _sub(t, "routes")
+    if routes_table is None or not routes_table.data:
+        raise t.error("routes", "at least one route is required")
+    routes: dict[str, Route] = {}
+    for route_name in routes_table.data:
+        if not _ID.fullmatch(route_name):
+            raise routes_table.error(route_name, f"route names must match ^{_ID.pattern}$")
+        sub = _sub(routes_table, route_name)
+        assert sub is not None  # the key was just read from the table
+        routes[route_name] = _route(route_name, sub)
+    assert plugin_id is not None and name is not None  # required=True raised otherwise
+    return Plugin(id=plugin_id, name=name, description=t.text("description") or "",
+                  routes=MappingProxyType(routes), handler=handler, source=source)
+
+
+def _decode(text: str, suffix: str, source: str) -> object:
+    try:
+        return json.loads(text) if suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(source, "(document)", f"cannot parse: {exc}") from exc
+
+
+def load_manifest_file(path: Path) -> Plugin:
+    """Read and validate one ``.toml`` or ``.json`` manifest file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(str(path), "(document)", f"cannot read: {exc}") from exc
+    return parse_manifest(_decode(text, path.suffix, str(path)), str(path))
+
+
+def _builtins() -> list[Plugin]:
+    folder = resources.files("ingress_box.manifests")
+    names = sorted(e.name for e in folder.iterdir() if e.name.endswith(".toml"))
+    return [parse_manifest(_decode(folder.joinpath(n).read_text("utf-8"), ".toml", f"builtin:{n}"),
+                           f"builtin:{n}") for n in names]
+
+
+def load_registry(plugins_dir: Path | None = None) -> Registry:
+    """The built-in plugins plus every manifest in ``plugins_dir``; ids must be unique."""
+    plugins = {plugin.id: plugin for plugin in _builtins()}
+    if plugins_dir is not None:
+        if not plugins_dir.is_dir():
+            raise ConfigError(f"plugins folder {plugins_dir} is not a directory")
+        for path in sorted(plugins_dir.iterdir()):
+            # Dotfiles are editor swap/backup files, not manifests.
+            if path.suffix not in (".toml", ".json") or path.name.startswith("."):
+                continue
+            plugin = load_manifest_file(path)
+            if plugin.id in plugins:
+                taken = plugins[plugin.id].source
+                raise ManifestError(str(path), "id", f"{plugin.id!r} is already defined by {taken}")
+            plugins[plugin.id] = plugin
+    return Registry(plugins)
+
+
+def plugin_to_json(plugin: Plugin) -> dict[str, Any]:
+    """The plugin as ``GET /admin/plugins`` shows it (no secrets live in a plugin)."""
+    return {
+        "id": plugin.id, "name": plugin.name, "description": plugin.description,
+        "handler": plugin.handler,
+        "routes": [{
+            "name": route.name, "scheme": route.verify.scheme,
+            "methods": None if route.methods is None else list(route.methods),
+            "challenge": route.challenge is not None, "max_body_bytes": route.max_body_bytes,
+            "dedup": {"headers": list(route.dedup_headers),
+                      "json_pointer": route.dedup_json_pointer, "body": route.dedup_body},
+            "conversation": {"headers": list(route.conversation_headers),
+                             "json_pointers": list(route.conversation_pointers),
+                             "form_fields": list(route.conversation_form_fields)},
+        } for route in plugin.routes.values()],
+    }

@@ -1,0 +1,160 @@
+"""Schemes configured entirely by manifest params: ``hmac`` (alias ``hmac-sha256``),
+``shared-secret`` and ``none``.
+
+``hmac`` covers most providers (GitHub, Meta, Chatwoot, "generic"): a header carries an HMAC of a
+template over the raw body, optionally with a timestamp and an id header mixed in.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .base import (
+    DEFAULT_TOLERANCE_SECONDS, OK, ManifestTable, SignedRequest, Verdict, fail, fresh,
+    header_bytes, matches, read_timestamp, utf8,
+)
+
+DIGESTS: dict[str, Callable[[], Any]] = {
+    "sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512,
+}
+_TOKEN = re.compile(r"\{(rawBody|timestamp|id)\}")  # one capture group: split() alternates
+_ANY_TOKEN = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+# --- hmac -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HmacSpec:
+    header: str
+    algorithm: str = "sha256"
+    encoding: str = "hex"
+    prefix: str = ""
+    template: str = "{rawBody}"
+    timestamp_header: str | None = None
+    tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS
+    id_header: str | None = None
+    multiple: bool = False
+    scheme: str = field(default="hmac", init=False)
+    secret_kind: str = field(default="text", init=False)
+
+
+def render_template(template: str, body: bytes, timestamp: str, msg_id: str) -> bytes:
+    """The signed bytes: tokens replaced in one pass over the template, so the body is never
+    scanned and a body holding ``{timestamp}``, ``$&`` or ``$1`` is signed verbatim."""
+    values = {"rawBody": body, "timestamp": header_bytes(timestamp), "id": header_bytes(msg_id)}
+    pieces = _TOKEN.split(template)
+    return b"".join(values[p] if i % 2 else utf8(p) for i, p in enumerate(pieces))
+
+
+def parse_hmac(t: ManifestTable) -> HmacSpec:
+    t.only("scheme", "header", "algorithm", "encoding", "prefix", "template", "timestamp_header",
+           "tolerance_seconds", "id_header", "multiple")
+    algorithm = t.choice("algorithm", tuple(DIGESTS), "sha256")
+    if t.data["scheme"] == "hmac-sha256" and algorithm != "sha256":
+        raise t.error("algorithm", "scheme hmac-sha256 means sha256")
+    template = t.text("template") or "{rawBody}"
+    timestamp_header = t.header("timestamp_header")
+    id_header = t.header("id_header")
+    tolerance = t.integer("tolerance_seconds", minimum=1)
+    if tolerance is not None and timestamp_header is None:
+        raise t.error("tolerance_seconds", "needs timestamp_header")
+    tokens = set(_ANY_TOKEN.findall(template))
+    if unknown := tokens - {"rawBody", "timestamp", "id"}:
+        raise t.error("template", f"unknown token {{{sorted(unknown)[0]}}}")
+    # A template without the body would sign headers only: anyone could swap the payload.
+    if "rawBody" not in tokens:
+        raise t.error("template", "must include {rawBody}")
+    for token, header in (("timestamp", timestamp_header), ("id", id_header)):
+        if token in tokens and header is None:
+            raise t.error("template", f"uses {{{token}}} but {token}_header is not declared")
+    header = t.header("header", required=True)
+    assert header is not None  # required=True raised otherwise
+    return HmacSpec(
+        header=header, algorithm=algorithm, encoding=t.choice("encoding", ("hex", "base64"), "hex"),
+        prefix=t.text("prefix") or "", template=template, timestamp_header=timestamp_header,
+        tolerance_seconds=tolerance or DEFAULT_TOLERANCE_SECONDS, id_header=id_header,
+        multiple=bool(t.flag("multiple")))
+
+
+def verify_hmac(spec: HmacSpec, secrets: Sequence[str], req: SignedRequest, now: float) -> Verdict:
+    timestamp: int | None = None
+    ts_value = id_value = ""
+    if spec.timestamp_header is not None:
+        ts_value = req.headers.get(spec.timestamp_header, "")
+        parsed = read_timestamp(ts_value)
+        if isinstance(parsed, str):
+            return fail(parsed)
+        timestamp = parsed
+    if spec.id_header is not None:
+        id_value = req.headers.get(spec.id_header, "")
+        if not id_value:
+            return fail("missing_id")
+    provided = req.headers.get(spec.header, "")
+    if not provided:
+        return fail("missing_signature")
+    raw = [c for c in re.split(r"[,\s]+", provided) if c] if spec.multiple else [provided]
+    candidates = [header_bytes(c[len(spec.prefix):]) for c in raw if c.startswith(spec.prefix)]
+    message = render_template(spec.template, req.body, ts_value, id_value)
+    for secret in secrets:
+        mac = hmac.new(utf8(secret), message, DIGESTS[spec.algorithm]).digest()
+        expected = mac.hex().encode() if spec.encoding == "hex" else base64.b64encode(mac)
+        if matches(expected, candidates):
+            break
+    else:
+        return fail("bad_signature")
+    if timestamp is not None and not fresh(timestamp, now, spec.tolerance_seconds):
+        return fail("stale_timestamp")
+    return OK
+
+
+# --- shared-secret --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SharedSecretSpec:
+    header: str
+    scheme: str = field(default="shared-secret", init=False)
+    secret_kind: str = field(default="text", init=False)
+
+
+def parse_shared(t: ManifestTable) -> SharedSecretSpec:
+    t.only("scheme", "header")
+    header = t.header("header", required=True)
+    assert header is not None
+    return SharedSecretSpec(header=header)
+
+
+def verify_shared(
+    spec: SharedSecretSpec, secrets: Sequence[str], req: SignedRequest, now: float
+) -> Verdict:
+    provided = req.headers.get(spec.header, "")
+    if not provided:
+        return fail("missing_signature")
+    ok = matches(header_bytes(provided), [utf8(s) for s in secrets])
+    return OK if ok else fail("bad_signature")
+
+
+
+# --- none -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NoneSpec:
+    allow_unsigned: bool = False
+    scheme: str = field(default="none", init=False)
+    secret_kind: str = field(default="text", init=False)
+
+
+def parse_none(t: ManifestTable) -> NoneSpec:
+    t.only("scheme", "allow_unsigned")
+    if t.flag("allow_unsigned") is not True:
+        raise t.error("allow_unsigned", 'scheme "none" needs allow_unsigned = true')
+    return NoneSpec(allow_unsigned=True)
+
+
+def verify_none(spec: NoneSpec, secrets: Sequence[str], req: SignedRequest, now: float) -> Verdict:
+    return OK if spec.allow_unsigned else fail("unsigned_not_allowed")

@@ -1,0 +1,259 @@
+"""The SQLite file: one writer thread that group-commits, and readers.
+
+Every write is a function ``op(conn) -> result`` handed to :meth:`Database.submit`. The writer
+thread takes everything that is waiting, runs it in one ``BEGIN IMMEDIATE`` transaction (each op
+inside its own savepoint, so one failing op does not undo the others) and commits once. With
+``synchronous=FULL`` that is one fsync per batch, not per request, and one thread hop each way
+per batch. A caller learns its result only after the commit: nothing is acknowledged that is not
+durable.
+
+Reads never wait for the writer (WAL): threads read through their own connection
+(:meth:`Database.read`), coroutines through aiosqlite (:meth:`Database.aread`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from ..errors import StorageUnavailable
+
+T = TypeVar("T")
+Op = Callable[[sqlite3.Connection], T]
+Params = Sequence[Any] | dict[str, Any]
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 512
+_STOP = object()
+
+
+def schema_sql() -> str:
+    return resources.files("ingress_box").joinpath("schema.sql").read_text(encoding="utf-8")
+
+
+def connect(path: Path, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
+    """Open a connection with the PRAGMAs every connection of ours uses."""
+    conn = sqlite3.connect(
+        str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout
+    )
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    return conn
+
+
+def _unavailable(exc: BaseException) -> StorageUnavailable:
+    return StorageUnavailable(f"database cannot commit: {exc}")
+
+
+class _Batch:
+    """The ops of one transaction and what each returned."""
+
+    def __init__(self, items: list[tuple[concurrent.futures.Future[Any], Op[Any]]]) -> None:
+        self.items = items
+        self.outcomes: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
+
+
+class Database:
+    def __init__(
+        self, path: Path, *, synchronous: str = "FULL", busy_timeout: float = 5.0
+    ) -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._async_reader: aiosqlite.Connection | None = None
+        self.on_commit: list[Callable[[int], None]] = []  # called with the batch size
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> Database:
+        """Create the file and its schema if needed, and start the writer."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(self.path, self.synchronous, self.busy_timeout)
+        try:
+            conn.executescript("BEGIN IMMEDIATE;\n" + schema_sql() + "\nCOMMIT;")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        self._writer = threading.Thread(
+            target=self._run, args=(conn,), name="ingress-box-writer", daemon=True
+        )
+        self._writer.start()
+        return self
+
+    def close(self) -> None:
+        """Finish what is queued, stop the writer and close every connection."""
+        if self._writer is not None:
+            self._queue.put(_STOP)
+            self._writer.join()
+            self._writer = None
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        self._local = threading.local()
+
+    async def aopen(self) -> None:
+        """Open the aiosqlite reader for coroutines (call from the event loop that uses it)."""
+        reader = await aiosqlite.connect(str(self.path), isolation_level=None)
+        reader.row_factory = sqlite3.Row
+        await reader.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        await reader.execute("PRAGMA query_only = ON")
+        self._async_reader = reader
+
+    async def aclose(self) -> None:
+        if self._async_reader is not None:
+            await self._async_reader.close()
+            self._async_reader = None
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def submit(self, op: Op[T]) -> concurrent.futures.Future[T]:
+        """Queue ``op`` for the next batch; the future resolves after the commit."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        if self._writer is None:
+            future.set_exception(StorageUnavailable("database is closed"))
+            return future
+        self._queue.put((future, op))
+        return future
+
+    def write(self, op: Op[T]) -> T:
+        """Run ``op`` in the writer and wait for its commit (for threads)."""
+        return self.submit(op).result()
+
+    async def awrite(self, op: Op[T]) -> T:
+        """Run ``op`` in the writer and wait for its commit (for coroutines)."""
+        return await asyncio.wrap_future(self.submit(op))
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                items = [item]
+                stop = False
+                while len(items) < MAX_BATCH:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    items.append(item)
+                self._commit(conn, _Batch(items))
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: _Batch) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:  # locked past the busy timeout, disk I/O error, ...
+            for future, _ in batch.items:
+                _settle(future, None, _unavailable(exc))
+            return
+        try:
+            for future, op in batch.items:
+                if not future.set_running_or_notify_cancel():
+                    continue
+                batch.outcomes.append((future, *self._run_op(conn, op)))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:  # the transaction itself failed: nothing of it holds
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for future, _ in batch.items:  # none is settled before the commit
+                _settle(future, None, _unavailable(exc))
+            return
+        for future, result, error in batch.outcomes:
+            _settle(future, result, error)
+        for callback in self.on_commit:
+            try:
+                callback(len(batch.outcomes))
+            except Exception:  # an observer must never stop the writer
+                log.exception("on_commit callback failed")
+
+    @staticmethod
+    def _run_op(conn: sqlite3.Connection, op: Op[Any]) -> tuple[Any, BaseException | None]:
+        conn.execute("SAVEPOINT op")
+        try:
+            result = op(conn)
+        except Exception as exc:
+            if not conn.in_transaction:  # SQLite rolled the whole transaction back (e.g. disk full)
+                raise sqlite3.OperationalError(str(exc)) from exc
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            if isinstance(exc, sqlite3.OperationalError):
+                return None, _unavailable(exc)
+            return None, exc
+        conn.execute("RELEASE op")
+        return result, None
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, self.synchronous, self.busy_timeout)
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def read(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        """Run one query on this thread's read connection."""
+        try:
+            return self._reader().execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise _unavailable(exc) from exc
+
+    def read_one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+        rows = self.read(sql, params)
+        return rows[0] if rows else None
+
+    async def aread(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        """Run one query on the aiosqlite reader (coroutines)."""
+        if self._async_reader is None:
+            raise StorageUnavailable("the async reader is not open")
+        try:
+            rows = await self._async_reader.execute_fetchall(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise _unavailable(exc) from exc
+        return list(rows)
+
+    async def aread_one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+        rows = await self.aread(sql, params)
+        return rows[0] if rows else None
+
+
+def _settle(
+    future: concurrent.futures.Future[Any], result: Any, error: BaseException | None
+) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

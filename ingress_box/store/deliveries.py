@@ -1,0 +1,312 @@
+"""Deliveries and their outbox: accept, claim in lane order, settle, list.
+
+A delivery is accepted together with its outbox row (one op, so one transaction). The worker
+claims rows with a lease; only the head of each conversation lane is claimable, and only while
+no other row of that lane is leased. Settling a claim checks that the lease is still ours.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import NotFound
+from .db import Database
+from .pages import Page, decode_cursor, encode_cursor
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    id: str
+    plugin_id: str
+    instance_id: str
+    route: str
+    provider_delivery_id: str
+    conversation: str | None
+    method: str
+    subpath: str
+    content_type: str | None
+    headers: str  # JSON, redacted
+    body: bytes
+    received_at: float
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A leased outbox row with what a handler needs."""
+
+    seq: int
+    id: str
+    plugin_id: str
+    instance_id: str
+    route: str
+    provider_delivery_id: str
+    conversation: str | None
+    method: str
+    subpath: str
+    content_type: str | None
+    headers: dict[str, str]
+    body: bytes
+    attempt: int
+    received_at: float
+
+
+def lane_of(plugin_id: str, instance_id: str, conversation: str | None) -> str | None:
+    """Events of one conversation of one instance share a lane; others are independent."""
+    if conversation is None:
+        return None
+    return f"{plugin_id}\x00{instance_id}\x00{conversation}"
+
+
+# -- ingress ---------------------------------------------------------------------------------
+
+_INSERT_DELIVERY = """
+INSERT OR IGNORE INTO deliveries (id, plugin_id, instance_id, route, provider_delivery_id,
+    conversation, method, subpath, content_type, headers, body, received_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_INSERT_OUTBOX = "INSERT INTO outbox (delivery_seq, lane, available_at) VALUES (?, ?, ?)"
+
+
+def accept(conn: sqlite3.Connection, d: NewDelivery) -> bool:
+    """Store a delivery and its outbox row; False when the dedup key is already there."""
+    cur = conn.execute(
+        _INSERT_DELIVERY,
+        (d.id, d.plugin_id, d.instance_id, d.route, d.provider_delivery_id, d.conversation,
+         d.method, d.subpath, d.content_type, d.headers, d.body, d.received_at),
+    )
+    if cur.rowcount == 0:
+        return False
+    conn.execute(
+        _INSERT_OUTBOX,
+        (cur.lastrowid, lane_of(d.plugin_id, d.instance_id, d.conversation), d.received_at),
+    )
+    return True
+
+
+# -- the worker's claims and outcomes --------------------------------------------------------
+
+_CLAIM = """
+UPDATE outbox SET lease_until = :until, lease_owner = :owner
+WHERE delivery_seq IN (
+    SELECT o.delivery_seq FROM outbox AS o
+    WHERE o.parked = 0
+      AND o.available_at <= :now
+      AND (o.lease_until IS NULL OR o.lease_until < :now)
+      AND (o.lane IS NULL OR (
+            o.delivery_seq = (SELECT min(h.delivery_seq) FROM outbox AS h WHERE h.lane = o.lane)
+            AND NOT EXISTS (SELECT 1 FROM outbox AS l
+                            WHERE l.lane = o.lane AND l.lease_until >= :now
+                              AND l.delivery_seq != o.delivery_seq)))
+    ORDER BY o.delivery_seq
+    LIMIT :limit)
+RETURNING delivery_seq
+"""
+_CLAIMED_ROWS = """
+SELECT seq, id, plugin_id, instance_id, route, provider_delivery_id, conversation, method,
+       subpath, content_type, headers, body, attempts, received_at
+FROM deliveries WHERE seq IN ({marks}) ORDER BY seq
+"""
+
+
+def claim(owner: str, now: float, lease_seconds: float, limit: int) -> Any:
+    """An op that leases up to ``limit`` claimable rows and counts their attempt."""
+
+    def op(conn: sqlite3.Connection) -> list[Claimed]:
+        seqs = [r[0] for r in conn.execute(
+            _CLAIM, {"until": now + lease_seconds, "owner": owner, "now": now, "limit": limit}
+        ).fetchall()]
+        if not seqs:
+            return []
+        marks = ",".join("?" * len(seqs))
+        conn.execute(f"UPDATE deliveries SET attempts = attempts + 1 WHERE seq IN ({marks})", seqs)
+        rows = conn.execute(_CLAIMED_ROWS.format(marks=marks), seqs).fetchall()
+        return [
+            Claimed(
+                seq=r["seq"], id=r["id"], plugin_id=r["plugin_id"], instance_id=r["instance_id"],
+                route=r["route"], provider_delivery_id=r["provider_delivery_id"],
+                conversation=r["conversation"], method=r["method"], subpath=r["subpath"],
+                content_type=r["content_type"], headers=json.loads(r["headers"]),
+                body=bytes(r["body"] or b""), attempt=r["attempts"], received_at=r["received_at"],
+            )
+            for r in rows
+        ]
+
+    return op
+
+
+def _record_attempt(conn: sqlite3.Connection, seq: int, attempt: int, started_at: float,
+                    duration_ms: float, outcome: str, status_code: int | None,
+                    error: str | None) -> None:
+    conn.execute(
+        "INSERT INTO attempts (delivery_seq, attempt, started_at, duration_ms, outcome, "
+        "status_code, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (seq, attempt, started_at, duration_ms, outcome, status_code, error),
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt ended, as the worker reports it."""
+
+    seq: int
+    owner: str
+    attempt: int
+    outcome: str  # delivered | retry | dead
+    started_at: float
+    duration_ms: float
+    status_code: int | None = None
+    error: str | None = None
+    next_attempt_at: float = 0.0  # for retry
+    dead_letter_id: str = ""  # for dead
+    strict: bool = False  # for dead: park the row so its lane waits for a redrive
+
+
+def settle(o: Outcome, now: float) -> Any:
+    """An op that records an attempt's outcome; a lost lease leaves the row to its new owner."""
+
+    def op(conn: sqlite3.Connection) -> bool:
+        _record_attempt(conn, o.seq, o.attempt, o.started_at, o.duration_ms, o.outcome,
+                        o.status_code, o.error)
+        if o.outcome == "delivered":
+            # Delivered is the truth even if the lease expired meanwhile.
+            conn.execute("DELETE FROM outbox WHERE delivery_seq = ?", (o.seq,))
+            conn.execute(
+                "UPDATE deliveries SET state = 'delivered', delivered_at = ?, last_error = NULL "
+                "WHERE seq = ?", (now, o.seq))
+            return True
+        ours = "delivery_seq = ? AND lease_owner = ?"
+        if o.outcome == "retry":
+            cur = conn.execute(
+                f"UPDATE outbox SET lease_until = NULL, lease_owner = NULL, available_at = ? "
+                f"WHERE {ours}", (o.next_attempt_at, o.seq, o.owner))
+        elif o.strict:
+            cur = conn.execute(
+                f"UPDATE outbox SET lease_until = NULL, lease_owner = NULL, parked = 1 "
+                f"WHERE {ours}", (o.seq, o.owner))
+        else:
+            cur = conn.execute(f"DELETE FROM outbox WHERE {ours}", (o.seq, o.owner))
+        if cur.rowcount == 0:
+            return False
+        conn.execute("UPDATE deliveries SET last_error = ? WHERE seq = ?", (o.error, o.seq))
+        if o.outcome == "dead":
+            conn.execute("UPDATE deliveries SET state = 'dead' WHERE seq = ?", (o.seq,))
+            conn.execute(
+                "INSERT INTO dead_letters (id, delivery_seq, plugin_id, instance_id, attempts, "
+                "last_error, created_at) SELECT ?, seq, plugin_id, instance_id, attempts, ?, ? "
+                "FROM deliveries WHERE seq = ?",
+                (o.dead_letter_id, o.error or "failed", now, o.seq))
+        return True
+
+    return op
+
+
+def release(owner: str) -> Any:
+    """An op that gives back every lease ``owner`` holds (graceful shutdown)."""
+
+    def op(conn: sqlite3.Connection) -> int:
+        cur = conn.execute(
+            "UPDATE outbox SET lease_until = NULL, lease_owner = NULL WHERE lease_owner = ?",
+            (owner,))
+        return cur.rowcount
+
+    return op
+
+
+def next_due(db: Database) -> float | None:
+    """When the earliest lane head (or lane-less row) is next claimable, if any is waiting."""
+    row = db.read_one(
+        "SELECT min(max(o.available_at, coalesce(o.lease_until, 0))) FROM outbox AS o "
+        "WHERE o.parked = 0 AND (o.lane IS NULL OR o.delivery_seq = "
+        "(SELECT min(h.delivery_seq) FROM outbox AS h WHERE h.lane = o.lane))")
+    return float(row[0]) if row is not None and row[0] is not None else None
+
+
+# -- reading deliveries ----------------------------------------------------------------------
+
+_ITEM = """
+SELECT d.seq, d.id, d.plugin_id, d.instance_id, d.route, d.provider_delivery_id,
+       d.conversation, d.state, d.attempts, d.received_at, d.delivered_at, d.last_error,
+       d.note, d.content_type, length(d.body) AS size, o.available_at, o.lease_until, o.parked
+FROM deliveries AS d LEFT JOIN outbox AS o ON o.delivery_seq = d.seq
+"""
+
+
+def item_json(row: sqlite3.Row) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": row["id"], "plugin": row["plugin_id"], "instance": row["instance_id"],
+        "route": row["route"], "provider_delivery_id": row["provider_delivery_id"],
+        "conversation": row["conversation"], "state": row["state"],
+        "attempts": row["attempts"], "received_at": row["received_at"],
+        "delivered_at": row["delivered_at"], "last_error": row["last_error"],
+        "note": row["note"], "content_type": row["content_type"], "size": row["size"],
+    }
+    if row["state"] == "pending" or row["parked"]:
+        data["next_attempt_at"] = row["available_at"]
+        data["leased"] = row["lease_until"] is not None
+        data["parked"] = bool(row["parked"])
+    return data
+
+
+def _list_query(plugin_id: str | None, instance_id: str | None, state: str | None,
+                cursor: str | None, limit: int) -> tuple[str, list[Any]]:
+    where, params = [], []
+    for column, value in (("d.plugin_id", plugin_id), ("d.instance_id", instance_id),
+                          ("d.state", state)):
+        if value:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if cursor:
+        where.append("d.seq < ?")
+        params.append(int(decode_cursor(cursor, 1)[0]))
+    sql = _ITEM + (" WHERE " + " AND ".join(where) if where else "")
+    sql += " ORDER BY d.seq DESC LIMIT ?"
+    params.append(limit + 1)
+    return sql, params
+
+
+async def alist_page(db: Database, plugin_id: str | None, instance_id: str | None,
+                     state: str | None, cursor: str | None, limit: int) -> Page[dict[str, Any]]:
+    rows = await db.aread(*_list_query(plugin_id, instance_id, state, cursor, limit))
+    return _page(rows, limit)
+
+
+def _page(rows: list[sqlite3.Row], limit: int) -> Page[dict[str, Any]]:
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page([item_json(r) for r in rows],
+                encode_cursor([rows[-1]["seq"]]) if more and rows else None)
+
+
+def _detail(rows: list[sqlite3.Row], attempts: list[sqlite3.Row],
+            body_row: sqlite3.Row) -> dict[str, Any]:
+    data = item_json(rows[0])
+    data["headers"] = json.loads(body_row["headers"])
+    body = body_row["body"]
+    data["body_pruned"] = body is None
+    if body is not None:
+        try:
+            data["body"] = bytes(body).decode("utf-8")
+        except UnicodeDecodeError:
+            data["body_base64"] = base64.b64encode(bytes(body)).decode()
+    data["attempt_log"] = [dict(a) for a in attempts]
+    return data
+
+
+_ATTEMPTS = ("SELECT attempt, started_at, duration_ms, outcome, status_code, error "
+             "FROM attempts WHERE delivery_seq = ? ORDER BY id")
+
+
+async def aget(db: Database, delivery_id: str) -> dict[str, Any]:
+    rows = await db.aread(_ITEM + " WHERE d.id = ?", (delivery_id,))
+    if not rows:
+        raise NotFound(f"no delivery {delivery_id}")
+    seq = rows[0]["seq"]
+    attempts = await db.aread(_ATTEMPTS, (seq,))
+    body_row = await db.aread_one("SELECT headers, body FROM deliveries WHERE seq = ?", (seq,))
+    assert body_row is not None
+    return _detail(rows, attempts, body_row)
+

@@ -1,0 +1,209 @@
+"""Instances: one configured receiver of a plugin (its secrets, its target, its lane policy)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ..errors import AlreadyExists, NotFound
+from .db import Database
+from .pages import Page, decode_cursor, encode_cursor
+
+LANE_POLICIES = ("progress", "strict")
+
+
+@dataclass(frozen=True)
+class Instance:
+    plugin_id: str
+    instance_id: str
+    secret: str
+    outbound_secret: str
+    created_at: float
+    updated_at: float
+    enabled: bool = True
+    handler: str = "forward"
+    target_url: str | None = None
+    previous_secret: str | None = None
+    previous_secret_until: float | None = None
+    verify_token: str | None = None
+    session: str | None = None
+    lane_policy: str = "progress"
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def valid_secrets(self, now: float) -> list[str]:
+        """The current secret and, within its grace window, the one it replaced."""
+        secrets = [self.secret]
+        if self.previous_secret and (self.previous_secret_until or 0) > now:
+            secrets.append(self.previous_secret)
+        return secrets
+
+    def to_json(self) -> dict[str, Any]:
+        """The public view: secrets masked."""
+        data = asdict(self)
+        data["plugin"] = data.pop("plugin_id")
+        data["instance"] = data.pop("instance_id")
+        for name in ("secret", "outbound_secret", "verify_token", "previous_secret"):
+            data[name] = mask(data[name])
+        return data
+
+
+def mask(value: str | None) -> str | None:
+    if not value:
+        return value
+    return "****" + value[-4:] if len(value) >= 16 else "****"
+
+
+_COLUMNS = (
+    "plugin_id, instance_id, enabled, handler, target_url, secret, previous_secret, "
+    "previous_secret_until, verify_token, outbound_secret, session, lane_policy, config, "
+    "created_at, updated_at"
+)
+
+
+def _from_row(row: sqlite3.Row) -> Instance:
+    data = dict(row)
+    data["enabled"] = bool(data["enabled"])
+    data["config"] = json.loads(data["config"])
+    return Instance(**data)
+
+
+def _values(inst: Instance) -> tuple[Any, ...]:
+    return (
+        inst.plugin_id, inst.instance_id, int(inst.enabled), inst.handler, inst.target_url,
+        inst.secret, inst.previous_secret, inst.previous_secret_until, inst.verify_token,
+        inst.outbound_secret, inst.session, inst.lane_policy, json.dumps(inst.config),
+        inst.created_at, inst.updated_at,
+    )
+
+
+# -- writes (ops for Database.write / awrite) ------------------------------------------------
+
+def insert(inst: Instance) -> Any:
+    def op(conn: sqlite3.Connection) -> Instance:
+        try:
+            conn.execute(
+                f"INSERT INTO instances ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _values(inst),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(
+                f"instance {inst.plugin_id}/{inst.instance_id} already exists"
+            ) from exc
+        return inst
+
+    return op
+
+
+def _get_in(conn: sqlite3.Connection, plugin_id: str, instance_id: str) -> Instance:
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM instances WHERE plugin_id = ? AND instance_id = ?",
+        (plugin_id, instance_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"no instance {plugin_id}/{instance_id}")
+    return _from_row(row)
+
+
+def update(plugin_id: str, instance_id: str, now: float, **changes: Any) -> Any:
+    """An op that applies ``changes`` (Instance field names) and returns the new Instance."""
+
+    def op(conn: sqlite3.Connection) -> Instance:
+        current = _get_in(conn, plugin_id, instance_id)
+        new = replace(current, updated_at=now, **changes)
+        conn.execute(
+            "UPDATE instances SET enabled = ?, handler = ?, target_url = ?, secret = ?, "
+            "previous_secret = ?, previous_secret_until = ?, verify_token = ?, "
+            "outbound_secret = ?, session = ?, lane_policy = ?, config = ?, updated_at = ? "
+            "WHERE plugin_id = ? AND instance_id = ?",
+            (
+                int(new.enabled), new.handler, new.target_url, new.secret, new.previous_secret,
+                new.previous_secret_until, new.verify_token, new.outbound_secret, new.session,
+                new.lane_policy, json.dumps(new.config), new.updated_at, plugin_id, instance_id,
+            ),
+        )
+        return new
+
+    return op
+
+
+def rotate(plugin_id: str, instance_id: str, new_secret: str, grace_seconds: float,
+           now: float) -> Any:
+    """An op: the new secret verifies at once, the old one until ``now + grace_seconds``."""
+
+    def op(conn: sqlite3.Connection) -> Instance:
+        current = _get_in(conn, plugin_id, instance_id)
+        change = update(
+            plugin_id, instance_id, now,
+            secret=new_secret,
+            previous_secret=current.secret if grace_seconds > 0 else None,
+            previous_secret_until=now + grace_seconds if grace_seconds > 0 else None,
+        )
+        result: Instance = change(conn)
+        return result
+
+    return op
+
+
+def delete(plugin_id: str, instance_id: str) -> Any:
+    def op(conn: sqlite3.Connection) -> None:
+        cur = conn.execute(
+            "DELETE FROM instances WHERE plugin_id = ? AND instance_id = ?",
+            (plugin_id, instance_id),
+        )
+        if cur.rowcount == 0:
+            raise NotFound(f"no instance {plugin_id}/{instance_id}")
+
+    return op
+
+
+# -- reads -----------------------------------------------------------------------------------
+
+_GET = f"SELECT {_COLUMNS} FROM instances WHERE plugin_id = ? AND instance_id = ?"
+_VERSION = "SELECT value FROM meta WHERE key = 'instances_version'"
+
+
+def get(db: Database, plugin_id: str, instance_id: str) -> Instance | None:
+    row = db.read_one(_GET, (plugin_id, instance_id))
+    return _from_row(row) if row is not None else None
+
+
+def version(db: Database) -> str:
+    """Changes whenever any process changes any instance (a trigger bumps it)."""
+    row = db.read_one(_VERSION)
+    return str(row[0]) if row is not None else ""
+
+
+def _list_query(plugin_id: str | None, cursor: str | None, limit: int) -> tuple[str, list[Any]]:
+    where, params = [], []
+    if plugin_id:
+        where.append("plugin_id = ?")
+        params.append(plugin_id)
+    if cursor:
+        after = decode_cursor(cursor, 2)
+        where.append("(plugin_id, instance_id) > (?, ?)")
+        params.extend(after)
+    sql = f"SELECT {_COLUMNS} FROM instances"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY plugin_id, instance_id LIMIT ?"
+    params.append(limit + 1)
+    return sql, params
+
+
+def _page(rows: list[sqlite3.Row], limit: int) -> Page[Instance]:
+    items = [_from_row(r) for r in rows[:limit]]
+    more = len(rows) > limit
+    cursor = encode_cursor([items[-1].plugin_id, items[-1].instance_id]) if more else None
+    return Page(items, cursor)
+
+
+async def alist_page(db: Database, plugin_id: str | None = None, cursor: str | None = None,
+                     limit: int = 100) -> Page[Instance]:
+    return _page(await db.aread(*_list_query(plugin_id, cursor, limit)), limit)
+
+
+async def aget(db: Database, plugin_id: str, instance_id: str) -> Instance | None:
+    row = await db.aread_one(_GET, (plugin_id, instance_id))
+    return _from_row(row) if row is not None else None

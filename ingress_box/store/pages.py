@@ -1,0 +1,50 @@
+"""Keyset pagination: a page of items and an opaque cursor to the next one."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from ..errors import InvalidInput
+
+T = TypeVar("T")
+
+MAX_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+def encode_cursor(key: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, size: int) -> list[Any]:
+    """The key a cursor holds; it must be a list of ``size`` strings or numbers."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        key = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput("cursor is not one this server gave") from exc
+    if not (isinstance(key, list) and len(key) == size
+            and all(isinstance(k, (str, int, float)) for k in key)):
+        raise InvalidInput("cursor is not one this server gave")
+    return key
+
+
+def clamp_limit(raw: str | int | None, default: int = 100) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        limit = int(raw)
+    except ValueError as exc:
+        raise InvalidInput("limit must be a whole number") from exc
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
+    return limit

@@ -1,0 +1,90 @@
+"""Retention: what may be forgotten, in bounded batches, and WAL checkpoints.
+
+- payloads of delivered events go first (``payload_retention_days``);
+- delivered events themselves, and so their dedup keys, after ``dedup_retention_days``;
+- dead letters and their events after ``dlq_retention_days``.
+A pending event, or the parked head of a strict lane, is never pruned.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from ..config import Settings
+from .db import Database, connect
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+DAY = 86_400.0
+
+_DROP_PAYLOADS = """
+UPDATE deliveries SET body = NULL WHERE seq IN (
+    SELECT seq FROM deliveries
+    WHERE state = 'delivered' AND body IS NOT NULL AND delivered_at < ? LIMIT ?)
+"""
+_OLD_DELIVERED = "SELECT seq FROM deliveries WHERE state = 'delivered' AND delivered_at < ? LIMIT ?"
+_OLD_DEAD = """
+SELECT d.seq FROM deliveries AS d
+WHERE d.state = 'dead' AND d.received_at < ?
+  AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.delivery_seq = d.seq)
+LIMIT ?
+"""
+
+
+def _prune_deliveries(select_sql: str, cutoff: float) -> Callable[[sqlite3.Connection], int]:
+    def op(conn: sqlite3.Connection) -> int:
+        seqs = [r[0] for r in conn.execute(select_sql, (cutoff, BATCH))]
+        if not seqs:
+            return 0
+        marks = ",".join("?" * len(seqs))
+        for table, column in (("attempts", "delivery_seq"), ("dead_letters", "delivery_seq"),
+                              ("deliveries", "seq")):
+            conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", seqs)
+        return len(seqs)
+
+    return op
+
+
+def _drop_payloads(cutoff: float) -> Callable[[sqlite3.Connection], int]:
+    def op(conn: sqlite3.Connection) -> int:
+        return conn.execute(_DROP_PAYLOADS, (cutoff, BATCH)).rowcount
+
+    return op
+
+
+def _until_done(db: Database, op: Callable[[sqlite3.Connection], int]) -> int:
+    total = 0
+    while True:
+        done = db.write(op)
+        total += done
+        if done < BATCH:
+            return total
+
+
+def run(db: Database, settings: Settings, now: float) -> dict[str, Any]:
+    """Prune what the retention windows allow, then checkpoint; returns what was done."""
+    report = {
+        "payloads_dropped": _until_done(
+            db, _drop_payloads(now - settings.payload_retention_days * DAY)),
+        "delivered_pruned": _until_done(
+            db, _prune_deliveries(_OLD_DELIVERED, now - settings.dedup_retention_days * DAY)),
+        "dead_pruned": _until_done(
+            db, _prune_deliveries(_OLD_DEAD, now - settings.dlq_retention_days * DAY)),
+    }
+    report["checkpoint"] = checkpoint(db)
+    log.info("retention: %s", report)
+    return report
+
+
+def checkpoint(db: Database) -> list[int]:
+    """Copy the WAL into the database and truncate it, so the file does not grow unbounded."""
+    conn = connect(db.path, db.synchronous, db.busy_timeout)
+    try:
+        row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return [int(x) for x in row]
+    finally:
+        conn.close()

@@ -1,0 +1,277 @@
+"""huey wiring: consumer threads drain the outbox; the outbox table remembers.
+
+huey (SQLite storage, in the same file) only executes:
+- ``drain`` claims ready outbox rows one at a time and delivers them until none is ready. It is
+  safe to run any number of times in any number of processes: claims are atomic and leased.
+- the ``sweep`` periodic task enqueues a drain every minute, so a lost trigger, an expired
+  lease of a crashed process or a due retry is found again without a separate reconciler;
+- ``maintenance`` (hourly) prunes what retention allows and checkpoints the WAL.
+
+Wake-ups: the ingress calls :meth:`Worker.wake` after a commit (cheap, any thread); a small
+kicker thread turns that into a huey task. The storage wakes this process's consumer threads
+as soon as a task is enqueued here, and polls every 20 ms for tasks from other processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from huey import Huey, crontab
+from huey.consumer import Consumer
+from huey.storage import SqliteStorage
+
+from . import delivery
+from .config import Settings
+from .delivery import Event, HandlerContext, RetryPolicy, Target
+from .errors import StorageUnavailable
+from .plugins import Registry, load_registry
+from .store import Database
+from .store import deliveries as store_deliveries
+from .store import instances as store_instances
+from .store import retention
+
+log = logging.getLogger("ingress_box.worker")
+
+POLL_SECONDS = 0.02      # how often an idle consumer thread looks for tasks of other processes
+SHORT_WAIT_SECONDS = 1.0  # a retry due sooner than this is waited for in the drain itself
+
+
+class _Storage(SqliteStorage):
+    """huey's SQLite storage, woken at once by an enqueue from this process."""
+
+    blocking = True  # dequeue() waits itself, so huey's worker loop does not sleep on top
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._enqueued = threading.Condition()
+
+    def enqueue(self, data: bytes, priority: float | None = None) -> None:
+        super().enqueue(data, priority)
+        with self._enqueued:
+            self._enqueued.notify_all()
+
+    def dequeue(self) -> bytes | None:
+        data: bytes | None = super().dequeue()
+        if data is None:
+            with self._enqueued:
+                self._enqueued.wait(POLL_SECONDS)
+        return data
+
+
+class _QuietConsumer(Consumer):  # type: ignore[misc]
+    """A consumer that leaves signal handling to its host (uvicorn, or run_standalone)."""
+
+    def _set_signal_handlers(self) -> None:
+        pass
+
+
+def make_huey(settings: Settings) -> Huey:
+    # fsync off for huey's own connections: a lost task only delays (the outbox remembers).
+    return Huey("ingress-box", results=False, storage_class=_Storage,
+                filename=str(settings.db_path), fsync=False,
+                timeout=settings.busy_timeout_seconds)
+
+
+class Worker:
+    def __init__(self, settings: Settings, db: Database, registry: Registry, *,
+                 clock: Callable[[], float] = time.time,
+                 transport: httpx.BaseTransport | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.registry = registry
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.policy = RetryPolicy.from_settings(settings)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.client = httpx.Client(
+            transport=transport, follow_redirects=False,
+            timeout=settings.delivery_timeout_seconds,
+            limits=httpx.Limits(max_connections=settings.workers * 2,
+                                max_keepalive_connections=settings.workers * 2))
+        self.huey = make_huey(settings)
+        self._drain = self.huey.task(name="drain")(self.drain)
+        self.huey.periodic_task(crontab(), name="sweep")(self.sweep)
+        self.huey.periodic_task(crontab(minute="7"), name="maintenance")(self.maintenance)
+        self.consumer: Consumer | None = None
+        self._stopping = threading.Event()
+        self._kick = threading.Event()
+        self._kicker: threading.Thread | None = None
+        self._active = 0
+        self._active_lock = threading.Lock()
+        self.observers: list[Callable[[store_deliveries.Claimed, delivery.Decision, float],
+                                      None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        logging.getLogger("huey").setLevel(logging.WARNING)
+        self.consumer = _QuietConsumer(
+            self.huey, workers=self.settings.workers, worker_type="thread", periodic=True,
+            initial_delay=POLL_SECONDS, backoff=1.0, max_delay=POLL_SECONDS,
+            scheduler_interval=1, check_worker_health=False)
+        self.consumer.start()
+        self._kicker = threading.Thread(target=self._kick_loop, name="ingress-box-kicker",
+                                        daemon=True)
+        self._kicker.start()
+        self.wake()  # whatever is pending from before a restart
+
+    def stop(self, timeout: float = 12.0) -> None:
+        """Stop taking work, let in-flight deliveries finish (bounded), release the rest."""
+        self._stopping.set()
+        self._kick.set()
+        if self.consumer is not None:
+            self.consumer.shutdown_timeout = timeout
+            self.consumer.stop(graceful=True)
+        if self._kicker is not None:
+            self._kicker.join(timeout=1.0)
+        try:
+            released = self.db.write(store_deliveries.release(self.owner))
+            if released:
+                log.info("released %d leases", released)
+        except StorageUnavailable as exc:  # they expire on their own after the lease time
+            log.warning("could not release leases: %s", exc)
+        self.client.close()
+
+    def alive(self) -> bool:
+        if self.consumer is None or self._stopping.is_set():
+            return False
+        threads = [t for _, t in self.consumer.worker_threads] + [self.consumer.scheduler]
+        return all(t.is_alive() for t in threads)
+
+    def wake(self) -> None:
+        """Say there is new work (cheap; safe from the event loop)."""
+        self._kick.set()
+
+    def _kick_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._kick.wait()
+            self._kick.clear()
+            if self._stopping.is_set():
+                return
+            self._ensure_drains()
+
+    def _ensure_drains(self) -> None:
+        """Enqueue drains so that up to ``workers`` run; more would only find nothing."""
+        try:
+            missing = self.settings.workers - self._active - self.huey.pending_count()
+            for _ in range(max(0, missing)):
+                self._drain()
+        except sqlite3.Error as exc:  # the periodic sweep tries again
+            log.warning("could not enqueue a drain: %s", exc)
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        self._ensure_drains()
+
+    def maintenance(self) -> None:
+        retention.run(self.db, self.settings, self.clock())
+
+    def drain(self) -> None:
+        with self._active_lock:
+            self._active += 1
+        try:
+            while not self._stopping.is_set():
+                claimed = self.db.write(store_deliveries.claim(
+                    self.owner, self.clock(), self.settings.lease_seconds, limit=1))
+                if claimed:
+                    if self._active < self.settings.workers:
+                        self._kick.set()  # more may be ready: let another thread help
+                    for row in claimed:
+                        self.deliver(row)
+                    continue
+                if not self._wait_for_next_due():
+                    return
+        finally:
+            with self._active_lock:
+                self._active -= 1
+
+    def _wait_for_next_due(self) -> bool:
+        """Nothing is ready: wait here for a retry due very soon, else leave it to huey."""
+        due = store_deliveries.next_due(self.db)
+        if due is None:
+            return False
+        wait = due - self.clock()
+        if wait > SHORT_WAIT_SECONDS:
+            self._drain.schedule(delay=wait)
+            return False
+        self._stopping.wait(max(wait, 0.005))
+        return True
+
+    # -- one attempt -----------------------------------------------------------------------
+
+    def deliver(self, row: store_deliveries.Claimed) -> None:
+        instance = store_instances.get(self.db, row.plugin_id, row.instance_id)
+        started, t0 = self.clock(), time.perf_counter()
+        error: BaseException | None = None
+        try:
+            if instance is None:
+                raise delivery.PermanentFailure("instance no longer exists")
+            handler = delivery.resolve_handler(instance.handler)
+            ctx = HandlerContext(
+                target=Target(instance.target_url, instance.outbound_secret, instance.config),
+                client=self.client, timeout=self.settings.delivery_timeout_seconds,
+                now=self.clock)
+            handler(_event(row), ctx)
+        except Exception as exc:  # every failure is classified by the policy
+            error = exc
+        duration = time.perf_counter() - t0
+        decision = delivery.decide(self.policy, row.attempt, error, self.rng)
+        strict = instance is not None and instance.lane_policy == "strict"
+        outcome = store_deliveries.Outcome(
+            seq=row.seq, owner=self.owner, attempt=row.attempt, outcome=decision.outcome,
+            started_at=started, duration_ms=duration * 1000, status_code=decision.status_code,
+            error=decision.error, next_attempt_at=self.clock() + decision.delay,
+            dead_letter_id="dlq_" + uuid.uuid4().hex[:24], strict=strict)
+        # Not waited for: the next claim of this thread queues behind it in the writer.
+        future = self.db.submit(store_deliveries.settle(outcome, self.clock()))
+        future.add_done_callback(_log_settle_failure)
+        for observe in self.observers:
+            observe(row, decision, duration)
+
+
+def _event(row: store_deliveries.Claimed) -> Event:
+    return Event(
+        id=row.id, plugin=row.plugin_id, instance=row.instance_id, route=row.route,
+        provider_delivery_id=row.provider_delivery_id, conversation=row.conversation,
+        method=row.method, subpath=row.subpath, content_type=row.content_type,
+        headers=row.headers, body=row.body, attempt=row.attempt, received_at=row.received_at)
+
+
+def _log_settle_failure(future: Any) -> None:
+    if future.exception() is not None:  # the lease expires and the row is delivered again
+        log.error("could not record a delivery outcome: %s", future.exception())
+
+
+def run_standalone(settings: Settings) -> int:
+    """``ingress-box worker``: only the worker, until SIGTERM or SIGINT."""
+    registry = load_registry(settings.plugins_dir)
+    db = Database(settings.db_path, synchronous=settings.synchronous,
+                  busy_timeout=settings.busy_timeout_seconds).open()
+    worker = Worker(settings, db, registry)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    worker.start()
+    log.info("worker %s started on %s", worker.owner, settings.db_path)
+    while not stop.wait(1.0):
+        if not worker.alive():
+            log.error("a worker thread died; exiting so that a supervisor restarts us")
+            worker.stop()
+            db.close()
+            return 1
+    worker.stop()
+    db.close()
+    return 0

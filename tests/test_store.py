@@ -1,0 +1,228 @@
+"""The store: group commit, dedup by the unique index, lane-ordered claims, settling."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from ingress_box.errors import StorageUnavailable
+from ingress_box.store import Database
+from ingress_box.store import dead_letters as dlq
+from ingress_box.store import deliveries as d
+from ingress_box.store.dead_letters import Selection
+
+
+@pytest.fixture
+def db(tmp_path: Path):  # type: ignore[no-untyped-def]
+    database = Database(tmp_path / "box.db").open()
+    yield database
+    database.close()
+
+
+def new(provider_id: str, conversation: str | None = None, plugin: str = "generic",
+        instance: str = "main", at: float = 1000.0) -> d.NewDelivery:
+    return d.NewDelivery(
+        id=f"msg_{plugin}_{instance}_{provider_id}", plugin_id=plugin, instance_id=instance,
+        route="events", provider_delivery_id=provider_id, conversation=conversation,
+        method="POST", subpath="", content_type="application/json", headers="{}",
+        body=b'{"n": 1}', received_at=at)
+
+
+def accept(db: Database, item: d.NewDelivery) -> bool:
+    return db.write(lambda conn: d.accept(conn, item))
+
+
+def claim(db: Database, now: float = 2000.0, limit: int = 10, owner: str = "w1"):  # type: ignore[no-untyped-def]
+    return db.write(d.claim(owner, now, 60.0, limit))
+
+
+def settle(db: Database, row: d.Claimed, outcome: str, now: float = 2000.0,
+           strict: bool = False, owner: str = "w1", next_at: float = 0.0) -> bool:
+    return db.write(d.settle(d.Outcome(
+        seq=row.seq, owner=owner, attempt=row.attempt, outcome=outcome, started_at=now,
+        duration_ms=1.0, error=None if outcome == "delivered" else "HTTP 500: no",
+        next_attempt_at=next_at, dead_letter_id=f"dlq_{row.seq}", strict=strict), now))
+
+
+def test_schema_is_created_on_an_empty_path(tmp_path: Path) -> None:
+    """Opening a path that does not exist creates the folder, the file and every table."""
+    database = Database(tmp_path / "nested" / "box.db").open()
+    tables = {r[0] for r in database.read("SELECT name FROM sqlite_master WHERE type='table'")}
+    database.close()
+    assert {"deliveries", "outbox", "dead_letters", "instances", "attempts"} <= tables
+
+
+def test_wal_and_synchronous_full_are_set(db: Database) -> None:
+    """The file runs in WAL mode and the writer commits with synchronous=FULL."""
+    assert db.read_one("PRAGMA journal_mode")[0] == "wal"  # type: ignore[index]
+    assert db.write(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]) == 2
+
+
+def test_same_dedup_key_is_stored_once(db: Database) -> None:
+    """INSERT OR IGNORE on the unique index: the second accept reports a duplicate."""
+    assert accept(db, new("a")) is True
+    assert accept(db, new("a")) is False
+    assert db.read_one("SELECT count(*) FROM deliveries")[0] == 1  # type: ignore[index]
+    assert db.read_one("SELECT count(*) FROM outbox")[0] == 1  # type: ignore[index]
+
+
+def test_same_provider_id_under_another_instance_is_new(db: Database) -> None:
+    """The dedup key includes plugin and instance."""
+    assert accept(db, new("a", instance="one"))
+    assert accept(db, new("a", instance="two"))
+    assert accept(db, new("a", plugin="github"))
+
+
+def test_concurrent_writers_share_commits_and_all_land(db: Database) -> None:
+    """Many threads writing at once all get their result, and fewer commits than writes."""
+    batches: list[int] = []
+    db.on_commit.append(batches.append)
+    results: list[bool] = []
+
+    def post(i: int) -> None:
+        results.append(accept(db, new(f"id-{i}")))
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 200
+    assert sum(batches) == 200
+    assert db.read_one("SELECT count(*) FROM deliveries")[0] == 200  # type: ignore[index]
+
+
+def test_a_failing_op_does_not_undo_its_batch_mates(db: Database) -> None:
+    """Each op runs in a savepoint: one error is returned to its caller only."""
+    def bad(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO deliveries (seq) VALUES (NULL)")  # violates NOT NULL
+
+    futures = [db.submit(lambda conn: d.accept(conn, new("ok-1"))), db.submit(bad),
+               db.submit(lambda conn: d.accept(conn, new("ok-2")))]
+    assert futures[0].result() is True
+    with pytest.raises(sqlite3.IntegrityError):
+        futures[1].result()
+    assert futures[2].result() is True
+
+
+def test_locked_database_is_storage_unavailable(tmp_path: Path) -> None:
+    """A write that cannot get the lock within the busy timeout fails as StorageUnavailable."""
+    database = Database(tmp_path / "box.db", busy_timeout=0.2).open()
+    blocker = sqlite3.connect(tmp_path / "box.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StorageUnavailable):
+            accept(database, new("x"))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert accept(database, new("x")) is True
+    database.close()
+
+
+def test_claim_takes_only_the_head_of_each_lane(db: Database) -> None:
+    """Rows of one conversation are claimable one at a time, oldest first."""
+    for i in range(3):
+        accept(db, new(f"c{i}", conversation="chat-1"))
+    accept(db, new("free"))
+    rows = claim(db)
+    assert [r.provider_delivery_id for r in rows] == ["c0", "free"]
+    assert claim(db) == []
+
+
+def test_settling_the_head_releases_the_next_in_its_lane(db: Database) -> None:
+    """After the head is delivered, the next row of that lane becomes claimable."""
+    for i in range(2):
+        accept(db, new(f"c{i}", conversation="chat-1"))
+    head = claim(db)[0]
+    assert settle(db, head, "delivered")
+    assert [r.provider_delivery_id for r in claim(db)] == ["c1"]
+
+
+def test_a_head_in_backoff_holds_its_lane(db: Database) -> None:
+    """A retried head keeps later rows of its lane waiting until it is due again."""
+    for i in range(2):
+        accept(db, new(f"c{i}", conversation="chat-1"))
+    head = claim(db, now=2000.0)[0]
+    settle(db, head, "retry", next_at=2100.0)
+    assert claim(db, now=2050.0) == []
+    again = claim(db, now=2100.0)
+    assert [r.provider_delivery_id for r in again] == ["c0"]
+    assert again[0].attempt == 2
+
+
+def test_expired_lease_is_claimable_again(db: Database) -> None:
+    """A crashed worker's row comes back after its lease."""
+    accept(db, new("a"))
+    assert len(claim(db, now=2000.0, owner="dead-worker")) == 1
+    assert claim(db, now=2030.0, owner="w2") == []
+    assert len(claim(db, now=2061.0, owner="w2")) == 1
+
+
+def test_settle_by_a_former_owner_is_ignored(db: Database) -> None:
+    """A retry reported after the lease moved on does not touch the new owner's lease."""
+    accept(db, new("a"))
+    first = claim(db, now=2000.0, owner="old")[0]
+    claim(db, now=2061.0, owner="new")
+    assert settle(db, first, "retry", owner="old", next_at=9999.0) is False
+    lease = db.read_one("SELECT lease_owner FROM outbox")
+    assert lease is not None and lease[0] == "new"
+
+
+def test_dead_in_progress_lane_moves_on(db: Database) -> None:
+    """Progress policy: the dead head leaves the lane and the next row is claimable."""
+    for i in range(2):
+        accept(db, new(f"c{i}", conversation="chat-1"))
+    settle(db, claim(db)[0], "dead")
+    assert [r.provider_delivery_id for r in claim(db)] == ["c1"]
+    state = db.read_one("SELECT state FROM deliveries WHERE provider_delivery_id = 'c0'")
+    assert state is not None and state[0] == "dead"
+
+
+def test_dead_in_strict_lane_waits_for_redrive(db: Database) -> None:
+    """Strict policy: the lane waits until its dead head is redriven, then resumes in order."""
+    for i in range(2):
+        accept(db, new(f"c{i}", conversation="chat-1"))
+    settle(db, claim(db)[0], "dead", strict=True)
+    assert claim(db) == []
+    assert db.write(dlq.redrive(Selection(), 100, 2001.0)) == (1, 0)
+    assert [r.provider_delivery_id for r in claim(db, now=2002.0)] == ["c0"]
+
+
+def test_redrive_is_once(db: Database) -> None:
+    """A second redrive finds nothing open."""
+    accept(db, new("a"))
+    settle(db, claim(db)[0], "dead")
+    assert db.write(dlq.redrive(Selection(), 100, 2001.0)) == (1, 0)
+    assert db.write(dlq.redrive(Selection(), 100, 2002.0)) == (0, 0)
+
+
+def test_redrive_works_in_bounded_batches(db: Database) -> None:
+    """Redrive moves at most ``limit`` rows and reports what remains."""
+    for i in range(5):
+        accept(db, new(f"x{i}"))
+    for row in claim(db):
+        settle(db, row, "dead")
+    assert db.write(dlq.redrive(Selection(), 2, 2001.0)) == (2, 3)
+    assert db.write(dlq.redrive(Selection(), 10, 2002.0)) == (3, 0)
+
+
+def test_redrive_resets_the_attempt_budget_and_keeps_the_id(db: Database) -> None:
+    """A redriven delivery starts again at attempt 1 with the same webhook id."""
+    accept(db, new("a"))
+    first = claim(db)[0]
+    settle(db, first, "dead")
+    db.write(dlq.redrive(Selection(), 10, 2001.0))
+    again = claim(db, now=2002.0)[0]
+    assert (again.id, again.attempt) == (first.id, 1)
+
+
+def test_release_gives_back_leases(db: Database) -> None:
+    """Graceful shutdown releases every lease of its owner, so others claim at once."""
+    accept(db, new("a"))
+    claim(db, owner="leaving")
+    assert db.write(d.release("leaving")) == 1
+    assert len(claim(db, owner="other")) == 1
