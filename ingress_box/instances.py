@@ -123,8 +123,9 @@ def new_instance(registry: Registry, plugin_id: object, instance_id: object,
         "outbound_secret": generate_outbound_secret(),
     }
     values.setdefault("handler", plugin.handler)
+    values.update(shown)
     inst = Instance(plugin_id=plugin.id, instance_id=instance_id, created_at=now, updated_at=now,
-                    **shown, **values)
+                    **values)
     return inst, shown
 
 
@@ -164,5 +165,5 @@ def created_json(registry: Registry, inst: Instance, shown: Mapping[str, str],
                  base_url: str) -> dict[str, Any]:
     """The answer to a create: the masked instance, then what is shown this once."""
     urls = ingress_urls(registry, inst, base_url)
-    return {**inst.to_json(), **shown,
+    return {"plugin": inst.plugin_id, "instance": inst.instance_id, **inst.to_json(), **shown,
             "ingress_url": next(iter(urls.values()), None), "ingress_urls": urls}

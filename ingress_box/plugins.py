@@ -216,10 +216,10 @@ def parse_manifest(data: object, source: str) -> Plugin:
     """Build a Plugin from a decoded manifest; ``source`` names the file in errors."""
     t = ManifestTable(data, source, "")
     t.only("id", "name", "description", "handler", "routes")
-    plugin_id = t.text("id", required=True)
-    if not _ID.fullmatch(plugin_id or ""):
+    plugin_id = t.required_text("id")
+    if not _ID.fullmatch(plugin_id):
         raise t.error("id", f"{plugin_id!r} must match ^{_ID.pattern}$")
-    name = t.text("name", required=True)
+    name = t.required_text("name")
     if not name:
         raise t.error("name", "must not be empty")
     handler = t.text("handler") or "forward"
@@ -229,13 +229,11 @@ def parse_manifest(data: object, source: str) -> Plugin:
     if routes_table is None or not routes_table.data:
         raise t.error("routes", "at least one route is required")
     routes: dict[str, Route] = {}
-    for route_name in routes_table.data:
+    for route_name, route_table in routes_table.data.items():
         if not _ID.fullmatch(route_name):
             raise routes_table.error(route_name, f"route names must match ^{_ID.pattern}$")
-        sub = _sub(routes_table, route_name)
-        assert sub is not None  # the key was just read from the table
+        sub = ManifestTable(route_table, t.file, routes_table.path(route_name))
         routes[route_name] = _route(route_name, sub)
-    assert plugin_id is not None and name is not None  # required=True raised otherwise
     return Plugin(id=plugin_id, name=name, description=t.text("description") or "",
                   routes=MappingProxyType(routes), handler=handler, source=source)
 

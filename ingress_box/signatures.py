@@ -64,7 +64,7 @@ SCHEMES: dict[str, Scheme] = {
 def parse_verify_spec(table: Mapping[str, Any], file: str, field: str) -> VerifySpec:
     """Read a manifest's ``verify`` table; a ManifestError names ``file`` and ``field.key``."""
     t = ManifestTable(table, file, field)
-    name = t.text("scheme", required=True)
+    name = t.required_text("scheme")
     if name not in SCHEMES:
         raise t.error("scheme", f"unknown scheme {name!r} (known: {', '.join(sorted(SCHEMES))})")
     return SCHEMES[name].parse(t)

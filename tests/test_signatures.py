@@ -8,7 +8,7 @@ import hmac
 import json
 import time
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,7 +18,7 @@ import stripe
 import svix.webhooks
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twilio.request_validator import RequestValidator
+from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
 
 from ingress_box.errors import ManifestError
 from ingress_box.signatures import (
@@ -114,7 +114,8 @@ def test_hmac_signature_of_a_different_length_fails() -> None:
 def test_hmac_prefix_is_required_when_declared() -> None:
     """A right digest without the declared sha256= prefix fails."""
     bare = hex_sig(SECRET, BODY, prefix="")
-    assert verify(SIMPLE, [SECRET], request({"X-Sig": bare}), NOW).reason == "bad_signature"
+    for sig in (bare, "sha512=" + bare):
+        assert verify(SIMPLE, [SECRET], request({"X-Sig": sig}), NOW).reason == "bad_signature"
 
 
 def test_hmac_missing_signature_header_is_reported() -> None:
@@ -270,7 +271,7 @@ SW = ALL_SIGNED["standard-webhooks"]
 
 def sw_headers(secret: str = WHSEC, msg_id: str = "msg_1", ts: int = NOW,
                body: bytes = BODY, prefix: str = "webhook-") -> dict[str, str]:
-    stamp = datetime.fromtimestamp(ts, tz=timezone.utc)
+    stamp = datetime.fromtimestamp(ts, tz=UTC)
     signature = standardwebhooks.Webhook(secret).sign(msg_id, stamp, body.decode())
     return {prefix + "id": msg_id, prefix + "timestamp": str(ts), prefix + "signature": signature}
 
@@ -293,7 +294,7 @@ def test_standard_webhooks_rejects_a_wrong_secret() -> None:
 
 def test_standard_webhooks_accepts_svix_header_names() -> None:
     """svix-id / svix-timestamp / svix-signature, signed by the svix library, pass."""
-    stamp = datetime.fromtimestamp(NOW, tz=timezone.utc)
+    stamp = datetime.fromtimestamp(NOW, tz=UTC)
     signature = svix.webhooks.Webhook(WHSEC).sign("msg_2", stamp, BODY.decode())
     headers = {"svix-id": "msg_2", "svix-timestamp": str(NOW), "svix-signature": signature}
     assert verify(SW, [WHSEC], request(headers), NOW).ok
@@ -483,6 +484,16 @@ def test_twilio_repeated_params_are_all_signed_sorted() -> None:
     signature = RequestValidator(AUTH_TOKEN).compute_signature(URL, params)
     body = b"MediaUrl=https%3A%2F%2Fb.example%2F2&From=%2B1&MediaUrl=https%3A%2F%2Fa.example%2F1"
     assert verify(TWILIO, [AUTH_TOKEN], twilio_request(URL, body, signature), NOW).ok
+
+
+def test_twilio_identical_repeated_params_match_the_python_validator() -> None:
+    """A name=value pair sent twice verifies as the Python validator signs it (once)."""
+    class MultiDict(dict[str, list[str]]):
+        def getall(self, name: str) -> list[str]:
+            return self[name]
+
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(URL, MultiDict({"Tag": ["a", "a"]}))
+    assert verify(TWILIO, [AUTH_TOKEN], twilio_request(URL, b"Tag=a&Tag=a", signature), NOW).ok
 
 
 def test_twilio_behind_a_proxy_verifies_against_the_public_url() -> None:

@@ -87,8 +87,12 @@ class ManifestTable:
             raise self.error(key, f"must be {what}, not {type(value).__name__}")
         return value
 
-    def text(self, key: str, required: bool = False) -> str | None:
-        value: str | None = self._typed(key, str, "a string", required)
+    def text(self, key: str) -> str | None:
+        value: str | None = self._typed(key, str, "a string", False)
+        return value
+
+    def required_text(self, key: str) -> str:
+        value: str = self._typed(key, str, "a string", True)
         return value
 
     def integer(self, key: str, minimum: int) -> int | None:
@@ -107,11 +111,15 @@ class ManifestTable:
             raise self.error(key, f"must be one of {', '.join(options)}")
         return default if value is None else value
 
-    def header(self, key: str, required: bool = False) -> str | None:
-        value = self.text(key, required)
-        if value is not None and not _HEADER_NAME.fullmatch(value):
+    def header(self, key: str) -> str | None:
+        """A header name, lower-cased as the request headers are."""
+        return None if key not in self.data else self.required_header(key)
+
+    def required_header(self, key: str) -> str:
+        value = self.required_text(key)
+        if not _HEADER_NAME.fullmatch(value):
             raise self.error(key, f"{value!r} is not a valid header name")
-        return None if value is None else value.lower()
+        return value.lower()
 
     def texts(self, key: str) -> tuple[str, ...]:
         values = self._typed(key, list, "a list of strings", False) or []

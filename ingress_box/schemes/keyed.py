@@ -31,6 +31,8 @@ _ANY_TOKEN = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 @dataclass(frozen=True)
 class HmacSpec:
+    """A header holding the HMAC of ``template`` rendered over the raw body."""
+
     header: str
     algorithm: str = "sha256"
     encoding: str = "hex"
@@ -73,10 +75,9 @@ def parse_hmac(t: ManifestTable) -> HmacSpec:
     for token, header in (("timestamp", timestamp_header), ("id", id_header)):
         if token in tokens and header is None:
             raise t.error("template", f"uses {{{token}}} but {token}_header is not declared")
-    header = t.header("header", required=True)
-    assert header is not None  # required=True raised otherwise
     return HmacSpec(
-        header=header, algorithm=algorithm, encoding=t.choice("encoding", ("hex", "base64"), "hex"),
+        header=t.required_header("header"), algorithm=algorithm,
+        encoding=t.choice("encoding", ("hex", "base64"), "hex"),
         prefix=t.text("prefix") or "", template=template, timestamp_header=timestamp_header,
         tolerance_seconds=tolerance or DEFAULT_TOLERANCE_SECONDS, id_header=id_header,
         multiple=bool(t.flag("multiple")))
@@ -117,6 +118,8 @@ def verify_hmac(spec: HmacSpec, secrets: Sequence[str], req: SignedRequest, now:
 
 @dataclass(frozen=True)
 class SharedSecretSpec:
+    """A header whose value is the secret itself (Telegram's secret_token)."""
+
     header: str
     scheme: str = field(default="shared-secret", init=False)
     secret_kind: str = field(default="text", init=False)
@@ -124,9 +127,7 @@ class SharedSecretSpec:
 
 def parse_shared(t: ManifestTable) -> SharedSecretSpec:
     t.only("scheme", "header")
-    header = t.header("header", required=True)
-    assert header is not None
-    return SharedSecretSpec(header=header)
+    return SharedSecretSpec(header=t.required_header("header"))
 
 
 def verify_shared(
@@ -139,11 +140,12 @@ def verify_shared(
     return OK if ok else fail("bad_signature")
 
 
-
 # --- none -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class NoneSpec:
+    """No verification: passes only when the manifest explicitly allows unsigned requests."""
+
     allow_unsigned: bool = False
     scheme: str = field(default="none", init=False)
     secret_kind: str = field(default="text", init=False)

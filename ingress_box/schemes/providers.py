@@ -22,6 +22,8 @@ from .base import (
 
 @dataclass(frozen=True)
 class StandardWebhooksSpec:
+    """webhook-id/-timestamp/-signature (or svix-*), HMAC-SHA256 of "{id}.{timestamp}.{body}"."""
+
     tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS
     scheme: str = field(default="standard-webhooks", init=False)
     secret_kind: str = field(default="whsec", init=False)
@@ -77,6 +79,8 @@ def verify_standard(
 
 @dataclass(frozen=True)
 class StripeSpec:
+    """Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "{t}.{body}">[,v1=...]."""
+
     tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS
     header: str = "stripe-signature"
     scheme: str = field(default="stripe", init=False)
@@ -118,6 +122,8 @@ def verify_stripe(
 
 @dataclass(frozen=True)
 class TwilioSpec:
+    """X-Twilio-Signature: base64 HMAC-SHA1 of the URL plus the sorted form params."""
+
     header: str = "x-twilio-signature"
     scheme: str = field(default="twilio", init=False)
     secret_kind: str = field(default="text", init=False)

@@ -63,7 +63,7 @@ async def alist_page(db: Database, selection: Selection, cursor: str | None,
     where, params = selection.where()
     if cursor:
         where += " AND x.rowid > ?"
-        params.append(int(decode_cursor(cursor, 1)[0]))
+        params.append(decode_cursor(cursor, (int,))[0])
     rows = await db.aread(f"{_ITEM} WHERE {where} ORDER BY x.rowid LIMIT ?", [*params, limit + 1])
     more = len(rows) > limit
     rows = rows[:limit]

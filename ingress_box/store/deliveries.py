@@ -261,7 +261,7 @@ def _list_query(plugin_id: str | None, instance_id: str | None, state: str | Non
             params.append(value)
     if cursor:
         where.append("d.seq < ?")
-        params.append(int(decode_cursor(cursor, 1)[0]))
+        params.append(decode_cursor(cursor, (int,))[0])
     sql = _ITEM + (" WHERE " + " AND ".join(where) if where else "")
     sql += " ORDER BY d.seq DESC LIMIT ?"
     params.append(limit + 1)

@@ -181,7 +181,7 @@ def _list_query(plugin_id: str | None, cursor: str | None, limit: int) -> tuple[
         where.append("plugin_id = ?")
         params.append(plugin_id)
     if cursor:
-        after = decode_cursor(cursor, 2)
+        after = decode_cursor(cursor, (str, str))
         where.append("(plugin_id, instance_id) > (?, ?)")
         params.extend(after)
     sql = f"SELECT {_COLUMNS} FROM instances"

@@ -25,17 +25,23 @@ def encode_cursor(key: list[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, size: int) -> list[Any]:
-    """The key a cursor holds; it must be a list of ``size`` strings or numbers."""
+def decode_cursor(cursor: str, kinds: tuple[type, ...]) -> list[Any]:
+    """The key a cursor holds; it must be one value of each of ``kinds`` (str or int)."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         key = json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput("cursor is not one this server gave") from exc
-    if not (isinstance(key, list) and len(key) == size
-            and all(isinstance(k, (str, int, float)) for k in key)):
+    if not (isinstance(key, list) and len(key) == len(kinds)
+            and all(_fits(value, kind) for value, kind in zip(key, kinds))):
         raise InvalidInput("cursor is not one this server gave")
     return key
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if kind is int:  # SQLite integers are 64-bit; bool is an int to Python but not to us
+        return type(value) is int and -(2**63) <= value < 2**63
+    return type(value) is kind
 
 
 def clamp_limit(raw: str | int | None, default: int = 100) -> int:

@@ -1,0 +1,133 @@
+"""Shared helpers of the benchmarks: start/stop servers (serve.py) as process groups, create the
+bench instance through the store, build signed ~1 KB bodies, percentiles."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SECRET = "bench-secret-0123456789abcdef"
+PATH = "/ingress/generic/bench/events"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``python serve.py KIND ...`` in its own process group; stop() always cleans up."""
+
+    def __init__(self, kind: str, workdir: Path, *args: str, env: dict[str, str] | None = None,
+                 port: int | None = None) -> None:
+        self.kind, self.port = kind, port or free_port()
+        self.out = workdir / f"{kind}-{self.port}.out"
+        with open(self.out, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(HERE / "serve.py"), kind, "--port", str(self.port), *args],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, **(env or {})})
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 20.0) -> Server:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited:\n{self.out.read_text()[-2000:]}")
+            try:
+                if self.kind == "target":
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                else:
+                    urllib.request.urlopen(self.url + "/healthz", timeout=0.5).read()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.kind} did not start in {timeout}s")
+
+    def settings_line(self) -> str:
+        for line in self.out.read_text().splitlines():
+            if line.startswith("settings:"):
+                return line
+        return "settings: ?"
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM the group (graceful shutdown), then SIGKILL it if it lingers."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            except ProcessLookupError:
+                return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait(5)
+
+
+def prepare_db(path: Path, target_url: str | None = None) -> None:
+    """A fresh database with instance generic/bench (secret SECRET), written through the store."""
+    from ingress_box.delivery import generate_outbound_secret
+    from ingress_box.store import Database, instances
+
+    db = Database(path, synchronous="FULL").open()
+    try:
+        now = time.time()
+        db.write(instances.insert(instances.Instance(
+            plugin_id="generic", instance_id="bench", secret=SECRET, target_url=target_url,
+            outbound_secret=generate_outbound_secret(), created_at=now, updated_at=now)))
+    finally:
+        db.close()
+
+
+def body(i: int, size: int = 1024) -> bytes:
+    """A JSON body of exactly ``size`` bytes that differs per ``i``."""
+    head = {"event": "message.created", "seq": i, "account": {"id": 42, "name": "bench"},
+            "text": ""}
+    filler = size - len(json.dumps(head, separators=(",", ":")))
+    head["text"] = hashlib.sha256(str(i).encode()).hexdigest() * (filler // 64 + 1)
+    head["text"] = head["text"][:filler]
+    return json.dumps(head, separators=(",", ":")).encode()
+
+
+def sign(raw: bytes) -> str:
+    return "sha256=" + hmac.new(SECRET.encode(), raw, hashlib.sha256).hexdigest()
+
+
+def ro_connect(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+
+
+def count(path: Path, sql: str) -> int:
+    conn = ro_connect(path)
+    try:
+        return int(conn.execute(sql).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def pct(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of ``values``; nan when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]

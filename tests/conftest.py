@@ -1,0 +1,143 @@
+"""Shared fixtures: settings on a real SQLite file in tmp_path, the app with its lifespan running,
+the admin token, a controllable clock, and factories for deliveries and dead letters."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from ingress_box.app import Box, create_app
+from ingress_box.config import Settings, load_settings
+from ingress_box.store import Database
+from ingress_box.store.deliveries import NewDelivery, Outcome, accept, claim, settle
+
+ADMIN_TOKEN = "test-admin-token"
+T0 = 1_700_000_000.0  # the fake clock's start: far from 0 so no "falsy timestamp" bug hides
+
+
+def pytest_report_header() -> str:
+    return f"sqlite: {sqlite3.sqlite_version}"
+
+
+class Reply(Protocol):
+    """What tests read of a TestClient answer (httpx's Response, or httpx2's on Starlette 1.x)."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def text(self) -> str: ...
+    def json(self, **kwargs: Any) -> Any: ...
+
+
+class Clock:
+    """A clock tests move by hand: ``clock()`` is now, ``clock.advance(s)`` moves it."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    # An empty environment, so the developer's INGRESS_BOX_* variables cannot leak in.
+    return load_settings({}, db_path=tmp_path / "box.db", admin_token=ADMIN_TOKEN)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def app(settings: Settings, clock: Clock) -> Starlette:
+    return create_app(settings, clock=clock, run_worker=False)
+
+
+@pytest.fixture
+def client(app: Starlette) -> Iterator[TestClient]:
+    with TestClient(app) as c:  # a context manager, so the lifespan opens the database
+        yield c
+
+
+@pytest.fixture
+def box(client: TestClient) -> Box:
+    the_box: Box = client.app.state.box  # type: ignore[attr-defined]
+    return the_box
+
+
+@pytest.fixture
+def admin_headers() -> dict[str, str]:
+    return {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+MakeDeliveries = Callable[..., list[str]]
+MakeDeadLetters = Callable[..., list[str]]
+
+
+def _new_delivery(n: int, plugin: str, instance: str, received_at: float) -> NewDelivery:
+    return NewDelivery(
+        id=f"msg_test{n:06d}", plugin_id=plugin, instance_id=instance, route="events",
+        provider_delivery_id=f"provider-{n}", conversation=None, method="POST", subpath="",
+        content_type="application/json", headers="{}", body=b'{"n": %d}' % n,
+        received_at=received_at)
+
+
+@pytest.fixture
+def make_deliveries() -> MakeDeliveries:
+    """``make_deliveries(db, count=1, plugin=, instance=)``: pending deliveries, their ids."""
+    numbers = itertools.count(1)
+
+    def make(db: Database, count: int = 1, plugin: str = "generic", instance: str = "main",
+             received_at: float = T0) -> list[str]:
+        new = [_new_delivery(next(numbers), plugin, instance, received_at) for _ in range(count)]
+
+        def op(conn: sqlite3.Connection) -> None:
+            for delivery in new:
+                assert accept(conn, delivery)
+
+        db.write(op)
+        return [d.id for d in new]
+
+    return make
+
+
+@pytest.fixture
+def make_dead_letters(make_deliveries: MakeDeliveries) -> MakeDeadLetters:
+    """``make_dead_letters(db, count=1, plugin=, instance=)``: dead-lettered deliveries, as the
+    worker leaves them (claimed, then settled dead); returns the dead letter ids."""
+
+    def make(db: Database, count: int = 1, plugin: str = "generic",
+             instance: str = "main") -> list[str]:
+        doomed = set(make_deliveries(db, count, plugin, instance))
+        now = T0 + 1
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            dead = []
+            for row in claim("tests", now, 60, 1_000_000)(conn):
+                # Other pending rows were claimed too: hand them back untouched.
+                fate = "dead" if row.id in doomed else "retry"
+                settle(Outcome(seq=row.seq, owner="tests", attempt=row.attempt, outcome=fate,
+                               started_at=now, duration_ms=1.0, status_code=500,
+                               error="HTTP 500", next_attempt_at=T0,
+                               dead_letter_id=f"dlq_{row.id}"), now)(conn)
+                if fate == "dead":
+                    dead.append(f"dlq_{row.id}")
+            return dead
+
+        return db.write(op)
+
+    return make

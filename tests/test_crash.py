@@ -1,0 +1,165 @@
+"""Crash safety with real processes: kill -9, SIGTERM, and two workers on one file."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from live import Target, free_port, generic_headers, running_target
+
+TOKEN = "crash-test-admin-token"
+SECRET = "crash-test-secret"
+
+
+class Box:
+    """`ingress-box serve` (or `worker`) as a child process on one database file."""
+
+    def __init__(self, db: Path, command: str = "serve", **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environ = {**os.environ, "INGRESS_BOX_DB": str(db), "INGRESS_BOX_PORT": str(self.port),
+                   "INGRESS_BOX_HOST": "127.0.0.1", "INGRESS_BOX_ADMIN_TOKEN": TOKEN,
+                   "INGRESS_BOX_LEASE_SECONDS": "2", "INGRESS_BOX_RETRY_BASE_SECONDS": "0.05",
+                   "INGRESS_BOX_RETRY_MAX_SECONDS": "0.2", **env}
+        self.log = db.with_name(f"{command}-{self.port}.log")
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ingress_box", command], env=environ,
+                stdout=log, stderr=subprocess.STDOUT)
+        if command == "serve":
+            self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.log.read_text())
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("serve did not start")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def add_instance(self, target_url: str) -> None:
+        response = httpx.post(self.url + "/admin/instances", headers={
+            "authorization": f"Bearer {TOKEN}"}, json={
+            "plugin": "generic", "instance": "main", "target_url": target_url,
+            "secret": SECRET})
+        assert response.status_code == 201, response.text
+
+    def send(self, n: int) -> bool:
+        """Post webhook ``n``; True only when the box acked it with a 2xx."""
+        body = f'{{"n":{n}}}'.encode()
+        try:
+            response = httpx.post(
+                self.url + "/ingress/generic/main/events", content=body, timeout=5,
+                headers=generic_headers(body, secret=SECRET, **{"x-delivery": f"d-{n}"}))
+        except httpx.HTTPError:
+            return False
+        return 200 <= response.status_code < 300
+
+
+@pytest.fixture
+def target() -> Iterator[Target]:
+    with running_target() as t:
+        yield t
+
+
+def delivered_ids(target: Target) -> collections.Counter[str]:
+    with target.lock:
+        return collections.Counter(r.headers["ingress-box-delivery-id"] for r in target.received)
+
+
+def wait_all(target: Target, ids: set[str], timeout: float = 30) -> collections.Counter[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = delivered_ids(target)
+        if ids <= set(got):
+            return got
+        time.sleep(0.1)
+    missing = ids - set(delivered_ids(target))
+    raise AssertionError(f"{len(missing)} acked deliveries never arrived: {sorted(missing)[:5]}")
+
+
+def test_kill_9_under_load_loses_no_acked_delivery(tmp_path: Path, target: Target) -> None:
+    """Every webhook acked before a SIGKILL reaches the target after a restart."""
+    db = tmp_path / "box.db"
+    box = Box(db)
+    box.add_instance(target.url)
+    acked: set[str] = set()
+
+    def sender(n: int) -> None:
+        if box.send(n):
+            acked.add(f"d-{n}")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        futures = [pool.submit(sender, n) for n in range(400)]
+        deadline = time.monotonic() + 20
+        while len(acked) < 150 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        box.proc.kill()
+        box.proc.wait(timeout=10)
+        concurrent.futures.wait(futures)
+    assert len(acked) >= 150
+    restarted = Box(db)
+    try:
+        got = wait_all(target, acked)
+    finally:
+        assert restarted.stop() == 0
+    duplicates = sum(c - 1 for c in got.values() if c > 1)
+    assert duplicates <= 4, f"{duplicates} duplicates; only in-flight deliveries may repeat"
+
+
+def test_sigterm_during_deliveries_exits_cleanly_and_loses_nothing(
+        tmp_path: Path, target: Target) -> None:
+    """SIGTERM with slow deliveries in flight: exit 0 within 15 s, all delivered after restart."""
+    target.delay = 0.3
+    db = tmp_path / "box.db"
+    box = Box(db)
+    box.add_instance(target.url)
+    acked = {f"d-{n}" for n in range(20) if box.send(n)}
+    assert len(acked) == 20
+    target.wait_for(2)
+    started = time.monotonic()
+    assert box.stop(signal.SIGTERM, timeout=15) == 0
+    assert time.monotonic() - started < 15
+    restarted = Box(db)
+    try:
+        wait_all(target, acked)
+    finally:
+        assert restarted.stop() == 0
+
+
+def test_serve_and_a_separate_worker_deliver_each_event_once(
+        tmp_path: Path, target: Target) -> None:
+    """Two processes draining one file never deliver one event twice in normal operation."""
+    db = tmp_path / "box.db"
+    box = Box(db)
+    box.add_instance(target.url)
+    worker = Box(db, command="worker")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            acked = {f"d-{n}" for n, ok in zip(range(200), pool.map(box.send, range(200))) if ok}
+        assert len(acked) == 200
+        got = wait_all(target, acked)
+        time.sleep(0.5)
+        assert max(delivered_ids(target).values()) == 1, got.most_common(3)
+    finally:
+        assert worker.stop() == 0
+        assert box.stop() == 0
