@@ -272,7 +272,8 @@ class Deliveries(HTTPEndpoint):
 
 class DeliveryItem(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
-        return JSONResponse(await store_deliveries.aget(_box(request).db, request.path_params["id"]))
+        found = await store_deliveries.aget(_box(request).db, request.path_params["id"])
+        return JSONResponse(found)
 
 
 class DeadLetters(HTTPEndpoint):

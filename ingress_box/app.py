@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import httpx
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
@@ -22,6 +24,7 @@ from . import admin
 from .auth import AdminAuth, ensure_admin_token
 from .config import Settings
 from .ingress import Inbound, Ingress
+from .metrics import Metrics
 from .plugins import Registry, load_registry
 from .store import Database
 from .worker import Worker
@@ -41,6 +44,7 @@ class Box:
     ingress: Ingress
     auth: AdminAuth
     worker: Worker | None
+    metrics: Metrics
     clock: Callable[[], float]
     generated_token: str | None = None
 
@@ -97,13 +101,23 @@ async def readyz(request: Request) -> Response:
         await box.db.awrite(lambda conn: conn.execute(
             "INSERT INTO meta (key, value) VALUES ('ready_probe', ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(box.clock()),)))
-    except Exception as exc:  # any failure to commit means not ready
+    except Exception as exc:  # noqa: BLE001 (any failure to commit means not ready)
         problems.append(f"database not writable: {exc}")
     if box.worker is not None and not box.worker.alive():
         problems.append("worker not running")
     if problems:
         return JSONResponse({"ready": False, "problems": problems}, status_code=503)
     return JSONResponse({"ready": True})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    box: Box = request.app.state.box
+    if not box.settings.metrics_public and not box.auth.check(
+            request.headers.get("authorization")):
+        return JSONResponse({"error": {"code": "unauthorized",
+                                       "message": "admin token required"}}, status_code=401)
+    body = await run_in_threadpool(box.metrics.exposition)  # the collector reads the database
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time,
@@ -118,12 +132,17 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time,
         await db.aopen()
         auth, generated = ensure_admin_token(db, settings.admin_token)
         ingress = Ingress(settings, db, registry, clock=clock)
+        metrics = Metrics(db)
+        db.on_commit.append(metrics.on_commit)
+        ingress.observers.append(metrics.on_request)
         worker = None
         if run_worker:
             worker = Worker(settings, db, registry, clock=clock, transport=transport)
             ingress.on_accepted.append(worker.wake)
+            worker.observers.append(metrics.on_attempt)
             worker.start()
-        app.state.box = Box(settings, db, registry, ingress, auth, worker, clock, generated)
+        app.state.box = Box(settings, db, registry, ingress, auth, worker, metrics, clock,
+                            generated)
         try:
             yield
         finally:
@@ -138,6 +157,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time,
               methods=ANY_METHOD),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
         Mount("/admin", routes=admin.routes()),
         *admin.top_level_routes(),
     ]

@@ -40,7 +40,8 @@ def ensure_admin_token(db: Database, configured: Secret | None) -> tuple[AdminAu
     fresh = "ibx_" + secrets.token_urlsafe(32)
 
     def op(conn: sqlite3.Connection) -> str:
-        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (_KEY, _digest(fresh)))
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                     (_KEY, _digest(fresh)))
         return str(conn.execute("SELECT value FROM meta WHERE key = ?", (_KEY,)).fetchone()[0])
 
     stored = db.write(op)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -27,7 +26,7 @@ import click
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from . import __version__, instances, worker
+from . import __version__, instances, logs, worker
 from .app import create_app
 from .auth import ensure_admin_token, reset_admin_token
 from .config import SYNCHRONOUS_MODES, Settings, env_name, load_settings
@@ -113,21 +112,7 @@ def settings_options(*names: str) -> Callable[[Callable[..., T]], Callable[..., 
 
 
 def _configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler()
-    if settings.log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = {"time": record.created, "level": record.levelname.lower(),
-                "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line)
+    logs.configure(settings.log_format)
 
 
 # -- the program ------------------------------------------------------------------------------
@@ -148,6 +133,7 @@ def serve(**flags: Any) -> None:
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, lifespan="on",
         log_level="info", timeout_graceful_shutdown=10,
+        access_log=False,  # the box logs one structured line per request itself
         # With JSON logs, uvicorn's own lines go through our handler too.
         log_config=None if settings.log_format == "json" else LOGGING_CONFIG)
     server = uvicorn.Server(config)
@@ -240,7 +226,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [list(header), *[[_cell(v) for v in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _print_json(data: Any) -> None:
@@ -271,7 +257,8 @@ def instances_group() -> None:
 @click.option("--secret", help="the provider's signing secret (generated if not given)")
 @click.option("--verify-token", help="token of a GET challenge (generated if not given)")
 @click.option("--session", help="session this instance belongs to")
-@click.option("--lane-policy", type=click.Choice(LANE_POLICIES), help="progress (default) or strict")
+@click.option("--lane-policy", type=click.Choice(LANE_POLICIES),
+              help="progress (default) or strict")
 @click.option("--handler", help="handler name or package.module:function (default: the plugin's)")
 @click.option("--config", "config_json", help="handler config, a JSON object")
 @click.option("--disabled", is_flag=True, help="create it disabled")

@@ -56,6 +56,7 @@ class Answer:
     content_type: str = "application/json"
     headers: Mapping[str, str] = field(default_factory=dict)
     outcome: str = ""                 # accepted, duplicate, or the rejection reason
+    delivery_id: str | None = None    # the webhook-id, once the request got that far
 
 
 def error(status: int, code: str, message: str, **headers: str) -> Answer:
@@ -203,7 +204,7 @@ class Ingress:
             is_new = await asyncio.wait_for(
                 self.db.awrite(lambda conn: store_deliveries.accept(conn, new)),
                 self.commit_timeout)
-        except (StorageUnavailable, asyncio.TimeoutError) as exc:
+        except (TimeoutError, StorageUnavailable) as exc:
             log.warning("cannot commit %s/%s: %s", instance.plugin_id, instance.instance_id, exc)
             return error(503, "storage_unavailable", "cannot store the webhook now; retry",
                          **{"retry-after": "1"})
@@ -214,7 +215,7 @@ class Ingress:
         payload = ack.body if ack.body is not None else json.dumps(
             {"status": "accepted", "id": delivery_id}, separators=(",", ":")).encode()
         return Answer(ack.status, payload, ack.content_type,
-                      outcome="accepted" if is_new else "duplicate")
+                      outcome="accepted" if is_new else "duplicate", delivery_id=delivery_id)
 
     def _reject(self, instance: Instance, route: Route, answer: Answer) -> Answer:
         kept = self.rejections.setdefault(

@@ -23,15 +23,36 @@ from secrets import token_bytes, token_urlsafe
 from typing import Any, NamedTuple
 
 from .schemes.base import (
-    DEFAULT_TOLERANCE_SECONDS, ManifestTable, SignedRequest, Verdict, VerifySpec, fail,
+    DEFAULT_TOLERANCE_SECONDS,
+    ManifestTable,
+    SignedRequest,
+    Verdict,
+    VerifySpec,
+    fail,
 )
 from .schemes.keyed import (
-    HmacSpec, NoneSpec, SharedSecretSpec, parse_hmac, parse_none, parse_shared, render_template,
-    verify_hmac, verify_none, verify_shared,
+    HmacSpec,
+    NoneSpec,
+    SharedSecretSpec,
+    parse_hmac,
+    parse_none,
+    parse_shared,
+    render_template,
+    verify_hmac,
+    verify_none,
+    verify_shared,
 )
 from .schemes.providers import (
-    StandardWebhooksSpec, StripeSpec, TwilioSpec, parse_standard, parse_stripe, parse_twilio,
-    verify_standard, verify_stripe, verify_twilio, whsec_key,
+    StandardWebhooksSpec,
+    StripeSpec,
+    TwilioSpec,
+    parse_standard,
+    parse_stripe,
+    parse_twilio,
+    verify_standard,
+    verify_stripe,
+    verify_twilio,
+    whsec_key,
 )
 
 __all__ = [

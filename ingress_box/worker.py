@@ -34,12 +34,11 @@ from huey.storage import SqliteStorage
 from . import delivery
 from .config import Settings
 from .delivery import Event, HandlerContext, RetryPolicy, Target
-from .errors import StorageUnavailable
+from .errors import PermanentFailure, StorageUnavailable
 from .plugins import Registry, load_registry
-from .store import Database
+from .store import Database, retention
 from .store import deliveries as store_deliveries
 from .store import instances as store_instances
-from .store import retention
 
 log = logging.getLogger("ingress_box.worker")
 
@@ -47,7 +46,7 @@ POLL_SECONDS = 0.02      # how often an idle consumer thread looks for tasks of 
 SHORT_WAIT_SECONDS = 1.0  # a retry due sooner than this is waited for in the drain itself
 
 
-class _Storage(SqliteStorage):
+class _Storage(SqliteStorage):  # type: ignore[misc]
     """huey's SQLite storage, woken at once by an enqueue from this process."""
 
     blocking = True  # dequeue() waits itself, so huey's worker loop does not sleep on top
@@ -218,14 +217,14 @@ class Worker:
         error: BaseException | None = None
         try:
             if instance is None:
-                raise delivery.PermanentFailure("instance no longer exists")
+                raise PermanentFailure("instance no longer exists")
             handler = delivery.resolve_handler(instance.handler)
             ctx = HandlerContext(
                 target=Target(instance.target_url, instance.outbound_secret, instance.config),
                 client=self.client, timeout=self.settings.delivery_timeout_seconds,
                 now=self.clock)
             handler(_event(row), ctx)
-        except Exception as exc:  # every failure is classified by the policy
+        except Exception as exc:  # noqa: BLE001 (every failure is classified by the policy)
             error = exc
         duration = time.perf_counter() - t0
         decision = delivery.decide(self.policy, row.attempt, error, self.rng)

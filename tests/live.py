@@ -117,7 +117,7 @@ def running_target(**options: Any) -> Iterator[Target]:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_POST(self) -> None:
             length = int(self.headers.get("content-length", "0"))
             body = self.rfile.read(length)
             got = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body,

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from live import Target, free_port, generic_headers, running_target
 
 TOKEN = "crash-test-admin-token"
@@ -155,7 +154,8 @@ def test_serve_and_a_separate_worker_deliver_each_event_once(
     worker = Box(db, command="worker")
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-            acked = {f"d-{n}" for n, ok in zip(range(200), pool.map(box.send, range(200))) if ok}
+            sent = pool.map(box.send, range(200))
+            acked = {f"d-{n}" for n, ok in enumerate(sent) if ok}
         assert len(acked) == 200
         got = wait_all(target, acked)
         time.sleep(0.5)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from live import add_instance, generic_headers, running_box
 from starlette.testclient import TestClient
 
 from ingress_box.app import Box, create_app
 from ingress_box.config import Settings, load_settings
-from live import add_instance, generic_headers, running_box
 
 URL = "/ingress/generic/main/events"
 

@@ -12,7 +12,13 @@ import pytest
 
 from ingress_box.errors import ConfigError, ManifestError
 from ingress_box.plugins import (
-    Ack, Challenge, Plugin, Route, load_manifest_file, load_registry, parse_manifest,
+    Ack,
+    Challenge,
+    Plugin,
+    Route,
+    load_manifest_file,
+    load_registry,
+    parse_manifest,
     plugin_to_json,
 )
 from ingress_box.signatures import HmacSpec, SignedRequest, verify

@@ -22,8 +22,15 @@ from twilio.request_validator import RequestValidator  # type: ignore[import-unt
 
 from ingress_box.errors import ManifestError
 from ingress_box.signatures import (
-    HmacSpec, NoneSpec, SignedRequest, StandardWebhooksSpec, Verdict, VerifySpec, generate_secret,
-    parse_verify_spec, verify,
+    HmacSpec,
+    NoneSpec,
+    SignedRequest,
+    StandardWebhooksSpec,
+    Verdict,
+    VerifySpec,
+    generate_secret,
+    parse_verify_spec,
+    verify,
 )
 
 NOW = 1_700_000_000

@@ -9,11 +9,19 @@ from pathlib import Path
 
 import httpx
 import pytest
+from live import (
+    LiveBox,
+    Received,
+    Target,
+    add_instance,
+    generic_headers,
+    running_box,
+    running_target,
+)
 from standardwebhooks.webhooks import Webhook
 
 from ingress_box.config import Settings, load_settings
 from ingress_box.store import dead_letters
-from live import LiveBox, Received, Target, add_instance, generic_headers, running_box, running_target
 
 URL = "/ingress/generic/main/events"
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -16,8 +16,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .base import (
-    DEFAULT_TOLERANCE_SECONDS, OK, ManifestTable, SignedRequest, Verdict, fail, fresh,
-    header_bytes, matches, read_timestamp, utf8,
+    DEFAULT_TOLERANCE_SECONDS,
+    OK,
+    ManifestTable,
+    SignedRequest,
+    Verdict,
+    fail,
+    fresh,
+    header_bytes,
+    matches,
+    read_timestamp,
+    utf8,
 )
 
 DIGESTS: dict[str, Callable[[], Any]] = {

@@ -13,10 +13,18 @@ from dataclasses import dataclass, field
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from .base import (
-    DEFAULT_TOLERANCE_SECONDS, OK, ManifestTable, SignedRequest, Verdict, fail, fresh,
-    header_bytes, matches, read_timestamp, utf8,
+    DEFAULT_TOLERANCE_SECONDS,
+    OK,
+    ManifestTable,
+    SignedRequest,
+    Verdict,
+    fail,
+    fresh,
+    header_bytes,
+    matches,
+    read_timestamp,
+    utf8,
 )
-
 
 # --- standard-webhooks ----------------------------------------------------------------------
 

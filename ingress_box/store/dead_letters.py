@@ -90,9 +90,10 @@ def redrive(selection: Selection, limit: int, now: float) -> Any:
             # A strict lane keeps its dead head parked in the outbox: un-park it.
             conn.execute(
                 "INSERT INTO outbox (delivery_seq, lane, available_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (delivery_seq) DO UPDATE SET parked = 0, available_at = excluded.available_at, "
-                "lease_until = NULL, lease_owner = NULL",
-                (row["seq"], lane_of(row["plugin_id"], row["instance_id"], row["conversation"]), now))
+                "ON CONFLICT (delivery_seq) DO UPDATE SET parked = 0, "
+                "available_at = excluded.available_at, lease_until = NULL, lease_owner = NULL",
+                (row["seq"], lane_of(row["plugin_id"], row["instance_id"], row["conversation"]),
+                 now))
         remaining = conn.execute(
             f"SELECT count(*) FROM dead_letters AS x WHERE {where}", params).fetchone()[0]
         return len(rows), remaining

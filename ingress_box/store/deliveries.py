@@ -253,7 +253,8 @@ def item_json(row: sqlite3.Row) -> dict[str, Any]:
 
 def _list_query(plugin_id: str | None, instance_id: str | None, state: str | None,
                 cursor: str | None, limit: int) -> tuple[str, list[Any]]:
-    where, params = [], []
+    where: list[str] = []
+    params: list[Any] = []
     for column, value in (("d.plugin_id", plugin_id), ("d.instance_id", instance_id),
                           ("d.state", state)):
         if value:

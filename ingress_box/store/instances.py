@@ -84,7 +84,7 @@ def insert(inst: Instance) -> Any:
     def op(conn: sqlite3.Connection) -> Instance:
         try:
             conn.execute(
-                f"INSERT INTO instances ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO instances ({_COLUMNS}) VALUES ({', '.join('?' * 15)})",
                 _values(inst),
             )
         except sqlite3.IntegrityError as exc:
@@ -176,7 +176,8 @@ def version(db: Database) -> str:
 
 
 def _list_query(plugin_id: str | None, cursor: str | None, limit: int) -> tuple[str, list[Any]]:
-    where, params = [], []
+    where: list[str] = []
+    params: list[Any] = []
     if plugin_id:
         where.append("plugin_id = ?")
         params.append(plugin_id)

@@ -33,7 +33,7 @@ def decode_cursor(cursor: str, kinds: tuple[type, ...]) -> list[Any]:
     except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput("cursor is not one this server gave") from exc
     if not (isinstance(key, list) and len(key) == len(kinds)
-            and all(_fits(value, kind) for value, kind in zip(key, kinds))):
+            and all(_fits(value, kind) for value, kind in zip(key, kinds, strict=True))):
         raise InvalidInput("cursor is not one this server gave")
     return key
 

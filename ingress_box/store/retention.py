@@ -67,7 +67,7 @@ def _until_done(db: Database, op: Callable[[sqlite3.Connection], int]) -> int:
 
 def run(db: Database, settings: Settings, now: float) -> dict[str, Any]:
     """Prune what the retention windows allow, then checkpoint; returns what was done."""
-    report = {
+    report: dict[str, Any] = {
         "payloads_dropped": _until_done(
             db, _drop_payloads(now - settings.payload_retention_days * DAY)),
         "delivered_pruned": _until_done(

@@ -1,0 +1,180 @@
+"""Conversation mappings as the rest of the box uses them.
+
+- the rules of a valid mapping, shared by the admin API, the CLI and handlers (:func:`upsert_of`);
+- learning a mapping from an accepted event, inside the transaction that accepts it
+  (:func:`learned`, :func:`learn`): a conflict becomes a note on the delivery, never a failed ack;
+- what a delivery gets: the ``ingress-box-session``/``-chat``/``-handover`` headers
+  (:func:`enrichment_headers`) and, for plugin handlers, :class:`MappingAccess`.
+
+The SQL lives in :mod:`ingress_box.store.mappings`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import extract
+from .errors import InvalidInput, MappingConflict, NotFound
+from .plugins import FieldSource, Registry, Route
+from .store import Database
+from .store import mappings as store
+from .store.mappings import STATES, ConversationMapping, Upsert
+
+INSTANCE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_TEXT = 256  # session, chat and conversation ids; a conversation id is cut to this on ingress
+MAX_METADATA_BYTES = 16 * 1024
+UPSERT_FIELDS = ("plugin", "instance", "session", "chat", "conversation", "state", "metadata")
+
+
+# -- validation --------------------------------------------------------------------------------
+
+def text(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{name} must be a non-empty string")
+    if len(value) > MAX_TEXT:
+        raise InvalidInput(f"{name} must be at most {MAX_TEXT} characters")
+    return value
+
+
+def state(value: object) -> str:
+    if value not in STATES:
+        raise InvalidInput(f"state must be one of {', '.join(STATES)}")
+    return str(value)
+
+
+def metadata(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInput("metadata must be a JSON object")
+    if len(json.dumps(value)) > MAX_METADATA_BYTES:
+        raise InvalidInput(f"metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")
+    return value
+
+
+def upsert_of(registry: Registry, data: Mapping[str, object]) -> Upsert:
+    """A validated upsert from what an operator sent (decoded JSON, or CLI flags)."""
+    plugin_id = data.get("plugin")
+    if not isinstance(plugin_id, str) or registry.get(plugin_id) is None:
+        raise InvalidInput(f"unknown plugin {plugin_id!r}")
+    instance_id = data.get("instance")
+    if not isinstance(instance_id, str) or not INSTANCE_ID.fullmatch(instance_id):
+        raise InvalidInput(f"instance must match ^{INSTANCE_ID.pattern}$")
+    given_state, given_metadata = data.get("state"), data.get("metadata")
+    return Upsert(
+        plugin_id=plugin_id, instance_id=instance_id,
+        session=text("session", data.get("session")), chat=text("chat", data.get("chat")),
+        conversation=text("conversation", data.get("conversation")),
+        state=None if given_state is None else state(given_state),
+        metadata=None if given_metadata is None else metadata(given_metadata))
+
+
+# -- learning from events ----------------------------------------------------------------------
+
+def _locate(source: FieldSource, headers: Mapping[str, str], body: extract.Body) -> str | None:
+    """The first declared header, JSON pointer or form field with a usable value."""
+    found: object = None
+    for name in source.headers:
+        found = found or headers.get(name, "").strip()
+    if not found and source.json_pointers:
+        try:
+            doc = body.json()
+        except extract.BodyNotJson:
+            doc = None
+        for pointer in source.json_pointers:
+            value = extract.json_pointer(doc, pointer)
+            # Numbers are ids too (Chatwoot's are), booleans and containers are not.
+            if not found and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                found = str(value).strip()
+    for name in source.form_fields:
+        found = found or body.form().get(name, "").strip()
+    # A chat id cut short would name another chat: too long means "not found", not truncated.
+    return found if isinstance(found, str) and found and len(found) <= MAX_TEXT else None
+
+
+def learned(route: Route, plugin_id: str, instance_id: str, instance_session: str | None,
+            headers: Mapping[str, str], body: extract.Body,
+            conversation: str | None) -> Upsert | None:
+    """The mapping an event declares, if its route says where the chat is and all parts are there.
+
+    The session is the instance's when the operator set one, else where the route says.
+    """
+    spec = route.mapping
+    if spec is None or conversation is None:
+        return None
+    session = instance_session or (
+        _locate(spec.session, headers, body) if spec.session is not None else None)
+    chat = _locate(spec.chat, headers, body)
+    if not session or not chat or len(session) > MAX_TEXT:
+        return None
+    return Upsert(plugin_id, instance_id, session, chat, conversation)
+
+
+def conflict_note(exc: MappingConflict) -> str:
+    return (f"mapping_conflict: conversation {exc.conversation} is bound to chat {exc.chat} "
+            f"of session {exc.session} (mapping {exc.mapping_id})")
+
+
+def learn(conn: sqlite3.Connection, delivery_id: str, m: Upsert, now: float) -> None:
+    """Upsert inside the accepting transaction; a conflict is noted on the delivery instead."""
+    try:
+        store.upsert_in(conn, m, now)
+    except MappingConflict as exc:  # its savepoint is rolled back; the delivery stands
+        store.note_delivery(conn, delivery_id, conflict_note(exc))
+
+
+# -- what deliveries get -----------------------------------------------------------------------
+
+def enrichment_headers(mapping: ConversationMapping | None) -> dict[str, str]:
+    if mapping is None:
+        return {}
+    return {"ingress-box-session": mapping.session, "ingress-box-chat": mapping.chat,
+            "ingress-box-handover": mapping.state}
+
+
+class MappingAccess:
+    """A handler's read and write access to mappings, bound to its event's plugin instance.
+
+    Writes go through the database's single writer and are committed when a call returns;
+    :class:`~ingress_box.errors.MappingConflict` reaches the handler to decide what to do.
+    """
+
+    def __init__(self, db: Database, plugin_id: str, instance_id: str,
+                 conversation: str | None, clock: Callable[[], float]) -> None:
+        self.db = db
+        self.plugin_id = plugin_id
+        self.instance_id = instance_id
+        self.conversation = conversation
+        self.clock = clock
+
+    def get(self) -> ConversationMapping | None:
+        """The mapping of the event's conversation, if it has one."""
+        if self.conversation is None:
+            return None
+        return store.of_conversation(self.db, self.plugin_id, self.instance_id, self.conversation)
+
+    def of_chat(self, session: str, chat: str) -> ConversationMapping | None:
+        return store.of_chat(self.db, self.plugin_id, self.instance_id, session, chat)
+
+    def set(self, session: str, chat: str, conversation: str | None = None, *,
+            state: str | None = None,
+            metadata: dict[str, Any] | None = None) -> ConversationMapping:
+        """Bind ``chat`` to ``conversation`` (default: the event's) in this instance."""
+        bound = conversation if conversation is not None else self.conversation
+        m = Upsert(self.plugin_id, self.instance_id, text("session", session),
+                   text("chat", chat), text("conversation", bound),
+                   None if state is None else globals()["state"](state),
+                   None if metadata is None else globals()["metadata"](metadata))
+        mapping, _ = self.db.write(store.upsert(m, self.clock()))
+        return mapping
+
+    def set_state(self, handover: str, metadata: dict[str, Any] | None = None
+                  ) -> ConversationMapping:
+        """Change the handover state of the event's conversation's mapping."""
+        if self.conversation is None:
+            raise NotFound("the event has no conversation")
+        return self.db.write(store.set_state_of_conversation(
+            self.plugin_id, self.instance_id, self.conversation, state(handover),
+            None if metadata is None else globals()["metadata"](metadata), self.clock()))

@@ -1,0 +1,120 @@
+"""Prometheus metrics (the official client) and one structured log line per request and attempt.
+
+Labels stay bounded: plugin and instance (operator-configured) and an outcome from a fixed set;
+never a delivery or conversation id. Requests for unknown plugins/instances are counted under
+``plugin="", instance=""`` so a scanner cannot grow the label set.
+
+Gauges that describe the database (outbox depth, oldest pending age, open dead letters, file
+sizes) are read when scraped, by a collector, so they are never stale.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .delivery import Decision
+from .ingress import Answer, Inbound
+from .store import Database
+from .store.deliveries import Claimed
+
+access_log = logging.getLogger("ingress_box.access")
+delivery_log = logging.getLogger("ingress_box.delivery")
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_END_TO_END_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+
+
+class _DatabaseCollector(Collector):
+    """Reads the outbox and file sizes at scrape time."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        row = self.db.read_one(
+            "SELECT count(*), min(d.received_at) FROM outbox AS o "
+            "JOIN deliveries AS d ON d.seq = o.delivery_seq WHERE o.parked = 0")
+        depth, oldest = (row[0], row[1]) if row is not None else (0, None)
+        yield GaugeMetricFamily("ingress_box_outbox_depth",
+                                "Deliveries waiting to be delivered", value=depth)
+        yield GaugeMetricFamily(
+            "ingress_box_outbox_oldest_age_seconds",
+            "Age of the oldest pending delivery (0 when none)",
+            value=max(0.0, time.time() - oldest) if oldest is not None else 0.0)
+        dead = self.db.read_one("SELECT count(*) FROM dead_letters WHERE redriven_at IS NULL")
+        yield GaugeMetricFamily("ingress_box_dead_letters_open", "Dead letters not redriven",
+                                value=dead[0] if dead is not None else 0)
+        sizes = GaugeMetricFamily("ingress_box_database_bytes", "Size of the database files",
+                                  labels=["file"])
+        for name, suffix in (("db", ""), ("wal", "-wal")):
+            try:
+                size = os.path.getsize(str(self.db.path) + suffix)
+            except OSError:
+                size = 0
+            sizes.add_metric([name], size)
+        yield sizes
+
+
+class Metrics:
+    def __init__(self, db: Database) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "ingress_box_ingress_requests", "Provider requests by outcome",
+            ["plugin", "instance", "outcome"], registry=self.registry)
+        self.request_seconds = Histogram(
+            "ingress_box_ingress_request_seconds", "Time to answer a provider request",
+            ["plugin"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.commit_batch = Histogram(
+            "ingress_box_commit_batch_size", "Writes committed together in one transaction",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=self.registry)
+        self.attempts = Counter(
+            "ingress_box_delivery_attempts", "Delivery attempts by outcome",
+            ["plugin", "instance", "outcome"], registry=self.registry)
+        self.attempt_seconds = Histogram(
+            "ingress_box_delivery_attempt_seconds", "Time of one delivery attempt",
+            ["plugin"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.end_to_end = Histogram(
+            "ingress_box_delivery_latency_seconds",
+            "From acceptance to the target's 2xx", ["plugin"],
+            buckets=_END_TO_END_BUCKETS, registry=self.registry)
+        self.registry.register(_DatabaseCollector(db))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # -- observers (hooked into the writer, the pipeline and the worker) -------------------
+
+    def on_commit(self, batch_size: int) -> None:
+        self.commit_batch.observe(batch_size)
+
+    def on_request(self, req: Inbound, answer: Answer, seconds: float) -> None:
+        known = answer.outcome != "not_found"
+        plugin, instance = (req.plugin, req.instance) if known else ("", "")
+        self.requests.labels(plugin, instance, answer.outcome).inc()
+        self.request_seconds.labels(plugin).observe(seconds)
+        access_log.info(
+            "request", extra={"fields": {
+                "plugin": req.plugin[:64], "instance": req.instance[:64],
+                "route": req.route[:64], "method": req.method, "status": answer.status,
+                "outcome": answer.outcome, "delivery_id": answer.delivery_id,
+                "ms": round(seconds * 1000, 2)}})
+
+    def on_attempt(self, row: Claimed, decision: Decision, seconds: float) -> None:
+        self.attempts.labels(row.plugin_id, row.instance_id, decision.outcome).inc()
+        self.attempt_seconds.labels(row.plugin_id).observe(seconds)
+        if decision.outcome == "delivered":
+            self.end_to_end.labels(row.plugin_id).observe(max(0.0, time.time() - row.received_at))
+        delivery_log.info(
+            "attempt", extra={"fields": {
+                "plugin": row.plugin_id, "instance": row.instance_id, "delivery_id": row.id,
+                "attempt": row.attempt, "outcome": decision.outcome,
+                "status": decision.status_code, "error": decision.error,
+                "next_in_s": round(decision.delay, 3) if decision.outcome == "retry" else None,
+                "ms": round(seconds * 1000, 2)}})

@@ -1,0 +1,260 @@
+"""Outbox worker benchmark: end-to-end latency, drain vs ingress, drain rate per worker count.
+
+Why: the issue promises that an accepted webhook reaches its target quickly (p50 <= 20 ms, p99 <=
+100 ms at 200/s), that the worker keeps up with a 1,000/s ingress, and that INGRESS_BOX_WORKERS
+scales delivery against a slow target (~workers / 0.05 s). The box runs as in production: one
+process (serve.py box: create_app with the in-process worker), synchronous=FULL, fresh database,
+instance generic/bench forwarding to a local target (serve.py target, a raw asyncio server that
+logs the receive time per ingress-box-delivery-id). The sender is open loop (asyncio + httpx on a
+fixed schedule; achieved rate and lateness printed), timestamps from time.monotonic(), which is
+system-wide, so sender and target times compare.
+
+1. e2e: 200/s for 30 s, target answers at once: target receive time - send time, p50/p99/max.
+2. flood: 1,000/s for 15 s, same box: outbox depth every second, its slope, the delivered rate.
+3. drain: N deliveries preloaded with the worker off, then the box restarted with
+   INGRESS_BOX_WORKERS = 1, 4, 16 against a target taking 50 ms: deliveries/s vs workers / 0.05.
+
+    python tests/bench/bench_delivery.py [--e2e-rate 200 --e2e-duration 30] [--workers 1,4,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import shutil
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import benchlib
+import httpx
+import uvloop
+from benchlib import PATH, Server, pct
+
+BODIES = [(raw, benchlib.sign(raw)) for raw in (benchlib.body(i) for i in range(500))]
+
+
+async def _send(url: str, rate: float, duration: float, prefix: str, conns: int) -> dict:
+    n, sent, acks, ack_ms, late = int(rate * duration), {}, Counter(), [], []
+    limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
+    async with httpx.AsyncClient(limits=limits, timeout=10.0) as client:
+        async def one(i: int) -> None:
+            raw, sig = BODIES[i % len(BODIES)]
+            headers = {"content-type": "application/json", "x-signature": sig,
+                       "x-delivery": f"{prefix}{i}"}
+            t = sent[f"{prefix}{i}"] = time.monotonic()
+            try:
+                response = await client.post(url + PATH, content=raw, headers=headers)
+                acks[response.status_code] += 1
+                ack_ms.append((time.monotonic() - t) * 1000)
+            except httpx.HTTPError as exc:
+                acks[type(exc).__name__] += 1
+
+        tasks, start = [], time.monotonic() + 0.1
+        for i in range(n):
+            due = start + i / rate
+            if due > time.monotonic():
+                await asyncio.sleep(due - time.monotonic())
+            late.append((time.monotonic() - due) * 1000)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.wait(tasks, timeout=30)
+    times = sorted(sent.values())
+    return {"sent": sent, "acks": dict(acks), "ack_ms": ack_ms, "late_p99": pct(late, 99),
+            "rate": (n - 1) / (times[-1] - times[0]) if n > 1 else 0.0}
+
+
+def send(*args: object) -> dict:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_send(*args))  # type: ignore[arg-type]
+
+
+def show_send(name: str, s: dict, rate: float) -> None:
+    print(f"{name}: sent {len(s['sent'])} at {s['rate']:.0f}/s (asked {rate:g}/s; sender "
+          f"lateness p99 {s['late_p99']:.1f} ms), acks {s['acks']}, ack p50 "
+          f"{pct(s['ack_ms'], 50):.1f} ms p99 {pct(s['ack_ms'], 99):.1f} ms")
+
+
+def received(log: Path) -> dict[str, float]:
+    if not log.exists():
+        return {}
+    return {d: float(t) for d, _, t in
+            (line.partition("\t") for line in log.read_text().splitlines()) if t}
+
+
+def wait_received(log: Path, ids: set[str] | int, timeout: float) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = received(log)
+        done = len(got) >= ids if isinstance(ids, int) else ids <= got.keys()
+        if done or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
+
+
+def sample(db: Path, stop: threading.Event, into: list, every: float = 1.0) -> None:
+    conn = benchlib.ro_connect(db)
+    t0 = time.monotonic()
+    while not stop.wait(every if into else 0):
+        try:
+            depth = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            done = conn.execute("SELECT count(*) FROM deliveries WHERE state = 'delivered'"
+                                ).fetchone()[0]
+            into.append((time.monotonic() - t0, depth, done))
+        except sqlite3.OperationalError:
+            pass
+    conn.close()
+
+
+def slope(points: list[tuple[float, float]]) -> float:
+    n = len(points)
+    mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+    den = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / den if den else 0.0
+
+
+def idle_cpu(box: Server, seconds: float = 3.0) -> float:
+    before = box.cpu_seconds()
+    time.sleep(seconds)
+    return (box.cpu_seconds() - before) / seconds
+
+
+def phase_e2e_and_flood(args: argparse.Namespace, work: Path, servers: list) -> dict:
+    target = Server("target", work, "--log", str(work / "fast.log"))
+    servers.append(target.wait_ready())
+    db = work / "e2e.db"
+    benchlib.prepare_db(db, target_url=target.url + "/hook")
+    box = Server("box", work, "--db", str(db))
+    servers.append(box.wait_ready())
+    print("box", box.settings_line())
+    print(f"idle box CPU with the worker on: {idle_cpu(box):.1%} of a core")
+    send(box.url, 50, 2, "warm-", 16)  # warm-up: connections, caches, first drains
+    s = send(box.url, args.e2e_rate, args.e2e_duration, "e2e-", args.connections)
+    got = wait_received(work / "fast.log", set(s["sent"]), 15)
+    lat = [(got[d] - t) * 1000 for d, t in s["sent"].items() if d in got]
+    show_send("e2e sender", s, args.e2e_rate)
+    print(f"e2e latency (target receive - send): p50 {pct(lat, 50):.1f} ms, p99 "
+          f"{pct(lat, 99):.1f} ms, max {max(lat, default=float('nan')):.1f} ms; "
+          f"{len(s['sent']) - len(lat)} not received")
+    print(f"{'PASS' if pct(lat, 50) <= 20 else 'FAIL'}  e2e p50 <= 20 ms   "
+          f"{'PASS' if pct(lat, 99) <= 100 else 'FAIL'}  e2e p99 <= 100 ms")
+
+    samples: list = []
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample, args=(db, stop, samples), daemon=True)
+    sampler.start()
+    f = send(box.url, args.flood_rate, args.flood_duration, "flood-", args.connections)
+    sent_until = samples[-1][0] if samples else 0.0
+    deadline = time.monotonic() + args.drain_timeout
+    while time.monotonic() < deadline and not (samples and samples[-1][1] == 0):
+        time.sleep(0.5)
+    stop.set()
+    sampler.join(5)
+    show_send("flood sender", f, args.flood_rate)
+    during = [(t, d) for t, d, _ in samples if t <= sent_until]
+    done = [(t, n) for t, _, n in samples if t <= sent_until]
+    grow, rate = slope(during) if len(during) > 2 else 0.0, slope(done) if len(done) > 2 else 0.0
+    print("outbox depth each second: " + " ".join(str(d) for _, d, _ in samples))
+    print(f"backlog slope while sending {grow:+.0f}/s -> "
+          f"{'GROWS' if grow > 0.02 * args.flood_rate else 'keeps up'}; delivered while "
+          f"sending {rate:.0f}/s ({rate / f['rate']:.0%} of the achieved send rate); "
+          f"drained {samples[-1][0] - sent_until:.1f} s after the last send"
+          if samples and samples[-1][1] == 0 else "NOT drained in --drain-timeout")
+    box.stop()
+    target.stop()
+    return {"latency": lat, "samples": samples, "sent_until": sent_until}
+
+
+def phase_drain(args: argparse.Namespace, work: Path, servers: list) -> None:
+    template = work / "preload.db"
+    benchlib.prepare_db(template, target_url="http://127.0.0.1:9/unused")
+    box = Server("box", work, "--db", str(template), "--no-worker")
+    servers.append(box.wait_ready())
+    pre = send(box.url, 500, args.preload / 500, "pre-", args.connections)
+    box.stop()
+    conn = sqlite3.connect(template)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pending = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    conn.close()
+    print(f"\ndrain: preloaded {pending} pending deliveries (acks {pre['acks']}), target "
+          f"delay {args.slow_delay * 1000:.0f} ms, up to {args.drain_seconds:g} s per run")
+    print("workers  delivered  seconds  rate/s  ideal/s  ratio  idle CPU after")
+    for workers in args.workers:
+        db, log = work / f"drain{workers}.db", work / f"slow{workers}.log"
+        shutil.copy(template, db)
+        target = Server("target", work, "--log", str(log), "--delay", str(args.slow_delay))
+        servers.append(target.wait_ready())
+        conn = sqlite3.connect(db)  # point the instance at this run's slow target
+        conn.execute("UPDATE instances SET target_url = ?", (target.url + "/hook",))
+        conn.commit()
+        conn.close()
+        box = Server("box", work, "--db", str(db), env={"INGRESS_BOX_WORKERS": str(workers)})
+        servers.append(box.wait_ready())
+        got = sorted(wait_received(log, pending, args.drain_seconds).values())
+        idle = f"{idle_cpu(box):.1%}" if len(got) >= pending else "-"
+        rate = (len(got) - 1) / (got[-1] - got[0]) if len(got) > 1 else 0.0
+        ideal = workers / args.slow_delay
+        print(f"{workers:7d}  {len(got):9d}  {got[-1] - got[0] if got else 0:7.1f}  "
+              f"{rate:6.1f}  {ideal:7.0f}  {rate / ideal:5.2f}  {idle}")
+        box.stop()
+        target.stop()
+
+
+def plot(result: dict, path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.hist(result["latency"], bins=100)
+    a.set(title="e2e latency (ms)", yscale="log")
+    b.plot([t for t, _, _ in result["samples"]], [d for _, d, _ in result["samples"]])
+    b.axvline(result["sent_until"], linestyle="--")
+    b.set(title="outbox depth during the flood", xlabel="s")
+    path.parent.mkdir(exist_ok=True)
+    fig.savefig(path, dpi=80)
+    print(f"plot: {path}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--e2e-rate", type=float, default=200.0)
+    parser.add_argument("--e2e-duration", type=float, default=30.0)
+    parser.add_argument("--flood-rate", type=float, default=1000.0)
+    parser.add_argument("--flood-duration", type=float, default=15.0)
+    parser.add_argument("--drain-timeout", type=float, default=60.0,
+                        help="max seconds to wait for the flood's backlog to drain")
+    parser.add_argument("--connections", type=int, default=128, help="sender connections")
+    parser.add_argument("--preload", type=int, default=1600, help="deliveries for the drain runs")
+    parser.add_argument("--slow-delay", type=float, default=0.05)
+    parser.add_argument("--drain-seconds", type=float, default=20.0, help="bound per drain run")
+    parser.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")],
+                        default=[1, 4, 16])
+    parser.add_argument("--skip", choices=["e2e", "drain"], help="skip a phase")
+    parser.add_argument("--plot", type=Path, default=Path(__file__).parent / "out/delivery.png")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-delivery-"))
+    print(f"# delivery benchmark {datetime.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} "
+          f"cores, work dir {work}")
+    servers: list[Server] = []
+    try:
+        if args.skip != "e2e":
+            plot(phase_e2e_and_flood(args, work, servers), args.plot)
+        if args.skip != "drain":
+            phase_drain(args, work, servers)
+    finally:
+        for server in servers:
+            server.stop()
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
