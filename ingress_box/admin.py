@@ -314,6 +314,8 @@ class DeadLetterItem(HTTPEndpoint):
 
 def routes() -> list[BaseRoute]:
     """The admin routes, mounted at ``/admin``; one guarded mount catches every path under it."""
+    from . import admin_mappings  # here, not at the top: it builds on this module's helpers
+
     return [Mount("", routes=[
         Route("/plugins", Plugins),
         Route("/instances", Instances),
@@ -325,6 +327,7 @@ def routes() -> list[BaseRoute]:
         Route("/dlq", DeadLetters),
         Route("/dlq/redrive", Redrive),
         Route("/dlq/{id}", DeadLetterItem),
+        *admin_mappings.routes(),
     ], middleware=[Middleware(AdminGuard)])]
 
 

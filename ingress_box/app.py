@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
-from . import admin
+from . import admin, dashboard
 from .auth import AdminAuth, ensure_admin_token
 from .config import Settings
 from .ingress import Inbound, Ingress
@@ -158,6 +158,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time,
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
+        *dashboard.routes(),  # /admin/ui: before /admin, whose guard wants a bearer token
         Mount("/admin", routes=admin.routes()),
         *admin.top_level_routes(),
     ]

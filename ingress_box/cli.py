@@ -3,8 +3,8 @@
 Every flag of ``serve``/``worker`` is also an ``INGRESS_BOX_*`` variable: flags default to None
 and go to :func:`~ingress_box.config.load_settings` as overrides, so a flag beats the variable
 and the variable beats the default. The operator commands (``instances``, ``dlq``,
-``deliveries``, ``admin-token``) open the SQLite file directly, so they work while ``serve``
-runs: writes queue behind its writer on SQLite's lock, reads never wait (WAL).
+``deliveries``, ``mappings``, ``admin-token``) open the SQLite file directly, so they work while
+``serve`` runs: writes queue behind its writer on SQLite's lock, reads never wait (WAL).
 
 Exit codes: 0 success, 1 failure, 2 bad input.
 """
@@ -20,24 +20,27 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from . import __version__, instances, logs, worker
+from . import __version__, instances, logs, ops, worker
 from .app import create_app
 from .auth import ensure_admin_token, reset_admin_token
 from .config import SYNCHRONOUS_MODES, Settings, env_name, load_settings
 from .errors import ConfigError, IngressBoxError, InvalidInput, ManifestError, NotFound
 from .plugins import load_registry
-from .store import Database
+from .store import Database, retention
 from .store import dead_letters as store_dead_letters
 from .store import deliveries as store_deliveries
 from .store import instances as store_instances
 from .store.dead_letters import MAX_REDRIVE_BATCH
 from .store.instances import LANE_POLICIES
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
 
 T = TypeVar("T")
 
@@ -178,6 +181,42 @@ plugins_dir_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
 limit_option = click.option("--limit", type=click.IntRange(1, 1000), default=100,
                             show_default=True, help="at most this many items")
+
+progress_option = click.option(
+    "--progress/--no-progress", "show_progress", default=None,
+    help="draw a progress bar on stderr [default: when stdout is a terminal]")
+
+
+class _Progress:
+    """A progress bar on stderr, fed ``report(done, total)``; stdout stays clean for --json.
+
+    Drawn when asked, else only when stdout is a terminal (someone is watching). It starts
+    at the first report with a total, so a job that turns out small draws nothing.
+    """
+
+    def __init__(self, label: str, show: bool | None) -> None:
+        self.label = label
+        self.show = sys.stdout.isatty() if show is None else show
+        self._bar: ProgressBar[int] | None = None
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def report(self, done: int, total: int) -> None:
+        if not self.show or total <= 0:
+            return
+        if self._bar is None:
+            self._bar = click.progressbar(length=total, label=self.label, show_pos=True,
+                                           file=sys.stderr)
+            self._bar.__enter__()
+        self._bar.length = max(total, done)  # an estimate may grow while the job runs
+        self._bar.update(done - self._bar.pos)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bar is not None:
+            if exc_info[0] is None and self._bar.length is not None:
+                self._bar.update(self._bar.length - self._bar.pos)
+            self._bar.__exit__(None, None, None)
 
 
 @contextlib.contextmanager
@@ -395,20 +434,26 @@ def dlq_list(plugin: str | None, instance: str | None, limit: int, db_path: Path
 @click.option("--id", "ids", multiple=True, help="only this dead letter (repeatable)")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="redrive at most this many (default: all)")
+@progress_option
 @db_option
 @json_option
 def dlq_redrive(plugin: str | None, instance: str | None, ids: tuple[str, ...],
-                limit: int | None, db_path: Path | None, as_json: bool) -> None:
+                limit: int | None, show_progress: bool | None, db_path: Path | None,
+                as_json: bool) -> None:
     """Send dead letters back to the outbox, in bounded batches."""
     selection = store_dead_letters.Selection(plugin, instance, list(ids) if ids else None)
     total, remaining = 0, 0
-    with _database(load_settings(db_path=db_path)) as db:
+    with (_database(load_settings(db_path=db_path)) as db,
+          _Progress("redriving", show_progress) as bar):
         while limit is None or total < limit:
             batch = MAX_REDRIVE_BATCH if limit is None else min(MAX_REDRIVE_BATCH, limit - total)
             redriven, remaining = db.write(store_dead_letters.redrive(selection, batch, _now()))
             total += redriven
             if remaining == 0 or redriven == 0:
                 break
+            # Another batch follows: the end is what is done plus what is left to do.
+            left = remaining if limit is None else min(remaining, limit - total)
+            bar.report(total, total + left)
     if as_json:
         _print_json({"redriven": total, "remaining": remaining})
     else:
@@ -495,3 +540,161 @@ def admin_token_reset(db_path: Path | None) -> None:
         click.echo(f"note: {env_name('admin_token')} is set and takes precedence over the "
                    "stored token", err=True)
     click.echo("A running serve keeps the old token until it restarts.", err=True)
+
+
+# -- operating the file: backup, stats, tail, doctor, prune -----------------------------------
+
+def _amount(key: str, value: Any) -> str:
+    """A figure for people: sizes in MiB, ages as minutes and seconds."""
+    if value is None:
+        return "-"
+    if key.endswith("_bytes"):
+        return f"{value / 1_048_576:.1f} MiB"
+    if key.endswith("_seconds"):
+        minutes, seconds = divmod(int(value), 60)
+        return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+    return str(value)
+
+
+@main.command("backup")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="replace PATH if it exists")
+@progress_option
+@db_option
+@json_option
+def backup_command(path: Path, force: bool, show_progress: bool | None, db_path: Path | None,
+                   as_json: bool) -> None:
+    """Copy the database to PATH (a file, or a folder to put a dated file in) while it runs.
+
+    The copy is one consistent moment of the file: every delivery committed before the backup
+    started is in it. It is a single file (no -wal) that ``serve --db`` opens as it is.
+    """
+    settings = load_settings(db_path=db_path)
+    if path.is_dir():
+        path = path / f"ingress-box-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.db"
+    if path.exists() and not force:
+        raise BadInput(f"{path} exists (pass --force to replace it)")
+    if path.resolve() == settings.db_path.resolve():
+        raise BadInput("PATH is the database itself")
+    if not path.parent.is_dir():
+        raise BadInput(f"no folder {path.parent}")
+    with _database(settings) as db, _Progress("backing up", show_progress) as bar:
+        report = ops.backup(db, path, bar.report)
+    data = {"path": str(report.path), "pages": report.pages, "bytes": report.bytes,
+            "deliveries": report.deliveries, "seconds": round(report.seconds, 3)}
+    if as_json:
+        _print_json(data)
+    else:
+        click.echo(f"backup: {report.path} ({_amount('_bytes', report.bytes)}, "
+                   f"{report.deliveries} deliveries, {report.seconds:.2f}s)")
+
+
+@main.command("stats")
+@db_option
+@json_option
+def stats_command(db_path: Path | None, as_json: bool) -> None:
+    """Show deliveries, backlog, attempts, dead letters and file sizes at one moment."""
+    with _database(load_settings(db_path=db_path)) as db:
+        data = ops.stats(db, _now())
+    if as_json:
+        _print_json(data)
+        return
+    for section, figures in data.items():
+        shown = "  ".join(f"{k.removesuffix('_bytes').removesuffix('_seconds').replace('_', ' ')}"
+                          f" {_amount(k, v)}" for k, v in figures.items())
+        click.echo(f"{section.replace('_', ' ') + ':':<20}{shown}")
+
+
+def _tail_line(event: dict[str, Any]) -> str:
+    where = f"{event['plugin']}/{event['instance']}/{event['route']}"
+    if event["event"] == "received":
+        extra = f"  conversation {event['conversation']}" if event["conversation"] else ""
+        return (f"{_when(event['at'])}  {'received':<9}  {where}  {event['id']}  "
+                f"provider id {event['provider_delivery_id']}{extra}")
+    status = f"HTTP {event['status_code']}" if event["status_code"] else "no answer"
+    error = f"  {_cell(event['error'], 120)}" if event["error"] else ""
+    return (f"{_when(event['at'])}  {event['outcome']:<9}  {where}  {event['id']}  "
+            f"attempt {event['attempt']}  {status}  {event['duration_ms']} ms{error}")
+
+
+@main.command("tail")
+@click.option("--follow/--no-follow", default=True, show_default=True,
+              help="keep printing new events until Ctrl-C")
+@click.option("--since", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="start with the events of the last SECONDS")
+@db_option
+@json_option
+def tail_command(follow: bool, since: float, db_path: Path | None, as_json: bool) -> None:
+    """Print deliveries as they are received and each delivery attempt's outcome.
+
+    With --json, one JSON object per line.
+    """
+    with _database(load_settings(db_path=db_path)) as db:
+        try:
+            for event in ops.tail(db, _now() - since, follow=follow):
+                click.echo(json.dumps(event, sort_keys=True) if as_json else _tail_line(event))
+        except KeyboardInterrupt:  # Ctrl-C is how a follow ends: not an error
+            pass
+
+
+@main.command("doctor")
+@click.option("--full", is_flag=True, help="a full integrity_check instead of quick_check")
+@click.option("--stuck-minutes", type=click.FloatRange(min=0), default=15.0, show_default=True,
+              help="a lane head or pending event older than this is stuck")
+@click.option("--stuck-attempts", type=click.IntRange(min=1), default=3, show_default=True,
+              help="a lane head with this many attempts is stuck")
+@db_option
+@plugins_dir_option
+@json_option
+def doctor_command(full: bool, stuck_minutes: float, stuck_attempts: int, db_path: Path | None,
+                   plugins_dir: Path | None, as_json: bool) -> None:
+    """Check the file and the instances; exit 1 if a check fails (warnings do not)."""
+    settings = load_settings(db_path=db_path, plugins_dir=plugins_dir)
+    registry = load_registry(settings.plugins_dir)
+    limits = ops.Limits(stuck_attempts=stuck_attempts, stuck_seconds=stuck_minutes * 60)
+    with _database(settings) as db:
+        checks = ops.doctor(db, now=_now(), public_url=settings.public_url,
+                            signing_plugins=ops.url_signing_plugins(registry), limits=limits,
+                            full=full)
+    failed = any(c.status == "fail" for c in checks)
+    if as_json:
+        _print_json({"ok": not failed,
+                     "checks": [{"name": c.name, "status": c.status, "detail": c.detail}
+                                for c in checks]})
+    else:
+        for c in checks:
+            click.echo(f"{c.status:<5} {c.name:<15} {c.detail}")
+    if failed:
+        sys.exit(1)
+
+
+@main.command("prune")
+@settings_options("db_path", "dedup_retention_days", "dlq_retention_days")
+@progress_option
+@json_option
+def prune_command(show_progress: bool | None, as_json: bool, **flags: Any) -> None:
+    """Prune what the retention windows allow now, then checkpoint the WAL.
+
+    The worker does this hourly; run it to reclaim space at once.
+    """
+    settings = load_settings(**flags)
+    now = _now()
+    with _database(settings) as db, _Progress("pruning", show_progress) as bar:
+        due = retention.due(db, settings, now) if bar.show else 0
+        done = 0
+
+        def advance(rows: int) -> None:
+            nonlocal done
+            done += rows
+            bar.report(done, due)
+
+        report = retention.run(db, settings, now, progress=advance)
+    if as_json:
+        _print_json(report)
+    else:
+        click.echo(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in report.items()
+                             if k != "checkpoint"))
+
+
+# Last, because it builds on the helpers above; importing it registers ``mappings`` on main.
+from . import cli_mappings  # noqa: E402, F401

@@ -12,19 +12,19 @@ The SQL lives in :mod:`ingress_box.store.mappings`.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from . import extract
 from .errors import InvalidInput, MappingConflict, NotFound
+from .instances import INSTANCE_ID
 from .plugins import FieldSource, Registry, Route
 from .store import Database
 from .store import mappings as store
+from .store.instances import Instance
 from .store.mappings import STATES, ConversationMapping, Upsert
 
-INSTANCE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_TEXT = 256  # session, chat and conversation ids; a conversation id is cut to this on ingress
 MAX_METADATA_BYTES = 16 * 1024
 UPSERT_FIELDS = ("plugin", "instance", "session", "chat", "conversation", "state", "metadata")
@@ -32,7 +32,7 @@ UPSERT_FIELDS = ("plugin", "instance", "session", "chat", "conversation", "state
 
 # -- validation --------------------------------------------------------------------------------
 
-def text(name: str, value: object) -> str:
+def check_text(name: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(f"{name} must be a non-empty string")
     if len(value) > MAX_TEXT:
@@ -40,13 +40,13 @@ def text(name: str, value: object) -> str:
     return value
 
 
-def state(value: object) -> str:
+def check_state(value: object) -> str:
     if value not in STATES:
         raise InvalidInput(f"state must be one of {', '.join(STATES)}")
     return str(value)
 
 
-def metadata(value: object) -> dict[str, Any]:
+def check_metadata(value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInput("metadata must be a JSON object")
     if len(json.dumps(value)) > MAX_METADATA_BYTES:
@@ -65,37 +65,45 @@ def upsert_of(registry: Registry, data: Mapping[str, object]) -> Upsert:
     given_state, given_metadata = data.get("state"), data.get("metadata")
     return Upsert(
         plugin_id=plugin_id, instance_id=instance_id,
-        session=text("session", data.get("session")), chat=text("chat", data.get("chat")),
-        conversation=text("conversation", data.get("conversation")),
-        state=None if given_state is None else state(given_state),
-        metadata=None if given_metadata is None else metadata(given_metadata))
+        session=check_text("session", data.get("session")),
+        chat=check_text("chat", data.get("chat")),
+        conversation=check_text("conversation", data.get("conversation")),
+        state=None if given_state is None else check_state(given_state),
+        metadata=None if given_metadata is None else check_metadata(given_metadata))
 
 
 # -- learning from events ----------------------------------------------------------------------
 
-def _locate(source: FieldSource, headers: Mapping[str, str], body: extract.Body) -> str | None:
-    """The first declared header, JSON pointer or form field with a usable value."""
-    found: object = None
+def _candidates(source: FieldSource, headers: Mapping[str, str],
+                body: extract.Body) -> Iterator[object]:
+    # A generator, so the body is parsed only when no header already answered.
     for name in source.headers:
-        found = found or headers.get(name, "").strip()
-    if not found and source.json_pointers:
+        yield headers.get(name)
+    if source.json_pointers:
         try:
             doc = body.json()
         except extract.BodyNotJson:
             doc = None
         for pointer in source.json_pointers:
-            value = extract.json_pointer(doc, pointer)
-            # Numbers are ids too (Chatwoot's are), booleans and containers are not.
-            if not found and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-                found = str(value).strip()
+            yield extract.json_pointer(doc, pointer)
     for name in source.form_fields:
-        found = found or body.form().get(name, "").strip()
-    # A chat id cut short would name another chat: too long means "not found", not truncated.
-    return found if isinstance(found, str) and found and len(found) <= MAX_TEXT else None
+        yield body.form().get(name)
 
 
-def learned(route: Route, plugin_id: str, instance_id: str, instance_session: str | None,
-            headers: Mapping[str, str], body: extract.Body,
+def _locate(source: FieldSource, headers: Mapping[str, str], body: extract.Body) -> str | None:
+    """The first declared header, JSON pointer or form field with a usable value."""
+    for value in _candidates(source, headers, body):
+        # Numbers are ids too (Chatwoot's are); booleans and containers are not.
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            continue
+        found = str(value).strip()
+        if found:
+            # A chat id cut short would name another chat: too long is "not found".
+            return found if len(found) <= MAX_TEXT else None
+    return None
+
+
+def learned(route: Route, instance: Instance, headers: Mapping[str, str], body: extract.Body,
             conversation: str | None) -> Upsert | None:
     """The mapping an event declares, if its route says where the chat is and all parts are there.
 
@@ -104,12 +112,12 @@ def learned(route: Route, plugin_id: str, instance_id: str, instance_session: st
     spec = route.mapping
     if spec is None or conversation is None:
         return None
-    session = instance_session or (
+    session = instance.session or (
         _locate(spec.session, headers, body) if spec.session is not None else None)
     chat = _locate(spec.chat, headers, body)
     if not session or not chat or len(session) > MAX_TEXT:
         return None
-    return Upsert(plugin_id, instance_id, session, chat, conversation)
+    return Upsert(instance.plugin_id, instance.instance_id, session, chat, conversation)
 
 
 def conflict_note(exc: MappingConflict) -> str:
@@ -123,6 +131,8 @@ def learn(conn: sqlite3.Connection, delivery_id: str, m: Upsert, now: float) -> 
         store.upsert_in(conn, m, now)
     except MappingConflict as exc:  # its savepoint is rolled back; the delivery stands
         store.note_delivery(conn, delivery_id, conflict_note(exc))
+    except InvalidInput as exc:  # cannot happen for a learned mapping; still never a failed ack
+        store.note_delivery(conn, delivery_id, f"mapping_rejected: {exc}")
 
 
 # -- what deliveries get -----------------------------------------------------------------------
@@ -163,10 +173,10 @@ class MappingAccess:
             metadata: dict[str, Any] | None = None) -> ConversationMapping:
         """Bind ``chat`` to ``conversation`` (default: the event's) in this instance."""
         bound = conversation if conversation is not None else self.conversation
-        m = Upsert(self.plugin_id, self.instance_id, text("session", session),
-                   text("chat", chat), text("conversation", bound),
-                   None if state is None else globals()["state"](state),
-                   None if metadata is None else globals()["metadata"](metadata))
+        m = Upsert(self.plugin_id, self.instance_id, check_text("session", session),
+                   check_text("chat", chat), check_text("conversation", bound),
+                   None if state is None else check_state(state),
+                   None if metadata is None else check_metadata(metadata))
         mapping, _ = self.db.write(store.upsert(m, self.clock()))
         return mapping
 
@@ -176,5 +186,5 @@ class MappingAccess:
         if self.conversation is None:
             raise NotFound("the event has no conversation")
         return self.db.write(store.set_state_of_conversation(
-            self.plugin_id, self.instance_id, self.conversation, state(handover),
-            None if metadata is None else globals()["metadata"](metadata), self.clock()))
+            self.plugin_id, self.instance_id, self.conversation, check_state(handover),
+            None if metadata is None else check_metadata(metadata), self.clock()))

@@ -24,12 +24,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from functools import cache
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import httpx
 
 from .config import Settings
 from .errors import PermanentFailure, RetryLater
+
+if TYPE_CHECKING:  # only a type here: conversations builds on the store, not the other way round
+    from .conversations import MappingAccess
 
 MAX_RESPONSE_BYTES = 64 * 1024  # never read more of a target's answer than this
 ERROR_EXCERPT_CHARS = 200
@@ -73,6 +76,9 @@ class HandlerContext:
     timeout: float
     now: Callable[[], float]
     extra_headers: Mapping[str, str] = field(default_factory=dict)
+    # The event's plugin instance's conversation mappings, to read and write (None in tests
+    # that build a context by hand).
+    mappings: MappingAccess | None = None
 
 
 class Handler(Protocol):

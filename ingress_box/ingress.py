@@ -11,13 +11,14 @@ import hmac
 import json
 import logging
 import re
+import sqlite3
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import extract
+from . import conversations, extract
 from .config import Settings
 from .errors import StorageUnavailable
 from .plugins import Registry, Route
@@ -200,10 +201,16 @@ class Ingress:
             headers=extract.redact_headers(req.headers),
             body=raw, received_at=self.clock(),
         )
+        learned = conversations.learned(route, instance, req.headers, body, new.conversation)
+
+        def accept(conn: sqlite3.Connection) -> bool:
+            is_new = store_deliveries.accept(conn, new)
+            if is_new and learned is not None:  # same transaction: no ack without its mapping
+                conversations.learn(conn, new.id, learned, new.received_at)
+            return is_new
+
         try:
-            is_new = await asyncio.wait_for(
-                self.db.awrite(lambda conn: store_deliveries.accept(conn, new)),
-                self.commit_timeout)
+            is_new = await asyncio.wait_for(self.db.awrite(accept), self.commit_timeout)
         except (TimeoutError, StorageUnavailable) as exc:
             log.warning("cannot commit %s/%s: %s", instance.plugin_id, instance.instance_id, exc)
             return error(503, "storage_unavailable", "cannot store the webhook now; retry",

@@ -20,6 +20,10 @@ dotted field (``routes.events.verify.tolerance_seconds``)::
     conversation = { json_pointers = ["/conversation/id"] }  # and/or headers, form_fields
     challenge = { }                  # optional: Meta-style GET handshake (param names overridable)
 
+    [routes.events.mapping]          # optional: learn conversation mappings from events
+    chat = { json_pointers = ["/conversation/contact_inbox/source_id"] }  # and/or headers, ...
+    session = { headers = ["X-Session"] }   # optional: used when the instance has no session
+
     [routes.events.verify]           # required; see ingress_box.signatures for the schemes
     scheme = "hmac"
     header = "X-Chatwoot-Signature"
@@ -104,6 +108,24 @@ class Route:
     max_body_bytes: int | None
     ack: Ack
     methods: tuple[str, ...] | None
+    mapping: MappingSpec | None = None
+
+
+@dataclass(frozen=True)
+class FieldSource:
+    """Where a value is in a request: headers, then JSON pointers, then form fields."""
+
+    headers: tuple[str, ...] = ()
+    json_pointers: tuple[str, ...] = ()
+    form_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MappingSpec:
+    """Where a route's events carry their chat (and session), to learn conversation mappings."""
+
+    chat: FieldSource
+    session: FieldSource | None = None  # None: only the instance's session
 
 
 @dataclass(frozen=True)
@@ -177,8 +199,30 @@ def _challenge(t: ManifestTable | None) -> Challenge | None:
     return Challenge(**{name: value for name, value in given.items() if value})
 
 
+def _field_source(t: ManifestTable | None) -> FieldSource | None:
+    if t is None:
+        return None
+    t.only("headers", "json_pointers", "form_fields")
+    source = FieldSource(_headers(t, "headers"), _pointers(t, "json_pointers"),
+                         t.texts("form_fields"))
+    if not (source.headers or source.json_pointers or source.form_fields):
+        raise t.error("headers", "give at least one of headers, json_pointers, form_fields")
+    return source
+
+
+def _mapping(t: ManifestTable | None) -> MappingSpec | None:
+    if t is None:
+        return None
+    t.only("chat", "session")
+    chat = _field_source(_sub(t, "chat"))
+    if chat is None:
+        raise t.error("chat", "is required: where an event carries its chat")
+    return MappingSpec(chat, _field_source(_sub(t, "session")))
+
+
 def _route(name: str, t: ManifestTable) -> Route:
-    t.only("methods", "max_body_bytes", "ack", "dedup", "conversation", "challenge", "verify")
+    t.only("methods", "max_body_bytes", "ack", "dedup", "conversation", "challenge", "verify",
+           "mapping")
     if "verify" not in t.data:
         raise t.error("verify", 'is required (an unsigned route says scheme = "none" with '
                                 "allow_unsigned = true)")
@@ -209,7 +253,7 @@ def _route(name: str, t: ManifestTable) -> Route:
         conversation_form_fields=conversation.texts("form_fields"),
         challenge=_challenge(_sub(t, "challenge")),
         max_body_bytes=t.integer("max_body_bytes", minimum=0),
-        ack=_ack(_sub(t, "ack")), methods=methods)
+        ack=_ack(_sub(t, "ack")), methods=methods, mapping=_mapping(_sub(t, "mapping")))
 
 
 def parse_manifest(data: object, source: str) -> Plugin:

@@ -31,7 +31,7 @@ from huey import Huey, crontab
 from huey.consumer import Consumer
 from huey.storage import SqliteStorage
 
-from . import delivery
+from . import conversations, delivery
 from .config import Settings
 from .delivery import Event, HandlerContext, RetryPolicy, Target
 from .errors import PermanentFailure, StorageUnavailable
@@ -219,10 +219,14 @@ class Worker:
             if instance is None:
                 raise PermanentFailure("instance no longer exists")
             handler = delivery.resolve_handler(instance.handler)
+            # Read at delivery time, so a mapping made after the event was accepted still counts.
+            mappings = conversations.MappingAccess(self.db, row.plugin_id, row.instance_id,
+                                                   row.conversation, self.clock)
             ctx = HandlerContext(
                 target=Target(instance.target_url, instance.outbound_secret, instance.config),
                 client=self.client, timeout=self.settings.delivery_timeout_seconds,
-                now=self.clock)
+                now=self.clock, extra_headers=conversations.enrichment_headers(mappings.get()),
+                mappings=mappings)
             handler(_event(row), ctx)
         except Exception as exc:  # noqa: BLE001 (every failure is classified by the policy)
             error = exc

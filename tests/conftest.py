@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
@@ -20,6 +21,12 @@ from ingress_box.store.deliveries import NewDelivery, Outcome, accept, claim, se
 
 ADMIN_TOKEN = "test-admin-token"
 T0 = 1_700_000_000.0  # the fake clock's start: far from 0 so no "falsy timestamp" bug hides
+
+
+# The machines are shared and slow at times: a property test fails on a wrong answer, never on
+# how long one example took.
+hypothesis_settings.register_profile("box", deadline=None)
+hypothesis_settings.load_profile("box")
 
 
 def pytest_report_header() -> str:

@@ -20,6 +20,7 @@ from ingress_box.config import load_settings
 PLUGINS = ["generic", "chatwoot", "stripe", "telegram", "meta", "twilio", "standard-webhooks",
            "github", "supabase", "nope"]
 ROUTES = ["events", "webhook", "messages", "updates", "x"]
+ONE_APP = [HealthCheck.function_scoped_fixture]  # the module-scoped app is shared on purpose
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ header_names = st.sampled_from([
 header_values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=200)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=ONE_APP)
 @given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]),
        plugin=st.sampled_from(PLUGINS), instance=st.sampled_from(["main", "x", "a b", "ü", ""]),
        route=st.sampled_from(ROUTES), rest=st.text(max_size=30),
@@ -73,7 +74,7 @@ def test_no_request_causes_a_500_and_rejections_store_nothing(
         assert rows(client) == before
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=ONE_APP)
 @given(body=st.binary(max_size=2048),
        delivery=st.one_of(st.none(), st.text(max_size=80)),
        conversation=st.one_of(st.none(), st.text(st.characters(min_codepoint=0x20,

@@ -113,7 +113,8 @@ def test_no_delivery_or_conversation_id_becomes_a_label(live: LiveBox, target: T
     """Label values stay bounded: ids never appear in the exposition."""
     body = b'{"n":1}'
     httpx.post(live.url + URL, content=body,
-               headers=generic_headers(body, **{"x-delivery": "unique-77", "x-conversation": "c-99"}))
+               headers=generic_headers(body, **{"x-delivery": "unique-77",
+                                                "x-conversation": "c-99"}))
     target.wait_for(1)
     text = scrape(live)
     assert "unique-77" not in text and "c-99" not in text and "msg_" not in text

@@ -140,12 +140,12 @@ async def awaiting_lanes(db: Database, limit: int) -> list[dict[str, Any]]:
 
 # -- search ----------------------------------------------------------------------------------
 
-# Through `instances`, so that each probe uses the dedup index (plugin, instance, provider id).
+# The inner query reads only the dedup index (it holds the provider id and the rowid), never
+# the rows with their bodies; the same provider id may exist under several instances.
 _BY_PROVIDER_ID = """
-SELECT d.id FROM instances AS i
-JOIN deliveries AS d ON d.plugin_id = i.plugin_id AND d.instance_id = i.instance_id
-                    AND d.provider_delivery_id = ?
-ORDER BY d.seq DESC LIMIT ?
+SELECT id FROM deliveries
+WHERE seq IN (SELECT seq FROM deliveries WHERE provider_delivery_id = ?)
+ORDER BY seq DESC LIMIT ?
 """
 
 

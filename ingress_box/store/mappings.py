@@ -236,8 +236,8 @@ def _list_query(f: Filter, cursor: str | None, limit: int) -> tuple[str, list[An
 
 def _page(rows: list[sqlite3.Row], limit: int) -> Page[ConversationMapping]:
     items = [_from_row(r) for r in rows[:limit]]
-    more = len(rows) > limit and items
-    return Page(items, encode_cursor([items[-1].id]) if more else None)
+    more = len(rows) > limit
+    return Page(items, encode_cursor([items[-1].id]) if more and items else None)
 
 
 def list_page(db: Database, f: Filter, cursor: str | None = None,

@@ -56,24 +56,45 @@ def _drop_payloads(cutoff: float) -> Callable[[sqlite3.Connection], int]:
     return op
 
 
-def _until_done(db: Database, op: Callable[[sqlite3.Connection], int]) -> int:
+def _until_done(db: Database, op: Callable[[sqlite3.Connection], int],
+                progress: Callable[[int], None] | None) -> int:
     total = 0
     while True:
         done = db.write(op)
         total += done
+        if progress is not None:
+            progress(done)
         if done < BATCH:
             return total
 
 
-def run(db: Database, settings: Settings, now: float) -> dict[str, Any]:
-    """Prune what the retention windows allow, then checkpoint; returns what was done."""
+def due(db: Database, settings: Settings, now: float) -> int:
+    """How many rows :func:`run` would touch now (payloads dropped plus events pruned)."""
+    row = db.read_one(
+        f"SELECT (SELECT count(*) FROM deliveries WHERE state = 'delivered' AND body IS NOT NULL"
+        f" AND delivered_at < ?), (SELECT count(*) FROM ({_OLD_DELIVERED})),"
+        f" (SELECT count(*) FROM ({_OLD_DEAD}))",
+        (now - settings.payload_retention_days * DAY,
+         now - settings.dedup_retention_days * DAY, -1,  # LIMIT -1: no limit
+         now - settings.dlq_retention_days * DAY, -1))
+    return sum(row) if row is not None else 0
+
+
+def run(db: Database, settings: Settings, now: float,
+        progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Prune what the retention windows allow, then checkpoint; returns what was done.
+
+    ``progress`` is called after each batch with the rows it touched (for a progress bar).
+    """
     report: dict[str, Any] = {
         "payloads_dropped": _until_done(
-            db, _drop_payloads(now - settings.payload_retention_days * DAY)),
+            db, _drop_payloads(now - settings.payload_retention_days * DAY), progress),
         "delivered_pruned": _until_done(
-            db, _prune_deliveries(_OLD_DELIVERED, now - settings.dedup_retention_days * DAY)),
+            db, _prune_deliveries(_OLD_DELIVERED, now - settings.dedup_retention_days * DAY),
+            progress),
         "dead_pruned": _until_done(
-            db, _prune_deliveries(_OLD_DEAD, now - settings.dlq_retention_days * DAY)),
+            db, _prune_deliveries(_OLD_DEAD, now - settings.dlq_retention_days * DAY),
+            progress),
     }
     report["checkpoint"] = checkpoint(db)
     log.info("retention: %s", report)

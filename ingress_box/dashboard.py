@@ -1,0 +1,341 @@
+"""The dashboard under ``/admin/ui``: server-rendered pages over the same store calls as the API.
+
+A login with the admin token starts a session (:mod:`ingress_box.logins`); every other page
+needs it, and every form carries the session's CSRF token. Pages are Jinja2 templates with
+autoescaping; one CSS file and one small script (the overview's live charts) are served from the
+package, so nothing is built and nothing is fetched from elsewhere.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, quote, urlencode
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from . import instances, sparklines, templating
+from .admin import DELIVERY_STATES
+from .errors import InvalidInput, NotFound, StorageUnavailable
+from .logins import Login, Logins
+from .store import activity
+from .store import dead_letters as store_dead_letters
+from .store import deliveries as store_deliveries
+from .store import instances as store_instances
+
+if TYPE_CHECKING:
+    from .app import Box
+
+PREFIX = "/admin/ui"
+COOKIE = "ingress_box_session"
+HERE = Path(__file__).parent
+MAX_FORM_BYTES = 64 * 1024  # the dashboard's forms are a few short fields
+PAGE_SIZE = 50
+BODY_SHOWN = 16 * 1024  # characters of a body shown on a delivery page
+# Only our own pages may be the target of the login's redirect (no open redirect).
+SAFE_NEXT = re.compile(r"/admin/ui/[A-Za-z0-9_./?=&%-]*")
+SECURITY_HEADERS = {
+    "content-security-policy": ("default-src 'none'; style-src 'self'; script-src 'self'; "
+                                "img-src 'self'; connect-src 'self'; form-action 'self'; "
+                                "base-uri 'none'; frame-ancestors 'none'"),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+
+
+@dataclass
+class Visit:
+    """One request to a guarded page: the box, the session and the submitted form."""
+
+    request: Request
+    box: Box
+    login: Login
+    form: dict[str, str]
+
+    def query(self, name: str) -> str | None:
+        return self.request.query_params.get(name) or None
+
+
+Page = Callable[[Visit], Awaitable[Response]]
+
+
+# -- request plumbing ------------------------------------------------------------------------
+
+def _box(request: Request) -> Box:
+    box: Box = request.app.state.box
+    return box
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """A urlencoded form, read up to a cap (anything else reads as empty, so fails its checks)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != (
+            "application/x-www-form-urlencoded"):
+        return {}
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_FORM_BYTES:
+            raise InvalidInput("the form is too large")
+        chunks.append(chunk)
+    return dict(parse_qsl(b"".join(chunks).decode("utf-8", "replace"), keep_blank_values=True))
+
+
+def _redirect(path: str, **query: str | None) -> Response:
+    args = {k: v for k, v in query.items() if v}
+    return RedirectResponse(path + ("?" + urlencode(args) if args else ""), status_code=303)
+
+
+def _base_url(request: Request, box: Box) -> str:
+    return box.settings.public_url or f"{request.url.scheme}://{request.url.netloc}"
+
+
+async def _redirect_to_overview(request: Request) -> Response:
+    return RedirectResponse(PREFIX + "/", status_code=307)
+
+
+class Dashboard:
+    def __init__(self) -> None:
+        self.logins = Logins()
+        self.templates = Jinja2Templates(env=templating.environment({
+            "prefix": PREFIX, "states": DELIVERY_STATES, "width": sparklines.WIDTH,
+            "height": sparklines.HEIGHT}))
+
+    def render(self, request: Request, name: str, login: Login | None, status: int = 200,
+               **context: Any) -> Response:
+        context.update(login=login, flash=login.take_flash() if login else None)
+        context.setdefault("now", _box(request).clock())
+        response = self.templates.TemplateResponse(request, name, context, status_code=status)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    def guard(self, page: Page) -> Callable[[Request], Awaitable[Response]]:
+        """The endpoint for ``page``: a session, a CSRF-checked form for POST, errors as pages."""
+
+        async def endpoint(request: Request) -> Response:
+            box = _box(request)
+            login = self.logins.get(request.cookies.get(COOKIE), box.clock())
+            if login is None:
+                if request.url.path.startswith(PREFIX + "/api/"):
+                    return JSONResponse({"error": {"code": "unauthorized",
+                                                   "message": "log in first"}}, status_code=401)
+                wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return _redirect(PREFIX + "/login",
+                                 next=wanted if request.method == "GET" else None)
+            try:
+                form = await _form(request) if request.method == "POST" else {}
+                if request.method == "POST" and not login.csrf_ok(form.get("csrf")):
+                    return self.render(request, "error.html", login, 403,
+                                       message="The form's CSRF token is missing or wrong: "
+                                               "reload the page and try again.")
+                return await page(Visit(request, box, login, form))
+            except NotFound as exc:
+                return self.render(request, "error.html", login, 404, message=str(exc))
+            except InvalidInput as exc:
+                return self.render(request, "error.html", login, 400, message=str(exc))
+            except StorageUnavailable as exc:
+                response = self.render(request, "error.html", login, 503, message=str(exc))
+                response.headers["retry-after"] = str(exc.retry_after)
+                return response
+
+        return endpoint
+
+    # -- login ---------------------------------------------------------------------------
+
+    async def login_form(self, request: Request) -> Response:
+        box = _box(request)
+        if self.logins.get(request.cookies.get(COOKIE), box.clock()) is not None:
+            return _redirect(PREFIX + "/")
+        return self.render(request, "login.html", None, next=request.query_params.get("next"),
+                           error=None)
+
+    async def login(self, request: Request) -> Response:
+        box = _box(request)
+        try:
+            form = await _form(request)
+        except InvalidInput:  # an oversized form holds no token worth reading
+            form = {}
+        wanted = form.get("next", "")
+        wanted = wanted if SAFE_NEXT.fullmatch(wanted) else PREFIX + "/"
+        if not box.auth.check("Bearer " + form.get("token", "")):
+            return self.render(request, "login.html", None, 401, next=wanted,
+                               error="That is not the admin token.")
+        self.logins.end(request.cookies.get(COOKIE))
+        session_id, _ = self.logins.start(box.clock())
+        response = _redirect(wanted)
+        response.set_cookie(COOKIE, session_id, path=PREFIX, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https")
+        return response
+
+    async def logout(self, visit: Visit) -> Response:
+        self.logins.end(visit.request.cookies.get(COOKIE))
+        response = _redirect(PREFIX + "/login")
+        response.delete_cookie(COOKIE, path=PREFIX, httponly=True, samesite="strict",
+                               secure=visit.request.url.scheme == "https")
+        return response
+
+    # -- overview --------------------------------------------------------------------------
+
+    @staticmethod
+    async def _overview_data(box: Box) -> dict[str, Any]:
+        now = box.clock()
+        act = await activity.aactivity(box.db, now)
+        return {
+            "now": now,
+            "stats": {
+                "outbox_depth": act.outbox_depth, "pending": act.pending, "parked": act.parked,
+                "oldest_pending_age": templating.age(act.oldest_pending_age),
+                "dead_open": act.dead_open, "received_hour": sum(act.received),
+                "delivered_hour": sum(act.delivered), "dead_hour": sum(act.dead),
+                "worker": "running" if box.worker is not None and box.worker.alive()
+                          else "not running in this process",
+            },
+            "charts": {
+                "throughput": sparklines.chart({"received": act.received,
+                                                "delivered": act.delivered}),
+                "backlog": sparklines.chart({"backlog": act.backlog()}),
+            },
+        }
+
+    async def overview(self, visit: Visit) -> Response:
+        data = await self._overview_data(visit.box)
+        return self.render(visit.request, "overview.html", visit.login, **data)
+
+    async def overview_json(self, visit: Visit) -> Response:
+        return JSONResponse(await self._overview_data(visit.box),
+                            headers={"cache-control": "no-store"})
+
+    # -- instances, deliveries, lanes, rejections ------------------------------------------
+
+    async def instances(self, visit: Visit) -> Response:
+        box = visit.box
+        page = await store_instances.alist_page(box.db, visit.query("plugin"),
+                                                visit.query("cursor"), PAGE_SIZE)
+        base = _base_url(visit.request, box)
+        rows = [(inst, instances.ingress_urls(box.registry, inst, base)) for inst in page.items]
+        return self.render(visit.request, "instances.html", visit.login, rows=rows,
+                           next_cursor=page.next_cursor)
+
+    async def deliveries(self, visit: Visit) -> Response:
+        db = visit.box.db
+        state, search = visit.query("state"), (visit.query("q") or "").strip()
+        if state is not None and state not in DELIVERY_STATES:
+            raise InvalidInput(f"state must be one of {', '.join(DELIVERY_STATES)}")
+        filters = {"state": state, "plugin": visit.query("plugin"),
+                   "instance": visit.query("instance")}
+        if search:
+            found = await activity.afind(db, search, PAGE_SIZE)
+            if len(found) == 1:
+                return _redirect(f"{PREFIX}/deliveries/{quote(found[0], safe='')}")
+            items, next_cursor = [await store_deliveries.aget(db, i) for i in found], None
+        else:
+            page = await store_deliveries.alist_page(
+                db, filters["plugin"], filters["instance"], state, visit.query("cursor"),
+                PAGE_SIZE)
+            items, next_cursor = page.items, page.next_cursor
+        return self.render(visit.request, "deliveries.html", visit.login, items=items,
+                           filters=filters, search=search, next_cursor=next_cursor,
+                           plugins=[p.id for p in visit.box.registry.all()],
+                           next_query=urlencode({**{k: v for k, v in filters.items() if v},
+                                                 "cursor": next_cursor or ""}))
+
+    async def delivery(self, visit: Visit) -> Response:
+        found = await store_deliveries.aget(visit.box.db, visit.request.path_params["id"])
+        body, encoding = found.get("body"), "text"
+        if body is None and "body_base64" in found:
+            body, encoding = found["body_base64"], "base64"
+        shown = body[:BODY_SHOWN] if body is not None else None
+        truncated = body is not None and len(body) > BODY_SHOWN
+        return self.render(visit.request, "delivery.html", visit.login, d=found,
+                           headers=sorted(found["headers"].items()), body=shown,
+                           encoding=encoding, truncated=truncated,
+                           pretty=templating.pretty_json(shown, BODY_SHOWN))
+
+    async def lanes(self, visit: Visit) -> Response:
+        lanes = await activity.awaiting_lanes(visit.box.db, PAGE_SIZE * 4)
+        return self.render(visit.request, "lanes.html", visit.login, lanes=lanes)
+
+    async def rejections(self, visit: Visit) -> Response:
+        box = visit.box
+        page = await store_instances.alist_page(box.db, None, None, 1000)
+        groups = [(inst, box.ingress.rejections_json(inst.plugin_id, inst.instance_id))
+                  for inst in page.items]
+        groups = [(inst, items) for inst, items in groups if items]
+        reasons: dict[str, int] = {}
+        for _, items in groups:
+            for item in items:
+                reasons[item["reason"]] = reasons.get(item["reason"], 0) + 1
+        return self.render(visit.request, "rejections.html", visit.login, groups=groups,
+                           reasons=sorted(reasons.items(), key=lambda kv: -kv[1]))
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    async def dead_letters(self, visit: Visit) -> Response:
+        selection = store_dead_letters.Selection(visit.query("plugin"), visit.query("instance"))
+        page = await store_dead_letters.alist_page(visit.box.db, selection,
+                                                   visit.query("cursor"), PAGE_SIZE)
+        filters = {"plugin": selection.plugin_id, "instance": selection.instance_id}
+        return self.render(visit.request, "dlq.html", visit.login, items=page.items,
+                           filters=filters, next_cursor=page.next_cursor,
+                           next_query=urlencode({**{k: v for k, v in filters.items() if v},
+                                                 "cursor": page.next_cursor or ""}))
+
+    async def redrive(self, visit: Visit) -> Response:
+        box, form = visit.box, visit.form
+        plugin, instance = form.get("plugin") or None, form.get("instance") or None
+        one = form.get("id") or None
+        if one is not None:
+            selection = store_dead_letters.Selection(ids=[one])
+        else:
+            selection = store_dead_letters.Selection(plugin, instance)
+        # One bounded batch per click; the flash says how many remain for another click.
+        redriven, remaining = await box.db.awrite(store_dead_letters.redrive(
+            selection, 1 if one else store_dead_letters.MAX_REDRIVE_BATCH, box.clock()))
+        if redriven and box.worker is not None:
+            box.worker.wake()
+        visit.login.flash = (f"Redriven {redriven}." if one else
+                             f"Redriven {redriven}; {remaining} still open in this filter.")
+        return _redirect(PREFIX + "/dlq", plugin=plugin, instance=instance)
+
+    async def discard(self, visit: Visit) -> Response:
+        dead_letter_id = visit.request.path_params["id"]
+        try:
+            await visit.box.db.awrite(store_dead_letters.discard(dead_letter_id))
+            visit.login.flash = f"Discarded {dead_letter_id}."
+        except NotFound as exc:
+            visit.login.flash = str(exc)
+        return _redirect(PREFIX + "/dlq", plugin=visit.form.get("plugin"),
+                         instance=visit.form.get("instance"))
+
+
+def routes() -> list[BaseRoute]:
+    """The dashboard's routes with their full paths; place them before the ``/admin`` mount.
+
+    ``/admin/ui`` itself is a route here too: otherwise the ``/admin`` mount would take it.
+    """
+    ui = Dashboard()
+    pages = [
+        Route("/", ui.guard(ui.overview)),
+        Route("/api/overview", ui.guard(ui.overview_json)),
+        Route("/instances", ui.guard(ui.instances)),
+        Route("/deliveries", ui.guard(ui.deliveries)),
+        Route("/deliveries/{id}", ui.guard(ui.delivery)),
+        Route("/lanes", ui.guard(ui.lanes)),
+        Route("/dlq", ui.guard(ui.dead_letters)),
+        Route("/dlq/redrive", ui.guard(ui.redrive), methods=["POST"]),
+        Route("/dlq/{id}/discard", ui.guard(ui.discard), methods=["POST"]),
+        Route("/rejections", ui.guard(ui.rejections)),
+        Route("/login", ui.login_form, methods=["GET"]),
+        Route("/login", ui.login, methods=["POST"]),
+        Route("/logout", ui.guard(ui.logout), methods=["POST"]),
+        Mount("/static", app=StaticFiles(directory=HERE / "static")),
+    ]
+    return [Route(PREFIX, _redirect_to_overview), Mount(PREFIX, routes=pages)]
+
