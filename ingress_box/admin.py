@@ -225,7 +225,9 @@ class InstanceItem(HTTPEndpoint):
 
     async def delete(self, request: Request) -> Response:
         key = _key(request)
-        await _box(request).db.awrite(store_instances.delete(key["plugin_id"], key["instance_id"]))
+        box = _box(request)
+        await box.db.awrite(store_instances.delete(key["plugin_id"], key["instance_id"]))
+        box.ingress.forget(key["plugin_id"], key["instance_id"])
         return Response(status_code=204)
 
 

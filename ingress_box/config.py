@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
@@ -166,6 +167,13 @@ def _validate(s: Settings) -> None:
         problems.append(f"{env_name('retry_max_attempts')} must be >= 1")
     if s.rate_limit < 0:
         problems.append(f"{env_name('rate_limit')} must be >= 0")
+    if s.rejections_kept < 0:
+        problems.append(f"{env_name('rejections_kept')} must be >= 0")
+    if s.public_url is not None:
+        parts = urlsplit(s.public_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            problems.append(f"{env_name('public_url')} must be an http(s) URL with a host, "
+                            "e.g. https://hooks.example.com")
     if s.log_format not in ("text", "json"):
         problems.append(f"{env_name('log_format')} must be text or json")
     for name in ("retry_base_seconds", "retry_max_seconds", "delivery_timeout_seconds",

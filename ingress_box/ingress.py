@@ -231,6 +231,10 @@ class Ingress:
         kept.append(Rejection(self.clock(), route.name, answer.status, answer.outcome))
         return answer
 
+    def forget(self, plugin_id: str, instance_id: str) -> None:
+        """Drop what is remembered of a deleted instance (a new one of that id starts clean)."""
+        self.rejections.pop((plugin_id, instance_id), None)
+
     def rejections_json(self, plugin_id: str, instance_id: str) -> list[dict[str, Any]]:
         kept = self.rejections.get((plugin_id, instance_id), ())
         return [

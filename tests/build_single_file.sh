@@ -136,11 +136,41 @@ def canon(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def trim(folder: Path) -> None:
+    """Drop console scripts (their shebangs name this build's venv) and their RECORD lines, and
+    the unused distributions (unless ingress-box requires one directly)."""
+    shutil.rmtree(folder / "bin", ignore_errors=True)
+    for record in sorted(folder.glob("*.dist-info/RECORD")):
+        lines = record.read_text().splitlines(keepends=True)
+        record.write_text("".join(line for line in lines if not line.startswith("../")))
+    dists = list(distributions(path=[str(folder)]))
+    box = next(d for d in dists if canon(d.metadata["Name"]) == "ingress-box")
+    direct = {canon(re.split(r"[\s\[<>=!~;(]", r, maxsplit=1)[0]) for r in (box.requires or [])
+              if "extra ==" not in r}
+    for dist in dists:
+        shown = f"{dist.metadata['Name']} {dist.version}"
+        name = canon(dist.metadata["Name"])
+        if name not in {canon(u) for u in unused} or name in direct:
+            continue
+        for file in dist.files or []:
+            target = folder / file
+            if target.is_file():
+                target.unlink()
+        shutil.rmtree(Path(dist._path), ignore_errors=True)  # type: ignore[attr-defined]
+        if folder == site:
+            print(f"left out {shown} (not used by the appliance)")
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        if not any(sub.iterdir()):
+            sub.rmdir()
+
+
+trim(site)
 for other in sorted(work.glob("site-*")):
+    trim(other)
     for path in sorted(p for p in other.rglob("*") if p.is_file()):
         rel = path.relative_to(other)
-        if rel.parts[0] == "bin" or rel.parts[0].endswith(".dist-info"):
-            continue  # console scripts; metadata of the same version is kept from site/
+        if rel.parts[0].endswith(".dist-info"):
+            continue  # metadata of the same versions: site/'s is kept
         mine = site / rel
         if not mine.exists():
             mine.parent.mkdir(parents=True, exist_ok=True)
@@ -149,29 +179,6 @@ for other in sorted(work.glob("site-*")):
             sys.exit(f"{rel} differs between Python {build_py} and {other.name}: the interpreters "
                      "resolved different versions")
     shutil.rmtree(other)
-
-# Console scripts: their shebangs name this build's venv. Gone, and so are their RECORD lines.
-shutil.rmtree(site / "bin", ignore_errors=True)
-for record in sorted(site.glob("*.dist-info/RECORD")):
-    lines = record.read_text().splitlines(keepends=True)
-    record.write_text("".join(line for line in lines if not line.startswith("../")))
-box = next(d for d in distributions(path=[str(site)]) if canon(d.metadata["Name"]) == "ingress-box")
-direct = {canon(re.split(r"[\s\[<>=!~;(]", r, maxsplit=1)[0]) for r in (box.requires or [])
-          if "extra ==" not in r}
-for dist in list(distributions(path=[str(site)])):
-    shown = f"{dist.metadata['Name']} {dist.version}"
-    name = canon(dist.metadata["Name"])
-    if name not in {canon(u) for u in unused} or name in direct:
-        continue
-    for file in dist.files or []:
-        target = site / file
-        if target.is_file():
-            target.unlink()
-    shutil.rmtree(Path(dist._path), ignore_errors=True)  # the .dist-info folder
-    print(f"left out {shown} (not used by the appliance)")
-for folder in sorted((p for p in site.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-    if not any(folder.iterdir()):
-        folder.rmdir()
 
 strip = shutil.which("strip")
 for so in sorted(site.rglob("*.so")):
