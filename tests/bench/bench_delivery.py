@@ -36,6 +36,7 @@ import benchlib
 from benchlib import Server, pct
 from sender import send, show_send
 
+
 def received(log: Path) -> dict[str, float]:
     if not log.exists():
         return {}
@@ -85,15 +86,23 @@ def phase_e2e_and_flood(args: argparse.Namespace, work: Path, servers: list) -> 
     servers.append(target.wait_ready())
     db = work / "e2e.db"
     benchlib.prepare_db(db, target_url=target.url + "/hook")
-    box = Server("box", work, "--db", str(db))
+    box = Server("box", work, "--db", str(db), *(["--logs"] if args.logs else []))
     servers.append(box.wait_ready())
     print("box", box.settings_line())
+    extra = [Server("worker", work, "--db", str(db)) for _ in range(args.extra_workers)]
+    servers.extend(worker.wait_ready() for worker in extra)
+    if extra:
+        print(f"plus {len(extra)} `ingress-box worker` process(es) on the same database")
     print(f"idle box CPU with the worker on: {idle_cpu(box):.1%} of a core")
     send(box.url, 50, 2, "warm-", 16)  # warm-up: connections, caches, first drains
+    ticks, cpu = benchlib.cpu_ticks(), box.cpu_seconds()
     s = send(box.url, args.e2e_rate, args.e2e_duration, "e2e-", args.connections, args.httpx)
+    busy, cpu = benchlib.busy_since(ticks), box.cpu_seconds() - cpu
     got = wait_received(work / "fast.log", set(s["sent"]), 15)
     lat = [(got[d] - t) * 1000 for d, t in s["sent"].items() if d in got]
     show_send("e2e sender", s, args.e2e_rate)
+    print(f"while sending: machine {busy:.0%} busy ({os.cpu_count()} cores), box process "
+          f"{cpu / args.e2e_duration:.2f} cores")
     print(f"e2e latency (target receive - send): p50 {pct(lat, 50):.1f} ms, p99 "
           f"{pct(lat, 99):.1f} ms, max {max(lat, default=float('nan')):.1f} ms; "
           f"{len(s['sent']) - len(lat)} not received")
@@ -104,7 +113,9 @@ def phase_e2e_and_flood(args: argparse.Namespace, work: Path, servers: list) -> 
     stop = threading.Event()
     sampler = threading.Thread(target=sample, args=(db, stop, samples), daemon=True)
     sampler.start()
+    ticks, cpu = benchlib.cpu_ticks(), box.cpu_seconds()
     f = send(box.url, args.flood_rate, args.flood_duration, "flood-", args.connections)
+    busy, cpu = benchlib.busy_since(ticks), box.cpu_seconds() - cpu
     sent_until = samples[-1][0] if samples else 0.0
     deadline = time.monotonic() + args.drain_timeout
     while time.monotonic() < deadline and not (samples and samples[-1][1] == 0):
@@ -112,17 +123,20 @@ def phase_e2e_and_flood(args: argparse.Namespace, work: Path, servers: list) -> 
     stop.set()
     sampler.join(5)
     show_send("flood sender", f, args.flood_rate)
+    print(f"while sending: machine {busy:.0%} busy ({os.cpu_count()} cores), box process "
+          f"{cpu / args.flood_duration:.2f} cores")
     during = [(t, d) for t, d, _ in samples if t <= sent_until]
     done = [(t, n) for t, _, n in samples if t <= sent_until]
     grow, rate = slope(during) if len(during) > 2 else 0.0, slope(done) if len(done) > 2 else 0.0
     print("outbox depth each second: " + " ".join(str(d) for _, d, _ in samples))
+    drained = bool(samples) and samples[-1][1] == 0
     print(f"backlog slope while sending {grow:+.0f}/s -> "
           f"{'GROWS' if grow > 0.02 * args.flood_rate else 'keeps up'}; delivered while "
-          f"sending {rate:.0f}/s ({rate / f['rate']:.0%} of the achieved send rate); "
-          f"drained {samples[-1][0] - sent_until:.1f} s after the last send"
-          if samples and samples[-1][1] == 0 else "NOT drained in --drain-timeout")
-    box.stop()
-    target.stop()
+          f"sending {rate:.0f}/s ({rate / f['rate']:.0%} of the achieved send rate); " +
+          (f"drained {samples[-1][0] - sent_until:.1f} s after the last send" if drained
+           else f"NOT drained within --drain-timeout {args.drain_timeout:g} s"))
+    for server in (box, *extra, target):
+        server.stop()
     return {"latency": lat, "samples": samples, "sent_until": sent_until}
 
 
@@ -149,7 +163,8 @@ def phase_drain(args: argparse.Namespace, work: Path, servers: list) -> None:
         conn.execute("UPDATE instances SET target_url = ?", (target.url + "/hook",))
         conn.commit()
         conn.close()
-        box = Server("box", work, "--db", str(db), env={"INGRESS_BOX_WORKERS": str(workers)})
+        box = Server("box", work, "--db", str(db), *(["--logs"] if args.logs else []),
+                     env={"INGRESS_BOX_WORKERS": str(workers)})
         servers.append(box.wait_ready())
         got = sorted(wait_received(log, pending, args.drain_seconds).values())
         idle = f"{idle_cpu(box):.1%}" if len(got) >= pending else "-"
@@ -190,6 +205,10 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=128, help="sender connections")
     parser.add_argument("--httpx", action="store_true",
                         help="e2e phase: send with httpx.AsyncClient instead of the raw client")
+    parser.add_argument("--extra-workers", type=int, default=0, help="e2e and flood: also run "
+                        "this many `ingress-box worker` processes (serve.py worker)")
+    parser.add_argument("--logs", action="store_true",
+                        help="box logs a line per request/attempt, as `ingress-box serve` does")
     parser.add_argument("--preload", type=int, default=1600, help="deliveries for the drain runs")
     parser.add_argument("--slow-delay", type=float, default=0.05)
     parser.add_argument("--drain-seconds", type=float, default=20.0, help="bound per drain run")

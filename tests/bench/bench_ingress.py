@@ -27,10 +27,12 @@ import argparse
 import datetime
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import benchlib
@@ -83,50 +85,65 @@ def write_bodies(path: Path, n: int, size: int) -> None:
         f.write("}}\n")
 
 
-def wrk(args: argparse.Namespace, work: Path, url: str, name: str, seconds: float,
-        prefix: str, dup: int = 0) -> dict[str, object]:
-    """One bounded wrk run; returns what its Lua done() wrote."""
+@dataclass
+class Run:
+    """What one wrk run's Lua done() reported, plus the server's CPU and the machine's load."""
+
+    requests: int = 0
+    duration_us: int = 1
+    p50_us: int = 0
+    p99_us: int = 0
+    max_us: int = 0
+    sent: int = 0
+    codes: dict[int, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    cpu: float = 0.0   # server CPU seconds during the run
+    busy: float = 0.0  # fraction of all cores busy during the run
+
+    @property
+    def rps(self) -> float:
+        return self.requests / (self.duration_us / 1e6)
+
+    @property
+    def inflight(self) -> int:  # sent, but wrk stopped before reading the answer
+        return self.sent - sum(self.codes.values())
+
+    def show(self, name: str) -> None:
+        errors = {k: v for k, v in self.errors.items() if v}
+        print(f"{name:<5} {self.rps:7.0f} rps  p50 {self.p50_us / 1000:5.1f} ms  p99 "
+              f"{self.p99_us / 1000:5.1f} ms  max {self.max_us / 1000:5.1f} ms  server CPU "
+              f"{self.cpu * 1e6 / max(1, self.requests):4.0f} us/req  machine {self.busy:4.0%} "
+              f"busy  statuses {self.codes}" + (f"  socket errors {errors}" if errors else ""))
+
+
+def wrk(args: argparse.Namespace, work: Path, server: Server, name: str, seconds: float,
+        prefix: str, dup: int = 0) -> Run:
+    """One bounded wrk run against ``server``."""
     script, out = work / f"{name}.lua", work / f"{name}.result"
     script.write_text(LUA % {"bodies": work / "bodies.lua", "path": PATH, "prefix": prefix,
                              "dup": dup, "out": out})
     cmd = [args.wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds:g}s",
-           "--timeout", "10s", "--latency", "-s", str(script), url + PATH]
+           "--timeout", "10s", "--latency", "-s", str(script), server.url + PATH]
+    cpu, ticks = server.cpu_seconds(), benchlib.cpu_ticks()
     with open(work / f"{name}.wrk.txt", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             proc.wait(seconds + 30)
         finally:
             if proc.poll() is None:
-                os.killpg(proc.pid, 9)
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    result: dict[str, object] = {"codes": {}}
+    run = Run(cpu=server.cpu_seconds() - cpu, busy=benchlib.busy_since(ticks))
     for line in out.read_text().splitlines():
         key, *vals = line.split()
         if key == "code":
-            codes = result["codes"]
-            assert isinstance(codes, dict)
-            codes[int(vals[0])] = codes.get(int(vals[0]), 0) + int(vals[1])
+            run.codes[int(vals[0])] = run.codes.get(int(vals[0]), 0) + int(vals[1])
         elif key == "errors":
-            result["errors"] = dict(zip(("connect", "read", "write", "status", "timeout"),
-                                        map(int, vals)))
+            run.errors = dict(zip(("connect", "read", "write", "status", "timeout"),
+                                  map(int, vals), strict=False))
         else:
-            result[key] = int(vals[0])
-    result["rps"] = int(result["requests"]) / (int(result["duration_us"]) / 1e6)  # type: ignore
-    return result
-
-
-def show(name: str, r: dict[str, object], cpu: float | None = None) -> None:
-    cpu_txt = f"  server CPU {cpu * 1e6 / int(r['requests']):6.0f} us/req" if cpu else ""  # type: ignore
-    print(f"{name:<6} {r['rps']:9.0f} rps  p50 {int(r['p50_us']) / 1000:6.2f} ms  "  # type: ignore
-          f"p99 {int(r['p99_us']) / 1000:6.2f} ms  max {int(r['max_us']) / 1000:7.1f} ms  "  # type: ignore
-          f"statuses {r['codes']}  socket errors {r.get('errors')}{cpu_txt}")
-
-
-def measured(args: argparse.Namespace, work: Path, server: Server, name: str,
-             prefix: str, dup: int = 0) -> tuple[dict[str, object], float]:
-    before = server.cpu_seconds()
-    result = wrk(args, work, server.url, name, args.duration, prefix, dup)
-    return result, server.cpu_seconds() - before
+            setattr(run, key, int(vals[0]))
+    return run
 
 
 def main() -> int:
@@ -138,8 +155,8 @@ def main() -> int:
     parser.add_argument("--bodies", type=int, default=1000, help="distinct signed bodies")
     parser.add_argument("--body-size", type=int, default=1024)
     parser.add_argument("--dup-ids", type=int, default=1000, help="stored ids the dup run resends")
-    parser.add_argument("--access-log", action="store_true",
-                        help="also run the box with log_level info + access log (as the CLI)")
+    parser.add_argument("--logs", action="store_true", help="also run the box logging one line "
+                        "per request, as `ingress-box serve` does (serve.py box --logs)")
     parser.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-ingress-"))
@@ -152,8 +169,8 @@ def main() -> int:
         bare = Server("bare", work, "--secret", SECRET).wait_ready()
         servers.append(bare)
         print("bare", bare.settings_line())
-        wrk(args, work, bare.url, "bare-warmup", args.warmup, "bw")
-        r_bare, cpu_bare = measured(args, work, bare, "bare", "b")
+        wrk(args, work, bare, "bare-warmup", args.warmup, "bw")
+        r_bare = wrk(args, work, bare, "bare", args.duration, "b")
         bare.stop()
 
         db = work / "box.db"
@@ -161,51 +178,51 @@ def main() -> int:
         box = Server("box", work, "--db", str(db), "--no-worker").wait_ready()
         servers.append(box)
         print("box ", box.settings_line())
-        r_warm = wrk(args, work, box.url, "box-warmup", args.warmup, "w")
-        r_box, cpu_box = measured(args, work, box, "box", "m")
+        r_warm = wrk(args, work, box, "box-warmup", args.warmup, "w")
+        r_box = wrk(args, work, box, "box", args.duration, "m")
         time.sleep(0.5)  # let the abandoned in-flight requests finish committing
         rows = benchlib.count(db, "SELECT count(*) FROM deliveries")
-        dup = min(args.dup_ids, int(r_box["codes"].get(202, 0)) // args.threads)  # type: ignore
-        r_dup, cpu_dup = measured(args, work, box, "dup", "m1-", dup=max(dup, 1))
+        dup = max(1, min(args.dup_ids, r_box.codes.get(202, 0) // args.threads - 2))
+        r_dup = wrk(args, work, box, "dup", args.duration, "m1-", dup)
         rows_after_dup = benchlib.count(db, "SELECT count(*) FROM deliveries")
         box.stop()
 
-        r_log = None
-        if args.access_log:
+        r_log: Run | None = None
+        if args.logs:
             benchlib.prepare_db(work / "log.db")
             logged = Server("box", work, "--db", str(work / "log.db"), "--no-worker",
-                            "--access-log").wait_ready()
+                            "--logs").wait_ready()
             servers.append(logged)
-            wrk(args, work, logged.url, "log-warmup", args.warmup, "lw")
-            r_log, cpu_log = measured(args, work, logged, "logged", "l")
+            wrk(args, work, logged, "log-warmup", args.warmup, "lw")
+            r_log = wrk(args, work, logged, "logged", args.duration, "l")
             logged.stop()
     finally:
         for server in servers:
             server.stop()
 
     print()
-    show("bare", r_bare, cpu_bare)
-    show("box", r_box, cpu_box)
-    show("dup", r_dup, cpu_dup)
+    r_bare.show("bare")
+    r_box.show("box")
+    r_dup.show("dup")
     if r_log is not None:
-        show("box+access-log", r_log, cpu_log)
-    ratio = float(r_box["rps"]) / float(r_bare["rps"])  # type: ignore
-    print(f"ratio box/bare rps      {ratio:.2f}   (server CPU per request box/bare "
-          f"{cpu_box / int(r_box['requests']) / (cpu_bare / int(r_bare['requests'])):.2f})")  # type: ignore
-    print(f"ratio dup/bare rps      {float(r_dup['rps']) / float(r_bare['rps']):.2f}")  # type: ignore
+        r_log.show("logs")  # the box logging one line per request, as `ingress-box serve`
+    ratio = r_box.rps / r_bare.rps
+    cpu_ratio = (r_box.cpu / r_box.requests) / (r_bare.cpu / r_bare.requests)
+    print(f"ratio box/bare rps {ratio:.2f} (server CPU per request box/bare {cpu_ratio:.1f}x)")
+    print(f"ratio dup/bare rps {r_dup.rps / r_bare.rps:.2f}")
     if r_log is not None:
-        print(f"ratio box+access-log/box rps {float(r_log['rps']) / float(r_box['rps']):.2f}")  # type: ignore
+        print(f"ratio box-with-logs/box rps {r_log.rps / r_box.rps:.2f}")
     print(f"{'PASS' if ratio >= 0.70 else 'FAIL'}  box >= 70% of bare rps ({ratio:.0%})")
-    p99 = int(r_box["p99_us"]) / 1000  # type: ignore
+    p99 = r_box.p99_us / 1000
     print(f"{'PASS' if p99 < 50 else 'FAIL'}  box p99 < 50 ms ({p99:.1f} ms)")
 
-    ok = sum(int(r["codes"].get(202, 0)) for r in (r_warm, r_box))  # type: ignore
-    other = {c: n for r in (r_warm, r_box) for c, n in r["codes"].items() if c != 202}  # type: ignore
-    inflight = sum(int(r["sent"]) - sum(r["codes"].values()) for r in (r_warm, r_box))  # type: ignore
+    ok = r_warm.codes.get(202, 0) + r_box.codes.get(202, 0)
+    other = {c: n for r in (r_warm, r_box) for c, n in r.codes.items() if c != 202}
+    inflight = r_warm.inflight + r_box.inflight
     print(f"committed-row check: 202 responses {ok}, rows in deliveries {rows}, requests in "
           f"flight at wrk's stop {inflight}, non-202 {other or 'none'}")
     print(f"dup run: rows before {rows}, after {rows_after_dup} (must not change), statuses "
-          f"{r_dup['codes']}")
+          f"{r_dup.codes}")
     failed = []
     if not ok <= rows <= ok + inflight:
         failed.append(f"rows ({rows}) outside [202s, 202s + in flight] = [{ok}, {ok + inflight}]")

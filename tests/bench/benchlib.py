@@ -42,11 +42,14 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 20.0) -> Server:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (1.0 if self.kind == "worker" else timeout)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.kind} exited:\n{self.out.read_text()[-2000:]}")
             try:
+                if self.kind == "worker":  # no port: alive after a second is ready enough
+                    time.sleep(0.1)
+                    continue
                 if self.kind == "target":
                     socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
                 else:
@@ -54,6 +57,8 @@ class Server:
                 return self
             except OSError:
                 time.sleep(0.05)
+        if self.kind == "worker":
+            return self
         self.stop()
         raise RuntimeError(f"{self.kind} did not start in {timeout}s")
 
@@ -123,6 +128,18 @@ def count(path: Path, sql: str) -> int:
         return int(conn.execute(sql).fetchone()[0])
     finally:
         conn.close()
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(all, idle) jiffies of the whole machine, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(values), values[3] + values[4]
+
+
+def busy_since(before: tuple[int, int]) -> float:
+    """The fraction of all cores busy since ``before = cpu_ticks()``."""
+    now = cpu_ticks()
+    return 1 - (now[1] - before[1]) / max(1, now[0] - before[0])
 
 
 def pct(values: list[float], p: float) -> float:

@@ -1,16 +1,20 @@
 """Tiny launcher for the benchmarks: one server per process, 127.0.0.1 only.
 
-    python tests/bench/serve.py box    --port P --db PATH [--no-worker] [--access-log]
+    python tests/bench/serve.py box    --port P --db PATH [--no-worker] [--logs]
     python tests/bench/serve.py bare   --port P --secret S
     python tests/bench/serve.py target --port P --log FILE [--delay SECONDS]
+    python tests/bench/serve.py worker --port P --db PATH   (port unused: `ingress-box worker`)
 
 ``box`` is ``ingress_box.app.create_app(load_settings(...))`` (INGRESS_BOX_* variables apply, so
 INGRESS_BOX_WORKERS sets the worker count). ``bare`` is the ceiling: a Starlette endpoint that reads
 the body and checks ``X-Signature: sha256=hex(HMAC-SHA256(secret, body))``. Both run under uvicorn
 with the same options (auto loop/http, i.e. uvloop + httptools when installed, one process,
-log_level warning, no access log). ``target`` is a raw asyncio HTTP/1.1 server that answers 200
-after ``--delay`` seconds and appends ``<ingress-box-delivery-id>\\t<time.monotonic()>`` per request
-to ``--log`` (CLOCK_MONOTONIC is system-wide on Linux, so senders in other processes compare).
+log_level warning, no access log). ``--logs`` adds the box's own logging as ``ingress-box serve``
+configures it (one INFO line per request and per delivery attempt, to stderr).
+
+``target`` is a raw asyncio HTTP/1.1 server that answers 200 after ``--delay`` seconds and
+appends ``<ingress-box-delivery-id>\\t<time.monotonic()>`` per request to ``--log``
+(CLOCK_MONOTONIC is system-wide on Linux, so senders in other processes compare).
 """
 
 from __future__ import annotations
@@ -31,9 +35,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 
-def uvicorn_options(access_log: bool = False) -> dict[str, object]:
-    return {"host": "127.0.0.1", "log_level": "info" if access_log else "warning",
-            "access_log": access_log, "loop": "auto", "http": "auto"}
+def uvicorn_options() -> dict[str, object]:
+    return {"host": "127.0.0.1", "log_level": "warning", "access_log": False, "loop": "auto",
+            "http": "auto"}
 
 
 def bare_app(secret: bytes) -> Starlette:
@@ -60,12 +64,16 @@ def run_box(args: argparse.Namespace) -> None:
     shown = {k: getattr(settings, k) for k in (
         "db_path", "synchronous", "workers", "busy_timeout_seconds", "rate_limit",
         "max_body_bytes", "delivery_timeout_seconds")}
-    shown.update(run_worker=not args.no_worker, **uvicorn_options(args.access_log),
+    if args.logs:
+        from ingress_box import logs
+
+        logs.configure(settings.log_format)
+    shown.update(run_worker=not args.no_worker, box_logs=args.logs, **uvicorn_options(),
                  uvloop=bool(importlib.util.find_spec("uvloop")),
                  httptools=bool(importlib.util.find_spec("httptools")))
     print("settings:", json.dumps(shown, default=str), flush=True)
     app = create_app(settings, run_worker=not args.no_worker)
-    uvicorn.run(app, port=args.port, **uvicorn_options(args.access_log))  # type: ignore[arg-type]
+    uvicorn.run(app, port=args.port, **uvicorn_options())  # type: ignore[arg-type]
 
 
 async def run_target(port: int, delay: float, log_path: str) -> None:
@@ -107,12 +115,12 @@ async def run_target(port: int, delay: float, log_path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["box", "bare", "target"])
+    parser.add_argument("kind", choices=["box", "bare", "target", "worker"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--db", help="box: the SQLite file")
     parser.add_argument("--no-worker", action="store_true", help="box: run_worker=False")
-    parser.add_argument("--access-log", action="store_true",
-                        help="box: log_level info + access log, as `ingress-box serve` does")
+    parser.add_argument("--logs", action="store_true",
+                        help="box: log one line per request/attempt, as `ingress-box serve` does")
     parser.add_argument("--secret", default="", help="bare: the HMAC secret")
     parser.add_argument("--delay", type=float, default=0.0, help="target: seconds per request")
     parser.add_argument("--log", help="target: where to append receive times")
@@ -123,6 +131,11 @@ def main() -> None:
         print("settings:", json.dumps(uvicorn_options()), flush=True)
         uvicorn.run(bare_app(args.secret.encode()), port=args.port,
                     **uvicorn_options())  # type: ignore[arg-type]
+    elif args.kind == "worker":  # what `ingress-box worker` runs, without its logging set-up
+        from ingress_box.config import load_settings
+        from ingress_box.worker import run_standalone
+
+        raise SystemExit(run_standalone(load_settings(db_path=args.db)))
     else:
         asyncio.run(run_target(args.port, args.delay, args.log))
 
