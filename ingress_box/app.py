@@ -58,13 +58,18 @@ def _headers(request: Request) -> dict[str, str]:
     return headers
 
 
-def _public_url(request: Request, settings: Settings) -> str:
-    """The URL the provider called: the configured public base, else what the request says."""
-    path = request.scope.get("raw_path") or request.url.path.encode()
-    query = request.scope.get("query_string", b"")
-    tail = path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
-    base = settings.public_url or f"{request.url.scheme}://{request.url.netloc}"
-    return base.rstrip("/") + tail
+def _public_url(request: Request, headers: dict[str, str], settings: Settings) -> str:
+    """The URL the provider called: the configured public base, else what the request says.
+
+    Built from the raw path and query (as the provider signed them), not re-encoded.
+    """
+    scope = request.scope
+    tail: str = scope["raw_path"].decode("latin-1")
+    if scope["query_string"]:
+        tail += "?" + scope["query_string"].decode("latin-1")
+    if settings.public_url:
+        return settings.public_url.rstrip("/") + tail
+    return f"{scope['scheme']}://{headers.get('host', 'localhost')}{tail}"
 
 
 async def ingress_endpoint(request: Request) -> Response:
@@ -72,21 +77,21 @@ async def ingress_endpoint(request: Request) -> Response:
     params = request.path_params
     headers = _headers(request)
     length = headers.get("content-length", "")
-    query = request.url.query
+    query = request.scope["query_string"].decode("latin-1")
     inbound = Inbound(
         method=request.method,
         plugin=params["plugin"],
         instance=params["instance"],
         route=params["route"],
         subpath=params.get("rest", "") + ("?" + query if query else ""),
-        url=_public_url(request, box.settings),
-        query=dict(request.query_params),
+        url=_public_url(request, headers, box.settings),
+        query_string=query,
         headers=headers,
         body=request.stream(),
         content_length=int(length) if length.isdigit() else None,
     )
     answer = await box.ingress.handle(inbound)
-    return Response(answer.body, status_code=answer.status, headers=dict(answer.headers),
+    return Response(answer.body, status_code=answer.status, headers=answer.headers,
                     media_type=answer.content_type)
 
 

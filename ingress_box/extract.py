@@ -6,6 +6,7 @@ All pure functions of the raw bytes and headers; nothing here can raise on hosti
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -147,10 +148,12 @@ def conversation_id(route: Route, headers: Mapping[str, str], body: Body) -> str
     return None
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_credential(name: str) -> bool:
+    return name in _SECRET_HEADERS or any(word in name for word in _SECRET_WORDS)
+
+
 def redact_headers(headers: Mapping[str, str]) -> str:
     """The headers as JSON with every credential replaced by a marker."""
-    safe = {}
-    for name, value in headers.items():
-        secret = name in _SECRET_HEADERS or any(word in name for word in _SECRET_WORDS)
-        safe[name] = REDACTED if secret else value
+    safe = {name: REDACTED if _is_credential(name) else value for name, value in headers.items()}
     return json.dumps(safe, separators=(",", ":"))

@@ -7,6 +7,7 @@ lookup (404) -> challenge (200/403) -> body cap (413, while streaming) -> verify
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -15,8 +16,9 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import parse_qsl
 
 from . import conversations, extract
 from .config import Settings
@@ -26,8 +28,8 @@ from .ratelimit import RateLimiter
 from .signatures import SignedRequest, verify
 from .store import Database
 from .store import deliveries as store_deliveries
-from .store import instances as store_instances
-from .store.instances import Instance
+from .store.acceptor import Acceptor
+from .store.instances import Instance, InstanceCache
 
 log = logging.getLogger("ingress_box.ingress")
 
@@ -44,10 +46,15 @@ class Inbound:
     route: str
     subpath: str                      # what followed the route, with the query string
     url: str                          # the URL the provider called (public base applied)
-    query: Mapping[str, str]
+    query_string: str
     headers: Mapping[str, str]        # lower-case names
     body: AsyncIterator[bytes]
     content_length: int | None = None
+
+    @functools.cached_property
+    def query(self) -> dict[str, str]:
+        """The query parameters (parsed only by the routes that read them)."""
+        return dict(parse_qsl(self.query_string, keep_blank_values=True))
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class Answer:
     headers: Mapping[str, str] = field(default_factory=dict)
     outcome: str = ""                 # accepted, duplicate, or the rejection reason
     delivery_id: str | None = None    # the webhook-id, once the request got that far
+    rejected: tuple[str, str, str] | None = None  # (plugin, instance, route) a refusal is about
 
 
 def error(status: int, code: str, message: str, **headers: str) -> Answer:
@@ -65,29 +73,39 @@ def error(status: int, code: str, message: str, **headers: str) -> Answer:
     return Answer(status, body, "application/json", headers, outcome=code)
 
 
-class InstanceCache:
-    """Instances by key, dropped whenever any process changes any instance.
+class _Once:
+    """What a request does only once however often the pipeline re-checks it: read the body
+    from the stream, and spend a rate-limit token."""
 
-    The check is one read of a counter that triggers bump (WAL reads never wait for writers),
-    so a rotated secret or a disabled instance takes effect on the very next request.
-    """
+    def __init__(self, req: Inbound) -> None:
+        self._req = req
+        self._read = False
+        self._raw: bytes | None = None
+        self.rate_wait: int | None = None
 
-    def __init__(self, db: Database) -> None:
-        self._db = db
-        self._version = ""
-        self._items: dict[tuple[str, str], Instance | None] = {}
+    async def read_capped(self, cap: int) -> bytes | None:
+        """The whole body, or None as soon as it is known to exceed ``cap``."""
+        if not self._read:
+            self._read = True
+            self._raw = await self._read_stream(cap)
+        return self._raw if self._raw is None or len(self._raw) <= cap else None
 
-    def get(self, plugin_id: str, instance_id: str) -> Instance | None:
-        current = store_instances.version(self._db)
-        if current != self._version:
-            self._items.clear()
-            self._version = current
-        key = (plugin_id, instance_id)
-        if key not in self._items:
-            if len(self._items) > 10_000:  # unknown ids are cached too: keep that bounded
-                self._items.clear()
-            self._items[key] = store_instances.get(self._db, plugin_id, instance_id)
-        return self._items[key]
+    async def _read_stream(self, cap: int) -> bytes | None:
+        req = self._req
+        if req.content_length is not None and req.content_length > cap:
+            return None
+        chunks, size = [], 0
+        async for chunk in req.body:
+            size += len(chunk)
+            if size > cap:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+# Answers that depend on instance data without a write to check it: re-checked before sent.
+_RECHECKED = frozenset({401, 403, 404, 405})
+_STALE = Answer(503, outcome="stale")  # the instances changed under this request: run again
 
 
 @dataclass(frozen=True)
@@ -106,6 +124,7 @@ class Ingress:
         self.registry = registry
         self.clock = clock
         self.instances = InstanceCache(db)
+        self.acceptor = Acceptor(db)
         self.limiter = RateLimiter(settings.rate_limit, clock=time.monotonic)
         # The last few rejections per instance, in memory: bounded, and a flood of bad
         # requests never turns into disk writes.
@@ -116,12 +135,23 @@ class Ingress:
 
     async def handle(self, inbound: Inbound) -> Answer:
         started = time.perf_counter()
-        answer = await self._pipeline(inbound)
+        once = _Once(inbound)
+        for _ in range(3):
+            answer = await self._pipeline(inbound, once)
+            if answer is _STALE:
+                continue
+            recheck = answer.status in _RECHECKED or answer.outcome == "challenge"
+            if not (recheck and self.instances.refresh()):
+                break
+        else:  # instances changing on every try: let the provider come back
+            answer = error(503, "storage_unavailable", "configuration is changing; retry",
+                           **{"retry-after": "1"})
+        self._remember(answer)
         for observe in self.observers:
             observe(inbound, answer, time.perf_counter() - started)
         return answer
 
-    async def _pipeline(self, req: Inbound) -> Answer:
+    async def _pipeline(self, req: Inbound, once: _Once) -> Answer:
         plugin = self.registry.get(req.plugin)
         route = plugin.routes.get(req.route) if plugin is not None else None
         instance = (self.instances.get(req.plugin, req.instance)
@@ -136,7 +166,7 @@ class Ingress:
                 405, "method_not_allowed", f"use {', '.join(route.methods)}",
                 allow=", ".join(route.methods)))
 
-        raw = await self._read_capped(req, self._cap(route))
+        raw = await once.read_capped(self._cap(route))
         if raw is None:
             return self._reject(instance, route, error(
                 413, "body_too_large", f"body exceeds {self._cap(route)} bytes"))
@@ -146,7 +176,9 @@ class Ingress:
         if not verdict.ok:
             return self._reject(instance, route, error(401, verdict.reason, "verification failed"))
 
-        wait = self.limiter.take((instance.plugin_id, instance.instance_id))
+        if once.rate_wait is None:
+            once.rate_wait = self.limiter.take((instance.plugin_id, instance.instance_id))
+        wait = once.rate_wait
         if wait > 0:
             return self._reject(instance, route, error(
                 429, "rate_limited", "too many requests", **{"retry-after": str(wait)}))
@@ -156,19 +188,6 @@ class Ingress:
     def _cap(self, route: Route) -> int:
         return route.max_body_bytes if route.max_body_bytes is not None else (
             self.settings.max_body_bytes)
-
-    @staticmethod
-    async def _read_capped(req: Inbound, cap: int) -> bytes | None:
-        """The whole body, or None as soon as it is known to exceed ``cap``."""
-        if req.content_length is not None and req.content_length > cap:
-            return None
-        chunks, size = [], 0
-        async for chunk in req.body:
-            size += len(chunk)
-            if size > cap:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     def _challenge(self, route: Route, instance: Instance, req: Inbound) -> Answer:
         spec = route.challenge
@@ -203,33 +222,43 @@ class Ingress:
         )
         learned = conversations.learned(route, instance, req.headers, body, new.conversation)
 
-        def accept(conn: sqlite3.Connection) -> bool:
-            is_new = store_deliveries.accept(conn, new)
-            if is_new and learned is not None:  # same transaction: no ack without its mapping
-                conversations.learn(conn, new.id, learned, new.received_at)
-            return is_new
+        def learn(conn: sqlite3.Connection) -> None:  # same transaction: no ack without it
+            assert learned is not None
+            conversations.learn(conn, new.id, learned, new.received_at)
 
         try:
-            is_new = await asyncio.wait_for(self.db.awrite(accept), self.commit_timeout)
+            async with asyncio.timeout(self.commit_timeout):
+                is_new, version = await self.acceptor.accept(
+                    new, self.instances.version, learn if learned is not None else None)
         except (TimeoutError, StorageUnavailable) as exc:
             log.warning("cannot commit %s/%s: %s", instance.plugin_id, instance.instance_id, exc)
             return error(503, "storage_unavailable", "cannot store the webhook now; retry",
                          **{"retry-after": "1"})
+        if is_new is None:
+            self.instances.reset(version)
+            return _STALE
         if is_new:
             for wake in self.on_accepted:
                 wake()
         ack = route.ack
-        payload = ack.body if ack.body is not None else json.dumps(
-            {"status": "accepted", "id": delivery_id}, separators=(",", ":")).encode()
+        # The id is hex: no escaping needed, and the bytes are the same for every duplicate.
+        payload = ack.body if ack.body is not None else (
+            b'{"status":"accepted","id":"' + delivery_id.encode() + b'"}')
         return Answer(ack.status, payload, ack.content_type,
                       outcome="accepted" if is_new else "duplicate", delivery_id=delivery_id)
 
-    def _reject(self, instance: Instance, route: Route, answer: Answer) -> Answer:
+    @staticmethod
+    def _reject(instance: Instance, route: Route, answer: Answer) -> Answer:
+        """Mark a refusal of a known instance's request, to be remembered once it is final."""
+        return replace(answer, rejected=(instance.plugin_id, instance.instance_id, route.name))
+
+    def _remember(self, answer: Answer) -> None:
+        if answer.rejected is None:
+            return
+        plugin_id, instance_id, route = answer.rejected
         kept = self.rejections.setdefault(
-            (instance.plugin_id, instance.instance_id),
-            deque(maxlen=self.settings.rejections_kept))
-        kept.append(Rejection(self.clock(), route.name, answer.status, answer.outcome))
-        return answer
+            (plugin_id, instance_id), deque(maxlen=self.settings.rejections_kept))
+        kept.append(Rejection(self.clock(), route, answer.status, answer.outcome))
 
     def forget(self, plugin_id: str, instance_id: str) -> None:
         """Drop what is remembered of a deleted instance (a new one of that id starts clean)."""

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -85,6 +86,7 @@ class Metrics:
             "From acceptance to the target's 2xx", ["plugin"],
             buckets=_END_TO_END_BUCKETS, registry=self.registry)
         self.registry.register(_DatabaseCollector(db))
+        self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -96,9 +98,15 @@ class Metrics:
 
     def on_request(self, req: Inbound, answer: Answer, seconds: float) -> None:
         known = answer.outcome != "not_found"
-        plugin, instance = (req.plugin, req.instance) if known else ("", "")
-        self.requests.labels(plugin, instance, answer.outcome).inc()
-        self.request_seconds.labels(plugin).observe(seconds)
+        key = (req.plugin, req.instance, answer.outcome) if known else ("", "", answer.outcome)
+        children = self._request_children.get(key)
+        if children is None:  # labels() takes a lock and builds a key: once per label set
+            children = (self.requests.labels(*key), self.request_seconds.labels(key[0]))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         access_log.info(
             "request", extra={"fields": {
                 "plugin": req.plugin[:64], "instance": req.instance[:64],

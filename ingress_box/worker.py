@@ -44,6 +44,7 @@ log = logging.getLogger("ingress_box.worker")
 
 POLL_SECONDS = 0.02      # how often an idle consumer thread looks for tasks of other processes
 SHORT_WAIT_SECONDS = 1.0  # a retry due sooner than this is waited for in the drain itself
+MAX_CLAIM = 16            # rows one drain leases at once when there is a backlog
 
 
 class _Storage(SqliteStorage):  # type: ignore[misc]
@@ -94,12 +95,13 @@ class Worker:
         self.rng = rng or random.Random()
         self.policy = RetryPolicy.from_settings(settings)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.client = httpx.Client(
-            transport=transport, follow_redirects=False,
-            timeout=settings.delivery_timeout_seconds,
-            limits=httpx.Limits(max_connections=settings.workers * 2,
-                                max_keepalive_connections=settings.workers * 2))
+        limits = httpx.Limits(max_connections=settings.workers * 2,
+                              max_keepalive_connections=settings.workers * 2)
+        self.transport = transport or httpx.HTTPTransport(limits=limits)
+        self.client = httpx.Client(transport=self.transport, follow_redirects=False,
+                                   timeout=settings.delivery_timeout_seconds)
         self.huey = make_huey(settings)
+        self.instances = store_instances.InstanceCache(db)
         self._drain = self.huey.task(name="drain")(self.drain)
         self.huey.periodic_task(crontab(), name="sweep")(self.sweep)
         self.huey.periodic_task(crontab(minute="7"), name="maintenance")(self.maintenance)
@@ -181,21 +183,38 @@ class Worker:
     def drain(self) -> None:
         with self._active_lock:
             self._active += 1
+        limit = 1
         try:
             while not self._stopping.is_set():
+                now = self.clock()
                 claimed = self.db.write(store_deliveries.claim(
-                    self.owner, self.clock(), self.settings.lease_seconds, limit=1))
-                if claimed:
-                    if self._active < self.settings.workers:
-                        self._kick.set()  # more may be ready: let another thread help
-                    for row in claimed:
-                        self.deliver(row)
+                    self.owner, now, self.settings.lease_seconds, limit), durable=False)
+                if not claimed:
+                    if not self._wait_for_next_due():
+                        return
+                    limit = 1
                     continue
-                if not self._wait_for_next_due():
-                    return
+                if self._active < self.settings.workers:
+                    self._kick.set()  # more may be ready: let another thread help
+                self.instances.refresh()  # a changed target or secret applies from this claim on
+                # A full claim means a backlog: take more at once (fewer transactions per
+                # delivery); a partial one means the backlog is gone: back to one at a time.
+                limit = min(limit * 2, MAX_CLAIM) if len(claimed) == limit else 1
+                self._deliver_claimed(claimed, now + self.settings.lease_seconds)
         finally:
             with self._active_lock:
                 self._active -= 1
+
+    def _deliver_claimed(self, rows: list[store_deliveries.Claimed], lease_until: float) -> None:
+        margin = 3 * self.settings.delivery_timeout_seconds
+        for i, row in enumerate(rows):
+            # Never start an attempt that could outlive its lease (another worker could claim
+            # the row and deliver it twice): give the rest back. The first always goes.
+            if i and (self._stopping.is_set() or self.clock() + margin > lease_until):
+                self.db.submit(store_deliveries.release(self.owner, [r.seq for r in rows[i:]]),
+                               durable=False).add_done_callback(_log_settle_failure)
+                return
+            self.deliver(row)
 
     def _wait_for_next_due(self) -> bool:
         """Nothing is ready: wait here for a retry due very soon, else leave it to huey."""
@@ -212,7 +231,7 @@ class Worker:
     # -- one attempt -----------------------------------------------------------------------
 
     def deliver(self, row: store_deliveries.Claimed) -> None:
-        instance = store_instances.get(self.db, row.plugin_id, row.instance_id)
+        instance = self.instances.get(row.plugin_id, row.instance_id)
         started, t0 = self.clock(), time.perf_counter()
         error: BaseException | None = None
         try:
@@ -226,7 +245,7 @@ class Worker:
                 target=Target(instance.target_url, instance.outbound_secret, instance.config),
                 client=self.client, timeout=self.settings.delivery_timeout_seconds,
                 now=self.clock, extra_headers=conversations.enrichment_headers(mappings.get()),
-                mappings=mappings)
+                mappings=mappings, transport=self.transport)
             handler(_event(row), ctx)
         except Exception as exc:  # noqa: BLE001 (every failure is classified by the policy)
             error = exc
@@ -239,7 +258,7 @@ class Worker:
             error=decision.error, next_attempt_at=self.clock() + decision.delay,
             dead_letter_id="dlq_" + uuid.uuid4().hex[:24], strict=strict)
         # Not waited for: the next claim of this thread queues behind it in the writer.
-        future = self.db.submit(store_deliveries.settle(outcome, self.clock()))
+        future = self.db.submit(store_deliveries.settle(outcome, self.clock()), durable=False)
         future.add_done_callback(_log_settle_failure)
         for observe in self.observers:
             observe(row, decision, duration)

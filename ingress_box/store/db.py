@@ -61,8 +61,9 @@ def _unavailable(exc: BaseException) -> StorageUnavailable:
 class _Batch:
     """The ops of one transaction and what each returned."""
 
-    def __init__(self, items: list[tuple[concurrent.futures.Future[Any], Op[Any]]]) -> None:
+    def __init__(self, items: list[tuple[concurrent.futures.Future[Any], Op[Any], bool]]) -> None:
         self.items = items
+        self.durable = any(durable for _, _, durable in items)
         self.outcomes: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
 
 
@@ -80,6 +81,7 @@ class Database:
         self._readers_lock = threading.Lock()
         self._async_reader: aiosqlite.Connection | None = None
         self.on_commit: list[Callable[[int], None]] = []  # called with the batch size
+        self._mode = synchronous  # the writer connection's synchronous setting right now
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -127,18 +129,24 @@ class Database:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def submit(self, op: Op[T]) -> concurrent.futures.Future[T]:
-        """Queue ``op`` for the next batch; the future resolves after the commit."""
+    def submit(self, op: Op[T], *, durable: bool = True) -> concurrent.futures.Future[T]:
+        """Queue ``op`` for the next batch; the future resolves after the commit.
+
+        ``durable=False`` says that losing this write to a power cut costs at most a repeated
+        delivery attempt (the worker's claims and outcomes): a batch of only such ops commits
+        with ``synchronous=NORMAL`` (no fsync; still safe against a process crash). Anything
+        acknowledged to someone outside stays durable.
+        """
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         if self._writer is None:
             future.set_exception(StorageUnavailable("database is closed"))
             return future
-        self._queue.put((future, op))
+        self._queue.put((future, op, durable))
         return future
 
-    def write(self, op: Op[T]) -> T:
+    def write(self, op: Op[T], *, durable: bool = True) -> T:
         """Run ``op`` in the writer and wait for its commit (for threads)."""
-        return self.submit(op).result()
+        return self.submit(op, durable=durable).result()
 
     async def awrite(self, op: Op[T]) -> T:
         """Run ``op`` in the writer and wait for its commit (for coroutines)."""
@@ -168,14 +176,19 @@ class Database:
             conn.close()
 
     def _commit(self, conn: sqlite3.Connection, batch: _Batch) -> None:
+        lenient = not batch.durable and self.synchronous in ("FULL", "EXTRA")
+        mode = "NORMAL" if lenient else self.synchronous
         try:
+            if mode != self._mode:
+                conn.execute(f"PRAGMA synchronous = {mode}")
+                self._mode = mode
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:  # locked past the busy timeout, disk I/O error, ...
-            for future, _ in batch.items:
+            for future, _, _ in batch.items:
                 _settle(future, None, _unavailable(exc))
             return
         try:
-            for future, op in batch.items:
+            for future, op, _ in batch.items:
                 if not future.set_running_or_notify_cancel():
                     continue
                 batch.outcomes.append((future, *self._run_op(conn, op)))
@@ -183,7 +196,7 @@ class Database:
         except sqlite3.Error as exc:  # the transaction itself failed: nothing of it holds
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for future, _ in batch.items:  # none is settled before the commit
+            for future, _, _ in batch.items:  # none is settled before the commit
                 _settle(future, None, _unavailable(exc))
             return
         for future, result, error in batch.outcomes:

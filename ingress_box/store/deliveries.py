@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,28 +64,49 @@ def lane_of(plugin_id: str, instance_id: str, conversation: str | None) -> str |
 
 # -- ingress ---------------------------------------------------------------------------------
 
-_INSERT_DELIVERY = """
+_INSERT_DELIVERIES = """
 INSERT OR IGNORE INTO deliveries (id, plugin_id, instance_id, route, provider_delivery_id,
     conversation, method, subpath, content_type, headers, body, received_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES {rows} RETURNING seq, id
 """
-_INSERT_OUTBOX = "INSERT INTO outbox (delivery_seq, lane, available_at) VALUES (?, ?, ?)"
+_INSERT_OUTBOX = "INSERT INTO outbox (delivery_seq, lane, available_at) VALUES {rows}"
+_CHUNK = 500  # rows per statement: 12 parameters each, far below SQLite's variable limit
+
+
+def _rows(count: int, width: int) -> str:
+    one = "(" + ", ".join("?" * width) + ")"
+    return ", ".join([one] * count)
+
+
+def accept_many(conn: sqlite3.Connection, items: Sequence[NewDelivery]) -> list[bool]:
+    """Store deliveries and their outbox rows; for each, False when its dedup key was there.
+
+    One multi-row ``INSERT OR IGNORE ... RETURNING`` per chunk: the unique index decides, and
+    a key repeated inside one batch is new only the first time.
+    """
+    results: list[bool] = []
+    for start in range(0, len(items), _CHUNK):
+        chunk = items[start:start + _CHUNK]
+        params = [value for d in chunk for value in (
+            d.id, d.plugin_id, d.instance_id, d.route, d.provider_delivery_id, d.conversation,
+            d.method, d.subpath, d.content_type, d.headers, d.body, d.received_at)]
+        inserted = dict((row[1], row[0]) for row in conn.execute(
+            _INSERT_DELIVERIES.format(rows=_rows(len(chunk), 12)), params).fetchall())
+        outbox: list[Any] = []
+        for d in chunk:
+            seq = inserted.pop(d.id, None)  # popped: a repeat of the id is a duplicate
+            results.append(seq is not None)
+            if seq is not None:
+                outbox.extend((seq, lane_of(d.plugin_id, d.instance_id, d.conversation),
+                               d.received_at))
+        if outbox:
+            conn.execute(_INSERT_OUTBOX.format(rows=_rows(len(outbox) // 3, 3)), outbox)
+    return results
 
 
 def accept(conn: sqlite3.Connection, d: NewDelivery) -> bool:
-    """Store a delivery and its outbox row; False when the dedup key is already there."""
-    cur = conn.execute(
-        _INSERT_DELIVERY,
-        (d.id, d.plugin_id, d.instance_id, d.route, d.provider_delivery_id, d.conversation,
-         d.method, d.subpath, d.content_type, d.headers, d.body, d.received_at),
-    )
-    if cur.rowcount == 0:
-        return False
-    conn.execute(
-        _INSERT_OUTBOX,
-        (cur.lastrowid, lane_of(d.plugin_id, d.instance_id, d.conversation), d.received_at),
-    )
-    return True
+    """Store one delivery and its outbox row; False when the dedup key is already there."""
+    return accept_many(conn, [d])[0]
 
 
 # -- the worker's claims and outcomes --------------------------------------------------------
@@ -204,14 +226,26 @@ def settle(o: Outcome, now: float) -> Any:
     return op
 
 
-def release(owner: str) -> Any:
-    """An op that gives back every lease ``owner`` holds (graceful shutdown)."""
+def release(owner: str, seqs: Sequence[int] | None = None) -> Any:
+    """An op that gives back leases ``owner`` took but did not attempt (all, or ``seqs``).
+
+    Their claim counted an attempt that was never made: it is taken back.
+    """
 
     def op(conn: sqlite3.Connection) -> int:
-        cur = conn.execute(
-            "UPDATE outbox SET lease_until = NULL, lease_owner = NULL WHERE lease_owner = ?",
-            (owner,))
-        return cur.rowcount
+        where = "lease_owner = ?"
+        params: list[Any] = [owner]
+        if seqs is not None:
+            where += f" AND delivery_seq IN ({','.join('?' * len(seqs))})"
+            params.extend(seqs)
+        released = [r[0] for r in conn.execute(
+            f"UPDATE outbox SET lease_until = NULL, lease_owner = NULL WHERE {where} "
+            "RETURNING delivery_seq", params)]
+        if released:
+            conn.execute(
+                f"UPDATE deliveries SET attempts = max(attempts - 1, 0) "
+                f"WHERE seq IN ({','.join('?' * len(released))})", released)
+        return len(released)
 
     return op
 

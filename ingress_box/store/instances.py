@@ -175,6 +175,12 @@ def version(db: Database) -> str:
     return str(row[0]) if row is not None else ""
 
 
+def version_in(conn: sqlite3.Connection) -> str:
+    """The same, read inside a transaction (the writer's)."""
+    row = conn.execute(_VERSION).fetchone()
+    return str(row[0]) if row is not None else ""
+
+
 def _list_query(plugin_id: str | None, cursor: str | None, limit: int) -> tuple[str, list[Any]]:
     where: list[str] = []
     params: list[Any] = []
@@ -208,3 +214,39 @@ async def alist_page(db: Database, plugin_id: str | None = None, cursor: str | N
 async def aget(db: Database, plugin_id: str, instance_id: str) -> Instance | None:
     row = await db.aread_one(_GET, (plugin_id, instance_id))
     return _from_row(row) if row is not None else None
+
+
+class InstanceCache:
+    """Instances by key, valid for one value of the instances version.
+
+    Triggers bump that version on any change by any process (the CLI included). The ingress
+    reads no database on its hot path: an acceptance checks the version inside its own write
+    transaction (see store.acceptor), and a rejection or a challenge re-reads it before
+    answering, so a rotated secret or a disabled or deleted instance is never served from a
+    stale entry. The worker refreshes it once per claim. Safe to share between threads.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.version = version(db)
+        self._items: dict[tuple[str, str], Instance | None] = {}
+
+    def get(self, plugin_id: str, instance_id: str) -> Instance | None:
+        key = (plugin_id, instance_id)
+        if key not in self._items:
+            if len(self._items) > 10_000:  # unknown ids are cached too: keep that bounded
+                self._items.clear()
+            self._items[key] = get(self._db, plugin_id, instance_id)
+        return self._items[key]
+
+    def reset(self, version: str) -> bool:
+        """Adopt ``version``; True (and an empty cache) when it differs from the one held."""
+        if version == self.version:
+            return False
+        self._items.clear()
+        self.version = version
+        return True
+
+    def refresh(self) -> bool:
+        """Re-read the version; True when something changed since the cache was filled."""
+        return self.reset(version(self._db))
