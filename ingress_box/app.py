@@ -16,9 +16,11 @@ import httpx
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
+from starlette.types import Receive, Scope, Send
 
 from . import admin, dashboard
 from .auth import AdminAuth, ensure_admin_token
@@ -31,7 +33,7 @@ from .worker import Worker
 
 log = logging.getLogger("ingress_box.app")
 
-ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+INGRESS = "/ingress/"
 
 
 @dataclass
@@ -49,21 +51,24 @@ class Box:
     generated_token: str | None = None
 
 
-def _headers(request: Request) -> dict[str, str]:
+class _Disconnected(Exception):
+    """The provider went away before its body arrived."""
+
+
+def _headers(scope: Scope) -> dict[str, str]:
     headers: dict[str, str] = {}
-    for raw_name, raw_value in request.scope["headers"]:
+    for raw_name, raw_value in scope["headers"]:
         name = raw_name.decode("latin-1").lower()
         value = raw_value.decode("latin-1")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return headers
 
 
-def _public_url(request: Request, headers: dict[str, str], settings: Settings) -> str:
+def _public_url(scope: Scope, headers: dict[str, str], settings: Settings) -> str:
     """The URL the provider called: the configured public base, else what the request says.
 
     Built from the raw path and query (as the provider signed them), not re-encoded.
     """
-    scope = request.scope
     tail: str = scope["raw_path"].decode("latin-1")
     if scope["query_string"]:
         tail += "?" + scope["query_string"].decode("latin-1")
@@ -72,27 +77,60 @@ def _public_url(request: Request, headers: dict[str, str], settings: Settings) -
     return f"{scope['scheme']}://{headers.get('host', 'localhost')}{tail}"
 
 
-async def ingress_endpoint(request: Request) -> Response:
-    box: Box = request.app.state.box
-    params = request.path_params
-    headers = _headers(request)
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
+async def ingress_endpoint(box: Box, scope: Scope, receive: Receive, send: Send) -> None:
+    """``ANY /ingress/{plugin}/{instance}/{route}[/{anything}]``, as plain ASGI."""
+    plugin, instance, route, rest = (scope["path"][len(INGRESS):].split("/", 3) + ["", ""])[:4]
+    headers = _headers(scope)
     length = headers.get("content-length", "")
-    query = request.scope["query_string"].decode("latin-1")
+    query = scope["query_string"].decode("latin-1")
     inbound = Inbound(
-        method=request.method,
-        plugin=params["plugin"],
-        instance=params["instance"],
-        route=params["route"],
-        subpath=params.get("rest", "") + ("?" + query if query else ""),
-        url=_public_url(request, headers, box.settings),
+        method=scope["method"], plugin=plugin, instance=instance, route=route,
+        subpath=rest + ("?" + query if query else ""),
+        url=_public_url(scope, headers, box.settings),
         query_string=query,
         headers=headers,
-        body=request.stream(),
+        body=_body(receive),
         content_length=int(length) if length.isdigit() else None,
     )
-    answer = await box.ingress.handle(inbound)
-    return Response(answer.body, status_code=answer.status, headers=answer.headers,
-                    media_type=answer.content_type)
+    try:
+        answer = await box.ingress.handle(inbound)
+    except _Disconnected:
+        return
+    await send({"type": "http.response.start", "status": answer.status, "headers": [
+        (b"content-type", answer.content_type.encode("latin-1")),
+        (b"content-length", str(len(answer.body)).encode()),
+        *((name.encode("latin-1"), value.encode("latin-1"))
+          for name, value in answer.headers.items())]})
+    await send({"type": "http.response.body", "body": answer.body})
+
+
+class App:
+    """The ASGI entry point. Provider requests go straight to the ingress: the hottest path
+    skips Starlette's routing, request and response layers (one prefix test instead).
+    Everything else, lifespan included, is the Starlette app."""
+
+    def __init__(self, starlette: Starlette) -> None:
+        self.starlette = starlette
+
+    @property
+    def state(self) -> State:
+        return self.starlette.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(INGRESS):
+            await ingress_endpoint(self.starlette.state.box, scope, receive, send)
+        else:
+            await self.starlette(scope, receive, send)
 
 
 async def healthz(request: Request) -> Response:
@@ -126,7 +164,7 @@ async def metrics_endpoint(request: Request) -> Response:
 
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time,
-               run_worker: bool = True, transport: httpx.BaseTransport | None = None) -> Starlette:
+               run_worker: bool = True, transport: httpx.BaseTransport | None = None) -> App:
     """The whole appliance as an ASGI app (the worker runs in its lifespan)."""
 
     @contextlib.asynccontextmanager
@@ -157,9 +195,6 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time,
             db.close()
 
     routes = [
-        Route("/ingress/{plugin}/{instance}/{route}", ingress_endpoint, methods=ANY_METHOD),
-        Route("/ingress/{plugin}/{instance}/{route}/{rest:path}", ingress_endpoint,
-              methods=ANY_METHOD),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
@@ -167,4 +202,4 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time,
         Mount("/admin", routes=admin.routes()),
         *admin.top_level_routes(),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return App(Starlette(routes=routes, lifespan=lifespan))

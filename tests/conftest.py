@@ -11,10 +11,9 @@ from typing import Any, Protocol
 
 import pytest
 from hypothesis import settings as hypothesis_settings
-from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from ingress_box.app import Box, create_app
+from ingress_box.app import App, Box, create_app
 from ingress_box.config import Settings, load_settings
 from ingress_box.store import Database
 from ingress_box.store.deliveries import NewDelivery, Outcome, accept, claim, settle
@@ -70,12 +69,12 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def app(settings: Settings, clock: Clock) -> Starlette:
+def app(settings: Settings, clock: Clock) -> App:
     return create_app(settings, clock=clock, run_worker=False)
 
 
 @pytest.fixture
-def client(app: Starlette) -> Iterator[TestClient]:
+def client(app: App) -> Iterator[TestClient]:
     with TestClient(app) as c:  # a context manager, so the lifespan opens the database
         yield c
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
-from starlette.applications import Starlette
 
-from ingress_box.app import Box, create_app
+from ingress_box.app import App, Box, create_app
 from ingress_box.config import Settings
 from ingress_box.delivery import generate_outbound_secret
 from ingress_box.store import instances
@@ -32,7 +31,7 @@ def free_port() -> int:
 @dataclass
 class LiveBox:
     url: str
-    app: Starlette
+    app: App
 
     @property
     def box(self) -> Box:

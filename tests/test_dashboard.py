@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 from conftest import ADMIN_TOKEN, T0, Clock, MakeDeadLetters, MakeDeliveries, Reply
 from live import generic_headers
-from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from ingress_box.app import Box
+from ingress_box.app import App, Box
 from ingress_box.dashboard import COOKIE
 from ingress_box.store import Database
 from ingress_box.store.deliveries import NewDelivery, accept
@@ -110,7 +109,7 @@ def test_login_cookie_is_httponly_strict_and_scoped(client: TestClient) -> None:
     assert ADMIN_TOKEN not in cookie
 
 
-def test_login_cookie_is_secure_over_https(app: Starlette) -> None:
+def test_login_cookie_is_secure_over_https(app: App) -> None:
     """Over https the session cookie is also Secure."""
     with TestClient(app, base_url="https://testserver") as client:
         cookie = log_in(client).headers["set-cookie"]
