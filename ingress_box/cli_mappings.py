@@ -1,6 +1,6 @@
 """``ingress-box mappings``: conversation mappings on the database file (list, set, delete, state).
 
-Registered on :data:`ingress_box.cli.main` when :mod:`ingress_box.cli` is imported. Like the other
+Registered on :data:`ingress_box.cli.main` by :mod:`ingress_box.cli`. Like the other
 operator commands these open the SQLite file directly, so they work while ``serve`` runs.
 A conflict (the conversation is bound to another chat) exits 1 and names that chat.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from . import conversations
-from .cli import (
+from .cli_common import (
     _database,
     _more,
     _now,
@@ -24,7 +24,6 @@ from .cli import (
     db_option,
     json_option,
     limit_option,
-    main,
     plugins_dir_option,
 )
 from .config import load_settings
@@ -53,7 +52,7 @@ def _show(mapping: ConversationMapping, as_json: bool, verb: str) -> None:
                    f"({mapping.state})")
 
 
-@main.group("mappings")
+@click.group("mappings")
 def mappings_group() -> None:
     """List, set and delete conversation mappings and change their handover state."""
 

@@ -1,0 +1,153 @@
+"""``ingress-box deliveries`` and ``ingress-box dlq``: accepted deliveries and dead letters.
+
+``deliveries`` only reads. ``dlq redrive`` sends dead letters back to the outbox in bounded
+batches, with a progress bar on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .cli_common import (
+    _cell,
+    _database,
+    _more,
+    _now,
+    _print_json,
+    _Progress,
+    _read,
+    _table,
+    _when,
+    db_option,
+    json_option,
+    limit_option,
+    progress_option,
+)
+from .config import load_settings
+from .store import dead_letters as store_dead_letters
+from .store import deliveries as store_deliveries
+from .store.dead_letters import MAX_REDRIVE_BATCH
+
+
+@click.group("deliveries")
+def deliveries_group() -> None:
+    """Inspect accepted deliveries."""
+
+
+@deliveries_group.command("list")
+@click.option("--plugin", help="only this plugin")
+@click.option("--instance", help="only this instance")
+@click.option("--state", type=click.Choice(["pending", "delivered", "dead"]))
+@limit_option
+@db_option
+@json_option
+def deliveries_list(plugin: str | None, instance: str | None, state: str | None, limit: int,
+                    db_path: Path | None, as_json: bool) -> None:
+    """List deliveries, newest first."""
+    page = _read(load_settings(db_path=db_path), lambda db: store_deliveries.alist_page(
+        db, plugin, instance, state, None, limit))
+    if as_json:
+        _print_json({"items": page.items, "next_cursor": page.next_cursor})
+        return
+    _table(["ID", "PLUGIN", "INSTANCE", "ROUTE", "STATE", "ATTEMPTS", "RECEIVED", "LAST ERROR"],
+           [[d["id"], d["plugin"], d["instance"], d["route"], d["state"], d["attempts"],
+             _when(d["received_at"]), d["last_error"]] for d in page.items])
+    _more(page.next_cursor)
+
+
+@deliveries_group.command("show")
+@click.argument("delivery_id")
+@db_option
+@json_option
+def deliveries_show(delivery_id: str, db_path: Path | None, as_json: bool) -> None:
+    """Show one delivery with its headers, body and attempts."""
+    data = _read(load_settings(db_path=db_path), lambda db: store_deliveries.aget(db, delivery_id))
+    if as_json:
+        _print_json(data)
+        return
+    for key in ("id", "plugin", "instance", "route", "provider_delivery_id", "conversation",
+                "state", "attempts", "last_error", "content_type", "size"):
+        click.echo(f"{key}: {_cell(data.get(key), 200)}")
+    click.echo(f"received_at: {_when(data['received_at'])}")
+    click.echo(f"delivered_at: {_when(data['delivered_at'])}")
+    for attempt in data["attempt_log"]:
+        click.echo(f"attempt {attempt['attempt']}: {attempt['outcome']} "
+                   f"status={_cell(attempt['status_code'])} error={_cell(attempt['error'])}")
+    click.echo("headers: " + json.dumps(data["headers"]))
+    if "body" in data:
+        click.echo("body: " + data["body"])
+    elif "body_base64" in data:
+        click.echo("body (base64): " + data["body_base64"])
+    else:
+        click.echo("body: (pruned after delivery)")
+
+
+@click.group("dlq")
+def dlq_group() -> None:
+    """Read, redrive and discard dead letters."""
+
+
+@dlq_group.command("list")
+@click.option("--plugin", help="only this plugin")
+@click.option("--instance", help="only this instance")
+@limit_option
+@db_option
+@json_option
+def dlq_list(plugin: str | None, instance: str | None, limit: int, db_path: Path | None,
+             as_json: bool) -> None:
+    """List open dead letters, oldest first."""
+    selection = store_dead_letters.Selection(plugin, instance)
+    page = _read(load_settings(db_path=db_path),
+                 lambda db: store_dead_letters.alist_page(db, selection, None, limit))
+    if as_json:
+        _print_json({"items": page.items, "next_cursor": page.next_cursor})
+        return
+    _table(["ID", "DELIVERY", "PLUGIN", "INSTANCE", "ATTEMPTS", "CREATED", "LAST ERROR"],
+           [[d["id"], d["delivery"], d["plugin"], d["instance"], d["attempts"],
+             _when(d["created_at"]), d["last_error"]] for d in page.items])
+    _more(page.next_cursor)
+
+
+@dlq_group.command("redrive")
+@click.option("--plugin", help="only this plugin")
+@click.option("--instance", help="only this instance")
+@click.option("--id", "ids", multiple=True, help="only this dead letter (repeatable)")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="redrive at most this many (default: all)")
+@progress_option
+@db_option
+@json_option
+def dlq_redrive(plugin: str | None, instance: str | None, ids: tuple[str, ...],
+                limit: int | None, show_progress: bool | None, db_path: Path | None,
+                as_json: bool) -> None:
+    """Send dead letters back to the outbox, in bounded batches."""
+    selection = store_dead_letters.Selection(plugin, instance, list(ids) if ids else None)
+    total, remaining = 0, 0
+    with (_database(load_settings(db_path=db_path)) as db,
+          _Progress("redriving", show_progress) as bar):
+        while limit is None or total < limit:
+            batch = MAX_REDRIVE_BATCH if limit is None else min(MAX_REDRIVE_BATCH, limit - total)
+            redriven, remaining = db.write(store_dead_letters.redrive(selection, batch, _now()))
+            total += redriven
+            if remaining == 0 or redriven == 0:
+                break
+            # Another batch follows: the end is what is done plus what is left to do.
+            left = remaining if limit is None else min(remaining, limit - total)
+            bar.report(total, total + left)
+    if as_json:
+        _print_json({"redriven": total, "remaining": remaining})
+    else:
+        click.echo(f"redriven: {total}, remaining: {remaining}")
+
+
+@dlq_group.command("discard")
+@click.argument("dead_letter_id")
+@db_option
+def dlq_discard(dead_letter_id: str, db_path: Path | None) -> None:
+    """Drop one dead letter for good."""
+    with _database(load_settings(db_path=db_path)) as db:
+        db.write(store_dead_letters.discard(dead_letter_id))
+    click.echo(f"discarded {dead_letter_id}")

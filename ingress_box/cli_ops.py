@@ -1,0 +1,206 @@
+"""Operating the database file: ``backup``, ``stats``, ``tail``, ``doctor``, ``prune`` and
+``admin-token reset``.
+
+All of them work while ``serve`` runs. ``doctor`` exits 1 when a check fails; warnings do not.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import ops
+from .auth import reset_admin_token
+from .cli_common import (
+    BadInput,
+    _cell,
+    _database,
+    _now,
+    _print_json,
+    _Progress,
+    _when,
+    db_option,
+    json_option,
+    plugins_dir_option,
+    progress_option,
+    settings_options,
+)
+from .config import env_name, load_settings
+from .plugins import load_registry
+from .store import retention
+
+
+def _amount(key: str, value: Any) -> str:
+    """A figure for people: sizes in MiB, ages as minutes and seconds."""
+    if value is None:
+        return "-"
+    if key.endswith("_bytes"):
+        return f"{value / 1_048_576:.1f} MiB"
+    if key.endswith("_seconds"):
+        minutes, seconds = divmod(int(value), 60)
+        return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+    return str(value)
+
+
+@click.command("backup")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="replace PATH if it exists")
+@progress_option
+@db_option
+@json_option
+def backup_command(path: Path, force: bool, show_progress: bool | None, db_path: Path | None,
+                   as_json: bool) -> None:
+    """Copy the database to PATH (a file, or a folder to put a dated file in) while it runs.
+
+    The copy is one consistent moment of the file: every delivery committed before the backup
+    started is in it. It is a single file (no -wal) that ``serve --db`` opens as it is.
+    """
+    settings = load_settings(db_path=db_path)
+    if path.is_dir():
+        path = path / f"ingress-box-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.db"
+    if path.exists() and not force:
+        raise BadInput(f"{path} exists (pass --force to replace it)")
+    if path.resolve() == settings.db_path.resolve():
+        raise BadInput("PATH is the database itself")
+    if not path.parent.is_dir():
+        raise BadInput(f"no folder {path.parent}")
+    with _database(settings) as db, _Progress("backing up", show_progress) as bar:
+        report = ops.backup(db, path, bar.report)
+    data = {"path": str(report.path), "pages": report.pages, "bytes": report.bytes,
+            "deliveries": report.deliveries, "seconds": round(report.seconds, 3)}
+    if as_json:
+        _print_json(data)
+    else:
+        click.echo(f"backup: {report.path} ({_amount('_bytes', report.bytes)}, "
+                   f"{report.deliveries} deliveries, {report.seconds:.2f}s)")
+
+
+@click.command("stats")
+@db_option
+@json_option
+def stats_command(db_path: Path | None, as_json: bool) -> None:
+    """Show deliveries, backlog, attempts, dead letters and file sizes at one moment."""
+    with _database(load_settings(db_path=db_path)) as db:
+        data = ops.stats(db, _now())
+    if as_json:
+        _print_json(data)
+        return
+    for section, figures in data.items():
+        shown = "  ".join(f"{k.removesuffix('_bytes').removesuffix('_seconds').replace('_', ' ')}"
+                          f" {_amount(k, v)}" for k, v in figures.items())
+        click.echo(f"{section.replace('_', ' ') + ':':<20}{shown}")
+
+
+def _tail_line(event: dict[str, Any]) -> str:
+    where = f"{event['plugin']}/{event['instance']}/{event['route']}"
+    if event["event"] == "received":
+        extra = f"  conversation {event['conversation']}" if event["conversation"] else ""
+        return (f"{_when(event['at'])}  {'received':<9}  {where}  {event['id']}  "
+                f"provider id {event['provider_delivery_id']}{extra}")
+    status = f"HTTP {event['status_code']}" if event["status_code"] else "no answer"
+    error = f"  {_cell(event['error'], 120)}" if event["error"] else ""
+    return (f"{_when(event['at'])}  {event['outcome']:<9}  {where}  {event['id']}  "
+            f"attempt {event['attempt']}  {status}  {event['duration_ms']} ms{error}")
+
+
+@click.command("tail")
+@click.option("--follow/--no-follow", default=True, show_default=True,
+              help="keep printing new events until Ctrl-C")
+@click.option("--since", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="start with the events of the last SECONDS")
+@db_option
+@json_option
+def tail_command(follow: bool, since: float, db_path: Path | None, as_json: bool) -> None:
+    """Print deliveries as they are received and each delivery attempt's outcome.
+
+    With --json, one JSON object per line.
+    """
+    with _database(load_settings(db_path=db_path)) as db:
+        try:
+            for event in ops.tail(db, _now() - since, follow=follow):
+                click.echo(json.dumps(event, sort_keys=True) if as_json else _tail_line(event))
+        except KeyboardInterrupt:  # Ctrl-C is how a follow ends: not an error
+            pass
+
+
+@click.command("doctor")
+@click.option("--full", is_flag=True, help="a full integrity_check instead of quick_check")
+@click.option("--stuck-minutes", type=click.FloatRange(min=0), default=15.0, show_default=True,
+              help="a lane head or pending event older than this is stuck")
+@click.option("--stuck-attempts", type=click.IntRange(min=1), default=3, show_default=True,
+              help="a lane head with this many attempts is stuck")
+@db_option
+@plugins_dir_option
+@json_option
+def doctor_command(full: bool, stuck_minutes: float, stuck_attempts: int, db_path: Path | None,
+                   plugins_dir: Path | None, as_json: bool) -> None:
+    """Check the file and the instances; exit 1 if a check fails (warnings do not)."""
+    settings = load_settings(db_path=db_path, plugins_dir=plugins_dir)
+    registry = load_registry(settings.plugins_dir)
+    limits = ops.Limits(stuck_attempts=stuck_attempts, stuck_seconds=stuck_minutes * 60)
+    with _database(settings) as db:
+        checks = ops.doctor(db, now=_now(), public_url=settings.public_url,
+                            signing_plugins=ops.url_signing_plugins(registry), limits=limits,
+                            full=full)
+    failed = any(c.status == "fail" for c in checks)
+    if as_json:
+        _print_json({"ok": not failed,
+                     "checks": [{"name": c.name, "status": c.status, "detail": c.detail}
+                                for c in checks]})
+    else:
+        for c in checks:
+            click.echo(f"{c.status:<5} {c.name:<15} {c.detail}")
+    if failed:
+        sys.exit(1)
+
+
+@click.command("prune")
+@settings_options("db_path", "dedup_retention_days", "dlq_retention_days")
+@progress_option
+@json_option
+def prune_command(show_progress: bool | None, as_json: bool, **flags: Any) -> None:
+    """Prune what the retention windows allow now, then checkpoint the WAL.
+
+    The worker does this hourly; run it to reclaim space at once.
+    """
+    settings = load_settings(**flags)
+    now = _now()
+    with _database(settings) as db, _Progress("pruning", show_progress) as bar:
+        due = retention.due(db, settings, now) if bar.show else 0
+        done = 0
+
+        def advance(rows: int) -> None:
+            nonlocal done
+            done += rows
+            bar.report(done, due)
+
+        report = retention.run(db, settings, now, progress=advance)
+    if as_json:
+        _print_json(report)
+    else:
+        click.echo(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in report.items()
+                             if k != "checkpoint"))
+
+
+@click.group("admin-token")
+def admin_token_group() -> None:
+    """Manage the stored admin token."""
+
+
+@admin_token_group.command("reset")
+@db_option
+def admin_token_reset(db_path: Path | None) -> None:
+    """Replace the stored admin token and print the new one (restart serve to apply it)."""
+    settings = load_settings(db_path=db_path)
+    with _database(settings, create=True) as db:
+        token = reset_admin_token(db)
+    click.echo(f"admin token: {token}")
+    if settings.admin_token:
+        click.echo(f"note: {env_name('admin_token')} is set and takes precedence over the "
+                   "stored token", err=True)
+    click.echo("A running serve keeps the old token until it restarts.", err=True)
