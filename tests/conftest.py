@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import pytest
 from hypothesis import settings as hypothesis_settings
+from live import Target, running_target
 from starlette.testclient import TestClient
 
 from ingress_box.app import App, Box, create_app
@@ -26,6 +27,13 @@ T0 = 1_700_000_000.0  # the fake clock's start: far from 0 so no "falsy timestam
 # how long one example took.
 hypothesis_settings.register_profile("box", deadline=None)
 hypothesis_settings.load_profile("box")
+
+
+@pytest.fixture
+def target() -> Iterator[Target]:
+    """A real local HTTP server recording what is forwarded to it (answers 200 unless told)."""
+    with running_target() as t:
+        yield t
 
 
 def pytest_report_header() -> str:

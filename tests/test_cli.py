@@ -16,12 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
-from click.testing import CliRunner, Result
+from clirun import ok, run
 from conftest import MakeDeadLetters, MakeDeliveries
 
 from ingress_box import __version__
 from ingress_box.auth import ensure_admin_token
-from ingress_box.cli import main
 from ingress_box.store import Database
 from ingress_box.store.dead_letters import MAX_REDRIVE_BATCH
 
@@ -40,17 +39,6 @@ def db(db_path: Path) -> Iterator[Database]:
     yield database
     database.close()
 
-
-def run(*args: str, env: dict[str, str] | None = None) -> Result:
-    # An empty INGRESS_BOX_* environment unless a test sets one: the developer's must not leak.
-    clean: dict[str, str | None] = {k: None for k in os.environ if k.startswith("INGRESS_BOX_")}
-    return CliRunner().invoke(main, list(args), env={**clean, **(env or {})})
-
-
-def ok(*args: str, env: dict[str, str] | None = None) -> Result:
-    result = run(*args, env=env)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def add(db_path: Path, *args: str) -> dict[str, Any]:

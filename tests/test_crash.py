@@ -9,12 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
-from live import Target, free_port, generic_headers, running_target
+from live import Target, free_port, generic_headers
 
 TOKEN = "crash-test-admin-token"
 SECRET = "crash-test-secret"
@@ -73,11 +71,6 @@ class Box:
             return False
         return 200 <= response.status_code < 300
 
-
-@pytest.fixture
-def target() -> Iterator[Target]:
-    with running_target() as t:
-        yield t
 
 
 def delivered_ids(target: Target) -> collections.Counter[str]:

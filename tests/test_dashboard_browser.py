@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import ADMIN_TOKEN
-from live import LiveBox, Target, add_instance, generic_headers, running_box, running_target
+from live import LiveBox, Target, add_instance, generic_headers, running_box
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from ingress_box.config import load_settings
@@ -40,11 +40,6 @@ def browser() -> Iterator[Browser]:
         finally:
             browser.close()
 
-
-@pytest.fixture
-def target() -> Iterator[Target]:
-    with running_target() as t:
-        yield t
 
 
 @pytest.fixture

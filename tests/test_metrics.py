@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live import LiveBox, Target, add_instance, generic_headers, running_box, running_target
+from live import LiveBox, Target, add_instance, generic_headers, running_box
 from starlette.testclient import TestClient
 
 from ingress_box.app import create_app
@@ -40,11 +40,6 @@ def settings(tmp_path: Path) -> Settings:
     return load_settings({}, db_path=tmp_path / "box.db", admin_token=TOKEN,
                          retry_max_attempts=1, retry_base_seconds=0.01)
 
-
-@pytest.fixture
-def target() -> Iterator[Target]:
-    with running_target() as t:
-        yield t
 
 
 @pytest.fixture

@@ -16,12 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
-from click.testing import CliRunner, Result
+from clirun import ok, run
 from conftest import T0, MakeDeadLetters
 from live import add_instance, generic_headers, running_box
 
 from ingress_box import ops
-from ingress_box.cli import main
 from ingress_box.config import Settings
 from ingress_box.store import Database
 from ingress_box.store.dead_letters import MAX_REDRIVE_BATCH
@@ -42,16 +41,6 @@ def db(db_path: Path) -> Iterator[Database]:
     yield database
     database.close()
 
-
-def run(*args: str, env: dict[str, str] | None = None) -> Result:
-    clean: dict[str, str | None] = {k: None for k in os.environ if k.startswith("INGRESS_BOX_")}
-    return CliRunner().invoke(main, list(args), env={**clean, **(env or {})})
-
-
-def ok(*args: str, env: dict[str, str] | None = None) -> Result:
-    result = run(*args, env=env)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def add_instance_cli(db_path: Path, plugin: str, instance: str, *args: str) -> None:

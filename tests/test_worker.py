@@ -16,7 +16,6 @@ from live import (
     add_instance,
     generic_headers,
     running_box,
-    running_target,
 )
 from standardwebhooks.webhooks import Webhook
 
@@ -33,11 +32,6 @@ def settings(tmp_path: Path) -> Settings:
                          retry_max_attempts=3, retry_base_seconds=0.05,
                          retry_max_seconds=0.2, delivery_timeout_seconds=2)
 
-
-@pytest.fixture
-def target() -> Iterator[Target]:
-    with running_target() as t:
-        yield t
 
 
 @pytest.fixture
