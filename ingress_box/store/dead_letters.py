@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import NotFound
 from .db import Database
-from .deliveries import lane_of
+from .deliveries import LANE_SQL
 from .pages import Page, decode_cursor, encode_cursor
 
 MAX_REDRIVE_BATCH = 1000
@@ -89,11 +89,11 @@ def redrive(selection: Selection, limit: int, now: float) -> Any:
                 (row["seq"],))
             # A strict lane keeps its dead head parked in the outbox: un-park it.
             conn.execute(
-                "INSERT INTO outbox (delivery_seq, lane, available_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (delivery_seq) DO UPDATE SET parked = 0, "
-                "available_at = excluded.available_at, lease_until = NULL, lease_owner = NULL",
-                (row["seq"], lane_of(row["plugin_id"], row["instance_id"], row["conversation"]),
-                 now))
+                f"INSERT INTO outbox (delivery_seq, lane, available_at) "
+                f"SELECT seq, {LANE_SQL}, ? FROM deliveries WHERE seq = ? "
+                f"ON CONFLICT (delivery_seq) DO UPDATE SET parked = 0, "
+                f"available_at = excluded.available_at, lease_until = NULL, lease_owner = NULL",
+                (now, row["seq"]))
         remaining = conn.execute(
             f"SELECT count(*) FROM dead_letters AS x WHERE {where}", params).fetchone()[0]
         return len(rows), remaining

@@ -55,11 +55,9 @@ class Claimed:
     received_at: float
 
 
-def lane_of(plugin_id: str, instance_id: str, conversation: str | None) -> str | None:
-    """Events of one conversation of one instance share a lane; others are independent."""
-    if conversation is None:
-        return None
-    return f"{plugin_id}\x00{instance_id}\x00{conversation}"
+# Events of one conversation of one instance share a lane; others are independent (NULL).
+LANE_SQL = ("CASE WHEN conversation IS NULL THEN NULL "
+            "ELSE plugin_id || char(0) || instance_id || char(0) || conversation END")
 
 
 # -- ingress ---------------------------------------------------------------------------------
@@ -69,7 +67,10 @@ INSERT OR IGNORE INTO deliveries (id, plugin_id, instance_id, route, provider_de
     conversation, method, subpath, content_type, headers, body, received_at)
 VALUES {rows} RETURNING seq, id
 """
-_INSERT_OUTBOX = "INSERT INTO outbox (delivery_seq, lane, available_at) VALUES {rows}"
+_INSERT_OUTBOX = f"""
+INSERT INTO outbox (delivery_seq, lane, available_at)
+SELECT seq, {LANE_SQL}, received_at FROM deliveries WHERE seq IN ({{seqs}})
+"""
 _CHUNK = 500  # rows per statement: 12 parameters each, far below SQLite's variable limit
 
 
@@ -90,17 +91,13 @@ def accept_many(conn: sqlite3.Connection, items: Sequence[NewDelivery]) -> list[
         params = [value for d in chunk for value in (
             d.id, d.plugin_id, d.instance_id, d.route, d.provider_delivery_id, d.conversation,
             d.method, d.subpath, d.content_type, d.headers, d.body, d.received_at)]
-        inserted = dict((row[1], row[0]) for row in conn.execute(
-            _INSERT_DELIVERIES.format(rows=_rows(len(chunk), 12)), params).fetchall())
-        outbox: list[Any] = []
+        inserted = {row[1]: row[0] for row in conn.execute(
+            _INSERT_DELIVERIES.format(rows=_rows(len(chunk), 12)), params)}
+        if inserted:
+            conn.execute(_INSERT_OUTBOX.format(seqs=",".join("?" * len(inserted))),
+                         list(inserted.values()))
         for d in chunk:
-            seq = inserted.pop(d.id, None)  # popped: a repeat of the id is a duplicate
-            results.append(seq is not None)
-            if seq is not None:
-                outbox.extend((seq, lane_of(d.plugin_id, d.instance_id, d.conversation),
-                               d.received_at))
-        if outbox:
-            conn.execute(_INSERT_OUTBOX.format(rows=_rows(len(outbox) // 3, 3)), outbox)
+            results.append(inserted.pop(d.id, None) is not None)  # popped: a repeat is a dup
     return results
 
 
