@@ -164,8 +164,13 @@ async def metrics_endpoint(request: Request) -> Response:
 
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time,
-               run_worker: bool = True, transport: httpx.BaseTransport | None = None) -> App:
-    """The whole appliance as an ASGI app (the worker runs in its lifespan)."""
+               run_worker: bool | None = None,
+               transport: httpx.BaseTransport | None = None) -> App:
+    """The whole appliance as an ASGI app (the worker runs in its lifespan).
+
+    ``run_worker=False`` leaves the worker out entirely (tests of the ingress alone); None
+    follows ``settings.run_worker``.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -179,11 +184,13 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time,
         db.on_commit.append(metrics.on_commit)
         ingress.observers.append(metrics.on_request)
         worker = None
-        if run_worker:
+        if run_worker is not False:
             worker = Worker(settings, db, registry, clock=clock, transport=transport)
             ingress.on_accepted.append(worker.wake)
             worker.observers.append(metrics.on_attempt)
-            worker.start()
+            # settings.run_worker False: deliveries are made by `ingress-box worker` processes;
+            # this one only wakes them when it accepts something.
+            worker.start(consume=settings.run_worker)
         app.state.box = Box(settings, db, registry, ingress, auth, worker, metrics, clock,
                             generated)
         try:

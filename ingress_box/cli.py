@@ -44,7 +44,8 @@ _COMMON = ("db_path", "synchronous", "plugins_dir", "log_format")
 _WORKER = ("workers", "retry_max_attempts", "retry_base_seconds", "retry_max_seconds",
            "delivery_timeout_seconds", "lease_seconds", "dedup_retention_days",
            "dlq_retention_days")
-_HTTP = ("host", "port", "admin_token", "public_url", "max_body_bytes", "rate_limit")
+_HTTP = ("host", "port", "admin_token", "public_url", "max_body_bytes", "rate_limit",
+         "run_worker")
 
 
 def _configure_logging(settings: Settings) -> None:

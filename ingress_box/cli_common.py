@@ -47,6 +47,8 @@ class Failed(click.ClickException):
 
 _FLAGS: dict[str, tuple[Any, str]] = {
     "host": (str, "address to listen on"),
+    "run_worker": (bool, "deliver in this process (--no-run-worker: leave it to "
+                         "`ingress-box worker` processes on the same file)"),
     "port": (int, "port to listen on"),
     "db_path": (click.Path(dir_okay=False, path_type=Path), "the SQLite file"),
     "admin_token": (str, "bearer token of the admin API (generated and printed once if unset)"),
@@ -78,7 +80,10 @@ def settings_options(*names: str) -> Callable[[Callable[..., T]], Callable[..., 
     def decorate(command: Callable[..., T]) -> Callable[..., T]:
         for name in reversed(names):
             kind, text = _FLAGS[name]
-            command = click.option(_flag(name), name, type=kind, default=None,
+            # A yes/no setting is a --x/--no-x pair; None still means "not given".
+            flag = f"{_flag(name)}/--no-{_flag(name)[2:]}" if kind is bool else _flag(name)
+            command = click.option(flag, name, type=None if kind is bool else kind,
+                                   default=None,
                                    help=f"{text} [env: {env_name(name)}]")(command)
         return command
 

@@ -59,6 +59,7 @@ class Settings:
     delivery_timeout_seconds: float = 10.0
     lease_seconds: float = 60.0
     workers: int = 4
+    run_worker: bool = True
     plugins_dir: Path | None = None
     dedup_retention_days: float = 7.0
     payload_retention_days: float = 1.0
@@ -108,6 +109,7 @@ _KINDS: dict[str, Any] = {
     "delivery_timeout_seconds": float,
     "lease_seconds": float,
     "workers": int,
+    "run_worker": bool,
     "plugins_dir": Path,
     "dedup_retention_days": float,
     "payload_retention_days": float,

@@ -116,13 +116,16 @@ class Worker:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, consume: bool = True) -> None:
+        """Start delivering; with ``consume=False`` only wake the workers of other processes
+        (``serve --no-worker`` beside ``ingress-box worker``)."""
         logging.getLogger("huey").setLevel(logging.WARNING)
-        self.consumer = _QuietConsumer(
-            self.huey, workers=self.settings.workers, worker_type="thread", periodic=True,
-            initial_delay=POLL_SECONDS, backoff=1.0, max_delay=POLL_SECONDS,
-            scheduler_interval=1, check_worker_health=False)
-        self.consumer.start()
+        if consume:
+            self.consumer = _QuietConsumer(
+                self.huey, workers=self.settings.workers, worker_type="thread", periodic=True,
+                initial_delay=POLL_SECONDS, backoff=1.0, max_delay=POLL_SECONDS,
+                scheduler_interval=1, check_worker_health=False)
+            self.consumer.start()
         self._kicker = threading.Thread(target=self._kick_loop, name="ingress-box-kicker",
                                         daemon=True)
         self._kicker.start()
@@ -146,9 +149,11 @@ class Worker:
         self.client.close()
 
     def alive(self) -> bool:
-        if self.consumer is None or self._stopping.is_set():
+        if self._kicker is None or self._stopping.is_set():
             return False
-        threads = [t for _, t in self.consumer.worker_threads] + [self.consumer.scheduler]
+        threads = [self._kicker]
+        if self.consumer is not None:
+            threads += [t for _, t in self.consumer.worker_threads] + [self.consumer.scheduler]
         return all(t.is_alive() for t in threads)
 
     def wake(self) -> None:

@@ -156,3 +156,22 @@ def test_serve_and_a_separate_worker_deliver_each_event_once(
     finally:
         assert worker.stop() == 0
         assert box.stop() == 0
+
+
+def test_serve_without_its_worker_wakes_a_separate_worker_at_once(
+        tmp_path: Path, target: Target) -> None:
+    """Split deployment: `serve --no-run-worker` accepts, an `ingress-box worker` delivers."""
+    db = tmp_path / "box.db"
+    box = Box(db, INGRESS_BOX_RUN_WORKER="0")
+    box.add_instance(target.url)
+    worker = Box(db, command="worker")
+    try:
+        time.sleep(1.0)  # the worker is up and idle
+        started = time.monotonic()
+        assert box.send(1)
+        target.wait_for(1, timeout=10)
+        assert time.monotonic() - started < 2.0, "the separate worker was not woken"
+    finally:
+        assert worker.stop() == 0
+        assert box.stop() == 0
+    assert delivered_ids(target) == {"d-1": 1}
