@@ -65,8 +65,8 @@ class Event:
 @dataclass(frozen=True)
 class Target:
     url: str | None
-    outbound_secret: str
-    config: Mapping[str, Any]
+    outbound_secret: str = field(repr=False)
+    config: Mapping[str, Any] = field(repr=False)  # may hold credentials (extra headers)
 
 
 @dataclass

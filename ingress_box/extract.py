@@ -153,7 +153,25 @@ def _is_credential(name: str) -> bool:
     return name in _SECRET_HEADERS or any(word in name for word in _SECRET_WORDS)
 
 
-def redact_headers(headers: Mapping[str, str]) -> str:
-    """The headers as JSON with every credential replaced by a marker."""
-    safe = {name: REDACTED if _is_credential(name) else value for name, value in headers.items()}
+def redact_query(query: str) -> str:
+    """A query string with the values of credential-looking parameters replaced."""
+    if not query:
+        return query
+    parts = []
+    for pair in query.split("&"):
+        name, eq, _ = pair.partition("=")
+        lowered = name.lower()
+        secret = eq and (_is_credential(lowered) or "token" in lowered or "key" in lowered)
+        parts.append(f"{name}={REDACTED}" if secret else pair)
+    return "&".join(parts)
+
+
+def redact_headers(headers: Mapping[str, str], verify_header: str | None = None) -> str:
+    """The headers as JSON with every credential replaced by a marker.
+
+    ``verify_header`` is the route's own signature or secret header, whatever its name.
+    """
+    secret = (verify_header or "").lower()
+    safe = {name: REDACTED if name == secret or _is_credential(name) else value
+            for name, value in headers.items()}
     return json.dumps(safe, separators=(",", ":"))

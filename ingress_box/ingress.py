@@ -103,6 +103,11 @@ class _Once:
         return b"".join(chunks)
 
 
+def _stored_subpath(subpath: str) -> str:
+    path, mark, query = subpath.partition("?")
+    return path + mark + extract.redact_query(query)
+
+
 # Answers that depend on instance data without a write to check it: re-checked before sent.
 _RECHECKED = frozenset({401, 403, 404, 405})
 _STALE = Answer(503, outcome="stale")  # the instances changed under this request: run again
@@ -137,7 +142,13 @@ class Ingress:
         started = time.perf_counter()
         once = _Once(inbound)
         for _ in range(3):
-            answer = await self._pipeline(inbound, once)
+            try:
+                answer = await self._pipeline(inbound, once)
+            except StorageUnavailable as exc:  # a cache miss or re-check could not read
+                log.warning("cannot read the configuration: %s", exc)
+                answer = error(503, "storage_unavailable", "cannot read the configuration now; "
+                               "retry", **{"retry-after": "1"})
+                break
             if answer is _STALE:
                 continue
             recheck = answer.status in _RECHECKED or answer.outcome == "challenge"
@@ -152,6 +163,9 @@ class Ingress:
         return answer
 
     async def _pipeline(self, req: Inbound, once: _Once) -> Answer:
+        # The configuration version this request is checked against: taken before the lookup,
+        # so a change made while the body streams in makes the commit refuse it (see _store).
+        version = self.instances.version
         plugin = self.registry.get(req.plugin)
         route = plugin.routes.get(req.route) if plugin is not None else None
         instance = (self.instances.get(req.plugin, req.instance)
@@ -183,7 +197,7 @@ class Ingress:
             return self._reject(instance, route, error(
                 429, "rate_limited", "too many requests", **{"retry-after": str(wait)}))
 
-        return await self._store(req, route, instance, raw)
+        return await self._store(req, route, instance, raw, version)
 
     def _cap(self, route: Route) -> int:
         return route.max_body_bytes if route.max_body_bytes is not None else (
@@ -202,7 +216,8 @@ class Ingress:
         return self._reject(instance, route, error(403, "challenge_failed",
                                                    "verify token does not match"))
 
-    async def _store(self, req: Inbound, route: Route, instance: Instance, raw: bytes) -> Answer:
+    async def _store(self, req: Inbound, route: Route, instance: Instance, raw: bytes,
+                     checked_at: str) -> Answer:
         body = extract.Body(raw)
         try:
             provider_id = extract.provider_delivery_id(
@@ -215,9 +230,9 @@ class Ingress:
             id=delivery_id, plugin_id=instance.plugin_id, instance_id=instance.instance_id,
             route=route.name, provider_delivery_id=provider_id,
             conversation=extract.conversation_id(route, req.headers, body),
-            method=req.method, subpath=req.subpath,
+            method=req.method, subpath=_stored_subpath(req.subpath),
             content_type=req.headers.get("content-type"),
-            headers=extract.redact_headers(req.headers),
+            headers=extract.redact_headers(req.headers, getattr(route.verify, "header", None)),
             body=raw, received_at=self.clock(),
         )
         learned = conversations.learned(route, instance, req.headers, body, new.conversation)
@@ -229,7 +244,7 @@ class Ingress:
         try:
             async with asyncio.timeout(self.commit_timeout):
                 is_new, version = await self.acceptor.accept(
-                    new, self.instances.version, learn if learned is not None else None)
+                    new, checked_at, learn if learned is not None else None)
         except (TimeoutError, StorageUnavailable) as exc:
             log.warning("cannot commit %s/%s: %s", instance.plugin_id, instance.instance_id, exc)
             return error(503, "storage_unavailable", "cannot store the webhook now; retry",

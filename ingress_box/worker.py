@@ -111,6 +111,7 @@ class Worker:
         self._kicker: threading.Thread | None = None
         self._active = 0
         self._active_lock = threading.Lock()
+        self._scheduled_for: float | None = None  # when the drain huey holds for later runs
         self.observers: list[Callable[[store_deliveries.Claimed, delivery.Decision, float],
                                       None]] = []
 
@@ -191,6 +192,7 @@ class Worker:
         limit = 1
         try:
             while not self._stopping.is_set():
+                self.instances.refresh()  # a changed target or secret applies from this claim on
                 now = self.clock()
                 claimed = self.db.write(store_deliveries.claim(
                     self.owner, now, self.settings.lease_seconds, limit), durable=False)
@@ -201,7 +203,6 @@ class Worker:
                     continue
                 if self._active < self.settings.workers:
                     self._kick.set()  # more may be ready: let another thread help
-                self.instances.refresh()  # a changed target or secret applies from this claim on
                 # A full claim means a backlog: take more at once (fewer transactions per
                 # delivery); a partial one means the backlog is gone: back to one at a time.
                 limit = min(limit * 2, MAX_CLAIM) if len(claimed) == limit else 1
@@ -212,23 +213,34 @@ class Worker:
 
     def _deliver_claimed(self, rows: list[store_deliveries.Claimed], lease_until: float) -> None:
         margin = 3 * self.settings.delivery_timeout_seconds
-        for i, row in enumerate(rows):
-            # Never start an attempt that could outlive its lease (another worker could claim
-            # the row and deliver it twice): give the rest back. The first always goes.
-            if i and (self._stopping.is_set() or self.clock() + margin > lease_until):
-                self.db.submit(store_deliveries.release(self.owner, [r.seq for r in rows[i:]]),
-                               durable=False).add_done_callback(_log_settle_failure)
-                return
-            self.deliver(row)
+        attempted = 0
+        try:
+            for row in rows:
+                # Never start an attempt that could outlive its lease (another worker could
+                # claim the row and deliver it twice): give the rest back. The first always goes.
+                if attempted and (self._stopping.is_set() or self.clock() + margin > lease_until):
+                    break
+                attempted += 1
+                self.deliver(row)
+        finally:  # also when something escaped: what was not attempted goes back at once
+            if attempted < len(rows):
+                self.db.submit(
+                    store_deliveries.release(self.owner, [r.seq for r in rows[attempted:]]),
+                    durable=False).add_done_callback(_log_settle_failure)
 
     def _wait_for_next_due(self) -> bool:
         """Nothing is ready: wait here for a retry due very soon, else leave it to huey."""
         due = store_deliveries.next_due(self.db)
         if due is None:
             return False
-        wait = due - self.clock()
+        now = self.clock()
+        wait = due - now
         if wait > SHORT_WAIT_SECONDS:
-            self._drain.schedule(delay=wait)
+            with self._active_lock:  # one scheduled drain per due time, not one per idle drain
+                if self._scheduled_for is None or self._scheduled_for < now or (
+                        due < self._scheduled_for):
+                    self._drain.schedule(delay=wait)
+                    self._scheduled_for = due
             return False
         self._stopping.wait(max(wait, 0.005))
         return True
@@ -236,10 +248,11 @@ class Worker:
     # -- one attempt -----------------------------------------------------------------------
 
     def deliver(self, row: store_deliveries.Claimed) -> None:
-        instance = self.instances.get(row.plugin_id, row.instance_id)
         started, t0 = self.clock(), time.perf_counter()
         error: BaseException | None = None
+        instance = None
         try:
+            instance = self.instances.get(row.plugin_id, row.instance_id)
             if instance is None:
                 raise PermanentFailure("instance no longer exists")
             handler = delivery.resolve_handler(instance.handler)

@@ -132,11 +132,13 @@ def test_create_applies_defaults(client: TestClient, admin_headers: Headers) -> 
 def test_create_stores_the_optional_fields(client: TestClient, admin_headers: Headers) -> None:
     """target_url, session, config, lane_policy and enabled are stored."""
     created(client, admin_headers, target_url="https://bot.example/hook", session="s1",
-            config={"headers": {"x-a": "1"}}, lane_policy="strict", enabled=False)
+            config={"headers": {"x-api-key": "key-for-the-bot-0001"}, "tag": "blue"},
+            lane_policy="strict", enabled=False)
     data = client.get("/admin/instances/generic/shop", headers=admin_headers).json()
     assert data["target_url"] == "https://bot.example/hook"
     assert (data["session"], data["lane_policy"], data["enabled"]) == ("s1", "strict", False)
-    assert data["config"] == {"headers": {"x-a": "1"}}
+    # Headers sent to the target carry its credentials: masked on read like the secrets.
+    assert data["config"] == {"headers": {"x-api-key": "****0001"}, "tag": "blue"}
 
 
 def test_duplicate_create_is_409(client: TestClient, admin_headers: Headers) -> None:

@@ -67,7 +67,7 @@ def test_instances_add_json_matches_the_admin_api(db_path: Path) -> None:
                "--lane-policy", "strict", "--config", '{"headers": {"x-a": "1"}}')
     assert (data["plugin"], data["instance"], data["lane_policy"]) == ("generic", "shop", "strict")
     assert data["target_url"] == "https://bot.example/in" and data["config"] == {
-        "headers": {"x-a": "1"}}
+        "headers": {"x-a": "****"}}  # header values sent to the target are credentials
     assert data["outbound_secret"].startswith("whsec_") and data["ingress_urls"]
 
 

@@ -335,3 +335,28 @@ def test_every_202_is_a_committed_row_under_concurrency(settings: Settings) -> N
         assert time.monotonic() - started < 60
         row = live.box.db.read_one("SELECT count(*) FROM deliveries")
         assert row is not None and row[0] == statuses.count(202) == 200
+
+
+def test_credentials_in_the_query_string_are_not_stored(client: TestClient) -> None:
+    """A token passed in the URL is redacted in the stored path, other parameters kept."""
+    post(client, b"{}", url=URL + "/x?token=hunter2&page=2&api_key=k1")
+    row = box_of(client).db.read_one("SELECT subpath FROM deliveries")
+    assert row is not None
+    assert row[0] == "x?token=[redacted]&page=2&api_key=[redacted]"
+
+
+def test_a_custom_verify_header_is_redacted_whatever_its_name(tmp_path: Path) -> None:
+    """A plugin whose secret header has an innocent name still never has it stored."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "gitlab.toml").write_text(
+        'id = "gitlab"\nname = "GitLab"\n[routes.events]\n'
+        '[routes.events.verify]\nscheme = "shared-secret"\nheader = "X-Gitlab-Word"\n')
+    s = load_settings({}, db_path=tmp_path / "b.db", admin_token="t", plugins_dir=plugins)
+    with TestClient(create_app(s, run_worker=False)) as c:
+        add_instance(box_of(c), plugin="gitlab", secret="the-shared-word-123")
+        response = c.post("/ingress/gitlab/main/events", content=b"{}",
+                          headers={"x-gitlab-word": "the-shared-word-123"})
+        assert response.status_code == 202
+        row = box_of(c).db.read_one("SELECT headers FROM deliveries")
+        assert row is not None and "the-shared-word-123" not in row[0]

@@ -109,3 +109,15 @@ def test_checkpoint_truncates_the_wal(db: Database, settings: Settings) -> None:
     retention.run(db, settings, now=T0)
     wal = Path(str(settings.db_path) + "-wal")
     assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_a_dead_letter_is_kept_from_when_it_died_not_when_it_arrived(
+        db: Database, settings: Settings) -> None:
+    """An old event that died again recently keeps its dead letter for the whole window."""
+    add(db, "old", "dead")
+    db.write(lambda conn: conn.execute(
+        "UPDATE dead_letters SET created_at = ?", (T0 + 80 * DAY,)))
+    retention.run(db, settings, now=T0 + 100 * DAY)
+    assert exists(db, "old")
+    retention.run(db, settings, now=T0 + 171 * DAY)
+    assert not exists(db, "old")

@@ -226,3 +226,18 @@ def test_release_gives_back_leases(db: Database) -> None:
     claim(db, owner="leaving")
     assert db.write(d.release("leaving")) == 1
     assert len(claim(db, owner="other")) == 1
+
+
+def test_an_accept_checked_against_old_configuration_is_refused(db: Database) -> None:
+    """The batch insert refuses a request verified under an instances version now gone."""
+    from ingress_box.store.acceptor import Acceptor
+    from ingress_box.store.instances import version
+
+    async def accept(v: str) -> tuple[bool | None, str]:
+        return await Acceptor(db).accept(new("v"), v)
+
+    import asyncio
+    current = version(db)
+    assert asyncio.run(accept("stale-" + current)) == (None, current)
+    assert db.read_one("SELECT count(*) FROM deliveries")[0] == 0  # type: ignore[index]
+    assert asyncio.run(accept(current)) == (True, current)

@@ -196,6 +196,10 @@ def settle(o: Outcome, now: float) -> Any:
             conn.execute(
                 "UPDATE deliveries SET state = 'delivered', delivered_at = ?, last_error = NULL "
                 "WHERE seq = ?", (now, o.seq))
+            # A worker whose lease expired may have dead-lettered it meanwhile: that is moot now
+            # (and a redrive must not deliver it again).
+            conn.execute("UPDATE dead_letters SET redriven_at = ? "
+                         "WHERE delivery_seq = ? AND redriven_at IS NULL", (now, o.seq))
             return True
         ours = "delivery_seq = ? AND lease_owner = ?"
         if o.outcome == "retry":

@@ -18,16 +18,16 @@ LANE_POLICIES = ("progress", "strict")
 class Instance:
     plugin_id: str
     instance_id: str
-    secret: str
-    outbound_secret: str
+    secret: str = field(repr=False)
+    outbound_secret: str = field(repr=False)
     created_at: float
     updated_at: float
     enabled: bool = True
     handler: str = "forward"
     target_url: str | None = None
-    previous_secret: str | None = None
+    previous_secret: str | None = field(default=None, repr=False)
     previous_secret_until: float | None = None
-    verify_token: str | None = None
+    verify_token: str | None = field(default=None, repr=False)
     session: str | None = None
     lane_policy: str = "progress"
     config: dict[str, Any] = field(default_factory=dict)
@@ -46,6 +46,10 @@ class Instance:
         data["instance"] = data.pop("instance_id")
         for name in ("secret", "outbound_secret", "verify_token", "previous_secret"):
             data[name] = mask(data[name])
+        headers = data["config"].get("headers")
+        if isinstance(headers, dict):  # extra headers sent to the target carry its credentials
+            data["config"] = {**data["config"],
+                              "headers": {k: mask(str(v)) for k, v in headers.items()}}
         return data
 
 
@@ -216,6 +220,9 @@ async def aget(db: Database, plugin_id: str, instance_id: str) -> Instance | Non
     return _from_row(row) if row is not None else None
 
 
+_MISSING: Any = object()
+
+
 class InstanceCache:
     """Instances by key, valid for one value of the instances version.
 
@@ -233,11 +240,13 @@ class InstanceCache:
 
     def get(self, plugin_id: str, instance_id: str) -> Instance | None:
         key = (plugin_id, instance_id)
-        if key not in self._items:
+        found: Instance | None = self._items.get(key, _MISSING)
+        if found is _MISSING:  # (another thread may clear the dict meanwhile: use the local)
             if len(self._items) > 10_000:  # unknown ids are cached too: keep that bounded
                 self._items.clear()
-            self._items[key] = get(self._db, plugin_id, instance_id)
-        return self._items[key]
+            found = get(self._db, plugin_id, instance_id)
+            self._items[key] = found
+        return found
 
     def reset(self, version: str) -> bool:
         """Adopt ``version``; True (and an empty cache) when it differs from the one held."""

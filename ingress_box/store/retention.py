@@ -29,8 +29,10 @@ UPDATE deliveries SET body = NULL WHERE seq IN (
 _OLD_DELIVERED = "SELECT seq FROM deliveries WHERE state = 'delivered' AND delivered_at < ? LIMIT ?"
 _OLD_DEAD = """
 SELECT d.seq FROM deliveries AS d
-WHERE d.state = 'dead' AND d.received_at < ?
+WHERE d.state = 'dead'
   AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.delivery_seq = d.seq)
+  AND coalesce((SELECT max(x.created_at) FROM dead_letters AS x WHERE x.delivery_seq = d.seq),
+               d.received_at) < ?
 LIMIT ?
 """
 
