@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from pathlib import Path
@@ -12,7 +13,9 @@ from ingress_box.errors import StorageUnavailable
 from ingress_box.store import Database
 from ingress_box.store import dead_letters as dlq
 from ingress_box.store import deliveries as d
+from ingress_box.store.acceptor import Acceptor
 from ingress_box.store.dead_letters import Selection
+from ingress_box.store.instances import version
 
 
 @pytest.fixture
@@ -230,13 +233,9 @@ def test_release_gives_back_leases(db: Database) -> None:
 
 def test_an_accept_checked_against_old_configuration_is_refused(db: Database) -> None:
     """The batch insert refuses a request verified under an instances version now gone."""
-    from ingress_box.store.acceptor import Acceptor
-    from ingress_box.store.instances import version
-
     async def accept(v: str) -> tuple[bool | None, str]:
         return await Acceptor(db).accept(new("v"), v)
 
-    import asyncio
     current = version(db)
     assert asyncio.run(accept("stale-" + current)) == (None, current)
     assert db.read_one("SELECT count(*) FROM deliveries")[0] == 0  # type: ignore[index]
