@@ -170,7 +170,8 @@ def _page_json(page: Page[Any], items: list[Any] | None = None) -> JSONResponse:
                          "next_cursor": page.next_cursor})
 
 
-def _base_url(request: Request, box: Box) -> str:
+def base_url(request: Request, box: Box) -> str:
+    """Where providers reach this box: the configured public URL, else this request's."""
     return box.settings.public_url or f"{request.url.scheme}://{request.url.netloc}"
 
 
@@ -203,7 +204,7 @@ class Instances(HTTPEndpoint):
         inst, shown = instances.new_instance(box.registry, plugin_id, instance_id, body,
                                              box.clock())
         await box.db.awrite(store_instances.insert(inst))
-        created = instances.created_json(box.registry, inst, shown, _base_url(request, box))
+        created = instances.created_json(box.registry, inst, shown, base_url(request, box))
         return JSONResponse(created, status_code=201)
 
 

@@ -18,11 +18,10 @@ from typing import Any
 
 from . import extract
 from .errors import InvalidInput, MappingConflict, NotFound
-from .instances import INSTANCE_ID
 from .plugins import FieldSource, Registry, Route
 from .store import Database
 from .store import mappings as store
-from .store.instances import Instance
+from .store.instances import INSTANCE_ID, Instance
 from .store.mappings import STATES, ConversationMapping, Upsert
 
 MAX_TEXT = 256  # session, chat and conversation ids; a conversation id is cut to this on ingress

@@ -22,7 +22,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from . import instances, sparklines, templating
-from .admin import DELIVERY_STATES
+from .admin import DELIVERY_STATES, base_url
 from .errors import InvalidInput, NotFound, StorageUnavailable
 from .logins import Login, Logins
 from .store import activity
@@ -91,10 +91,6 @@ async def _form(request: Request) -> dict[str, str]:
 def _redirect(path: str, **query: str | None) -> Response:
     args = {k: v for k, v in query.items() if v}
     return RedirectResponse(path + ("?" + urlencode(args) if args else ""), status_code=303)
-
-
-def _base_url(request: Request, box: Box) -> str:
-    return box.settings.public_url or f"{request.url.scheme}://{request.url.netloc}"
 
 
 async def _redirect_to_overview(request: Request) -> Response:
@@ -218,7 +214,7 @@ class Dashboard:
         box = visit.box
         page = await store_instances.alist_page(box.db, visit.query("plugin"),
                                                 visit.query("cursor"), PAGE_SIZE)
-        base = _base_url(visit.request, box)
+        base = base_url(visit.request, box)
         rows = [(inst, instances.ingress_urls(box.registry, inst, base)) for inst in page.items]
         return self.render(visit.request, "instances.html", visit.login, rows=rows,
                            next_cursor=page.next_cursor)

@@ -11,7 +11,6 @@ import functools
 import hmac
 import json
 import logging
-import re
 import sqlite3
 import time
 from collections import deque
@@ -29,11 +28,10 @@ from .signatures import SignedRequest, verify
 from .store import Database
 from .store import deliveries as store_deliveries
 from .store.acceptor import Acceptor
-from .store.instances import Instance, InstanceCache
+from .store.instances import INSTANCE_ID, Instance, InstanceCache
 
 log = logging.getLogger("ingress_box.ingress")
 
-INSTANCE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -169,7 +167,7 @@ class Ingress:
         plugin = self.registry.get(req.plugin)
         route = plugin.routes.get(req.route) if plugin is not None else None
         instance = (self.instances.get(req.plugin, req.instance)
-                    if route is not None and INSTANCE_ID.match(req.instance) else None)
+                    if route is not None and INSTANCE_ID.fullmatch(req.instance) else None)
         if route is None or instance is None or not instance.enabled:
             return error(404, "not_found", "no such plugin, instance or route")
 

@@ -20,9 +20,8 @@ from .errors import InvalidInput
 from .plugins import Plugin, Registry
 from .signatures import generate_secret
 from .store import instances as store_instances
-from .store.instances import LANE_POLICIES, Instance
+from .store.instances import INSTANCE_ID, LANE_POLICIES, Instance
 
-INSTANCE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # A registered handler name, or ``package.module:function`` (the rule plugins.py applies too).
 HANDLER = re.compile(r"[a-z][a-z0-9_-]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 MAX_TEXT = 4096  # no operator-given string needs more; keeps junk out of the database

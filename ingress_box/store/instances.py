@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -12,6 +13,7 @@ from .db import Database
 from .pages import Page, decode_cursor, encode_cursor
 
 LANE_POLICIES = ("progress", "strict")
+INSTANCE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what CONTRACT allows as an instance id
 
 
 @dataclass(frozen=True)

@@ -183,11 +183,6 @@ def note_delivery(conn: sqlite3.Connection, delivery_id: str, note: str) -> None
 
 # -- reads -----------------------------------------------------------------------------------
 
-def get(db: Database, mapping_id: int) -> ConversationMapping | None:
-    row = db.read_one(_SELECT + " WHERE id = ?", (mapping_id,))
-    return None if row is None else _from_row(row)
-
-
 async def aget(db: Database, mapping_id: int) -> ConversationMapping | None:
     row = await db.aread_one(_SELECT + " WHERE id = ?", (mapping_id,))
     return None if row is None else _from_row(row)
