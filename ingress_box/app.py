@@ -29,7 +29,7 @@ from .ingress import Inbound, Ingress
 from .metrics import Metrics
 from .plugins import Registry, load_registry
 from .store import Database
-from .worker import Worker
+from .worker import IDLE_SECONDS, Worker
 
 log = logging.getLogger("ingress_box.app")
 
@@ -185,7 +185,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time,
         ingress.observers.append(metrics.on_request)
         worker = None
         if run_worker is not False:
-            worker = Worker(settings, db, registry, clock=clock, transport=transport)
+            worker = Worker(settings, db, registry, clock=clock, transport=transport,
+                            idle_seconds=IDLE_SECONDS)
             ingress.on_accepted.append(worker.wake)
             worker.observers.append(metrics.on_attempt)
             # settings.run_worker False: deliveries are made by `ingress-box worker` processes;

@@ -45,6 +45,7 @@ log = logging.getLogger("ingress_box.worker")
 POLL_SECONDS = 0.02      # how often an idle consumer thread looks for tasks of other processes
 SHORT_WAIT_SECONDS = 1.0  # a retry due sooner than this is waited for in the drain itself
 MAX_CLAIM = 16            # rows one drain leases at once when there is a backlog
+IDLE_SECONDS = 1.0        # with an ingress in this process: how long an idle drain waits for it
 
 
 class _Storage(SqliteStorage):  # type: ignore[misc]
@@ -87,12 +88,15 @@ class Worker:
     def __init__(self, settings: Settings, db: Database, registry: Registry, *,
                  clock: Callable[[], float] = time.time,
                  transport: httpx.BaseTransport | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, idle_seconds: float = 0.0) -> None:
+        """``idle_seconds``: how long a drain with nothing to do waits for a wake() before it
+        ends; worth it only where the ingress runs in the same process and calls wake()."""
         self.settings = settings
         self.db = db
         self.registry = registry
         self.clock = clock
         self.rng = rng or random.Random()
+        self.idle_seconds = idle_seconds
         self.policy = RetryPolicy.from_settings(settings)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         limits = httpx.Limits(max_connections=settings.workers * 2,
@@ -112,6 +116,8 @@ class Worker:
         self._active = 0
         self._active_lock = threading.Lock()
         self._scheduled_for: float | None = None  # when the drain huey holds for later runs
+        self._idle = threading.Condition()  # drains waiting for work, woken one per wake()
+        self._idling = 0
         self.observers: list[Callable[[store_deliveries.Claimed, delivery.Decision, float],
                                       None]] = []
 
@@ -136,6 +142,8 @@ class Worker:
         """Stop taking work, let in-flight deliveries finish (bounded), release the rest."""
         self._stopping.set()
         self._kick.set()
+        with self._idle:
+            self._idle.notify_all()
         if self.consumer is not None:
             self.consumer.shutdown_timeout = timeout
             self.consumer.stop(graceful=True)
@@ -158,7 +166,14 @@ class Worker:
         return all(t.is_alive() for t in threads)
 
     def wake(self) -> None:
-        """Say there is new work (cheap; safe from the event loop)."""
+        """Say there is new work (cheap; safe from the event loop).
+
+        A drain idling in this process takes it at once; otherwise the kicker asks huey for one.
+        """
+        with self._idle:
+            if self._idling:
+                self._idle.notify()
+                return
         self._kick.set()
 
     def _kick_loop(self) -> None:
@@ -170,10 +185,13 @@ class Worker:
             self._ensure_drains()
 
     def _ensure_drains(self) -> None:
-        """Enqueue drains so that up to ``workers`` run; more would only find nothing."""
+        """Enqueue one more drain unless ``workers`` run or one is queued already.
+
+        One at a time: a drain that finds a backlog wakes the next (see drain), so a burst
+        ramps up to ``workers`` while a trickle costs one drain, not ``workers`` of them.
+        """
         try:
-            missing = self.settings.workers - self._active - self.huey.pending_count()
-            for _ in range(max(0, missing)):
+            if self._active < self.settings.workers and self.huey.pending_count() == 0:
                 self._drain()
         except sqlite3.Error as exc:  # the periodic sweep tries again
             log.warning("could not enqueue a drain: %s", exc)
@@ -201,8 +219,8 @@ class Worker:
                         return
                     limit = 1
                     continue
-                if self._active < self.settings.workers:
-                    self._kick.set()  # more may be ready: let another thread help
+                if len(claimed) == limit:
+                    self.wake()  # there may be more: let another drain help
                 # A full claim means a backlog: take more at once (fewer transactions per
                 # delivery); a partial one means the backlog is gone: back to one at a time.
                 limit = min(limit * 2, MAX_CLAIM) if len(claimed) == limit else 1
@@ -229,21 +247,32 @@ class Worker:
                     durable=False).add_done_callback(_log_settle_failure)
 
     def _wait_for_next_due(self) -> bool:
-        """Nothing is ready: wait here for a retry due very soon, else leave it to huey."""
+        """Nothing is ready: wait for a retry due soon or for new work; False to end the drain.
+
+        A retry due later is left to a huey task scheduled for then (one per due time). The
+        drain idles a little before it ends, so the next webhook is taken without a round trip
+        through huey's queue.
+        """
         due = store_deliveries.next_due(self.db)
-        if due is None:
-            return False
         now = self.clock()
-        wait = due - now
-        if wait > SHORT_WAIT_SECONDS:
-            with self._active_lock:  # one scheduled drain per due time, not one per idle drain
+        if due is not None and due - now <= SHORT_WAIT_SECONDS:
+            self._stopping.wait(max(due - now, 0.005))
+            return True
+        if due is not None:
+            with self._active_lock:
                 if self._scheduled_for is None or self._scheduled_for < now or (
                         due < self._scheduled_for):
-                    self._drain.schedule(delay=wait)
+                    self._drain.schedule(delay=due - now)
                     self._scheduled_for = due
+        if self.idle_seconds <= 0:
             return False
-        self._stopping.wait(max(wait, 0.005))
-        return True
+        with self._idle:
+            self._idling += 1
+            try:
+                woken = self._idle.wait(self.idle_seconds)
+            finally:
+                self._idling -= 1
+        return woken and not self._stopping.is_set()
 
     # -- one attempt -----------------------------------------------------------------------
 
