@@ -168,6 +168,10 @@ def _validate(s: Settings) -> None:
         problems.append(f"{env_name('retry_max_attempts')} must be >= 1")
     if s.rate_limit < 0:
         problems.append(f"{env_name('rate_limit')} must be >= 0")
+    if s.lease_seconds <= s.delivery_timeout_seconds:
+        # A lease that ends before a slow attempt does lets a second worker deliver it again.
+        problems.append(f"{env_name('lease_seconds')} must be longer than "
+                        f"{env_name('delivery_timeout_seconds')}")
     if s.rejections_kept < 0:
         problems.append(f"{env_name('rejections_kept')} must be >= 0")
     if s.public_url is not None:

@@ -53,6 +53,7 @@ def test_the_admin_token_never_shows_in_a_repr() -> None:
     {"INGRESS_BOX_PUBLIC_URL": "ftp://hooks.example.com"},
     {"INGRESS_BOX_LOG_FORMAT": "xml"},
     {"INGRESS_BOX_METRICS_PUBLIC": "maybe"},
+    {"INGRESS_BOX_LEASE_SECONDS": "10"},  # not longer than the 10 s delivery timeout
 ])
 def test_nonsense_fails_at_start_with_the_variable_named(environ: dict[str, str]) -> None:
     """A bad value is a ConfigError naming the variable, not a surprise later."""

@@ -26,7 +26,8 @@ class Box:
         self.url = f"http://127.0.0.1:{self.port}"
         environ = {**os.environ, "INGRESS_BOX_DB": str(db), "INGRESS_BOX_PORT": str(self.port),
                    "INGRESS_BOX_HOST": "127.0.0.1", "INGRESS_BOX_ADMIN_TOKEN": TOKEN,
-                   "INGRESS_BOX_LEASE_SECONDS": "2", "INGRESS_BOX_RETRY_BASE_SECONDS": "0.05",
+                   "INGRESS_BOX_LEASE_SECONDS": "2", "INGRESS_BOX_DELIVERY_TIMEOUT_SECONDS": "1",
+                   "INGRESS_BOX_RETRY_BASE_SECONDS": "0.05",
                    "INGRESS_BOX_RETRY_MAX_SECONDS": "0.2", **env}
         self.log = db.with_name(f"{command}-{self.port}.log")
         with self.log.open("wb") as log:
