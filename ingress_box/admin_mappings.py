@@ -1,7 +1,8 @@
 """The admin API's conversation mappings: ``/admin/mappings`` (mounted by :mod:`admin`).
 
-- ``PUT /admin/mappings`` upserts on the forward key: ``201`` when it made a new mapping,
-  ``200`` when it re-pointed (or refreshed) an existing one; ``409 mapping_conflict`` when the
+- ``PUT /admin/mappings`` upserts on the forward key: ``200`` with the mapping and
+  ``"created"`` (true when it made a new mapping, false when it re-pointed or refreshed an
+  existing one; an upsert answers alike either way); ``409 mapping_conflict`` when the
   conversation is bound to another chat (the message names that chat and its session);
 - ``GET /admin/mappings?plugin=&instance=&session=&chat=&conversation=&state=&limit=&cursor=``
   lists (every filter optional), ``GET /admin/mappings/{id}`` reads one;
@@ -61,7 +62,7 @@ class Mappings(HTTPEndpoint):
         body = await json_object(request, *conversations.UPSERT_FIELDS)
         upsert = conversations.upsert_of(box.registry, body)
         mapping, created = await box.db.awrite(store.upsert(upsert, box.clock()))
-        return JSONResponse(mapping.to_json(), status_code=201 if created else 200)
+        return JSONResponse({**mapping.to_json(), "created": created})
 
 
 class MappingItem(HTTPEndpoint):

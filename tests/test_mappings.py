@@ -124,14 +124,15 @@ def put(client: TestClient, headers: Headers, **body: Any) -> Reply:
     return client.put("/admin/mappings", json=body, headers=headers)
 
 
-def test_put_creates_with_201_and_the_mapping_json(
+def test_put_creates_with_200_and_the_mapping_json(
         client: TestClient, admin_headers: Headers) -> None:
-    """A new mapping is 201 with every field of the mapping document."""
+    """A new mapping is 200 with every field of the mapping document and created: true."""
     response = put(client, admin_headers, chat="c1", conversation="v1")
-    assert response.status_code == 201, response.text
+    assert response.status_code == 200, response.text
     data = response.json()
     assert set(data) == {"id", "plugin", "instance", "session", "chat", "conversation", "state",
-                         "metadata", "created_at", "updated_at"}
+                         "metadata", "created_at", "updated_at", "created"}
+    assert data["created"] is True
     assert (data["chat"], data["conversation"], data["state"], data["metadata"]) == (
         "c1", "v1", "bot", {})
 
@@ -171,6 +172,7 @@ def test_get_finds_a_mapping_by_conversation_or_by_chat(
         client: TestClient, admin_headers: Headers) -> None:
     """The conversation query and the session+chat query both find the one mapping."""
     made = put(client, admin_headers, chat="c1", conversation="v1").json()
+    del made["created"]  # only the PUT says whether it made the row
     put(client, admin_headers, chat="c2", conversation="v2")
     by_conversation = client.get("/admin/mappings?plugin=generic&instance=main&conversation=v1",
                                  headers=admin_headers).json()
@@ -216,7 +218,8 @@ def test_delete_is_204_and_frees_the_conversation(
     made = put(client, admin_headers, chat="c1", conversation="v1").json()
     assert client.delete(f"/admin/mappings/{made['id']}", headers=admin_headers).status_code == 204
     assert client.get(f"/admin/mappings/{made['id']}", headers=admin_headers).status_code == 404
-    assert put(client, admin_headers, chat="c2", conversation="v1").status_code == 201
+    again = put(client, admin_headers, chat="c2", conversation="v1")
+    assert (again.status_code, again.json()["created"]) == (200, True)
 
 
 @pytest.mark.parametrize("path", ["/admin/mappings/999", "/admin/mappings/" + "9" * 30,
