@@ -135,3 +135,32 @@ def test_logs_carry_outcomes_but_no_secret_or_body(
     everything = caplog.text + " ".join(str(getattr(r, "fields", "")) for r in caplog.records)
     for secret in ("top-secret-body-text", "hunter2", "s3cret-value"):
         assert secret not in everything
+
+
+def test_a_whole_flow_logs_no_secret_and_no_body(
+        tmp_path: Path, target: Target, caplog: pytest.LogCaptureFixture) -> None:
+    """Create, receive, fail, dead-letter, redrive, rotate: nothing secret reaches any log."""
+    caplog.set_level(logging.DEBUG)
+    settings = load_settings({}, db_path=tmp_path / "box.db", admin_token=TOKEN,
+                             retry_max_attempts=1, retry_base_seconds=0.01)
+    target.script = lambda n, r: ((500, {}, b"no") if n == 0 else (200, {}, b"ok"))
+    secret, body = "flow-secret-0123456789", b'{"note":"private-body-marker-42"}'
+    with running_box(settings) as live:
+        created = httpx.post(live.url + "/admin/instances", headers=AUTH, json={
+            "plugin": "generic", "instance": "main", "target_url": target.url,
+            "secret": secret}).json()
+        httpx.post(live.url + URL, content=body, headers=generic_headers(
+            body, secret=secret, authorization="Bearer provider-credential-7"))
+        target.wait_for(1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not httpx.get(
+                live.url + "/admin/dlq", headers=AUTH).json()["items"]:
+            time.sleep(0.05)
+        httpx.post(live.url + "/admin/dlq/redrive", headers=AUTH, json={})
+        target.wait_for(2)
+        rotated = httpx.post(live.url + "/admin/instances/generic/main/rotate-secret",
+                             headers=AUTH, json={}).json()
+    logged = caplog.text + " ".join(str(getattr(r, "fields", "")) for r in caplog.records)
+    for needle in (secret, rotated["secret"], created["outbound_secret"], created["verify_token"],
+                   TOKEN, "provider-credential-7", "private-body-marker-42"):
+        assert needle not in logged, needle
