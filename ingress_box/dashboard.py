@@ -230,7 +230,7 @@ class Dashboard:
             found = await activity.afind(db, search, PAGE_SIZE)
             if len(found) == 1:
                 return _redirect(f"{PREFIX}/deliveries/{quote(found[0], safe='')}")
-            items, next_cursor = [await store_deliveries.aget(db, i) for i in found], None
+            items, next_cursor = await store_deliveries.aitems(db, found), None
         else:
             page = await store_deliveries.alist_page(
                 db, filters["plugin"], filters["instance"], state, visit.query("cursor"),

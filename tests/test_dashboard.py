@@ -264,6 +264,15 @@ def test_search_by_provider_id_opens_the_delivery(ui: TestClient, box: Box) -> N
     assert response.headers["location"] == f"{UI}/deliveries/{delivery_id}"
 
 
+def test_search_matching_several_deliveries_lists_them(ui: TestClient, box: Box) -> None:
+    """A provider id found under two instances lists both deliveries."""
+    first = add_delivery(box.db, 1)
+    second = add_delivery(box.db, 2, id="msg_dash_other", instance_id="other",
+                          provider_delivery_id="evt-1")
+    page = ui.get(f"{UI}/deliveries?q=evt-1").text
+    assert page.count("data-delivery=") == 2 and first in page and second in page
+
+
 def test_search_by_webhook_id_opens_the_delivery(ui: TestClient, box: Box) -> None:
     """Searching the webhook-id sent to targets goes straight to that delivery."""
     delivery_id = add_delivery(box.db, 1)

@@ -336,6 +336,15 @@ _ATTEMPTS = ("SELECT attempt, started_at, duration_ms, outcome, status_code, err
              "FROM attempts WHERE delivery_seq = ? ORDER BY id")
 
 
+async def aitems(db: Database, ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The list items of these deliveries, newest first, in one query."""
+    if not ids:
+        return []
+    rows = await db.aread(
+        _ITEM + f" WHERE d.id IN ({','.join('?' * len(ids))}) ORDER BY d.seq DESC", list(ids))
+    return [item_json(r) for r in rows]
+
+
 async def aget(db: Database, delivery_id: str) -> dict[str, Any]:
     rows = await db.aread(_ITEM + " WHERE d.id = ?", (delivery_id,))
     if not rows:
