@@ -20,6 +20,7 @@ from .errors import StorageUnavailable
 from .plugins import Registry
 from .store import Database
 from .store.db import connect
+from .store.deliveries import IS_LANE_HEAD
 
 BACKUP_PAGES_PER_STEP = 1024  # 4 MiB a step with 4 KiB pages: a smooth bar, few callbacks
 TAIL_POLL_SECONDS = 0.5
@@ -163,12 +164,12 @@ class Check:
     detail: str
 
 
-_STUCK_HEADS = """
+_STUCK_HEADS = f"""
 SELECT d.id, d.plugin_id, d.instance_id, d.attempts, d.received_at, o.parked,
        (SELECT count(*) FROM outbox AS w WHERE w.lane = o.lane) AS waiting
 FROM outbox AS o JOIN deliveries AS d ON d.seq = o.delivery_seq
 WHERE o.lane IS NOT NULL
-  AND o.delivery_seq = (SELECT min(h.delivery_seq) FROM outbox AS h WHERE h.lane = o.lane)
+  AND {IS_LANE_HEAD}
   AND (o.parked = 1 OR d.attempts >= ? OR d.received_at < ?)
 ORDER BY o.parked DESC, d.received_at
 """

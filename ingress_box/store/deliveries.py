@@ -55,6 +55,9 @@ class Claimed:
     received_at: float
 
 
+# Whether outbox row ``o`` is the head (oldest row) of its lane.
+IS_LANE_HEAD = (
+    "o.delivery_seq = (SELECT min(h.delivery_seq) FROM outbox AS h WHERE h.lane = o.lane)")
 # Events of one conversation of one instance share a lane; others are independent (NULL).
 LANE_SQL = ("CASE WHEN conversation IS NULL THEN NULL "
             "ELSE plugin_id || char(0) || instance_id || char(0) || conversation END")
@@ -108,7 +111,7 @@ def accept(conn: sqlite3.Connection, d: NewDelivery) -> bool:
 
 # -- the worker's claims and outcomes --------------------------------------------------------
 
-_CLAIM = """
+_CLAIM = f"""
 UPDATE outbox SET lease_until = :until, lease_owner = :owner
 WHERE delivery_seq IN (
     SELECT o.delivery_seq FROM outbox AS o
@@ -116,7 +119,7 @@ WHERE delivery_seq IN (
       AND o.available_at <= :now
       AND (o.lease_until IS NULL OR o.lease_until < :now)
       AND (o.lane IS NULL OR (
-            o.delivery_seq = (SELECT min(h.delivery_seq) FROM outbox AS h WHERE h.lane = o.lane)
+            {IS_LANE_HEAD}
             AND NOT EXISTS (SELECT 1 FROM outbox AS l
                             WHERE l.lane = o.lane AND l.lease_until >= :now
                               AND l.delivery_seq != o.delivery_seq)))
@@ -255,8 +258,7 @@ def next_due(db: Database) -> float | None:
     """When the earliest lane head (or lane-less row) is next claimable, if any is waiting."""
     row = db.read_one(
         "SELECT min(max(o.available_at, coalesce(o.lease_until, 0))) FROM outbox AS o "
-        "WHERE o.parked = 0 AND (o.lane IS NULL OR o.delivery_seq = "
-        "(SELECT min(h.delivery_seq) FROM outbox AS h WHERE h.lane = o.lane))")
+        f"WHERE o.parked = 0 AND (o.lane IS NULL OR {IS_LANE_HEAD})")
     return float(row[0]) if row is not None and row[0] is not None else None
 
 
