@@ -1,15 +1,17 @@
 """huey wiring: consumer threads drain the outbox; the outbox table remembers.
 
 huey (SQLite storage, in the same file) only executes:
-- ``drain`` claims ready outbox rows one at a time and delivers them until none is ready. It is
-  safe to run any number of times in any number of processes: claims are atomic and leased.
+- ``drain`` claims ready outbox rows (one at a time, up to 16 at once when there is a backlog)
+  and delivers them until none is ready. It is safe to run any number of times in any number
+  of processes: claims are atomic and leased.
 - the ``sweep`` periodic task enqueues a drain every minute, so a lost trigger, an expired
   lease of a crashed process or a due retry is found again without a separate reconciler;
 - ``maintenance`` (hourly) prunes what retention allows and checkpoints the WAL.
 
-Wake-ups: the ingress calls :meth:`Worker.wake` after a commit (cheap, any thread); a small
-kicker thread turns that into a huey task. The storage wakes this process's consumer threads
-as soon as a task is enqueued here, and polls every 20 ms for tasks from other processes.
+Wake-ups: the ingress calls :meth:`Worker.wake` after a commit (cheap, any thread). A drain
+idling in this process takes the work at once; otherwise a small kicker thread turns the wake
+into a huey task. The storage wakes this process's consumer threads as soon as a task is
+enqueued here, and polls every 20 ms for tasks from other processes.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ class Worker:
 
     def start(self, *, consume: bool = True) -> None:
         """Start delivering; with ``consume=False`` only wake the workers of other processes
-        (``serve --no-worker`` beside ``ingress-box worker``)."""
+        (``serve --no-run-worker`` beside ``ingress-box worker``)."""
         logging.getLogger("huey").setLevel(logging.WARNING)
         if consume:
             self.consumer = _QuietConsumer(

@@ -40,7 +40,6 @@ def db(db_path: Path) -> Iterator[Database]:
     database.close()
 
 
-
 def add(db_path: Path, *args: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(ok("instances", "add", "--db", str(db_path), "--json",
                                          *args).stdout)

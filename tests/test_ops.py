@@ -42,7 +42,6 @@ def db(db_path: Path) -> Iterator[Database]:
     database.close()
 
 
-
 def add_instance_cli(db_path: Path, plugin: str, instance: str, *args: str) -> None:
     ok("instances", "add", plugin, instance, "--db", str(db_path), "--json", *args)
 
