@@ -48,10 +48,13 @@ class BodyTooLarge(InvalidInput):
 
 # -- errors: one translator, one shape ------------------------------------------------------
 
-def error_response(status: int, code: str, message: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
-                        headers=headers)
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
@@ -60,8 +63,12 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 def translate(exc: Exception) -> JSONResponse:
     """The response for an exception raised while handling an admin request."""
     if isinstance(exc, HTTPException):  # the router's 404 and 405
-        return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"),
-                              exc.detail, dict(exc.headers or {}))
+        return error_response(
+            exc.status_code,
+            _HTTP_CODES.get(exc.status_code, "http_error"),
+            exc.detail,
+            dict(exc.headers or {}),
+        )
     if isinstance(exc, InvalidJson):
         return error_response(400, "invalid_json", str(exc))
     if isinstance(exc, BodyTooLarge):
@@ -75,8 +82,9 @@ def translate(exc: Exception) -> JSONResponse:
     if isinstance(exc, MappingConflict):
         return error_response(409, "mapping_conflict", str(exc))
     if isinstance(exc, StorageUnavailable):
-        return error_response(503, "storage_unavailable", str(exc),
-                              {"retry-after": str(exc.retry_after)})
+        return error_response(
+            503, "storage_unavailable", str(exc), {"retry-after": str(exc.retry_after)}
+        )
     log.error("admin request failed", exc_info=exc)
     return error_response(500, "internal_error", "internal error (see the server log)")
 
@@ -93,8 +101,12 @@ class AdminGuard:
             return
         box: Box = scope["app"].state.box
         if not box.auth.check(Request(scope).headers.get("authorization")):
-            await error_response(401, "unauthorized", "a valid admin bearer token is required",
-                                 {"www-authenticate": "Bearer"})(scope, receive, send)
+            await error_response(
+                401,
+                "unauthorized",
+                "a valid admin bearer token is required",
+                {"www-authenticate": "Bearer"},
+            )(scope, receive, send)
             return
         started = False
 
@@ -112,6 +124,7 @@ class AdminGuard:
 
 
 # -- request helpers ------------------------------------------------------------------------
+
 
 def _box(request: Request) -> Box:
     box: Box = request.app.state.box
@@ -162,12 +175,14 @@ def _optional_text(data: dict[str, Any], name: str) -> str | None:
 
 def _page_args(request: Request) -> tuple[str | None, int]:
     return request.query_params.get("cursor") or None, clamp_limit(
-        request.query_params.get("limit"))
+        request.query_params.get("limit")
+    )
 
 
 def _page_json(page: Page[Any], items: list[Any] | None = None) -> JSONResponse:
-    return JSONResponse({"items": page.items if items is None else items,
-                         "next_cursor": page.next_cursor})
+    return JSONResponse(
+        {"items": page.items if items is None else items, "next_cursor": page.next_cursor}
+    )
 
 
 def base_url(request: Request, box: Box) -> str:
@@ -183,6 +198,7 @@ async def _instance(box: Box, plugin_id: str, instance_id: str) -> store_instanc
 
 
 # -- plugins and instances ------------------------------------------------------------------
+
 
 class Plugins(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
@@ -201,8 +217,9 @@ class Instances(HTTPEndpoint):
         box = _box(request)
         body = await json_object(request, "plugin", "instance", *instances.CREATE_FIELDS)
         plugin_id, instance_id = body.pop("plugin", None), body.pop("instance", None)
-        inst, shown = instances.new_instance(box.registry, plugin_id, instance_id, body,
-                                             box.clock())
+        inst, shown = instances.new_instance(
+            box.registry, plugin_id, instance_id, body, box.clock()
+        )
         await box.db.awrite(store_instances.insert(inst))
         created = instances.created_json(box.registry, inst, shown, base_url(request, box))
         return JSONResponse(created, status_code=201)
@@ -220,8 +237,9 @@ class InstanceItem(HTTPEndpoint):
             raise InvalidInput("secret cannot be patched: POST .../rotate-secret")
         changes = instances.changes(body)
         key = _key(request)
-        inst = await box.db.awrite(store_instances.update(
-            key["plugin_id"], key["instance_id"], box.clock(), **changes))
+        inst = await box.db.awrite(
+            store_instances.update(key["plugin_id"], key["instance_id"], box.clock(), **changes)
+        )
         return JSONResponse(inst.to_json())
 
     async def delete(self, request: Request) -> Response:
@@ -233,8 +251,10 @@ class InstanceItem(HTTPEndpoint):
 
 
 def _key(request: Request) -> dict[str, str]:
-    return {"plugin_id": request.path_params["plugin"],
-            "instance_id": request.path_params["instance"]}
+    return {
+        "plugin_id": request.path_params["plugin"],
+        "instance_id": request.path_params["instance"],
+    }
 
 
 class RotateSecret(HTTPEndpoint):
@@ -243,11 +263,17 @@ class RotateSecret(HTTPEndpoint):
         current = await _instance(box, **_key(request))
         body = await json_object(request, "secret", "grace_seconds")
         grace = body.get("grace_seconds", box.settings.rotation_grace_hours * 3600)
-        op, secret = instances.rotation(box.registry, current, body.get("secret"), grace,
-                                        box.clock())
+        op, secret = instances.rotation(
+            box.registry, current, body.get("secret"), grace, box.clock()
+        )
         inst = await box.db.awrite(op)
-        return JSONResponse({**inst.to_json(), "secret": secret,
-                             "previous_secret_valid_until": inst.previous_secret_until})
+        return JSONResponse(
+            {
+                **inst.to_json(),
+                "secret": secret,
+                "previous_secret_valid_until": inst.previous_secret_until,
+            }
+        )
 
 
 class Rejections(HTTPEndpoint):
@@ -260,6 +286,7 @@ class Rejections(HTTPEndpoint):
 
 # -- deliveries and dead letters ------------------------------------------------------------
 
+
 class Deliveries(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
         query = request.query_params
@@ -268,8 +295,13 @@ class Deliveries(HTTPEndpoint):
             raise InvalidInput(f"state must be one of {', '.join(DELIVERY_STATES)}")
         cursor, limit = _page_args(request)
         page = await store_deliveries.alist_page(
-            _box(request).db, query.get("plugin") or None, query.get("instance") or None,
-            state, cursor, limit)
+            _box(request).db,
+            query.get("plugin") or None,
+            query.get("instance") or None,
+            state,
+            cursor,
+            limit,
+        )
         return _page_json(page)
 
 
@@ -282,11 +314,13 @@ class DeliveryItem(HTTPEndpoint):
 class DeadLetters(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
         query = request.query_params
-        selection = store_dead_letters.Selection(query.get("plugin") or None,
-                                                 query.get("instance") or None)
+        selection = store_dead_letters.Selection(
+            query.get("plugin") or None, query.get("instance") or None
+        )
         cursor, limit = _page_args(request)
-        return _page_json(await store_dead_letters.alist_page(
-            _box(request).db, selection, cursor, limit))
+        return _page_json(
+            await store_dead_letters.alist_page(_box(request).db, selection, cursor, limit)
+        )
 
 
 class Redrive(HTTPEndpoint):
@@ -294,16 +328,19 @@ class Redrive(HTTPEndpoint):
         box = _box(request)
         body = await json_object(request, "plugin", "instance", "ids", "limit")
         ids = body.get("ids")
-        if ids is not None and not (isinstance(ids, list) and len(ids) <= MAX_LIMIT
-                                    and all(isinstance(i, str) for i in ids)):
+        if ids is not None and not (
+            isinstance(ids, list) and len(ids) <= MAX_LIMIT and all(isinstance(i, str) for i in ids)
+        ):
             raise InvalidInput(f"ids must be a list of at most {MAX_LIMIT} strings")
         limit = body.get("limit", DEFAULT_REDRIVE_LIMIT)
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise InvalidInput("limit must be a whole number")
         selection = store_dead_letters.Selection(
-            _optional_text(body, "plugin"), _optional_text(body, "instance"), ids)
+            _optional_text(body, "plugin"), _optional_text(body, "instance"), ids
+        )
         redriven, remaining = await box.db.awrite(
-            store_dead_letters.redrive(selection, clamp_limit(limit), box.clock()))
+            store_dead_letters.redrive(selection, clamp_limit(limit), box.clock())
+        )
         if redriven and box.worker is not None:
             box.worker.wake()
         return JSONResponse({"redriven": redriven, "remaining": remaining})
@@ -319,19 +356,25 @@ def routes() -> list[BaseRoute]:
     """The admin routes, mounted at ``/admin``; one guarded mount catches every path under it."""
     from . import admin_mappings  # here, not at the top: it builds on this module's helpers
 
-    return [Mount("", routes=[
-        Route("/plugins", Plugins),
-        Route("/instances", Instances),
-        Route("/instances/{plugin}/{instance}", InstanceItem),
-        Route("/instances/{plugin}/{instance}/rotate-secret", RotateSecret),
-        Route("/instances/{plugin}/{instance}/rejections", Rejections),
-        Route("/deliveries", Deliveries),
-        Route("/deliveries/{id}", DeliveryItem),
-        Route("/dlq", DeadLetters),
-        Route("/dlq/redrive", Redrive),
-        Route("/dlq/{id}", DeadLetterItem),
-        *admin_mappings.routes(),
-    ], middleware=[Middleware(AdminGuard)])]
+    return [
+        Mount(
+            "",
+            routes=[
+                Route("/plugins", Plugins),
+                Route("/instances", Instances),
+                Route("/instances/{plugin}/{instance}", InstanceItem),
+                Route("/instances/{plugin}/{instance}/rotate-secret", RotateSecret),
+                Route("/instances/{plugin}/{instance}/rejections", Rejections),
+                Route("/deliveries", Deliveries),
+                Route("/deliveries/{id}", DeliveryItem),
+                Route("/dlq", DeadLetters),
+                Route("/dlq/redrive", Redrive),
+                Route("/dlq/{id}", DeadLetterItem),
+                *admin_mappings.routes(),
+            ],
+            middleware=[Middleware(AdminGuard)],
+        )
+    ]
 
 
 def top_level_routes() -> list[BaseRoute]:

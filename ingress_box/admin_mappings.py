@@ -50,12 +50,22 @@ class Mappings(HTTPEndpoint):
         if given["state"] is not None:
             conversations.check_state(given["state"])
         selection = store.Filter(
-            plugin_id=given["plugin"], instance_id=given["instance"], session=given["session"],
-            chat=given["chat"], conversation=given["conversation"], state=given["state"])
-        page = await store.alist_page(_box(request).db, selection, query.get("cursor") or None,
-                                      clamp_limit(query.get("limit")))
-        return JSONResponse({"items": [m.to_json() for m in page.items],
-                             "next_cursor": page.next_cursor})
+            plugin_id=given["plugin"],
+            instance_id=given["instance"],
+            session=given["session"],
+            chat=given["chat"],
+            conversation=given["conversation"],
+            state=given["state"],
+        )
+        page = await store.alist_page(
+            _box(request).db,
+            selection,
+            query.get("cursor") or None,
+            clamp_limit(query.get("limit")),
+        )
+        return JSONResponse(
+            {"items": [m.to_json() for m in page.items], "next_cursor": page.next_cursor}
+        )
 
     async def put(self, request: Request) -> Response:
         box = _box(request)
@@ -79,9 +89,14 @@ class MappingItem(HTTPEndpoint):
         if "state" not in body:
             raise InvalidInput("state is required")
         metadata = body.get("metadata")
-        mapping = await box.db.awrite(store.set_state(
-            _id(request), conversations.check_state(body["state"]),
-            None if metadata is None else conversations.check_metadata(metadata), box.clock()))
+        mapping = await box.db.awrite(
+            store.set_state(
+                _id(request),
+                conversations.check_state(body["state"]),
+                None if metadata is None else conversations.check_metadata(metadata),
+                box.clock(),
+            )
+        )
         return JSONResponse(mapping.to_json())
 
     async def delete(self, request: Request) -> Response:

@@ -89,12 +89,15 @@ async def _body(receive: Receive) -> AsyncIterator[bytes]:
 
 async def ingress_endpoint(box: Box, scope: Scope, receive: Receive, send: Send) -> None:
     """``ANY /ingress/{plugin}/{instance}/{route}[/{anything}]``, as plain ASGI."""
-    plugin, instance, route, rest = (scope["path"][len(INGRESS):].split("/", 3) + ["", ""])[:4]
+    plugin, instance, route, rest = (scope["path"][len(INGRESS) :].split("/", 3) + ["", ""])[:4]
     headers = _headers(scope)
     length = headers.get("content-length", "")
     query = scope["query_string"].decode("latin-1")
     inbound = Inbound(
-        method=scope["method"], plugin=plugin, instance=instance, route=route,
+        method=scope["method"],
+        plugin=plugin,
+        instance=instance,
+        route=route,
         subpath=rest + ("?" + query if query else ""),
         url=_public_url(scope, headers, box.settings),
         query_string=query,
@@ -106,11 +109,20 @@ async def ingress_endpoint(box: Box, scope: Scope, receive: Receive, send: Send)
         answer = await box.ingress.handle(inbound)
     except _Disconnected:
         return
-    await send({"type": "http.response.start", "status": answer.status, "headers": [
-        (b"content-type", answer.content_type.encode("latin-1")),
-        (b"content-length", str(len(answer.body)).encode()),
-        *((name.encode("latin-1"), value.encode("latin-1"))
-          for name, value in answer.headers.items())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": answer.status,
+            "headers": [
+                (b"content-type", answer.content_type.encode("latin-1")),
+                (b"content-length", str(len(answer.body)).encode()),
+                *(
+                    (name.encode("latin-1"), value.encode("latin-1"))
+                    for name, value in answer.headers.items()
+                ),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": answer.body})
 
 
@@ -141,9 +153,13 @@ async def readyz(request: Request) -> Response:
     box: Box = request.app.state.box
     problems = []
     try:
-        await box.db.awrite(lambda conn: conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('ready_probe', ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(box.clock()),)))
+        await box.db.awrite(
+            lambda conn: conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('ready_probe', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(box.clock()),),
+            )
+        )
     except Exception as exc:  # noqa: BLE001 (any failure to commit means not ready)
         problems.append(f"database not writable: {exc}")
     if box.worker is not None and not box.worker.alive():
@@ -155,17 +171,21 @@ async def readyz(request: Request) -> Response:
 
 async def metrics_endpoint(request: Request) -> Response:
     box: Box = request.app.state.box
-    if not box.settings.metrics_public and not box.auth.check(
-            request.headers.get("authorization")):
-        return JSONResponse({"error": {"code": "unauthorized",
-                                       "message": "admin token required"}}, status_code=401)
+    if not box.settings.metrics_public and not box.auth.check(request.headers.get("authorization")):
+        return JSONResponse(
+            {"error": {"code": "unauthorized", "message": "admin token required"}}, status_code=401
+        )
     body = await run_in_threadpool(box.metrics.exposition)  # the collector reads the database
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(settings: Settings, *, clock: Callable[[], float] = time.time,
-               run_worker: bool | None = None,
-               transport: httpx.BaseTransport | None = None) -> App:
+def create_app(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    run_worker: bool | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> App:
     """The whole appliance as an ASGI app (the worker runs in its lifespan).
 
     ``run_worker=False`` leaves the worker out entirely (tests of the ingress alone); None
@@ -175,8 +195,11 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         registry = load_registry(settings.plugins_dir)
-        db = Database(settings.db_path, synchronous=settings.synchronous,
-                      busy_timeout=settings.busy_timeout_seconds).open()
+        db = Database(
+            settings.db_path,
+            synchronous=settings.synchronous,
+            busy_timeout=settings.busy_timeout_seconds,
+        ).open()
         await db.aopen()
         auth, generated = ensure_admin_token(db, settings.admin_token)
         ingress = Ingress(settings, db, registry, clock=clock)
@@ -185,15 +208,17 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time,
         ingress.observers.append(metrics.on_request)
         worker = None
         if run_worker is not False:
-            worker = Worker(settings, db, registry, clock=clock, transport=transport,
-                            idle_seconds=IDLE_SECONDS)
+            worker = Worker(
+                settings, db, registry, clock=clock, transport=transport, idle_seconds=IDLE_SECONDS
+            )
             ingress.on_accepted.append(worker.wake)
             worker.observers.append(metrics.on_attempt)
             # settings.run_worker False: deliveries are made by `ingress-box worker` processes;
             # this one only wakes them when it accepts something.
             worker.start(consume=settings.run_worker)
-        app.state.box = Box(settings, db, registry, ingress, auth, worker, metrics, clock,
-                            generated)
+        app.state.box = Box(
+            settings, db, registry, ingress, auth, worker, metrics, clock, generated
+        )
         try:
             yield
         finally:

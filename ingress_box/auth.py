@@ -40,8 +40,9 @@ def ensure_admin_token(db: Database, configured: Secret | None) -> tuple[AdminAu
     fresh = "ibx_" + secrets.token_urlsafe(32)
 
     def op(conn: sqlite3.Connection) -> str:
-        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
-                     (_KEY, _digest(fresh)))
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (_KEY, _digest(fresh))
+        )
         return str(conn.execute("SELECT value FROM meta WHERE key = ?", (_KEY,)).fetchone()[0])
 
     stored = db.write(op)
@@ -51,7 +52,11 @@ def ensure_admin_token(db: Database, configured: Secret | None) -> tuple[AdminAu
 def reset_admin_token(db: Database) -> str:
     """Replace the stored token with a new one and return it (the CLI prints it)."""
     fresh = "ibx_" + secrets.token_urlsafe(32)
-    db.write(lambda conn: conn.execute(
-        "INSERT INTO meta (key, value) VALUES (?, ?) "
-        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (_KEY, _digest(fresh))))
+    db.write(
+        lambda conn: conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (_KEY, _digest(fresh)),
+        )
+    )
     return fresh

@@ -41,11 +41,17 @@ class _Group(click.Group):
 
 
 _COMMON = ("db_path", "synchronous", "plugins_dir", "log_format")
-_WORKER = ("workers", "retry_max_attempts", "retry_base_seconds", "retry_max_seconds",
-           "delivery_timeout_seconds", "lease_seconds", "dedup_retention_days",
-           "dlq_retention_days")
-_HTTP = ("host", "port", "admin_token", "public_url", "max_body_bytes", "rate_limit",
-         "run_worker")
+_WORKER = (
+    "workers",
+    "retry_max_attempts",
+    "retry_base_seconds",
+    "retry_max_seconds",
+    "delivery_timeout_seconds",
+    "lease_seconds",
+    "dedup_retention_days",
+    "dlq_retention_days",
+)
+_HTTP = ("host", "port", "admin_token", "public_url", "max_body_bytes", "rate_limit", "run_worker")
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -53,6 +59,7 @@ def _configure_logging(settings: Settings) -> None:
 
 
 # -- the program ------------------------------------------------------------------------------
+
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="ingress-box")
@@ -68,11 +75,16 @@ def serve(**flags: Any) -> None:
     _configure_logging(settings)
     _print_generated_token(settings)
     config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, lifespan="on",
-        log_level="info", timeout_graceful_shutdown=10,
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        log_level="info",
+        timeout_graceful_shutdown=10,
         access_log=False,  # the box logs one structured line per request itself
         # With JSON logs, uvicorn's own lines go through our handler too.
-        log_config=None if settings.log_format == "json" else LOGGING_CONFIG)
+        log_config=None if settings.log_format == "json" else LOGGING_CONFIG,
+    )
     server = uvicorn.Server(config)
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -103,7 +115,6 @@ def worker_command(**flags: Any) -> None:
     settings = load_settings(**flags)
     _configure_logging(settings)
     sys.exit(worker.run_standalone(settings))
-
 
 
 # -- the operator commands, each module owning its nouns ----------------------------------------

@@ -47,15 +47,20 @@ class Failed(click.ClickException):
 
 _FLAGS: dict[str, tuple[Any, str]] = {
     "host": (str, "address to listen on"),
-    "run_worker": (bool, "deliver in this process (--no-run-worker: leave it to "
-                         "`ingress-box worker` processes on the same file)"),
+    "run_worker": (
+        bool,
+        "deliver in this process (--no-run-worker: leave it to "
+        "`ingress-box worker` processes on the same file)",
+    ),
     "port": (int, "port to listen on"),
     "db_path": (click.Path(dir_okay=False, path_type=Path), "the SQLite file"),
     "admin_token": (str, "bearer token of the admin API (generated and printed once if unset)"),
     "public_url": (str, "base URL providers call (Twilio signs it; shown in ingress URLs)"),
     "max_body_bytes": (int, "default body cap of a route"),
-    "synchronous": (click.Choice(SYNCHRONOUS_MODES, case_sensitive=False),
-                    "SQLite synchronous: FULL survives power loss, NORMAL process crashes"),
+    "synchronous": (
+        click.Choice(SYNCHRONOUS_MODES, case_sensitive=False),
+        "SQLite synchronous: FULL survives power loss, NORMAL process crashes",
+    ),
     "rate_limit": (float, "verified requests per second per instance (0: off)"),
     "workers": (int, "concurrent deliveries"),
     "plugins_dir": (click.Path(file_okay=False, path_type=Path), "folder of plugin manifests"),
@@ -82,9 +87,13 @@ def settings_options(*names: str) -> Callable[[Callable[..., T]], Callable[..., 
             kind, text = _FLAGS[name]
             # A yes/no setting is a --x/--no-x pair; None still means "not given".
             flag = f"{_flag(name)}/--no-{_flag(name)[2:]}" if kind is bool else _flag(name)
-            command = click.option(flag, name, type=None if kind is bool else kind,
-                                   default=None,
-                                   help=f"{text} [env: {env_name(name)}]")(command)
+            command = click.option(
+                flag,
+                name,
+                type=None if kind is bool else kind,
+                default=None,
+                help=f"{text} [env: {env_name(name)}]",
+            )(command)
         return command
 
     return decorate
@@ -92,18 +101,34 @@ def settings_options(*names: str) -> Callable[[Callable[..., T]], Callable[..., 
 
 # -- flags of the commands on the database file -----------------------------------------------
 
-db_option = click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
-                         default=None, help=f"the SQLite file [env: {env_name('db_path')}]")
+db_option = click.option(
+    "--db",
+    "db_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"the SQLite file [env: {env_name('db_path')}]",
+)
 plugins_dir_option = click.option(
-    "--plugins-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help=f"folder of plugin manifests [env: {env_name('plugins_dir')}]")
+    "--plugins-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"folder of plugin manifests [env: {env_name('plugins_dir')}]",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
-limit_option = click.option("--limit", type=click.IntRange(1, 1000), default=100,
-                            show_default=True, help="at most this many items")
+limit_option = click.option(
+    "--limit",
+    type=click.IntRange(1, 1000),
+    default=100,
+    show_default=True,
+    help="at most this many items",
+)
 
 progress_option = click.option(
-    "--progress/--no-progress", "show_progress", default=None,
-    help="draw a progress bar on stderr [default: when stdout is a terminal]")
+    "--progress/--no-progress",
+    "show_progress",
+    default=None,
+    help="draw a progress bar on stderr [default: when stdout is a terminal]",
+)
 
 
 class _Progress:
@@ -125,8 +150,9 @@ class _Progress:
         if not self.show or total <= 0:
             return
         if self._bar is None:
-            self._bar = click.progressbar(length=total, label=self.label, show_pos=True,
-                                           file=sys.stderr)
+            self._bar = click.progressbar(
+                length=total, label=self.label, show_pos=True, file=sys.stderr
+            )
             self._bar.__enter__()
         self._bar.length = max(total, done)  # an estimate may grow while the job runs
         self._bar.update(done - self._bar.pos)
@@ -140,13 +166,18 @@ class _Progress:
 
 # -- the file ---------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def _database(settings: Settings, *, create: bool = False) -> Iterator[Database]:
     if not create and not settings.db_path.exists():
-        raise NotFound(f"no database at {settings.db_path} (pass --db or set "
-                       f"{env_name('db_path')})")
-    db = Database(settings.db_path, synchronous=settings.synchronous,
-                  busy_timeout=settings.busy_timeout_seconds).open()
+        raise NotFound(
+            f"no database at {settings.db_path} (pass --db or set {env_name('db_path')})"
+        )
+    db = Database(
+        settings.db_path,
+        synchronous=settings.synchronous,
+        busy_timeout=settings.busy_timeout_seconds,
+    ).open()
     try:
         yield db
     finally:
@@ -172,6 +203,7 @@ def _now() -> float:
 
 
 # -- output -----------------------------------------------------------------------------------
+
 
 def _when(seconds: float | None) -> str:
     if seconds is None:

@@ -44,17 +44,38 @@ def deliveries_group() -> None:
 @limit_option
 @db_option
 @json_option
-def deliveries_list(plugin: str | None, instance: str | None, state: str | None, limit: int,
-                    db_path: Path | None, as_json: bool) -> None:
+def deliveries_list(
+    plugin: str | None,
+    instance: str | None,
+    state: str | None,
+    limit: int,
+    db_path: Path | None,
+    as_json: bool,
+) -> None:
     """List deliveries, newest first."""
-    page = _read(load_settings(db_path=db_path), lambda db: store_deliveries.alist_page(
-        db, plugin, instance, state, None, limit))
+    page = _read(
+        load_settings(db_path=db_path),
+        lambda db: store_deliveries.alist_page(db, plugin, instance, state, None, limit),
+    )
     if as_json:
         _print_json({"items": page.items, "next_cursor": page.next_cursor})
         return
-    _table(["ID", "PLUGIN", "INSTANCE", "ROUTE", "STATE", "ATTEMPTS", "RECEIVED", "LAST ERROR"],
-           [[d["id"], d["plugin"], d["instance"], d["route"], d["state"], d["attempts"],
-             _when(d["received_at"]), d["last_error"]] for d in page.items])
+    _table(
+        ["ID", "PLUGIN", "INSTANCE", "ROUTE", "STATE", "ATTEMPTS", "RECEIVED", "LAST ERROR"],
+        [
+            [
+                d["id"],
+                d["plugin"],
+                d["instance"],
+                d["route"],
+                d["state"],
+                d["attempts"],
+                _when(d["received_at"]),
+                d["last_error"],
+            ]
+            for d in page.items
+        ],
+    )
     _more(page.next_cursor)
 
 
@@ -68,14 +89,27 @@ def deliveries_show(delivery_id: str, db_path: Path | None, as_json: bool) -> No
     if as_json:
         _print_json(data)
         return
-    for key in ("id", "plugin", "instance", "route", "provider_delivery_id", "conversation",
-                "state", "attempts", "last_error", "content_type", "size"):
+    for key in (
+        "id",
+        "plugin",
+        "instance",
+        "route",
+        "provider_delivery_id",
+        "conversation",
+        "state",
+        "attempts",
+        "last_error",
+        "content_type",
+        "size",
+    ):
         click.echo(f"{key}: {_cell(data.get(key), 200)}")
     click.echo(f"received_at: {_when(data['received_at'])}")
     click.echo(f"delivered_at: {_when(data['delivered_at'])}")
     for attempt in data["attempt_log"]:
-        click.echo(f"attempt {attempt['attempt']}: {attempt['outcome']} "
-                   f"status={_cell(attempt['status_code'])} error={_cell(attempt['error'])}")
+        click.echo(
+            f"attempt {attempt['attempt']}: {attempt['outcome']} "
+            f"status={_cell(attempt['status_code'])} error={_cell(attempt['error'])}"
+        )
     click.echo("headers: " + json.dumps(data["headers"]))
     if "body" in data:
         click.echo("body: " + data["body"])
@@ -96,18 +130,33 @@ def dlq_group() -> None:
 @limit_option
 @db_option
 @json_option
-def dlq_list(plugin: str | None, instance: str | None, limit: int, db_path: Path | None,
-             as_json: bool) -> None:
+def dlq_list(
+    plugin: str | None, instance: str | None, limit: int, db_path: Path | None, as_json: bool
+) -> None:
     """List open dead letters, oldest first."""
     selection = store_dead_letters.Selection(plugin, instance)
-    page = _read(load_settings(db_path=db_path),
-                 lambda db: store_dead_letters.alist_page(db, selection, None, limit))
+    page = _read(
+        load_settings(db_path=db_path),
+        lambda db: store_dead_letters.alist_page(db, selection, None, limit),
+    )
     if as_json:
         _print_json({"items": page.items, "next_cursor": page.next_cursor})
         return
-    _table(["ID", "DELIVERY", "PLUGIN", "INSTANCE", "ATTEMPTS", "CREATED", "LAST ERROR"],
-           [[d["id"], d["delivery"], d["plugin"], d["instance"], d["attempts"],
-             _when(d["created_at"]), d["last_error"]] for d in page.items])
+    _table(
+        ["ID", "DELIVERY", "PLUGIN", "INSTANCE", "ATTEMPTS", "CREATED", "LAST ERROR"],
+        [
+            [
+                d["id"],
+                d["delivery"],
+                d["plugin"],
+                d["instance"],
+                d["attempts"],
+                _when(d["created_at"]),
+                d["last_error"],
+            ]
+            for d in page.items
+        ],
+    )
     _more(page.next_cursor)
 
 
@@ -115,19 +164,31 @@ def dlq_list(plugin: str | None, instance: str | None, limit: int, db_path: Path
 @click.option("--plugin", help="only this plugin")
 @click.option("--instance", help="only this instance")
 @click.option("--id", "ids", multiple=True, help="only this dead letter (repeatable)")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="redrive at most this many (default: all)")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="redrive at most this many (default: all)",
+)
 @progress_option
 @db_option
 @json_option
-def dlq_redrive(plugin: str | None, instance: str | None, ids: tuple[str, ...],
-                limit: int | None, show_progress: bool | None, db_path: Path | None,
-                as_json: bool) -> None:
+def dlq_redrive(
+    plugin: str | None,
+    instance: str | None,
+    ids: tuple[str, ...],
+    limit: int | None,
+    show_progress: bool | None,
+    db_path: Path | None,
+    as_json: bool,
+) -> None:
     """Send dead letters back to the outbox, in bounded batches."""
     selection = store_dead_letters.Selection(plugin, instance, list(ids) if ids else None)
     total, remaining = 0, 0
-    with (_database(load_settings(db_path=db_path)) as db,
-          _Progress("redriving", show_progress) as bar):
+    with (
+        _database(load_settings(db_path=db_path)) as db,
+        _Progress("redriving", show_progress) as bar,
+    ):
         while limit is None or total < limit:
             batch = MAX_REDRIVE_BATCH if limit is None else min(MAX_REDRIVE_BATCH, limit - total)
             redriven, remaining = db.write(store_dead_letters.redrive(selection, batch, _now()))

@@ -50,17 +50,25 @@ def instances_group() -> None:
 @click.option("--secret", help="the provider's signing secret (generated if not given)")
 @click.option("--verify-token", help="token of a GET challenge (generated if not given)")
 @click.option("--session", help="session this instance belongs to")
-@click.option("--lane-policy", type=click.Choice(LANE_POLICIES),
-              help="progress (default) or strict")
+@click.option(
+    "--lane-policy", type=click.Choice(LANE_POLICIES), help="progress (default) or strict"
+)
 @click.option("--handler", help="handler name or package.module:function (default: the plugin's)")
 @click.option("--config", "config_json", help="handler config, a JSON object")
 @click.option("--disabled", is_flag=True, help="create it disabled")
 @db_option
 @plugins_dir_option
 @json_option
-def instances_add(plugin: str, instance: str, config_json: str | None, disabled: bool,
-                  db_path: Path | None, plugins_dir: Path | None, as_json: bool,
-                  **fields: str | None) -> None:
+def instances_add(
+    plugin: str,
+    instance: str,
+    config_json: str | None,
+    disabled: bool,
+    db_path: Path | None,
+    plugins_dir: Path | None,
+    as_json: bool,
+    **fields: str | None,
+) -> None:
     """Create an instance and print its secrets (shown only this once)."""
     settings = load_settings(db_path=db_path, plugins_dir=plugins_dir)
     registry = load_registry(settings.plugins_dir)
@@ -110,22 +118,44 @@ def instances_list(plugin: str | None, db_path: Path | None, as_json: bool) -> N
     if as_json:
         _print_json({"items": [inst.to_json() for inst in items]})
         return
-    _table(["PLUGIN", "INSTANCE", "ENABLED", "HANDLER", "LANES", "TARGET"],
-           [[i.plugin_id, i.instance_id, "yes" if i.enabled else "no", i.handler, i.lane_policy,
-             i.target_url] for i in items])
+    _table(
+        ["PLUGIN", "INSTANCE", "ENABLED", "HANDLER", "LANES", "TARGET"],
+        [
+            [
+                i.plugin_id,
+                i.instance_id,
+                "yes" if i.enabled else "no",
+                i.handler,
+                i.lane_policy,
+                i.target_url,
+            ]
+            for i in items
+        ],
+    )
 
 
 @instances_group.command("rotate")
 @click.argument("plugin")
 @click.argument("instance")
 @click.option("--secret", help="the new secret (generated if not given)")
-@click.option("--grace-seconds", type=click.FloatRange(min=0), default=None,
-              help="how long the old secret keeps verifying (default: the rotation grace)")
+@click.option(
+    "--grace-seconds",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="how long the old secret keeps verifying (default: the rotation grace)",
+)
 @db_option
 @plugins_dir_option
 @json_option
-def instances_rotate(plugin: str, instance: str, secret: str | None, grace_seconds: float | None,
-                     db_path: Path | None, plugins_dir: Path | None, as_json: bool) -> None:
+def instances_rotate(
+    plugin: str,
+    instance: str,
+    secret: str | None,
+    grace_seconds: float | None,
+    db_path: Path | None,
+    plugins_dir: Path | None,
+    as_json: bool,
+) -> None:
     """Give an instance a new secret; the old one verifies until the grace window ends."""
     settings = load_settings(db_path=db_path, plugins_dir=plugins_dir)
     registry = load_registry(settings.plugins_dir)
@@ -137,8 +167,13 @@ def instances_rotate(plugin: str, instance: str, secret: str | None, grace_secon
         op, new_secret = instances.rotation(registry, current, secret, grace, _now())
         inst: store_instances.Instance = db.write(op)
     if as_json:
-        _print_json({**inst.to_json(), "secret": new_secret,
-                     "previous_secret_valid_until": inst.previous_secret_until})
+        _print_json(
+            {
+                **inst.to_json(),
+                "secret": new_secret,
+                "previous_secret_valid_until": inst.previous_secret_until,
+            }
+        )
         return
     click.echo(f"secret: {new_secret}")
     click.echo(f"previous secret valid until: {_when(inst.previous_secret_until)}")

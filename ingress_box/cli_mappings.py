@@ -47,9 +47,11 @@ def _show(mapping: ConversationMapping, as_json: bool, verb: str) -> None:
     if as_json:
         _print_json(mapping.to_json())
     else:
-        click.echo(f"{verb} mapping {mapping.id}: {mapping.plugin_id}/{mapping.instance_id} "
-                   f"{mapping.session}/{mapping.chat} <-> {mapping.conversation} "
-                   f"({mapping.state})")
+        click.echo(
+            f"{verb} mapping {mapping.id}: {mapping.plugin_id}/{mapping.instance_id} "
+            f"{mapping.session}/{mapping.chat} <-> {mapping.conversation} "
+            f"({mapping.state})"
+        )
 
 
 @click.group("mappings")
@@ -67,20 +69,40 @@ def mappings_group() -> None:
 @limit_option
 @db_option
 @json_option
-def mappings_list(plugin: str | None, instance: str | None, session: str | None,
-                  chat: str | None, conversation: str | None, state: str | None, limit: int,
-                  db_path: Path | None, as_json: bool) -> None:
+def mappings_list(
+    plugin: str | None,
+    instance: str | None,
+    session: str | None,
+    chat: str | None,
+    conversation: str | None,
+    state: str | None,
+    limit: int,
+    db_path: Path | None,
+    as_json: bool,
+) -> None:
     """List mappings, oldest first."""
     selection = store.Filter(plugin, instance, session, chat, conversation, state)
     with _database(load_settings(db_path=db_path)) as db:
         page = store.list_page(db, selection, None, limit)
     if as_json:
-        _print_json({"items": [m.to_json() for m in page.items],
-                     "next_cursor": page.next_cursor})
+        _print_json({"items": [m.to_json() for m in page.items], "next_cursor": page.next_cursor})
         return
-    _table(["ID", "PLUGIN", "INSTANCE", "SESSION", "CHAT", "CONVERSATION", "STATE", "UPDATED"],
-           [[m.id, m.plugin_id, m.instance_id, m.session, m.chat, m.conversation, m.state,
-             _when(m.updated_at)] for m in page.items])
+    _table(
+        ["ID", "PLUGIN", "INSTANCE", "SESSION", "CHAT", "CONVERSATION", "STATE", "UPDATED"],
+        [
+            [
+                m.id,
+                m.plugin_id,
+                m.instance_id,
+                m.session,
+                m.chat,
+                m.conversation,
+                m.state,
+                _when(m.updated_at),
+            ]
+            for m in page.items
+        ],
+    )
     _more(page.next_cursor)
 
 
@@ -95,14 +117,32 @@ def mappings_list(plugin: str | None, instance: str | None, session: str | None,
 @db_option
 @plugins_dir_option
 @json_option
-def mappings_set(plugin: str, instance: str, session: str, chat: str, conversation: str,
-                 state: str | None, metadata_json: str | None, db_path: Path | None,
-                 plugins_dir: Path | None, as_json: bool) -> None:
+def mappings_set(
+    plugin: str,
+    instance: str,
+    session: str,
+    chat: str,
+    conversation: str,
+    state: str | None,
+    metadata_json: str | None,
+    db_path: Path | None,
+    plugins_dir: Path | None,
+    as_json: bool,
+) -> None:
     """Bind a chat to a conversation (re-pointing the chat if it had another one)."""
     settings = load_settings(db_path=db_path, plugins_dir=plugins_dir)
-    upsert = conversations.upsert_of(load_registry(settings.plugins_dir), {
-        "plugin": plugin, "instance": instance, "session": session, "chat": chat,
-        "conversation": conversation, "state": state, "metadata": _metadata(metadata_json)})
+    upsert = conversations.upsert_of(
+        load_registry(settings.plugins_dir),
+        {
+            "plugin": plugin,
+            "instance": instance,
+            "session": session,
+            "chat": chat,
+            "conversation": conversation,
+            "state": state,
+            "metadata": _metadata(metadata_json),
+        },
+    )
     with _database(settings, create=True) as db:
         mapping, created = db.write(store.upsert(upsert, _now()))
     _show(mapping, as_json, "created" if created else "updated")
@@ -124,8 +164,9 @@ def mappings_delete(mapping_id: int, db_path: Path | None) -> None:
 @click.option("--metadata", "metadata_json", help="replace the metadata with this JSON object")
 @db_option
 @json_option
-def mappings_state(mapping_id: int, state: str, metadata_json: str | None, db_path: Path | None,
-                   as_json: bool) -> None:
+def mappings_state(
+    mapping_id: int, state: str, metadata_json: str | None, db_path: Path | None, as_json: bool
+) -> None:
     """Change who answers a conversation: bot, human, or closed."""
     with _database(load_settings(db_path=db_path)) as db:
         mapping = db.write(store.set_state(mapping_id, state, _metadata(metadata_json), _now()))

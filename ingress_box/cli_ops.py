@@ -53,8 +53,9 @@ def _amount(key: str, value: Any) -> str:
 @progress_option
 @db_option
 @json_option
-def backup_command(path: Path, force: bool, show_progress: bool | None, db_path: Path | None,
-                   as_json: bool) -> None:
+def backup_command(
+    path: Path, force: bool, show_progress: bool | None, db_path: Path | None, as_json: bool
+) -> None:
     """Copy the database to PATH (a file, or a folder to put a dated file in) while it runs.
 
     The copy is one consistent moment of the file: every delivery committed before the backup
@@ -71,13 +72,20 @@ def backup_command(path: Path, force: bool, show_progress: bool | None, db_path:
         raise BadInput(f"no folder {path.parent}")
     with _database(settings) as db, _Progress("backing up", show_progress) as bar:
         report = ops.backup(db, path, bar.report)
-    data = {"path": str(report.path), "pages": report.pages, "bytes": report.bytes,
-            "deliveries": report.deliveries, "seconds": round(report.seconds, 3)}
+    data = {
+        "path": str(report.path),
+        "pages": report.pages,
+        "bytes": report.bytes,
+        "deliveries": report.deliveries,
+        "seconds": round(report.seconds, 3),
+    }
     if as_json:
         _print_json(data)
     else:
-        click.echo(f"backup: {report.path} ({_amount('_bytes', report.bytes)}, "
-                   f"{report.deliveries} deliveries, {report.seconds:.2f}s)")
+        click.echo(
+            f"backup: {report.path} ({_amount('_bytes', report.bytes)}, "
+            f"{report.deliveries} deliveries, {report.seconds:.2f}s)"
+        )
 
 
 @click.command("stats")
@@ -91,8 +99,10 @@ def stats_command(db_path: Path | None, as_json: bool) -> None:
         _print_json(data)
         return
     for section, figures in data.items():
-        shown = "  ".join(f"{k.removesuffix('_bytes').removesuffix('_seconds').replace('_', ' ')}"
-                          f" {_amount(k, v)}" for k, v in figures.items())
+        shown = "  ".join(
+            f"{k.removesuffix('_bytes').removesuffix('_seconds').replace('_', ' ')} {_amount(k, v)}"
+            for k, v in figures.items()
+        )
         click.echo(f"{section.replace('_', ' ') + ':':<20}{shown}")
 
 
@@ -100,19 +110,32 @@ def _tail_line(event: dict[str, Any]) -> str:
     where = f"{event['plugin']}/{event['instance']}/{event['route']}"
     if event["event"] == "received":
         extra = f"  conversation {event['conversation']}" if event["conversation"] else ""
-        return (f"{_when(event['at'])}  {'received':<9}  {where}  {event['id']}  "
-                f"provider id {event['provider_delivery_id']}{extra}")
+        return (
+            f"{_when(event['at'])}  {'received':<9}  {where}  {event['id']}  "
+            f"provider id {event['provider_delivery_id']}{extra}"
+        )
     status = f"HTTP {event['status_code']}" if event["status_code"] else "no answer"
     error = f"  {_cell(event['error'], 120)}" if event["error"] else ""
-    return (f"{_when(event['at'])}  {event['outcome']:<9}  {where}  {event['id']}  "
-            f"attempt {event['attempt']}  {status}  {event['duration_ms']} ms{error}")
+    return (
+        f"{_when(event['at'])}  {event['outcome']:<9}  {where}  {event['id']}  "
+        f"attempt {event['attempt']}  {status}  {event['duration_ms']} ms{error}"
+    )
 
 
 @click.command("tail")
-@click.option("--follow/--no-follow", default=True, show_default=True,
-              help="keep printing new events until Ctrl-C")
-@click.option("--since", type=click.FloatRange(min=0), default=300.0, show_default=True,
-              help="start with the events of the last SECONDS")
+@click.option(
+    "--follow/--no-follow",
+    default=True,
+    show_default=True,
+    help="keep printing new events until Ctrl-C",
+)
+@click.option(
+    "--since",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="start with the events of the last SECONDS",
+)
 @db_option
 @json_option
 def tail_command(follow: bool, since: float, db_path: Path | None, as_json: bool) -> None:
@@ -130,28 +153,54 @@ def tail_command(follow: bool, since: float, db_path: Path | None, as_json: bool
 
 @click.command("doctor")
 @click.option("--full", is_flag=True, help="a full integrity_check instead of quick_check")
-@click.option("--stuck-minutes", type=click.FloatRange(min=0), default=15.0, show_default=True,
-              help="a lane head or pending event older than this is stuck")
-@click.option("--stuck-attempts", type=click.IntRange(min=1), default=3, show_default=True,
-              help="a lane head with this many attempts is stuck")
+@click.option(
+    "--stuck-minutes",
+    type=click.FloatRange(min=0),
+    default=15.0,
+    show_default=True,
+    help="a lane head or pending event older than this is stuck",
+)
+@click.option(
+    "--stuck-attempts",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="a lane head with this many attempts is stuck",
+)
 @db_option
 @plugins_dir_option
 @json_option
-def doctor_command(full: bool, stuck_minutes: float, stuck_attempts: int, db_path: Path | None,
-                   plugins_dir: Path | None, as_json: bool) -> None:
+def doctor_command(
+    full: bool,
+    stuck_minutes: float,
+    stuck_attempts: int,
+    db_path: Path | None,
+    plugins_dir: Path | None,
+    as_json: bool,
+) -> None:
     """Check the file and the instances; exit 1 if a check fails (warnings do not)."""
     settings = load_settings(db_path=db_path, plugins_dir=plugins_dir)
     registry = load_registry(settings.plugins_dir)
     limits = ops.Limits(stuck_attempts=stuck_attempts, stuck_seconds=stuck_minutes * 60)
     with _database(settings) as db:
-        checks = ops.doctor(db, now=_now(), public_url=settings.public_url,
-                            signing_plugins=ops.url_signing_plugins(registry), limits=limits,
-                            full=full)
+        checks = ops.doctor(
+            db,
+            now=_now(),
+            public_url=settings.public_url,
+            signing_plugins=ops.url_signing_plugins(registry),
+            limits=limits,
+            full=full,
+        )
     failed = any(c.status == "fail" for c in checks)
     if as_json:
-        _print_json({"ok": not failed,
-                     "checks": [{"name": c.name, "status": c.status, "detail": c.detail}
-                                for c in checks]})
+        _print_json(
+            {
+                "ok": not failed,
+                "checks": [
+                    {"name": c.name, "status": c.status, "detail": c.detail} for c in checks
+                ],
+            }
+        )
     else:
         for c in checks:
             click.echo(f"{c.status:<5} {c.name:<15} {c.detail}")
@@ -183,8 +232,9 @@ def prune_command(show_progress: bool | None, as_json: bool, **flags: Any) -> No
     if as_json:
         _print_json(report)
     else:
-        click.echo(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in report.items()
-                             if k != "checkpoint"))
+        click.echo(
+            ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in report.items() if k != "checkpoint")
+        )
 
 
 @click.group("admin-token")
@@ -201,6 +251,8 @@ def admin_token_reset(db_path: Path | None) -> None:
         token = reset_admin_token(db)
     click.echo(f"admin token: {token}")
     if settings.admin_token:
-        click.echo(f"note: {env_name('admin_token')} is set and takes precedence over the "
-                   "stored token", err=True)
+        click.echo(
+            f"note: {env_name('admin_token')} is set and takes precedence over the stored token",
+            err=True,
+        )
     click.echo("A running serve keeps the old token until it restarts.", err=True)

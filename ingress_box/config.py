@@ -127,9 +127,7 @@ def env_name(field_name: str) -> str:
     return ENV_PREFIX + _ENV_NAMES.get(field_name, field_name.upper())
 
 
-def load_settings(
-    environ: Mapping[str, str] | None = None, **overrides: Any
-) -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build Settings from ``environ`` (default: the process environment) and explicit overrides.
 
     Overrides whose value is None are ignored, so a CLI can pass every flag through.
@@ -170,19 +168,28 @@ def _validate(s: Settings) -> None:
         problems.append(f"{env_name('rate_limit')} must be >= 0")
     if s.lease_seconds <= s.delivery_timeout_seconds:
         # A lease that ends before a slow attempt does lets a second worker deliver it again.
-        problems.append(f"{env_name('lease_seconds')} must be longer than "
-                        f"{env_name('delivery_timeout_seconds')}")
+        problems.append(
+            f"{env_name('lease_seconds')} must be longer than "
+            f"{env_name('delivery_timeout_seconds')}"
+        )
     if s.rejections_kept < 0:
         problems.append(f"{env_name('rejections_kept')} must be >= 0")
     if s.public_url is not None:
         parts = urlsplit(s.public_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            problems.append(f"{env_name('public_url')} must be an http(s) URL with a host, "
-                            "e.g. https://hooks.example.com")
+            problems.append(
+                f"{env_name('public_url')} must be an http(s) URL with a host, "
+                "e.g. https://hooks.example.com"
+            )
     if s.log_format not in ("text", "json"):
         problems.append(f"{env_name('log_format')} must be text or json")
-    for name in ("retry_base_seconds", "retry_max_seconds", "delivery_timeout_seconds",
-                 "lease_seconds", "busy_timeout_seconds"):
+    for name in (
+        "retry_base_seconds",
+        "retry_max_seconds",
+        "delivery_timeout_seconds",
+        "lease_seconds",
+        "busy_timeout_seconds",
+    ):
         if getattr(s, name) <= 0:
             problems.append(f"{env_name(name)} must be > 0")
     if problems:

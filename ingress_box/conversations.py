@@ -31,6 +31,7 @@ UPSERT_FIELDS = ("plugin", "instance", "session", "chat", "conversation", "state
 
 # -- validation --------------------------------------------------------------------------------
 
+
 def check_text(name: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(f"{name} must be a non-empty string")
@@ -63,18 +64,22 @@ def upsert_of(registry: Registry, data: Mapping[str, object]) -> Upsert:
         raise InvalidInput(f"instance must match ^{INSTANCE_ID.pattern}$")
     given_state, given_metadata = data.get("state"), data.get("metadata")
     return Upsert(
-        plugin_id=plugin_id, instance_id=instance_id,
+        plugin_id=plugin_id,
+        instance_id=instance_id,
         session=check_text("session", data.get("session")),
         chat=check_text("chat", data.get("chat")),
         conversation=check_text("conversation", data.get("conversation")),
         state=None if given_state is None else check_state(given_state),
-        metadata=None if given_metadata is None else check_metadata(given_metadata))
+        metadata=None if given_metadata is None else check_metadata(given_metadata),
+    )
 
 
 # -- learning from events ----------------------------------------------------------------------
 
-def _candidates(source: FieldSource, headers: Mapping[str, str],
-                body: extract.Body) -> Iterator[object]:
+
+def _candidates(
+    source: FieldSource, headers: Mapping[str, str], body: extract.Body
+) -> Iterator[object]:
     # A generator, so the body is parsed only when no header already answered.
     for name in source.headers:
         yield headers.get(name)
@@ -102,8 +107,13 @@ def _locate(source: FieldSource, headers: Mapping[str, str], body: extract.Body)
     return None
 
 
-def learned(route: Route, instance: Instance, headers: Mapping[str, str], body: extract.Body,
-            conversation: str | None) -> Upsert | None:
+def learned(
+    route: Route,
+    instance: Instance,
+    headers: Mapping[str, str],
+    body: extract.Body,
+    conversation: str | None,
+) -> Upsert | None:
     """The mapping an event declares, if its route says where the chat is and all parts are there.
 
     The session is the instance's when the operator set one, else where the route says.
@@ -112,7 +122,8 @@ def learned(route: Route, instance: Instance, headers: Mapping[str, str], body: 
     if spec is None or conversation is None:
         return None
     session = instance.session or (
-        _locate(spec.session, headers, body) if spec.session is not None else None)
+        _locate(spec.session, headers, body) if spec.session is not None else None
+    )
     chat = _locate(spec.chat, headers, body)
     if not session or not chat or len(session) > MAX_TEXT:
         return None
@@ -120,8 +131,10 @@ def learned(route: Route, instance: Instance, headers: Mapping[str, str], body: 
 
 
 def conflict_note(exc: MappingConflict) -> str:
-    return (f"mapping_conflict: conversation {exc.conversation} is bound to chat {exc.chat} "
-            f"of session {exc.session} (mapping {exc.mapping_id})")
+    return (
+        f"mapping_conflict: conversation {exc.conversation} is bound to chat {exc.chat} "
+        f"of session {exc.session} (mapping {exc.mapping_id})"
+    )
 
 
 def learn(conn: sqlite3.Connection, delivery_id: str, m: Upsert, now: float) -> None:
@@ -136,11 +149,15 @@ def learn(conn: sqlite3.Connection, delivery_id: str, m: Upsert, now: float) -> 
 
 # -- what deliveries get -----------------------------------------------------------------------
 
+
 def enrichment_headers(mapping: ConversationMapping | None) -> dict[str, str]:
     if mapping is None:
         return {}
-    return {"ingress-box-session": mapping.session, "ingress-box-chat": mapping.chat,
-            "ingress-box-handover": mapping.state}
+    return {
+        "ingress-box-session": mapping.session,
+        "ingress-box-chat": mapping.chat,
+        "ingress-box-handover": mapping.state,
+    }
 
 
 class MappingAccess:
@@ -150,8 +167,14 @@ class MappingAccess:
     :class:`~ingress_box.errors.MappingConflict` reaches the handler to decide what to do.
     """
 
-    def __init__(self, db: Database, plugin_id: str, instance_id: str,
-                 conversation: str | None, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        plugin_id: str,
+        instance_id: str,
+        conversation: str | None,
+        clock: Callable[[], float],
+    ) -> None:
         self.db = db
         self.plugin_id = plugin_id
         self.instance_id = instance_id
@@ -167,23 +190,42 @@ class MappingAccess:
     def of_chat(self, session: str, chat: str) -> ConversationMapping | None:
         return store.of_chat(self.db, self.plugin_id, self.instance_id, session, chat)
 
-    def set(self, session: str, chat: str, conversation: str | None = None, *,
-            state: str | None = None,
-            metadata: dict[str, Any] | None = None) -> ConversationMapping:
+    def set(
+        self,
+        session: str,
+        chat: str,
+        conversation: str | None = None,
+        *,
+        state: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> ConversationMapping:
         """Bind ``chat`` to ``conversation`` (default: the event's) in this instance."""
         bound = conversation if conversation is not None else self.conversation
-        m = Upsert(self.plugin_id, self.instance_id, check_text("session", session),
-                   check_text("chat", chat), check_text("conversation", bound),
-                   None if state is None else check_state(state),
-                   None if metadata is None else check_metadata(metadata))
+        m = Upsert(
+            self.plugin_id,
+            self.instance_id,
+            check_text("session", session),
+            check_text("chat", chat),
+            check_text("conversation", bound),
+            None if state is None else check_state(state),
+            None if metadata is None else check_metadata(metadata),
+        )
         mapping, _ = self.db.write(store.upsert(m, self.clock()))
         return mapping
 
-    def set_state(self, handover: str, metadata: dict[str, Any] | None = None
-                  ) -> ConversationMapping:
+    def set_state(
+        self, handover: str, metadata: dict[str, Any] | None = None
+    ) -> ConversationMapping:
         """Change the handover state of the event's conversation's mapping."""
         if self.conversation is None:
             raise NotFound("the event has no conversation")
-        return self.db.write(store.set_state_of_conversation(
-            self.plugin_id, self.instance_id, self.conversation, check_state(handover),
-            None if metadata is None else check_metadata(metadata), self.clock()))
+        return self.db.write(
+            store.set_state_of_conversation(
+                self.plugin_id,
+                self.instance_id,
+                self.conversation,
+                check_state(handover),
+                None if metadata is None else check_metadata(metadata),
+                self.clock(),
+            )
+        )

@@ -42,9 +42,11 @@ BODY_SHOWN = 16 * 1024  # characters of a body shown on a delivery page
 # Only our own pages may be the target of the login's redirect (no open redirect).
 SAFE_NEXT = re.compile(r"/admin/ui/[A-Za-z0-9_./?=&%-]*")
 SECURITY_HEADERS = {
-    "content-security-policy": ("default-src 'none'; style-src 'self'; script-src 'self'; "
-                                "img-src 'self'; connect-src 'self'; form-action 'self'; "
-                                "base-uri 'none'; frame-ancestors 'none'"),
+    "content-security-policy": (
+        "default-src 'none'; style-src 'self'; script-src 'self'; "
+        "img-src 'self'; connect-src 'self'; form-action 'self'; "
+        "base-uri 'none'; frame-ancestors 'none'"
+    ),
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
     "cache-control": "no-store",
@@ -69,6 +71,7 @@ Page = Callable[[Visit], Awaitable[Response]]
 
 # -- request plumbing ------------------------------------------------------------------------
 
+
 def _box(request: Request) -> Box:
     box: Box = request.app.state.box
     return box
@@ -77,7 +80,8 @@ def _box(request: Request) -> Box:
 async def _form(request: Request) -> dict[str, str]:
     """A urlencoded form, read up to a cap (anything else reads as empty, so fails its checks)."""
     if request.headers.get("content-type", "").split(";")[0].strip() != (
-            "application/x-www-form-urlencoded"):
+        "application/x-www-form-urlencoded"
+    ):
         return {}
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -100,12 +104,20 @@ async def _redirect_to_overview(request: Request) -> Response:
 class Dashboard:
     def __init__(self) -> None:
         self.logins = Logins()
-        self.templates = Jinja2Templates(env=templating.environment({
-            "prefix": PREFIX, "states": DELIVERY_STATES, "width": sparklines.WIDTH,
-            "height": sparklines.HEIGHT}))
+        self.templates = Jinja2Templates(
+            env=templating.environment(
+                {
+                    "prefix": PREFIX,
+                    "states": DELIVERY_STATES,
+                    "width": sparklines.WIDTH,
+                    "height": sparklines.HEIGHT,
+                }
+            )
+        )
 
-    def render(self, request: Request, name: str, login: Login | None, status: int = 200,
-               **context: Any) -> Response:
+    def render(
+        self, request: Request, name: str, login: Login | None, status: int = 200, **context: Any
+    ) -> Response:
         context.update(login=login, flash=login.take_flash() if login else None)
         context.setdefault("now", _box(request).clock())
         response = self.templates.TemplateResponse(request, name, context, status_code=status)
@@ -120,17 +132,25 @@ class Dashboard:
             login = self.logins.get(request.cookies.get(COOKIE), box.clock())
             if login is None:
                 if request.url.path.startswith(PREFIX + "/api/"):
-                    return JSONResponse({"error": {"code": "unauthorized",
-                                                   "message": "log in first"}}, status_code=401)
+                    return JSONResponse(
+                        {"error": {"code": "unauthorized", "message": "log in first"}},
+                        status_code=401,
+                    )
                 wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                return _redirect(PREFIX + "/login",
-                                 next=wanted if request.method == "GET" else None)
+                return _redirect(
+                    PREFIX + "/login", next=wanted if request.method == "GET" else None
+                )
             try:
                 form = await _form(request) if request.method == "POST" else {}
                 if request.method == "POST" and not login.csrf_ok(form.get("csrf")):
-                    return self.render(request, "error.html", login, 403,
-                                       message="The form's CSRF token is missing or wrong: "
-                                               "reload the page and try again.")
+                    return self.render(
+                        request,
+                        "error.html",
+                        login,
+                        403,
+                        message="The form's CSRF token is missing or wrong: "
+                        "reload the page and try again.",
+                    )
                 return await page(Visit(request, box, login, form))
             except NotFound as exc:
                 return self.render(request, "error.html", login, 404, message=str(exc))
@@ -149,8 +169,9 @@ class Dashboard:
         box = _box(request)
         if self.logins.get(request.cookies.get(COOKIE), box.clock()) is not None:
             return _redirect(PREFIX + "/")
-        return self.render(request, "login.html", None, next=request.query_params.get("next"),
-                           error=None)
+        return self.render(
+            request, "login.html", None, next=request.query_params.get("next"), error=None
+        )
 
     async def login(self, request: Request) -> Response:
         box = _box(request)
@@ -161,20 +182,32 @@ class Dashboard:
         wanted = form.get("next", "")
         wanted = wanted if SAFE_NEXT.fullmatch(wanted) else PREFIX + "/"
         if not box.auth.check("Bearer " + form.get("token", "")):
-            return self.render(request, "login.html", None, 401, next=wanted,
-                               error="That is not the admin token.")
+            return self.render(
+                request, "login.html", None, 401, next=wanted, error="That is not the admin token."
+            )
         self.logins.end(request.cookies.get(COOKIE))
         session_id, _ = self.logins.start(box.clock())
         response = _redirect(wanted)
-        response.set_cookie(COOKIE, session_id, path=PREFIX, httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https")
+        response.set_cookie(
+            COOKIE,
+            session_id,
+            path=PREFIX,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
         return response
 
     async def logout(self, visit: Visit) -> Response:
         self.logins.end(visit.request.cookies.get(COOKIE))
         response = _redirect(PREFIX + "/login")
-        response.delete_cookie(COOKIE, path=PREFIX, httponly=True, samesite="strict",
-                               secure=visit.request.url.scheme == "https")
+        response.delete_cookie(
+            COOKIE,
+            path=PREFIX,
+            httponly=True,
+            samesite="strict",
+            secure=visit.request.url.scheme == "https",
+        )
         return response
 
     # -- overview --------------------------------------------------------------------------
@@ -186,16 +219,22 @@ class Dashboard:
         return {
             "now": now,
             "stats": {
-                "outbox_depth": act.outbox_depth, "pending": act.pending, "parked": act.parked,
+                "outbox_depth": act.outbox_depth,
+                "pending": act.pending,
+                "parked": act.parked,
                 "oldest_pending_age": templating.age(act.oldest_pending_age),
-                "dead_open": act.dead_open, "received_hour": sum(act.received),
-                "delivered_hour": sum(act.delivered), "dead_hour": sum(act.dead),
-                "worker": "running" if box.worker is not None and box.worker.alive()
-                          else "not running in this process",
+                "dead_open": act.dead_open,
+                "received_hour": sum(act.received),
+                "delivered_hour": sum(act.delivered),
+                "dead_hour": sum(act.dead),
+                "worker": "running"
+                if box.worker is not None and box.worker.alive()
+                else "not running in this process",
             },
             "charts": {
-                "throughput": sparklines.chart({"received": act.received,
-                                                "delivered": act.delivered}),
+                "throughput": sparklines.chart(
+                    {"received": act.received, "delivered": act.delivered}
+                ),
                 "backlog": sparklines.chart({"backlog": act.backlog()}),
             },
         }
@@ -205,27 +244,33 @@ class Dashboard:
         return self.render(visit.request, "overview.html", visit.login, **data)
 
     async def overview_json(self, visit: Visit) -> Response:
-        return JSONResponse(await self._overview_data(visit.box),
-                            headers={"cache-control": "no-store"})
+        return JSONResponse(
+            await self._overview_data(visit.box), headers={"cache-control": "no-store"}
+        )
 
     # -- instances, deliveries, lanes, rejections ------------------------------------------
 
     async def instances(self, visit: Visit) -> Response:
         box = visit.box
-        page = await store_instances.alist_page(box.db, visit.query("plugin"),
-                                                visit.query("cursor"), PAGE_SIZE)
+        page = await store_instances.alist_page(
+            box.db, visit.query("plugin"), visit.query("cursor"), PAGE_SIZE
+        )
         base = base_url(visit.request, box)
         rows = [(inst, instances.ingress_urls(box.registry, inst, base)) for inst in page.items]
-        return self.render(visit.request, "instances.html", visit.login, rows=rows,
-                           next_cursor=page.next_cursor)
+        return self.render(
+            visit.request, "instances.html", visit.login, rows=rows, next_cursor=page.next_cursor
+        )
 
     async def deliveries(self, visit: Visit) -> Response:
         db = visit.box.db
         state, search = visit.query("state"), (visit.query("q") or "").strip()
         if state is not None and state not in DELIVERY_STATES:
             raise InvalidInput(f"state must be one of {', '.join(DELIVERY_STATES)}")
-        filters = {"state": state, "plugin": visit.query("plugin"),
-                   "instance": visit.query("instance")}
+        filters = {
+            "state": state,
+            "plugin": visit.query("plugin"),
+            "instance": visit.query("instance"),
+        }
         if search:
             found = await activity.afind(db, search, PAGE_SIZE)
             if len(found) == 1:
@@ -233,14 +278,22 @@ class Dashboard:
             items, next_cursor = await store_deliveries.aitems(db, found), None
         else:
             page = await store_deliveries.alist_page(
-                db, filters["plugin"], filters["instance"], state, visit.query("cursor"),
-                PAGE_SIZE)
+                db, filters["plugin"], filters["instance"], state, visit.query("cursor"), PAGE_SIZE
+            )
             items, next_cursor = page.items, page.next_cursor
-        return self.render(visit.request, "deliveries.html", visit.login, items=items,
-                           filters=filters, search=search, next_cursor=next_cursor,
-                           plugins=[p.id for p in visit.box.registry.all()],
-                           next_query=urlencode({**{k: v for k, v in filters.items() if v},
-                                                 "cursor": next_cursor or ""}))
+        return self.render(
+            visit.request,
+            "deliveries.html",
+            visit.login,
+            items=items,
+            filters=filters,
+            search=search,
+            next_cursor=next_cursor,
+            plugins=[p.id for p in visit.box.registry.all()],
+            next_query=urlencode(
+                {**{k: v for k, v in filters.items() if v}, "cursor": next_cursor or ""}
+            ),
+        )
 
     async def delivery(self, visit: Visit) -> Response:
         found = await store_deliveries.aget(visit.box.db, visit.request.path_params["id"])
@@ -249,10 +302,17 @@ class Dashboard:
             body, encoding = found["body_base64"], "base64"
         shown = body[:BODY_SHOWN] if body is not None else None
         truncated = body is not None and len(body) > BODY_SHOWN
-        return self.render(visit.request, "delivery.html", visit.login, d=found,
-                           headers=sorted(found["headers"].items()), body=shown,
-                           encoding=encoding, truncated=truncated,
-                           pretty=templating.pretty_json(shown, BODY_SHOWN))
+        return self.render(
+            visit.request,
+            "delivery.html",
+            visit.login,
+            d=found,
+            headers=sorted(found["headers"].items()),
+            body=shown,
+            encoding=encoding,
+            truncated=truncated,
+            pretty=templating.pretty_json(shown, BODY_SHOWN),
+        )
 
     async def lanes(self, visit: Visit) -> Response:
         lanes = await activity.awaiting_lanes(visit.box.db, PAGE_SIZE * 4)
@@ -261,27 +321,42 @@ class Dashboard:
     async def rejections(self, visit: Visit) -> Response:
         box = visit.box
         page = await store_instances.alist_page(box.db, None, None, 1000)
-        groups = [(inst, box.ingress.rejections_json(inst.plugin_id, inst.instance_id))
-                  for inst in page.items]
+        groups = [
+            (inst, box.ingress.rejections_json(inst.plugin_id, inst.instance_id))
+            for inst in page.items
+        ]
         groups = [(inst, items) for inst, items in groups if items]
         reasons: dict[str, int] = {}
         for _, items in groups:
             for item in items:
                 reasons[item["reason"]] = reasons.get(item["reason"], 0) + 1
-        return self.render(visit.request, "rejections.html", visit.login, groups=groups,
-                           reasons=sorted(reasons.items(), key=lambda kv: -kv[1]))
+        return self.render(
+            visit.request,
+            "rejections.html",
+            visit.login,
+            groups=groups,
+            reasons=sorted(reasons.items(), key=lambda kv: -kv[1]),
+        )
 
     # -- dead letters ----------------------------------------------------------------------
 
     async def dead_letters(self, visit: Visit) -> Response:
         selection = store_dead_letters.Selection(visit.query("plugin"), visit.query("instance"))
-        page = await store_dead_letters.alist_page(visit.box.db, selection,
-                                                   visit.query("cursor"), PAGE_SIZE)
+        page = await store_dead_letters.alist_page(
+            visit.box.db, selection, visit.query("cursor"), PAGE_SIZE
+        )
         filters = {"plugin": selection.plugin_id, "instance": selection.instance_id}
-        return self.render(visit.request, "dlq.html", visit.login, items=page.items,
-                           filters=filters, next_cursor=page.next_cursor,
-                           next_query=urlencode({**{k: v for k, v in filters.items() if v},
-                                                 "cursor": page.next_cursor or ""}))
+        return self.render(
+            visit.request,
+            "dlq.html",
+            visit.login,
+            items=page.items,
+            filters=filters,
+            next_cursor=page.next_cursor,
+            next_query=urlencode(
+                {**{k: v for k, v in filters.items() if v}, "cursor": page.next_cursor or ""}
+            ),
+        )
 
     async def redrive(self, visit: Visit) -> Response:
         box, form = visit.box, visit.form
@@ -292,12 +367,18 @@ class Dashboard:
         else:
             selection = store_dead_letters.Selection(plugin, instance)
         # One bounded batch per click; the flash says how many remain for another click.
-        redriven, remaining = await box.db.awrite(store_dead_letters.redrive(
-            selection, 1 if one else store_dead_letters.MAX_REDRIVE_BATCH, box.clock()))
+        redriven, remaining = await box.db.awrite(
+            store_dead_letters.redrive(
+                selection, 1 if one else store_dead_letters.MAX_REDRIVE_BATCH, box.clock()
+            )
+        )
         if redriven and box.worker is not None:
             box.worker.wake()
-        visit.login.flash = (f"Redriven {redriven}." if one else
-                             f"Redriven {redriven}; {remaining} still open in this filter.")
+        visit.login.flash = (
+            f"Redriven {redriven}."
+            if one
+            else f"Redriven {redriven}; {remaining} still open in this filter."
+        )
         return _redirect(PREFIX + "/dlq", plugin=plugin, instance=instance)
 
     async def discard(self, visit: Visit) -> Response:
@@ -307,8 +388,9 @@ class Dashboard:
             visit.login.flash = f"Discarded {dead_letter_id}."
         except NotFound as exc:
             visit.login.flash = str(exc)
-        return _redirect(PREFIX + "/dlq", plugin=visit.form.get("plugin"),
-                         instance=visit.form.get("instance"))
+        return _redirect(
+            PREFIX + "/dlq", plugin=visit.form.get("plugin"), instance=visit.form.get("instance")
+        )
 
 
 def routes() -> list[BaseRoute]:
@@ -334,4 +416,3 @@ def routes() -> list[BaseRoute]:
         Mount("/static", app=StaticFiles(directory=HERE / "static")),
     ]
     return [Route(PREFIX, _redirect_to_overview), Mount(PREFIX, routes=pages)]
-

@@ -221,12 +221,18 @@ def forward(event: Event, ctx: HandlerContext) -> None:
     deadline = time.monotonic() + ctx.timeout
     try:
         request = httpx.Request(
-            "POST", url, content=event.body,
+            "POST",
+            url,
+            content=event.body,
             # httpx would encode str values as ASCII and refuse a conversation id like "José".
             headers=[(k.encode("ascii"), v.encode("utf-8")) for k, v in headers.items()],
-            extensions={"timeout": httpx.Timeout(ctx.timeout).as_dict()})
-        response = (ctx.transport.handle_request(request) if ctx.transport is not None
-                    else ctx.client.send(request, stream=True, follow_redirects=False))
+            extensions={"timeout": httpx.Timeout(ctx.timeout).as_dict()},
+        )
+        response = (
+            ctx.transport.handle_request(request)
+            if ctx.transport is not None
+            else ctx.client.send(request, stream=True, follow_redirects=False)
+        )
         try:
             # Reading (capped) even on success lets the connection go back to the pool.
             body = _read_capped(response, deadline)

@@ -17,10 +17,18 @@ from .plugins import Route
 
 REDACTED = "[redacted]"
 # Header names whose values are credentials wherever they appear.
-_SECRET_HEADERS = frozenset({
-    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key",
-    "x-auth-token", "x-access-token",
-})
+_SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "api-key",
+        "x-auth-token",
+        "x-access-token",
+    }
+)
 # ...and any header whose name says it carries one (not "token": idempotency tokens are ids).
 _SECRET_WORDS = ("signature", "secret", "password")
 
@@ -103,8 +111,9 @@ def body_hash(plugin_id: str, instance_id: str, route: str, raw: bytes) -> str:
     return h.hexdigest()
 
 
-def provider_delivery_id(route: Route, plugin_id: str, instance_id: str,
-                         headers: Mapping[str, str], body: Body) -> str:
+def provider_delivery_id(
+    route: Route, plugin_id: str, instance_id: str, headers: Mapping[str, str], body: Body
+) -> str:
     """The dedup key's third column: header, else JSON pointer, else the body hash."""
     if not route.dedup_body:
         for name in route.dedup_headers:
@@ -172,6 +181,8 @@ def redact_headers(headers: Mapping[str, str], verify_header: str | None = None)
     ``verify_header`` is the route's own signature or secret header, whatever its name.
     """
     secret = (verify_header or "").lower()
-    safe = {name: REDACTED if name == secret or _is_credential(name) else value
-            for name, value in headers.items()}
+    safe = {
+        name: REDACTED if name == secret or _is_credential(name) else value
+        for name, value in headers.items()
+    }
     return json.dumps(safe, separators=(",", ":"))

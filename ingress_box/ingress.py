@@ -33,7 +33,6 @@ from .store.instances import INSTANCE_ID, Instance, InstanceCache
 log = logging.getLogger("ingress_box.ingress")
 
 
-
 @dataclass(frozen=True)
 class Inbound:
     """One provider request, as the HTTP edge hands it over."""
@@ -42,10 +41,10 @@ class Inbound:
     plugin: str
     instance: str
     route: str
-    subpath: str                      # what followed the route, with the query string
-    url: str                          # the URL the provider called (public base applied)
+    subpath: str  # what followed the route, with the query string
+    url: str  # the URL the provider called (public base applied)
     query_string: str
-    headers: Mapping[str, str]        # lower-case names
+    headers: Mapping[str, str]  # lower-case names
     body: AsyncIterator[bytes]
     content_length: int | None = None
 
@@ -61,8 +60,8 @@ class Answer:
     body: bytes = b""
     content_type: str = "application/json"
     headers: Mapping[str, str] = field(default_factory=dict)
-    outcome: str = ""                 # accepted, duplicate, or the rejection reason
-    delivery_id: str | None = None    # the webhook-id, once the request got that far
+    outcome: str = ""  # accepted, duplicate, or the rejection reason
+    delivery_id: str | None = None  # the webhook-id, once the request got that far
     rejected: tuple[str, str, str] | None = None  # (plugin, instance, route) a refusal is about
 
 
@@ -120,8 +119,13 @@ class Rejection:
 
 
 class Ingress:
-    def __init__(self, settings: Settings, db: Database, registry: Registry,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        registry: Registry,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.registry = registry
@@ -144,8 +148,12 @@ class Ingress:
                 answer = await self._pipeline(inbound, once)
             except StorageUnavailable as exc:  # a cache miss or re-check could not read
                 log.warning("cannot read the configuration: %s", exc)
-                answer = error(503, "storage_unavailable", "cannot read the configuration now; "
-                               "retry", **{"retry-after": "1"})
+                answer = error(
+                    503,
+                    "storage_unavailable",
+                    "cannot read the configuration now; retry",
+                    **{"retry-after": "1"},
+                )
                 break
             if answer is _STALE:
                 continue
@@ -153,8 +161,12 @@ class Ingress:
             if not (recheck and self.instances.refresh()):
                 break
         else:  # instances changing on every try: let the provider come back
-            answer = error(503, "storage_unavailable", "configuration is changing; retry",
-                           **{"retry-after": "1"})
+            answer = error(
+                503,
+                "storage_unavailable",
+                "configuration is changing; retry",
+                **{"retry-after": "1"},
+            )
         self._remember(answer)
         for observe in self.observers:
             observe(inbound, answer, time.perf_counter() - started)
@@ -166,22 +178,35 @@ class Ingress:
         version = self.instances.version
         plugin = self.registry.get(req.plugin)
         route = plugin.routes.get(req.route) if plugin is not None else None
-        instance = (self.instances.get(req.plugin, req.instance)
-                    if route is not None and INSTANCE_ID.fullmatch(req.instance) else None)
+        instance = (
+            self.instances.get(req.plugin, req.instance)
+            if route is not None and INSTANCE_ID.fullmatch(req.instance)
+            else None
+        )
         if route is None or instance is None or not instance.enabled:
             return error(404, "not_found", "no such plugin, instance or route")
 
         if route.challenge is not None and req.method == "GET":
             return self._challenge(route, instance, req)
         if route.methods is not None and req.method not in route.methods:
-            return self._reject(instance, route, error(
-                405, "method_not_allowed", f"use {', '.join(route.methods)}",
-                allow=", ".join(route.methods)))
+            return self._reject(
+                instance,
+                route,
+                error(
+                    405,
+                    "method_not_allowed",
+                    f"use {', '.join(route.methods)}",
+                    allow=", ".join(route.methods),
+                ),
+            )
 
         raw = await once.read_capped(self._cap(route))
         if raw is None:
-            return self._reject(instance, route, error(
-                413, "body_too_large", f"body exceeds {self._cap(route)} bytes"))
+            return self._reject(
+                instance,
+                route,
+                error(413, "body_too_large", f"body exceeds {self._cap(route)} bytes"),
+            )
 
         signed = SignedRequest(req.method, req.url, req.headers, raw)
         verdict = verify(route.verify, instance.valid_secrets(self.clock()), signed, self.clock())
@@ -192,46 +217,66 @@ class Ingress:
             once.rate_wait = self.limiter.take((instance.plugin_id, instance.instance_id))
         wait = once.rate_wait
         if wait > 0:
-            return self._reject(instance, route, error(
-                429, "rate_limited", "too many requests", **{"retry-after": str(wait)}))
+            return self._reject(
+                instance,
+                route,
+                error(429, "rate_limited", "too many requests", **{"retry-after": str(wait)}),
+            )
 
         return await self._store(req, route, instance, raw, version)
 
     def _cap(self, route: Route) -> int:
-        return route.max_body_bytes if route.max_body_bytes is not None else (
-            self.settings.max_body_bytes)
+        return (
+            route.max_body_bytes
+            if route.max_body_bytes is not None
+            else (self.settings.max_body_bytes)
+        )
 
     def _challenge(self, route: Route, instance: Instance, req: Inbound) -> Answer:
         spec = route.challenge
         assert spec is not None
         expected = (instance.verify_token or "").encode()
         given = req.query.get(spec.token_param, "").encode()
-        if (expected and given and req.query.get(spec.mode_param) == spec.mode_value
-                and hmac.compare_digest(expected, given)):
+        if (
+            expected
+            and given
+            and req.query.get(spec.mode_param) == spec.mode_value
+            and hmac.compare_digest(expected, given)
+        ):
             challenge = req.query.get(spec.challenge_param, "")
-            return Answer(200, challenge.encode(), "text/plain; charset=utf-8",
-                          outcome="challenge")
-        return self._reject(instance, route, error(403, "challenge_failed",
-                                                   "verify token does not match"))
+            return Answer(200, challenge.encode(), "text/plain; charset=utf-8", outcome="challenge")
+        return self._reject(
+            instance, route, error(403, "challenge_failed", "verify token does not match")
+        )
 
-    async def _store(self, req: Inbound, route: Route, instance: Instance, raw: bytes,
-                     checked_at: str) -> Answer:
+    async def _store(
+        self, req: Inbound, route: Route, instance: Instance, raw: bytes, checked_at: str
+    ) -> Answer:
         body = extract.Body(raw)
         try:
             provider_id = extract.provider_delivery_id(
-                route, instance.plugin_id, instance.instance_id, req.headers, body)
+                route, instance.plugin_id, instance.instance_id, req.headers, body
+            )
         except extract.BodyNotJson:
-            return self._reject(instance, route, error(
-                400, "body_not_json", "the route reads its delivery id from a JSON body"))
+            return self._reject(
+                instance,
+                route,
+                error(400, "body_not_json", "the route reads its delivery id from a JSON body"),
+            )
         delivery_id = extract.webhook_id(instance.plugin_id, instance.instance_id, provider_id)
         new = store_deliveries.NewDelivery(
-            id=delivery_id, plugin_id=instance.plugin_id, instance_id=instance.instance_id,
-            route=route.name, provider_delivery_id=provider_id,
+            id=delivery_id,
+            plugin_id=instance.plugin_id,
+            instance_id=instance.instance_id,
+            route=route.name,
+            provider_delivery_id=provider_id,
             conversation=extract.conversation_id(route, req.headers, body),
-            method=req.method, subpath=_stored_subpath(req.subpath),
+            method=req.method,
+            subpath=_stored_subpath(req.subpath),
             content_type=req.headers.get("content-type"),
             headers=extract.redact_headers(req.headers, getattr(route.verify, "header", None)),
-            body=raw, received_at=self.clock(),
+            body=raw,
+            received_at=self.clock(),
         )
         learned = conversations.learned(route, instance, req.headers, body, new.conversation)
 
@@ -242,11 +287,16 @@ class Ingress:
         try:
             async with asyncio.timeout(self.commit_timeout):
                 is_new, version = await self.acceptor.accept(
-                    new, checked_at, learn if learned is not None else None)
+                    new, checked_at, learn if learned is not None else None
+                )
         except (TimeoutError, StorageUnavailable) as exc:
             log.warning("cannot commit %s/%s: %s", instance.plugin_id, instance.instance_id, exc)
-            return error(503, "storage_unavailable", "cannot store the webhook now; retry",
-                         **{"retry-after": "1"})
+            return error(
+                503,
+                "storage_unavailable",
+                "cannot store the webhook now; retry",
+                **{"retry-after": "1"},
+            )
         if is_new is None:
             self.instances.reset(version)
             return _STALE
@@ -255,10 +305,18 @@ class Ingress:
                 wake()
         ack = route.ack
         # The id is hex: no escaping needed, and the bytes are the same for every duplicate.
-        payload = ack.body if ack.body is not None else (
-            b'{"status":"accepted","id":"' + delivery_id.encode() + b'"}')
-        return Answer(ack.status, payload, ack.content_type,
-                      outcome="accepted" if is_new else "duplicate", delivery_id=delivery_id)
+        payload = (
+            ack.body
+            if ack.body is not None
+            else (b'{"status":"accepted","id":"' + delivery_id.encode() + b'"}')
+        )
+        return Answer(
+            ack.status,
+            payload,
+            ack.content_type,
+            outcome="accepted" if is_new else "duplicate",
+            delivery_id=delivery_id,
+        )
 
     @staticmethod
     def _reject(instance: Instance, route: Route, answer: Answer) -> Answer:
@@ -270,7 +328,8 @@ class Ingress:
             return
         plugin_id, instance_id, route = answer.rejected
         kept = self.rejections.setdefault(
-            (plugin_id, instance_id), deque(maxlen=self.settings.rejections_kept))
+            (plugin_id, instance_id), deque(maxlen=self.settings.rejections_kept)
+        )
         kept.append(Rejection(self.clock(), route, answer.status, answer.outcome))
 
     def forget(self, plugin_id: str, instance_id: str) -> None:
@@ -280,7 +339,6 @@ class Ingress:
     def rejections_json(self, plugin_id: str, instance_id: str) -> list[dict[str, Any]]:
         kept = self.rejections.get((plugin_id, instance_id), ())
         return [
-            {"received_at": r.received_at, "route": r.route, "status": r.status,
-             "reason": r.reason}
+            {"received_at": r.received_at, "route": r.route, "status": r.status, "reason": r.reason}
             for r in reversed(kept)
         ]

@@ -26,10 +26,21 @@ from .store.instances import INSTANCE_ID, LANE_POLICIES, Instance
 HANDLER = re.compile(r"[a-z][a-z0-9_-]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 MAX_TEXT = 4096  # no operator-given string needs more; keeps junk out of the database
 
-CREATE_FIELDS = frozenset({"target_url", "secret", "verify_token", "session", "config",
-                           "lane_policy", "handler", "enabled"})
-PATCH_FIELDS = frozenset({"target_url", "session", "config", "lane_policy", "handler",
-                          "verify_token", "enabled"})
+CREATE_FIELDS = frozenset(
+    {
+        "target_url",
+        "secret",
+        "verify_token",
+        "session",
+        "config",
+        "lane_policy",
+        "handler",
+        "enabled",
+    }
+)
+PATCH_FIELDS = frozenset(
+    {"target_url", "session", "config", "lane_policy", "handler", "verify_token", "enabled"}
+)
 
 
 def _text(name: str, value: object, *, nullable: bool = False) -> str | None:
@@ -109,8 +120,13 @@ def _fresh_secret(plugin: Plugin) -> str:
     return generate_secret(first.verify)
 
 
-def new_instance(registry: Registry, plugin_id: object, instance_id: object,
-                 fields: Mapping[str, object], now: float) -> tuple[Instance, dict[str, str]]:
+def new_instance(
+    registry: Registry,
+    plugin_id: object,
+    instance_id: object,
+    fields: Mapping[str, object],
+    now: float,
+) -> tuple[Instance, dict[str, str]]:
     """A valid new Instance and its plain secrets (generated where not given), to show once."""
     plugin = plugin_of(registry, plugin_id)
     if not isinstance(instance_id, str) or not INSTANCE_ID.fullmatch(instance_id):
@@ -123,8 +139,9 @@ def new_instance(registry: Registry, plugin_id: object, instance_id: object,
     }
     values.setdefault("handler", plugin.handler)
     values.update(shown)
-    inst = Instance(plugin_id=plugin.id, instance_id=instance_id, created_at=now, updated_at=now,
-                    **values)
+    inst = Instance(
+        plugin_id=plugin.id, instance_id=instance_id, created_at=now, updated_at=now, **values
+    )
     return inst, shown
 
 
@@ -133,8 +150,9 @@ def changes(fields: Mapping[str, object]) -> dict[str, Any]:
     return _fields(fields, PATCH_FIELDS, hint=" (secrets change through rotate-secret)")
 
 
-def rotation(registry: Registry, inst: Instance, secret: object, grace_seconds: object,
-             now: float) -> tuple[Any, str]:
+def rotation(
+    registry: Registry, inst: Instance, secret: object, grace_seconds: object, now: float
+) -> tuple[Any, str]:
     """A store op that rotates the secret of ``inst``, and the new secret (generated when None)."""
     if secret is None:
         plugin = registry.get(inst.plugin_id)
@@ -143,11 +161,16 @@ def rotation(registry: Registry, inst: Instance, secret: object, grace_seconds: 
         new_secret = _fresh_secret(plugin)
     else:
         new_secret = _check("secret", secret)
-    if (isinstance(grace_seconds, bool) or not isinstance(grace_seconds, (int, float))
-            or not math.isfinite(grace_seconds) or grace_seconds < 0):
+    if (
+        isinstance(grace_seconds, bool)
+        or not isinstance(grace_seconds, (int, float))
+        or not math.isfinite(grace_seconds)
+        or grace_seconds < 0
+    ):
         raise InvalidInput("grace_seconds must be a number >= 0")
-    op = store_instances.rotate(inst.plugin_id, inst.instance_id, new_secret,
-                                float(grace_seconds), now)
+    op = store_instances.rotate(
+        inst.plugin_id, inst.instance_id, new_secret, float(grace_seconds), now
+    )
     return op, new_secret
 
 
@@ -156,13 +179,22 @@ def ingress_urls(registry: Registry, inst: Instance, base_url: str) -> dict[str,
     plugin = registry.get(inst.plugin_id)
     routes = plugin.routes if plugin is not None else {}
     base = base_url.rstrip("/")
-    return {name: f"{base}/ingress/{quote(inst.plugin_id)}/{quote(inst.instance_id)}/{name}"
-            for name in routes}
+    return {
+        name: f"{base}/ingress/{quote(inst.plugin_id)}/{quote(inst.instance_id)}/{name}"
+        for name in routes
+    }
 
 
-def created_json(registry: Registry, inst: Instance, shown: Mapping[str, str],
-                 base_url: str) -> dict[str, Any]:
+def created_json(
+    registry: Registry, inst: Instance, shown: Mapping[str, str], base_url: str
+) -> dict[str, Any]:
     """The answer to a create: the masked instance, then what is shown this once."""
     urls = ingress_urls(registry, inst, base_url)
-    return {"plugin": inst.plugin_id, "instance": inst.instance_id, **inst.to_json(), **shown,
-            "ingress_url": next(iter(urls.values()), None), "ingress_urls": urls}
+    return {
+        "plugin": inst.plugin_id,
+        "instance": inst.instance_id,
+        **inst.to_json(),
+        **shown,
+        "ingress_url": next(iter(urls.values()), None),
+        "ingress_urls": urls,
+    }

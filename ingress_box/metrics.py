@@ -41,19 +41,26 @@ class _DatabaseCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         row = self.db.read_one(
             "SELECT count(*), min(d.received_at) FROM outbox AS o "
-            "JOIN deliveries AS d ON d.seq = o.delivery_seq WHERE o.parked = 0")
+            "JOIN deliveries AS d ON d.seq = o.delivery_seq WHERE o.parked = 0"
+        )
         depth, oldest = (row[0], row[1]) if row is not None else (0, None)
-        yield GaugeMetricFamily("ingress_box_outbox_depth",
-                                "Deliveries waiting to be delivered", value=depth)
+        yield GaugeMetricFamily(
+            "ingress_box_outbox_depth", "Deliveries waiting to be delivered", value=depth
+        )
         yield GaugeMetricFamily(
             "ingress_box_outbox_oldest_age_seconds",
             "Age of the oldest pending delivery (0 when none)",
-            value=max(0.0, time.time() - oldest) if oldest is not None else 0.0)
+            value=max(0.0, time.time() - oldest) if oldest is not None else 0.0,
+        )
         dead = self.db.read_one("SELECT count(*) FROM dead_letters WHERE redriven_at IS NULL")
-        yield GaugeMetricFamily("ingress_box_dead_letters_open", "Dead letters not redriven",
-                                value=dead[0] if dead is not None else 0)
-        sizes = GaugeMetricFamily("ingress_box_database_bytes", "Size of the database files",
-                                  labels=["file"])
+        yield GaugeMetricFamily(
+            "ingress_box_dead_letters_open",
+            "Dead letters not redriven",
+            value=dead[0] if dead is not None else 0,
+        )
+        sizes = GaugeMetricFamily(
+            "ingress_box_database_bytes", "Size of the database files", labels=["file"]
+        )
         for name, suffix in (("db", ""), ("wal", "-wal")):
             try:
                 size = os.path.getsize(str(self.db.path) + suffix)
@@ -67,24 +74,44 @@ class Metrics:
     def __init__(self, db: Database) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "ingress_box_ingress_requests", "Provider requests by outcome",
-            ["plugin", "instance", "outcome"], registry=self.registry)
+            "ingress_box_ingress_requests",
+            "Provider requests by outcome",
+            ["plugin", "instance", "outcome"],
+            registry=self.registry,
+        )
         self.request_seconds = Histogram(
-            "ingress_box_ingress_request_seconds", "Time to answer a provider request",
-            ["plugin"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+            "ingress_box_ingress_request_seconds",
+            "Time to answer a provider request",
+            ["plugin"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.commit_batch = Histogram(
-            "ingress_box_commit_batch_size", "Writes committed together in one transaction",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=self.registry)
+            "ingress_box_commit_batch_size",
+            "Writes committed together in one transaction",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=self.registry,
+        )
         self.attempts = Counter(
-            "ingress_box_delivery_attempts", "Delivery attempts by outcome",
-            ["plugin", "instance", "outcome"], registry=self.registry)
+            "ingress_box_delivery_attempts",
+            "Delivery attempts by outcome",
+            ["plugin", "instance", "outcome"],
+            registry=self.registry,
+        )
         self.attempt_seconds = Histogram(
-            "ingress_box_delivery_attempt_seconds", "Time of one delivery attempt",
-            ["plugin"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+            "ingress_box_delivery_attempt_seconds",
+            "Time of one delivery attempt",
+            ["plugin"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.end_to_end = Histogram(
             "ingress_box_delivery_latency_seconds",
-            "From acceptance to the target's 2xx", ["plugin"],
-            buckets=_END_TO_END_BUCKETS, registry=self.registry)
+            "From acceptance to the target's 2xx",
+            ["plugin"],
+            buckets=_END_TO_END_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_DatabaseCollector(db))
         self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
@@ -108,11 +135,20 @@ class Metrics:
         if not access_log.isEnabledFor(logging.INFO):
             return
         access_log.info(
-            "request", extra={"fields": {
-                "plugin": req.plugin[:64], "instance": req.instance[:64],
-                "route": req.route[:64], "method": req.method, "status": answer.status,
-                "outcome": answer.outcome, "delivery_id": answer.delivery_id,
-                "ms": round(seconds * 1000, 2)}})
+            "request",
+            extra={
+                "fields": {
+                    "plugin": req.plugin[:64],
+                    "instance": req.instance[:64],
+                    "route": req.route[:64],
+                    "method": req.method,
+                    "status": answer.status,
+                    "outcome": answer.outcome,
+                    "delivery_id": answer.delivery_id,
+                    "ms": round(seconds * 1000, 2),
+                }
+            },
+        )
 
     def on_attempt(self, row: Claimed, decision: Decision, seconds: float) -> None:
         self.attempts.labels(row.plugin_id, row.instance_id, decision.outcome).inc()
@@ -120,9 +156,18 @@ class Metrics:
         if decision.outcome == "delivered":
             self.end_to_end.labels(row.plugin_id).observe(max(0.0, time.time() - row.received_at))
         delivery_log.info(
-            "attempt", extra={"fields": {
-                "plugin": row.plugin_id, "instance": row.instance_id, "delivery_id": row.id,
-                "attempt": row.attempt, "outcome": decision.outcome,
-                "status": decision.status_code, "error": decision.error,
-                "next_in_s": round(decision.delay, 3) if decision.outcome == "retry" else None,
-                "ms": round(seconds * 1000, 2)}})
+            "attempt",
+            extra={
+                "fields": {
+                    "plugin": row.plugin_id,
+                    "instance": row.instance_id,
+                    "delivery_id": row.id,
+                    "attempt": row.attempt,
+                    "outcome": decision.outcome,
+                    "status": decision.status_code,
+                    "error": decision.error,
+                    "next_in_s": round(decision.delay, 3) if decision.outcome == "retry" else None,
+                    "ms": round(seconds * 1000, 2),
+                }
+            },
+        )

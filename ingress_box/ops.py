@@ -44,6 +44,7 @@ def snapshot(db: Database) -> Iterator[sqlite3.Connection]:
 
 # -- backup ----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class BackupReport:
     path: Path
@@ -53,8 +54,9 @@ class BackupReport:
     seconds: float
 
 
-def backup(db: Database, target: Path,
-           progress: Callable[[int, int], None] | None = None) -> BackupReport:
+def backup(
+    db: Database, target: Path, progress: Callable[[int, int], None] | None = None
+) -> BackupReport:
     """Copy the database to ``target`` with SQLite's online backup API; ``progress(done, total)``.
 
     The source connection holds its read transaction across every step, so writers committing
@@ -86,8 +88,7 @@ def backup(db: Database, target: Path,
     dest.close()
     os.replace(partial, target)
     _fsync_dir(target.parent)
-    return BackupReport(target, pages, target.stat().st_size, count,
-                        time.perf_counter() - started)
+    return BackupReport(target, pages, target.stat().st_size, count, time.perf_counter() - started)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -118,35 +119,53 @@ def _file_size(path: Path) -> int:
 def stats(db: Database, now: float) -> dict[str, Any]:
     """The state of the file at one moment, as plain numbers (ages in seconds, sizes in bytes)."""
     with snapshot(db) as conn:
-        states = {r[0]: r[1] for r in conn.execute(
-            "SELECT state, count(*) FROM deliveries GROUP BY state")}
+        states = {
+            r[0]: r[1]
+            for r in conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state")
+        }
         received = conn.execute(
             "SELECT sum(received_at >= ?), sum(received_at >= ?) FROM deliveries",
-            (now - 3600, now - 86_400)).fetchone()
+            (now - 3600, now - 86_400),
+        ).fetchone()
         waiting, parked, leased, lanes, oldest = conn.execute(_OUTBOX, {"now": now}).fetchone()
-        attempts = {r[0]: r[1] for r in conn.execute(
-            "SELECT outcome, count(*) FROM attempts WHERE started_at >= ? GROUP BY outcome",
-            (now - 3600,))}
-        dead = conn.execute("SELECT sum(redriven_at IS NULL), sum(redriven_at IS NOT NULL) "
-                            "FROM dead_letters").fetchone()
+        attempts = {
+            r[0]: r[1]
+            for r in conn.execute(
+                "SELECT outcome, count(*) FROM attempts WHERE started_at >= ? GROUP BY outcome",
+                (now - 3600,),
+            )
+        }
+        dead = conn.execute(
+            "SELECT sum(redriven_at IS NULL), sum(redriven_at IS NOT NULL) FROM dead_letters"
+        ).fetchone()
         instances = conn.execute("SELECT count(*), sum(enabled) FROM instances").fetchone()
     return {
-        "deliveries": {"pending": states.get("pending", 0),
-                       "delivered": states.get("delivered", 0), "dead": states.get("dead", 0),
-                       "total": sum(states.values())},
+        "deliveries": {
+            "pending": states.get("pending", 0),
+            "delivered": states.get("delivered", 0),
+            "dead": states.get("dead", 0),
+            "total": sum(states.values()),
+        },
         "received": {"last_hour": received[0] or 0, "last_day": received[1] or 0},
-        "outbox": {"waiting": waiting or 0, "leased": leased or 0, "parked": parked or 0,
-                   "lanes": lanes, "oldest_pending_age_seconds":
-                       None if oldest is None else max(0.0, now - oldest)},
+        "outbox": {
+            "waiting": waiting or 0,
+            "leased": leased or 0,
+            "parked": parked or 0,
+            "lanes": lanes,
+            "oldest_pending_age_seconds": None if oldest is None else max(0.0, now - oldest),
+        },
         "attempts_last_hour": {k: attempts.get(k, 0) for k in ("delivered", "retry", "dead")},
         "dead_letters": {"open": dead[0] or 0, "redriven": dead[1] or 0},
         "instances": {"total": instances[0], "enabled": instances[1] or 0},
-        "files": {"database_bytes": _file_size(db.path),
-                  "wal_bytes": _file_size(Path(f"{db.path}-wal"))},
+        "files": {
+            "database_bytes": _file_size(db.path),
+            "wal_bytes": _file_size(Path(f"{db.path}-wal")),
+        },
     }
 
 
 # -- doctor ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -182,16 +201,26 @@ ORDER BY 1
 
 def url_signing_plugins(registry: Registry) -> set[str]:
     """Plugins whose provider signs the URL it called (Twilio): they need the public URL."""
-    return {p.id for p in registry.all()
-            if any(route.verify.scheme == "twilio" for route in p.routes.values())}
+    return {
+        p.id
+        for p in registry.all()
+        if any(route.verify.scheme == "twilio" for route in p.routes.values())
+    }
 
 
 def _names(items: list[str], most: int = 5) -> str:
     return ", ".join(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
-def doctor(db: Database, *, now: float, public_url: str | None, signing_plugins: Collection[str],
-           limits: Limits = Limits(), full: bool = False) -> list[Check]:
+def doctor(
+    db: Database,
+    *,
+    now: float,
+    public_url: str | None,
+    signing_plugins: Collection[str],
+    limits: Limits = Limits(),
+    full: bool = False,
+) -> list[Check]:
     """Every check, in a fixed order; a ``fail`` needs an operator, a ``warn`` a look."""
     checks: list[Check] = []
     with snapshot(db) as conn:
@@ -200,43 +229,82 @@ def doctor(db: Database, *, now: float, public_url: str | None, signing_plugins:
             found = [r[0] for r in conn.execute(f"PRAGMA {pragma}")]
         except sqlite3.DatabaseError as exc:  # damage bad enough to stop the check itself
             found = [str(exc)]
-        checks.append(Check("integrity", "ok" if found == ["ok"] else "fail",
-                            f"{pragma}: {_names(found, 3)}"))
+        checks.append(
+            Check("integrity", "ok" if found == ["ok"] else "fail", f"{pragma}: {_names(found, 3)}")
+        )
         wal = _file_size(Path(f"{db.path}-wal"))
-        checks.append(Check("wal", "warn" if wal > limits.wal_warn_bytes else "ok",
-                            f"{wal / _MIB:.1f} MiB (warn above "
-                            f"{limits.wal_warn_bytes / _MIB:.0f})"))
+        checks.append(
+            Check(
+                "wal",
+                "warn" if wal > limits.wal_warn_bytes else "ok",
+                f"{wal / _MIB:.1f} MiB (warn above {limits.wal_warn_bytes / _MIB:.0f})",
+            )
+        )
         # The forward handler dead-letters every event of such an instance at once.
         bare = [r[0] for r in conn.execute(_NO_TARGET)]
-        checks.append(Check("targets", "fail" if bare else "ok",
-                            f"forward without target_url: {_names(bare)}" if bare
-                            else "every enabled forward instance has a target_url"))
+        checks.append(
+            Check(
+                "targets",
+                "fail" if bare else "ok",
+                f"forward without target_url: {_names(bare)}"
+                if bare
+                else "every enabled forward instance has a target_url",
+            )
+        )
         marks = ",".join("?" * len(signing_plugins))
-        unsigned = [] if public_url or not signing_plugins else [r[0] for r in conn.execute(
-            f"SELECT plugin_id || '/' || instance_id FROM instances WHERE plugin_id IN ({marks})"
-            f" AND coalesce(json_extract(config, '$.public_url'), '') = '' ORDER BY 1",
-            list(signing_plugins))]
+        unsigned = (
+            []
+            if public_url or not signing_plugins
+            else [
+                r[0]
+                for r in conn.execute(
+                    "SELECT plugin_id || '/' || instance_id FROM instances"
+                    f" WHERE plugin_id IN ({marks})"
+                    f" AND coalesce(json_extract(config, '$.public_url'), '') = '' ORDER BY 1",
+                    list(signing_plugins),
+                )
+            ]
+        )
         # A warning only: it verifies when providers reach the box at the URL it sees.
-        checks.append(Check("public_url", "warn" if unsigned else "ok",
-                            f"URL-signed instances without a public URL (set "
-                            f"INGRESS_BOX_PUBLIC_URL): {_names(unsigned)}" if unsigned
-                            else "set" if public_url else "no URL-signed instance needs it"))
-        heads = conn.execute(_STUCK_HEADS, (limits.stuck_attempts,
-                                            now - limits.stuck_seconds)).fetchall()
-        described = [f"{h['plugin_id']}/{h['instance_id']} head {h['id']} "
-                     f"({'parked' if h['parked'] else str(h['attempts']) + ' attempts'}, "
-                     f"{int(now - h['received_at'])}s old, {h['waiting']} waiting)" for h in heads]
+        checks.append(
+            Check(
+                "public_url",
+                "warn" if unsigned else "ok",
+                f"URL-signed instances without a public URL (set "
+                f"INGRESS_BOX_PUBLIC_URL): {_names(unsigned)}"
+                if unsigned
+                else "set"
+                if public_url
+                else "no URL-signed instance needs it",
+            )
+        )
+        heads = conn.execute(
+            _STUCK_HEADS, (limits.stuck_attempts, now - limits.stuck_seconds)
+        ).fetchall()
+        described = [
+            f"{h['plugin_id']}/{h['instance_id']} head {h['id']} "
+            f"({'parked' if h['parked'] else str(h['attempts']) + ' attempts'}, "
+            f"{int(now - h['received_at'])}s old, {h['waiting']} waiting)"
+            for h in heads
+        ]
         # A parked head waits for a redrive or discard forever; the others may still recover.
         status = "fail" if any(h["parked"] for h in heads) else "warn" if heads else "ok"
         checks.append(Check("lanes", status, _names(described, 3) if heads else "none stuck"))
-        oldest = conn.execute("SELECT min(d.received_at) FROM outbox AS o JOIN deliveries AS d "
-                              "ON d.seq = o.delivery_seq WHERE o.parked = 0").fetchone()[0]
+        oldest = conn.execute(
+            "SELECT min(d.received_at) FROM outbox AS o JOIN deliveries AS d "
+            "ON d.seq = o.delivery_seq WHERE o.parked = 0"
+        ).fetchone()[0]
         age = None if oldest is None else max(0.0, now - oldest)
-        checks.append(Check("oldest_pending",
-                            "warn" if age is not None and age > limits.stuck_seconds else "ok",
-                            "nothing pending" if age is None else f"{int(age)}s old"))
+        checks.append(
+            Check(
+                "oldest_pending",
+                "warn" if age is not None and age > limits.stuck_seconds else "ok",
+                "nothing pending" if age is None else f"{int(age)}s old",
+            )
+        )
         open_dead = conn.execute(
-            "SELECT count(*) FROM dead_letters WHERE redriven_at IS NULL").fetchone()[0]
+            "SELECT count(*) FROM dead_letters WHERE redriven_at IS NULL"
+        ).fetchone()[0]
         checks.append(Check("dead_letters", "warn" if open_dead else "ok", f"{open_dead} open"))
     return checks
 
@@ -255,8 +323,9 @@ WHERE a.id > ? ORDER BY a.id LIMIT ?
 """
 
 
-def tail(db: Database, since: float, *, follow: bool = True,
-         sleep: Callable[[float], None] = time.sleep) -> Iterator[dict[str, Any]]:
+def tail(
+    db: Database, since: float, *, follow: bool = True, sleep: Callable[[float], None] = time.sleep
+) -> Iterator[dict[str, Any]]:
     """Deliveries received and attempts made from ``since`` (unix seconds) on, oldest first.
 
     Polls by sequence number and attempt id every half second; without ``follow`` it stops
@@ -266,21 +335,42 @@ def tail(db: Database, since: float, *, follow: bool = True,
         "SELECT (SELECT coalesce(min(seq) - 1, (SELECT coalesce(max(seq), 0) FROM deliveries))"
         " FROM deliveries WHERE received_at >= :t), (SELECT coalesce(min(id) - 1, (SELECT "
         "coalesce(max(id), 0) FROM attempts)) FROM attempts WHERE started_at >= :t)",
-        {"t": since})
+        {"t": since},
+    )
     assert start is not None
     seq, pos = int(start[0]), int(start[1])
     while True:
         received = db.read(_NEW_DELIVERIES, (seq, TAIL_BATCH))
         attempts = db.read(_NEW_ATTEMPTS, (pos, TAIL_BATCH))
-        events = [{"event": "received", "at": r["received_at"], "id": r["id"],
-                   "plugin": r["plugin_id"], "instance": r["instance_id"], "route": r["route"],
-                   "provider_delivery_id": r["provider_delivery_id"],
-                   "conversation": r["conversation"]} for r in received]
-        events += [{"event": "attempt", "at": r["started_at"] + r["duration_ms"] / 1000,
-                    "id": r["id"], "plugin": r["plugin_id"], "instance": r["instance_id"],
-                    "route": r["route"], "attempt": r["attempt"], "outcome": r["outcome"],
-                    "status_code": r["status_code"], "error": r["error"],
-                    "duration_ms": round(r["duration_ms"], 1)} for r in attempts]
+        events = [
+            {
+                "event": "received",
+                "at": r["received_at"],
+                "id": r["id"],
+                "plugin": r["plugin_id"],
+                "instance": r["instance_id"],
+                "route": r["route"],
+                "provider_delivery_id": r["provider_delivery_id"],
+                "conversation": r["conversation"],
+            }
+            for r in received
+        ]
+        events += [
+            {
+                "event": "attempt",
+                "at": r["started_at"] + r["duration_ms"] / 1000,
+                "id": r["id"],
+                "plugin": r["plugin_id"],
+                "instance": r["instance_id"],
+                "route": r["route"],
+                "attempt": r["attempt"],
+                "outcome": r["outcome"],
+                "status_code": r["status_code"],
+                "error": r["error"],
+                "duration_ms": round(r["duration_ms"], 1),
+            }
+            for r in attempts
+        ]
         yield from sorted(events, key=lambda e: e["at"])
         seq = received[-1]["seq"] if received else seq
         pos = attempts[-1]["pos"] if attempts else pos

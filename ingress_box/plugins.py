@@ -186,8 +186,11 @@ def _ack(t: ManifestTable | None) -> Ack:
     body = t.text("body")
     if body is not None and status in (204, 205):
         raise t.error("body", f"a {status} answer has no body")
-    return Ack(status=status or 202, body=None if body is None else body.encode("utf-8"),
-               content_type=t.text("content_type") or "application/json")
+    return Ack(
+        status=status or 202,
+        body=None if body is None else body.encode("utf-8"),
+        content_type=t.text("content_type") or "application/json",
+    )
 
 
 def _challenge(t: ManifestTable | None) -> Challenge | None:
@@ -203,8 +206,9 @@ def _field_source(t: ManifestTable | None) -> FieldSource | None:
     if t is None:
         return None
     t.only("headers", "json_pointers", "form_fields")
-    source = FieldSource(_headers(t, "headers"), _pointers(t, "json_pointers"),
-                         t.texts("form_fields"))
+    source = FieldSource(
+        _headers(t, "headers"), _pointers(t, "json_pointers"), t.texts("form_fields")
+    )
     if not (source.headers or source.json_pointers or source.form_fields):
         raise t.error("headers", "give at least one of headers, json_pointers, form_fields")
     return source
@@ -221,11 +225,21 @@ def _mapping(t: ManifestTable | None) -> MappingSpec | None:
 
 
 def _route(name: str, t: ManifestTable) -> Route:
-    t.only("methods", "max_body_bytes", "ack", "dedup", "conversation", "challenge", "verify",
-           "mapping")
+    t.only(
+        "methods",
+        "max_body_bytes",
+        "ack",
+        "dedup",
+        "conversation",
+        "challenge",
+        "verify",
+        "mapping",
+    )
     if "verify" not in t.data:
-        raise t.error("verify", 'is required (an unsigned route says scheme = "none" with '
-                                "allow_unsigned = true)")
+        raise t.error(
+            "verify",
+            'is required (an unsigned route says scheme = "none" with allow_unsigned = true)',
+        )
     spec = parse_verify_spec(t.data["verify"], t.file, t.path("verify"))
     methods = None
     if "methods" in t.data:
@@ -247,13 +261,20 @@ def _route(name: str, t: ManifestTable) -> Route:
     conversation = _sub(t, "conversation") or ManifestTable({}, t.file, t.path("conversation"))
     conversation.only("headers", "json_pointers", "form_fields")
     return Route(
-        name=name, verify=spec, dedup_headers=headers, dedup_json_pointer=pointer, dedup_body=body,
+        name=name,
+        verify=spec,
+        dedup_headers=headers,
+        dedup_json_pointer=pointer,
+        dedup_body=body,
         conversation_headers=_headers(conversation, "headers"),
         conversation_pointers=_pointers(conversation, "json_pointers"),
         conversation_form_fields=conversation.texts("form_fields"),
         challenge=_challenge(_sub(t, "challenge")),
         max_body_bytes=t.integer("max_body_bytes", minimum=0),
-        ack=_ack(_sub(t, "ack")), methods=methods, mapping=_mapping(_sub(t, "mapping")))
+        ack=_ack(_sub(t, "ack")),
+        methods=methods,
+        mapping=_mapping(_sub(t, "mapping")),
+    )
 
 
 def parse_manifest(data: object, source: str) -> Plugin:
@@ -278,8 +299,14 @@ def parse_manifest(data: object, source: str) -> Plugin:
             raise routes_table.error(route_name, f"route names must match ^{_ID.pattern}$")
         sub = ManifestTable(route_table, t.file, routes_table.path(route_name))
         routes[route_name] = _route(route_name, sub)
-    return Plugin(id=plugin_id, name=name, description=t.text("description") or "",
-                  routes=MappingProxyType(routes), handler=handler, source=source)
+    return Plugin(
+        id=plugin_id,
+        name=name,
+        description=t.text("description") or "",
+        routes=MappingProxyType(routes),
+        handler=handler,
+        source=source,
+    )
 
 
 def _decode(text: str, suffix: str, source: str) -> object:
@@ -301,8 +328,12 @@ def load_manifest_file(path: Path) -> Plugin:
 def _builtins() -> list[Plugin]:
     folder = resources.files("ingress_box.manifests")
     names = sorted(e.name for e in folder.iterdir() if e.name.endswith(".toml"))
-    return [parse_manifest(_decode(folder.joinpath(n).read_text("utf-8"), ".toml", f"builtin:{n}"),
-                           f"builtin:{n}") for n in names]
+    return [
+        parse_manifest(
+            _decode(folder.joinpath(n).read_text("utf-8"), ".toml", f"builtin:{n}"), f"builtin:{n}"
+        )
+        for n in names
+    ]
 
 
 def load_registry(plugins_dir: Path | None = None) -> Registry:
@@ -326,16 +357,28 @@ def load_registry(plugins_dir: Path | None = None) -> Registry:
 def plugin_to_json(plugin: Plugin) -> dict[str, Any]:
     """The plugin as ``GET /admin/plugins`` shows it (no secrets live in a plugin)."""
     return {
-        "id": plugin.id, "name": plugin.name, "description": plugin.description,
+        "id": plugin.id,
+        "name": plugin.name,
+        "description": plugin.description,
         "handler": plugin.handler,
-        "routes": [{
-            "name": route.name, "scheme": route.verify.scheme,
-            "methods": None if route.methods is None else list(route.methods),
-            "challenge": route.challenge is not None, "max_body_bytes": route.max_body_bytes,
-            "dedup": {"headers": list(route.dedup_headers),
-                      "json_pointer": route.dedup_json_pointer, "body": route.dedup_body},
-            "conversation": {"headers": list(route.conversation_headers),
-                             "json_pointers": list(route.conversation_pointers),
-                             "form_fields": list(route.conversation_form_fields)},
-        } for route in plugin.routes.values()],
+        "routes": [
+            {
+                "name": route.name,
+                "scheme": route.verify.scheme,
+                "methods": None if route.methods is None else list(route.methods),
+                "challenge": route.challenge is not None,
+                "max_body_bytes": route.max_body_bytes,
+                "dedup": {
+                    "headers": list(route.dedup_headers),
+                    "json_pointer": route.dedup_json_pointer,
+                    "body": route.dedup_body,
+                },
+                "conversation": {
+                    "headers": list(route.conversation_headers),
+                    "json_pointers": list(route.conversation_pointers),
+                    "form_fields": list(route.conversation_form_fields),
+                },
+            }
+            for route in plugin.routes.values()
+        ],
     }

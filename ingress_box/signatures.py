@@ -56,9 +56,23 @@ from .schemes.providers import (
 )
 
 __all__ = [
-    "DEFAULT_TOLERANCE_SECONDS", "SCHEMES", "HmacSpec", "ManifestTable", "NoneSpec", "Scheme",
-    "SharedSecretSpec", "SignedRequest", "StandardWebhooksSpec", "StripeSpec", "TwilioSpec",
-    "Verdict", "VerifySpec", "generate_secret", "parse_verify_spec", "render_template", "verify",
+    "DEFAULT_TOLERANCE_SECONDS",
+    "SCHEMES",
+    "HmacSpec",
+    "ManifestTable",
+    "NoneSpec",
+    "Scheme",
+    "SharedSecretSpec",
+    "SignedRequest",
+    "StandardWebhooksSpec",
+    "StripeSpec",
+    "TwilioSpec",
+    "Verdict",
+    "VerifySpec",
+    "generate_secret",
+    "parse_verify_spec",
+    "render_template",
+    "verify",
     "whsec_key",
 ]
 

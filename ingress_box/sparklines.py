@@ -17,8 +17,10 @@ PAD = 3  # keeps a stroke at the top or bottom edge inside the view box
 def _coordinates(values: Sequence[int], top: int) -> list[tuple[float, float]]:
     step = WIDTH / max(len(values) - 1, 1)
     usable = HEIGHT - 2 * PAD
-    return [(round(i * step, 1), round(HEIGHT - PAD - usable * v / top, 1))
-            for i, v in enumerate(values)]
+    return [
+        (round(i * step, 1), round(HEIGHT - PAD - usable * v / top, 1))
+        for i, v in enumerate(values)
+    ]
 
 
 def _points(coordinates: list[tuple[float, float]]) -> str:

@@ -42,8 +42,9 @@ def pretty_json(text: str | None, limit: int) -> str | None:
 
 def environment(globals_: Mapping[str, Any]) -> jinja2.Environment:
     # Strict: a misspelt variable fails the page (and its test) instead of rendering as blank.
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                             undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
+    )
     env.filters.update(when=when, age=age)
     env.globals.update(globals_)
     return env

@@ -44,10 +44,10 @@ from .store import instances as store_instances
 
 log = logging.getLogger("ingress_box.worker")
 
-POLL_SECONDS = 0.02      # how often an idle consumer thread looks for tasks of other processes
+POLL_SECONDS = 0.02  # how often an idle consumer thread looks for tasks of other processes
 SHORT_WAIT_SECONDS = 1.0  # a retry due sooner than this is waited for in the drain itself
-MAX_CLAIM = 16            # rows one drain leases at once when there is a backlog
-IDLE_SECONDS = 1.0        # with an ingress in this process: how long an idle drain waits for it
+MAX_CLAIM = 16  # rows one drain leases at once when there is a backlog
+IDLE_SECONDS = 1.0  # with an ingress in this process: how long an idle drain waits for it
 
 
 class _Storage(SqliteStorage):  # type: ignore[misc]
@@ -81,16 +81,28 @@ class _QuietConsumer(Consumer):  # type: ignore[misc]
 
 def make_huey(settings: Settings) -> Huey:
     # fsync off for huey's own connections: a lost task only delays (the outbox remembers).
-    return Huey("ingress-box", results=False, storage_class=_Storage,
-                filename=str(settings.db_path), fsync=False,
-                timeout=settings.busy_timeout_seconds)
+    return Huey(
+        "ingress-box",
+        results=False,
+        storage_class=_Storage,
+        filename=str(settings.db_path),
+        fsync=False,
+        timeout=settings.busy_timeout_seconds,
+    )
 
 
 class Worker:
-    def __init__(self, settings: Settings, db: Database, registry: Registry, *,
-                 clock: Callable[[], float] = time.time,
-                 transport: httpx.BaseTransport | None = None,
-                 rng: random.Random | None = None, idle_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        registry: Registry,
+        *,
+        clock: Callable[[], float] = time.time,
+        transport: httpx.BaseTransport | None = None,
+        rng: random.Random | None = None,
+        idle_seconds: float = 0.0,
+    ) -> None:
         """``idle_seconds``: how long a drain with nothing to do waits for a wake() before it
         ends; worth it only where the ingress runs in the same process and calls wake()."""
         self.settings = settings
@@ -101,11 +113,15 @@ class Worker:
         self.idle_seconds = idle_seconds
         self.policy = RetryPolicy.from_settings(settings)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        limits = httpx.Limits(max_connections=settings.workers * 2,
-                              max_keepalive_connections=settings.workers * 2)
+        limits = httpx.Limits(
+            max_connections=settings.workers * 2, max_keepalive_connections=settings.workers * 2
+        )
         self.transport = transport or httpx.HTTPTransport(limits=limits)
-        self.client = httpx.Client(transport=self.transport, follow_redirects=False,
-                                   timeout=settings.delivery_timeout_seconds)
+        self.client = httpx.Client(
+            transport=self.transport,
+            follow_redirects=False,
+            timeout=settings.delivery_timeout_seconds,
+        )
         self.huey = make_huey(settings)
         self.instances = store_instances.InstanceCache(db)
         self._drain = self.huey.task(name="drain")(self.drain)
@@ -120,8 +136,9 @@ class Worker:
         self._scheduled_for: float | None = None  # when the drain huey holds for later runs
         self._idle = threading.Condition()  # drains waiting for work, woken one per wake()
         self._idling = 0
-        self.observers: list[Callable[[store_deliveries.Claimed, delivery.Decision, float],
-                                      None]] = []
+        self.observers: list[
+            Callable[[store_deliveries.Claimed, delivery.Decision, float], None]
+        ] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -131,12 +148,20 @@ class Worker:
         logging.getLogger("huey").setLevel(logging.WARNING)
         if consume:
             self.consumer = _QuietConsumer(
-                self.huey, workers=self.settings.workers, worker_type="thread", periodic=True,
-                initial_delay=POLL_SECONDS, backoff=1.0, max_delay=POLL_SECONDS,
-                scheduler_interval=1, check_worker_health=False)
+                self.huey,
+                workers=self.settings.workers,
+                worker_type="thread",
+                periodic=True,
+                initial_delay=POLL_SECONDS,
+                backoff=1.0,
+                max_delay=POLL_SECONDS,
+                scheduler_interval=1,
+                check_worker_health=False,
+            )
             self.consumer.start()
-        self._kicker = threading.Thread(target=self._kick_loop, name="ingress-box-kicker",
-                                        daemon=True)
+        self._kicker = threading.Thread(
+            target=self._kick_loop, name="ingress-box-kicker", daemon=True
+        )
         self._kicker.start()
         self.wake()  # whatever is pending from before a restart
 
@@ -214,8 +239,10 @@ class Worker:
             while not self._stopping.is_set():
                 self.instances.refresh()  # a changed target or secret applies from this claim on
                 now = self.clock()
-                claimed = self.db.write(store_deliveries.claim(
-                    self.owner, now, self.settings.lease_seconds, limit), durable=False)
+                claimed = self.db.write(
+                    store_deliveries.claim(self.owner, now, self.settings.lease_seconds, limit),
+                    durable=False,
+                )
                 if not claimed:
                     if not self._wait_for_next_due():
                         return
@@ -246,7 +273,8 @@ class Worker:
             if attempted < len(rows):
                 self.db.submit(
                     store_deliveries.release(self.owner, [r.seq for r in rows[attempted:]]),
-                    durable=False).add_done_callback(_log_settle_failure)
+                    durable=False,
+                ).add_done_callback(_log_settle_failure)
 
     def _wait_for_next_due(self) -> bool:
         """Nothing is ready: wait for a retry due soon or for new work; False to end the drain.
@@ -262,8 +290,11 @@ class Worker:
             return True
         if due is not None:
             with self._active_lock:
-                if self._scheduled_for is None or self._scheduled_for < now or (
-                        due < self._scheduled_for):
+                if (
+                    self._scheduled_for is None
+                    or self._scheduled_for < now
+                    or (due < self._scheduled_for)
+                ):
                     self._drain.schedule(delay=due - now)
                     self._scheduled_for = due
         if self.idle_seconds <= 0:
@@ -288,13 +319,18 @@ class Worker:
                 raise PermanentFailure("instance no longer exists")
             handler = delivery.resolve_handler(instance.handler)
             # Read at delivery time, so a mapping made after the event was accepted still counts.
-            mappings = conversations.MappingAccess(self.db, row.plugin_id, row.instance_id,
-                                                   row.conversation, self.clock)
+            mappings = conversations.MappingAccess(
+                self.db, row.plugin_id, row.instance_id, row.conversation, self.clock
+            )
             ctx = HandlerContext(
                 target=Target(instance.target_url, instance.outbound_secret, instance.config),
-                client=self.client, timeout=self.settings.delivery_timeout_seconds,
-                now=self.clock, extra_headers=conversations.enrichment_headers(mappings.get()),
-                mappings=mappings, transport=self.transport)
+                client=self.client,
+                timeout=self.settings.delivery_timeout_seconds,
+                now=self.clock,
+                extra_headers=conversations.enrichment_headers(mappings.get()),
+                mappings=mappings,
+                transport=self.transport,
+            )
             handler(_event(row), ctx)
         except Exception as exc:  # noqa: BLE001 (every failure is classified by the policy)
             error = exc
@@ -302,10 +338,18 @@ class Worker:
         decision = delivery.decide(self.policy, row.attempt, error, self.rng)
         strict = instance is not None and instance.lane_policy == "strict"
         outcome = store_deliveries.Outcome(
-            seq=row.seq, owner=self.owner, attempt=row.attempt, outcome=decision.outcome,
-            started_at=started, duration_ms=duration * 1000, status_code=decision.status_code,
-            error=decision.error, next_attempt_at=self.clock() + decision.delay,
-            dead_letter_id="dlq_" + uuid.uuid4().hex[:24], strict=strict)
+            seq=row.seq,
+            owner=self.owner,
+            attempt=row.attempt,
+            outcome=decision.outcome,
+            started_at=started,
+            duration_ms=duration * 1000,
+            status_code=decision.status_code,
+            error=decision.error,
+            next_attempt_at=self.clock() + decision.delay,
+            dead_letter_id="dlq_" + uuid.uuid4().hex[:24],
+            strict=strict,
+        )
         # Not waited for: the next claim of this thread queues behind it in the writer.
         future = self.db.submit(store_deliveries.settle(outcome, self.clock()), durable=False)
         future.add_done_callback(_log_settle_failure)
@@ -315,10 +359,20 @@ class Worker:
 
 def _event(row: store_deliveries.Claimed) -> Event:
     return Event(
-        id=row.id, plugin=row.plugin_id, instance=row.instance_id, route=row.route,
-        provider_delivery_id=row.provider_delivery_id, conversation=row.conversation,
-        method=row.method, subpath=row.subpath, content_type=row.content_type,
-        headers=row.headers, body=row.body, attempt=row.attempt, received_at=row.received_at)
+        id=row.id,
+        plugin=row.plugin_id,
+        instance=row.instance_id,
+        route=row.route,
+        provider_delivery_id=row.provider_delivery_id,
+        conversation=row.conversation,
+        method=row.method,
+        subpath=row.subpath,
+        content_type=row.content_type,
+        headers=row.headers,
+        body=row.body,
+        attempt=row.attempt,
+        received_at=row.received_at,
+    )
 
 
 def _log_settle_failure(future: Any) -> None:
@@ -329,8 +383,11 @@ def _log_settle_failure(future: Any) -> None:
 def run_standalone(settings: Settings) -> int:
     """``ingress-box worker``: only the worker, until SIGTERM or SIGINT."""
     registry = load_registry(settings.plugins_dir)
-    db = Database(settings.db_path, synchronous=settings.synchronous,
-                  busy_timeout=settings.busy_timeout_seconds).open()
+    db = Database(
+        settings.db_path,
+        synchronous=settings.synchronous,
+        busy_timeout=settings.busy_timeout_seconds,
+    ).open()
     worker = Worker(settings, db, registry)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -104,10 +104,19 @@ MakeDeadLetters = Callable[..., list[str]]
 
 def _new_delivery(n: int, plugin: str, instance: str, received_at: float) -> NewDelivery:
     return NewDelivery(
-        id=f"msg_test{n:06d}", plugin_id=plugin, instance_id=instance, route="events",
-        provider_delivery_id=f"provider-{n}", conversation=None, method="POST", subpath="",
-        content_type="application/json", headers="{}", body=b'{"n": %d}' % n,
-        received_at=received_at)
+        id=f"msg_test{n:06d}",
+        plugin_id=plugin,
+        instance_id=instance,
+        route="events",
+        provider_delivery_id=f"provider-{n}",
+        conversation=None,
+        method="POST",
+        subpath="",
+        content_type="application/json",
+        headers="{}",
+        body=b'{"n": %d}' % n,
+        received_at=received_at,
+    )
 
 
 @pytest.fixture
@@ -115,8 +124,13 @@ def make_deliveries() -> MakeDeliveries:
     """``make_deliveries(db, count=1, plugin=, instance=)``: pending deliveries, their ids."""
     numbers = itertools.count(1)
 
-    def make(db: Database, count: int = 1, plugin: str = "generic", instance: str = "main",
-             received_at: float = T0) -> list[str]:
+    def make(
+        db: Database,
+        count: int = 1,
+        plugin: str = "generic",
+        instance: str = "main",
+        received_at: float = T0,
+    ) -> list[str]:
         new = [_new_delivery(next(numbers), plugin, instance, received_at) for _ in range(count)]
 
         def op(conn: sqlite3.Connection) -> None:
@@ -134,8 +148,9 @@ def make_dead_letters(make_deliveries: MakeDeliveries) -> MakeDeadLetters:
     """``make_dead_letters(db, count=1, plugin=, instance=)``: dead-lettered deliveries, as the
     worker leaves them (claimed, then settled dead); returns the dead letter ids."""
 
-    def make(db: Database, count: int = 1, plugin: str = "generic",
-             instance: str = "main") -> list[str]:
+    def make(
+        db: Database, count: int = 1, plugin: str = "generic", instance: str = "main"
+    ) -> list[str]:
         doomed = set(make_deliveries(db, count, plugin, instance))
         now = T0 + 1
 
@@ -144,10 +159,21 @@ def make_dead_letters(make_deliveries: MakeDeliveries) -> MakeDeadLetters:
             for row in claim("tests", now, 60, 1_000_000)(conn):
                 # Other pending rows were claimed too: hand them back untouched.
                 fate = "dead" if row.id in doomed else "retry"
-                settle(Outcome(seq=row.seq, owner="tests", attempt=row.attempt, outcome=fate,
-                               started_at=now, duration_ms=1.0, status_code=500,
-                               error="HTTP 500", next_attempt_at=T0,
-                               dead_letter_id=f"dlq_{row.id}"), now)(conn)
+                settle(
+                    Outcome(
+                        seq=row.seq,
+                        owner="tests",
+                        attempt=row.attempt,
+                        outcome=fate,
+                        started_at=now,
+                        duration_ms=1.0,
+                        status_code=500,
+                        error="HTTP 500",
+                        next_attempt_at=T0,
+                        dead_letter_id=f"dlq_{row.id}",
+                    ),
+                    now,
+                )(conn)
                 if fate == "dead":
                     dead.append(f"dlq_{row.id}")
             return dead

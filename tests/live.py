@@ -44,8 +44,7 @@ def running_box(settings: Settings, **app_options: Any) -> Iterator[LiveBox]:
     """The real app (lifespan, worker) under uvicorn on 127.0.0.1, stopped on exit."""
     port = free_port()
     app = create_app(settings, **app_options)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -61,13 +60,24 @@ def running_box(settings: Settings, **app_options: Any) -> Iterator[LiveBox]:
         thread.join(timeout=20)
 
 
-def add_instance(box: Box, plugin: str = "generic", instance: str = "main",
-                 secret: str = "s3cret-value", **fields: Any) -> Instance:
+def add_instance(
+    box: Box,
+    plugin: str = "generic",
+    instance: str = "main",
+    secret: str = "s3cret-value",
+    **fields: Any,
+) -> Instance:
     """Create an instance straight through the store (no admin API involved)."""
     now = time.time()
     fields.setdefault("outbound_secret", generate_outbound_secret())
-    inst = Instance(plugin_id=plugin, instance_id=instance, secret=secret,
-                    created_at=now, updated_at=now, **fields)
+    inst = Instance(
+        plugin_id=plugin,
+        instance_id=instance,
+        secret=secret,
+        created_at=now,
+        updated_at=now,
+        **fields,
+    )
     result: Instance = box.db.write(instances.insert(inst))
     return result
 
@@ -93,8 +103,11 @@ class Target:
     url: str
     received: list[Received] = field(default_factory=list)
     # Called with the request number (0-based) and the request; returns (status, headers, body).
-    script: Callable[[int, Received], tuple[int, dict[str, str], bytes]] = (
-        lambda n, r: (200, {}, b"ok"))
+    script: Callable[[int, Received], tuple[int, dict[str, str], bytes]] = lambda n, r: (
+        200,
+        {},
+        b"ok",
+    )
     delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -119,8 +132,9 @@ def running_target(**options: Any) -> Iterator[Target]:
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length", "0"))
             body = self.rfile.read(length)
-            got = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body,
-                           time.time())
+            got = Received(
+                self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()
+            )
             with target.lock:
                 n = len(target.received)
                 target.received.append(got)

@@ -79,8 +79,7 @@ class Target:
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 with target.lock:
-                    target.received.append(({k.lower(): v for k, v in self.headers.items()},
-                                            body))
+                    target.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 self.send_response(200)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -97,8 +96,9 @@ class Target:
             return len(self.received)
 
 
-def request(method: str, url: str, body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def request(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=10) as response:
@@ -109,8 +109,12 @@ def request(method: str, url: str, body: bytes | None = None,
 
 def admin(method: str, base: str, path: str, data: object = None) -> tuple[int, Any]:
     body = None if data is None else json.dumps(data).encode()
-    status, _, raw = request(method, base + path, body, {
-        "authorization": f"Bearer {TOKEN}", "content-type": "application/json"})
+    status, _, raw = request(
+        method,
+        base + path,
+        body,
+        {"authorization": f"Bearer {TOKEN}", "content-type": "application/json"},
+    )
     return status, json.loads(raw) if raw else None
 
 
@@ -121,15 +125,22 @@ class Program:
         self.argv = [interpreter, str(file)] if interpreter else [str(file)]
         self.env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
 
-    def run(self, *args: str,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.argv, *args], env={**self.env, **(env or {})},
-                              capture_output=True, text=True, timeout=60)
+    def run(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.argv, *args],
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def start(self, log: Path, *args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
-            return subprocess.Popen([*self.argv, *args], env={**self.env, **env},
-                                    stdout=out, stderr=subprocess.STDOUT)
+            return subprocess.Popen(
+                [*self.argv, *args], env={**self.env, **env}, stdout=out, stderr=subprocess.STDOUT
+            )
 
 
 def wait_healthy(proc: subprocess.Popen[bytes], base: str, log: Path) -> float:
@@ -175,7 +186,7 @@ def every_command(program: Program, prefix: tuple[str, ...] = ()) -> list[str]:
     lines = out.stdout.splitlines()
     if "Commands:" not in lines:
         return found
-    for line in lines[lines.index("Commands:") + 1:]:
+    for line in lines[lines.index("Commands:") + 1 :]:
         if not line.startswith("  ") or line.startswith("   "):
             continue  # a wrapped description, not a command
         found += every_command(program, (*prefix, line.split()[0]))
@@ -184,9 +195,16 @@ def every_command(program: Program, prefix: tuple[str, ...] = ()) -> list[str]:
 
 def signed_post(base: str) -> tuple[int, dict[str, str], bytes]:
     signature = hmac.new(SECRET.encode(), BODY, hashlib.sha256).hexdigest()
-    return request("POST", base + "/ingress/generic/smoke/events", BODY, {
-        "x-signature": f"sha256={signature}", "x-delivery": "smoke-evt-1",
-        "content-type": "application/json"})
+    return request(
+        "POST",
+        base + "/ingress/generic/smoke/events",
+        BODY,
+        {
+            "x-signature": f"sha256={signature}",
+            "x-delivery": "smoke-evt-1",
+            "content-type": "application/json",
+        },
+    )
 
 
 def smoke(program: Program, work: Path) -> None:
@@ -195,27 +213,41 @@ def smoke(program: Program, work: Path) -> None:
     target = Target()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {"INGRESS_BOX_DB": str(db), "INGRESS_BOX_HOST": "127.0.0.1",
-           "INGRESS_BOX_PORT": str(port), "INGRESS_BOX_ADMIN_TOKEN": TOKEN,
-           "INGRESS_BOX_RETRY_BASE_SECONDS": "0.1", "INGRESS_BOX_RETRY_MAX_SECONDS": "0.5"}
+    env = {
+        "INGRESS_BOX_DB": str(db),
+        "INGRESS_BOX_HOST": "127.0.0.1",
+        "INGRESS_BOX_PORT": str(port),
+        "INGRESS_BOX_ADMIN_TOKEN": TOKEN,
+        "INGRESS_BOX_RETRY_BASE_SECONDS": "0.1",
+        "INGRESS_BOX_RETRY_MAX_SECONDS": "0.5",
+    }
     serve = program.start(log, "serve", env=env)
     first = wait_healthy(serve, base, log)
-    check(f"serve on an empty data path answers /healthz ({first:.2f} s, first run: unpacks)",
-          True)
+    check(f"serve on an empty data path answers /healthz ({first:.2f} s, first run: unpacks)", True)
     check("the database was created", db.exists())
-    check("/readyz is 200 (database writable, worker alive)",
-          wait_for(lambda: request("GET", base + "/readyz")[0] == 200, 10))
+    check(
+        "/readyz is 200 (database writable, worker alive)",
+        wait_for(lambda: request("GET", base + "/readyz")[0] == 200, 10),
+    )
 
-    status, created = admin("POST", base, "/admin/instances", {
-        "plugin": "generic", "instance": "smoke", "target_url": target.url, "secret": SECRET})
+    status, created = admin(
+        "POST",
+        base,
+        "/admin/instances",
+        {"plugin": "generic", "instance": "smoke", "target_url": target.url, "secret": SECRET},
+    )
     check("POST /admin/instances is 201", status == 201, created)
     ack = signed_post(base)
     check("a signed webhook is acked 202", ack[0] == 202, ack)
     check("it is forwarded to the local target", wait_for(lambda: target.count() == 1))
     headers, body = target.received[0]
-    check("forwarded byte for byte, signed for the target",
-          body == BODY and headers.get("webhook-signature", "").startswith("v1,")
-          and headers.get("ingress-box-delivery-id") == "smoke-evt-1", headers)
+    check(
+        "forwarded byte for byte, signed for the target",
+        body == BODY
+        and headers.get("webhook-signature", "").startswith("v1,")
+        and headers.get("ingress-box-delivery-id") == "smoke-evt-1",
+        headers,
+    )
 
     def delivered() -> list[dict[str, Any]]:
         status, page = admin("GET", base, "/admin/deliveries?plugin=generic&instance=smoke")
@@ -227,32 +259,41 @@ def smoke(program: Program, work: Path) -> None:
 
     expected = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     out = program.run("--version")
-    check("--version prints pyproject's version",
-          out.returncode == 0 and out.stdout.strip() == f"ingress-box, version {expected}",
-          f"{out.returncode} {out.stdout!r} {out.stderr[-2000:]}")
+    check(
+        "--version prints pyproject's version",
+        out.returncode == 0 and out.stdout.strip() == f"ingress-box, version {expected}",
+        f"{out.returncode} {out.stdout!r} {out.stderr[-2000:]}",
+    )
     commands = every_command(program)
     check(f"--help of every command ({len(commands)}) exits 0", len(commands) >= 10, commands)
 
     cli_env = {"INGRESS_BOX_DB": str(db)}
-    for args in (["instances", "list", "--db", str(db)],
-                 ["instances", "add", "generic", "cli-made", "--target-url", target.url,
-                  "--db", str(db)],
-                 ["instances", "rotate", "generic", "cli-made", "--db", str(db)],
-                 ["instances", "remove", "generic", "cli-made", "--db", str(db)],
-                 ["deliveries", "list", "--db", str(db), "--json"],
-                 ["deliveries", "show", delivery_id, "--db", str(db)],
-                 ["dlq", "list", "--db", str(db)],
-                 ["dlq", "redrive", "--db", str(db)],
-                 ["admin-token", "reset", "--db", str(db)]):
+    for args in (
+        ["instances", "list", "--db", str(db)],
+        ["instances", "add", "generic", "cli-made", "--target-url", target.url, "--db", str(db)],
+        ["instances", "rotate", "generic", "cli-made", "--db", str(db)],
+        ["instances", "remove", "generic", "cli-made", "--db", str(db)],
+        ["deliveries", "list", "--db", str(db), "--json"],
+        ["deliveries", "show", delivery_id, "--db", str(db)],
+        ["dlq", "list", "--db", str(db)],
+        ["dlq", "redrive", "--db", str(db)],
+        ["admin-token", "reset", "--db", str(db)],
+    ):
         out = program.run(*args, env=cli_env)
-        check(f"`{' '.join(a for a in args if a != str(db))}` exits 0", out.returncode == 0,
-              f"{out.returncode} {out.stdout[-1000:]} {out.stderr[-2000:]}")
+        check(
+            f"`{' '.join(a for a in args if a != str(db))}` exits 0",
+            out.returncode == 0,
+            f"{out.returncode} {out.stdout[-1000:]} {out.stderr[-2000:]}",
+        )
         if args[:2] == ["instances", "list"]:
             check("`instances list` shows the instance", "smoke" in out.stdout, out.stdout)
         if args[:2] == ["deliveries", "list"]:
             items = json.loads(out.stdout)["items"]
-            check("`deliveries list` shows it delivered",
-                  [(d["id"], d["state"]) for d in items] == [(delivery_id, "delivered")], items)
+            check(
+                "`deliveries list` shows it delivered",
+                [(d["id"], d["state"]) for d in items] == [(delivery_id, "delivered")],
+                items,
+            )
 
     worker_log = work / "worker.log"
     worker = program.start(worker_log, "worker", "--db", str(db), env={})
@@ -263,11 +304,16 @@ def smoke(program: Program, work: Path) -> None:
     serve = program.start(log, "serve", env=env)
     second = wait_healthy(serve, base, log)
     check(f"restarted serve answers /healthz ({second:.2f} s)", True)
-    check("after the restart the delivery is still delivered",
-          [d["id"] for d in delivered()] == [delivery_id])
+    check(
+        "after the restart the delivery is still delivered",
+        [d["id"] for d in delivered()] == [delivery_id],
+    )
     again = signed_post(base)
-    check("a resend is a duplicate with the same ack bytes",
-          (again[0], again[2]) == (ack[0], ack[2]), (ack, again))
+    check(
+        "a resend is a duplicate with the same ack bytes",
+        (again[0], again[2]) == (ack[0], ack[2]),
+        (ack, again),
+    )
     time.sleep(1.0)
     check("the duplicate is not forwarded again", target.count() == 1, target.count())
     stop(serve, "serve (restarted)", log)
@@ -319,8 +365,10 @@ def main() -> int:
                 if (work / name).exists():
                     print(f"--- {name}\n{(work / name).read_text()[-3000:]}")
             raise
-    print(f"smoke test of {file.name} passed: all {len(PASSED)} checks, "
-          f"{time.monotonic() - started:.1f} s")
+    print(
+        f"smoke test of {file.name} passed: all {len(PASSED)} checks, "
+        f"{time.monotonic() - started:.1f} s"
+    )
     return 0
 
 

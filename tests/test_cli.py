@@ -41,8 +41,9 @@ def db(db_path: Path) -> Iterator[Database]:
 
 
 def add(db_path: Path, *args: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(ok("instances", "add", "--db", str(db_path), "--json",
-                                         *args).stdout)
+    data: dict[str, Any] = json.loads(
+        ok("instances", "add", "--db", str(db_path), "--json", *args).stdout
+    )
     return data
 
 
@@ -62,20 +63,39 @@ def test_instances_add_prints_every_secret(db_path: Path) -> None:
 
 def test_instances_add_json_matches_the_admin_api(db_path: Path) -> None:
     """instances add --json gives the same document as POST /admin/instances."""
-    data = add(db_path, "generic", "shop", "--target-url", "https://bot.example/in",
-               "--lane-policy", "strict", "--config", '{"headers": {"x-a": "1"}}')
+    data = add(
+        db_path,
+        "generic",
+        "shop",
+        "--target-url",
+        "https://bot.example/in",
+        "--lane-policy",
+        "strict",
+        "--config",
+        '{"headers": {"x-a": "1"}}',
+    )
     assert (data["plugin"], data["instance"], data["lane_policy"]) == ("generic", "shop", "strict")
     assert data["target_url"] == "https://bot.example/in" and data["config"] == {
-        "headers": {"x-a": "****"}}  # header values sent to the target are credentials
+        "headers": {"x-a": "****"}
+    }  # header values sent to the target are credentials
     assert data["outbound_secret"].startswith("whsec_") and data["ingress_urls"]
 
 
 def test_instances_add_uses_the_public_url(db_path: Path) -> None:
     """INGRESS_BOX_PUBLIC_URL is the base of the printed ingress URL."""
-    result = ok("instances", "add", "generic", "shop", "--db", str(db_path), "--json",
-                env={"INGRESS_BOX_PUBLIC_URL": "https://hooks.example.com"})
+    result = ok(
+        "instances",
+        "add",
+        "generic",
+        "shop",
+        "--db",
+        str(db_path),
+        "--json",
+        env={"INGRESS_BOX_PUBLIC_URL": "https://hooks.example.com"},
+    )
     assert json.loads(result.stdout)["ingress_url"] == (
-        "https://hooks.example.com/ingress/generic/shop/events")
+        "https://hooks.example.com/ingress/generic/shop/events"
+    )
 
 
 def test_instances_add_with_a_bad_id_exits_2(db_path: Path) -> None:
@@ -101,10 +121,22 @@ def test_instances_list_shows_a_table_without_secrets(db_path: Path) -> None:
     """instances list prints one row per instance and no secret."""
     shown = add(db_path, "generic", "shop", "--target-url", "https://bot.example/in")
     out = ok("instances", "list", "--db", str(db_path)).stdout
-    assert out.splitlines()[0].split() == ["PLUGIN", "INSTANCE", "ENABLED", "HANDLER", "LANES",
-                                           "TARGET"]
-    assert out.splitlines()[1].split() == ["generic", "shop", "yes", "forward", "progress",
-                                           "https://bot.example/in"]
+    assert out.splitlines()[0].split() == [
+        "PLUGIN",
+        "INSTANCE",
+        "ENABLED",
+        "HANDLER",
+        "LANES",
+        "TARGET",
+    ]
+    assert out.splitlines()[1].split() == [
+        "generic",
+        "shop",
+        "yes",
+        "forward",
+        "progress",
+        "https://bot.example/in",
+    ]
     assert shown["secret"] not in out
 
 
@@ -119,8 +151,9 @@ def test_instances_list_filters_by_plugin(db_path: Path) -> None:
     """--plugin keeps that plugin's instances."""
     add(db_path, "generic", "a")
     add(db_path, "github", "b")
-    data = json.loads(ok("instances", "list", "--db", str(db_path), "--json",
-                         "--plugin", "github").stdout)
+    data = json.loads(
+        ok("instances", "list", "--db", str(db_path), "--json", "--plugin", "github").stdout
+    )
     assert [i["instance"] for i in data["items"]] == ["b"]
 
 
@@ -141,8 +174,19 @@ def test_reading_a_missing_database_exits_1(tmp_path: Path) -> None:
 def test_instances_rotate_prints_the_new_secret(db_path: Path) -> None:
     """rotate prints a new secret; the old one stays valid as the previous secret."""
     old = add(db_path, "generic", "shop")["secret"]
-    data = json.loads(ok("instances", "rotate", "generic", "shop", "--db", str(db_path),
-                         "--grace-seconds", "60", "--json").stdout)
+    data = json.loads(
+        ok(
+            "instances",
+            "rotate",
+            "generic",
+            "shop",
+            "--db",
+            str(db_path),
+            "--grace-seconds",
+            "60",
+            "--json",
+        ).stdout
+    )
     assert data["secret"] != old and data["previous_secret_valid_until"] is not None
     assert data["previous_secret"] == "****" + old[-4:]
 
@@ -158,67 +202,79 @@ def test_instances_remove_deletes_it(db_path: Path) -> None:
     add(db_path, "generic", "shop")
     ok("instances", "remove", "generic", "shop", "--db", str(db_path))
     assert json.loads(ok("instances", "list", "--db", str(db_path), "--json").stdout) == {
-        "items": []}
+        "items": []
+    }
     assert run("instances", "remove", "generic", "shop", "--db", str(db_path)).exit_code == 1
 
 
-def test_dlq_list_shows_dead_letters(db_path: Path, db: Database,
-                                     make_dead_letters: MakeDeadLetters) -> None:
+def test_dlq_list_shows_dead_letters(
+    db_path: Path, db: Database, make_dead_letters: MakeDeadLetters
+) -> None:
     """dlq list shows each open dead letter."""
     (dead,) = make_dead_letters(db)
     out = ok("dlq", "list", "--db", str(db_path)).stdout
     assert dead in out and "HTTP 500" in out
 
 
-def test_dlq_redrive_reports_counts(db_path: Path, db: Database,
-                                    make_dead_letters: MakeDeadLetters) -> None:
+def test_dlq_redrive_reports_counts(
+    db_path: Path, db: Database, make_dead_letters: MakeDeadLetters
+) -> None:
     """dlq redrive prints redriven and remaining; a second run redrives nothing."""
     make_dead_letters(db, 2)
     assert json.loads(ok("dlq", "redrive", "--db", str(db_path), "--json").stdout) == {
-        "redriven": 2, "remaining": 0}
+        "redriven": 2,
+        "remaining": 0,
+    }
     assert ok("dlq", "redrive", "--db", str(db_path)).stdout.strip() == "redriven: 0, remaining: 0"
 
 
-def test_dlq_redrive_goes_on_past_one_batch(db_path: Path, db: Database,
-                                           make_dead_letters: MakeDeadLetters) -> None:
+def test_dlq_redrive_goes_on_past_one_batch(
+    db_path: Path, db: Database, make_dead_letters: MakeDeadLetters
+) -> None:
     """Without --limit, redrive loops over bounded batches until none remain."""
     make_dead_letters(db, MAX_REDRIVE_BATCH + 5)
     assert json.loads(ok("dlq", "redrive", "--db", str(db_path), "--json").stdout) == {
-        "redriven": MAX_REDRIVE_BATCH + 5, "remaining": 0}
+        "redriven": MAX_REDRIVE_BATCH + 5,
+        "remaining": 0,
+    }
 
 
-def test_dlq_redrive_stops_at_the_limit(db_path: Path, db: Database,
-                                        make_dead_letters: MakeDeadLetters) -> None:
+def test_dlq_redrive_stops_at_the_limit(
+    db_path: Path, db: Database, make_dead_letters: MakeDeadLetters
+) -> None:
     """--limit bounds the total redriven."""
     make_dead_letters(db, 3)
-    assert json.loads(ok("dlq", "redrive", "--db", str(db_path), "--limit", "2",
-                         "--json").stdout) == {"redriven": 2, "remaining": 1}
+    assert json.loads(
+        ok("dlq", "redrive", "--db", str(db_path), "--limit", "2", "--json").stdout
+    ) == {"redriven": 2, "remaining": 1}
 
 
-def test_dlq_redrive_by_id(db_path: Path, db: Database,
-                           make_dead_letters: MakeDeadLetters) -> None:
+def test_dlq_redrive_by_id(db_path: Path, db: Database, make_dead_letters: MakeDeadLetters) -> None:
     """--id selects exactly those dead letters."""
     _, second = make_dead_letters(db, 2)
-    assert json.loads(ok("dlq", "redrive", "--db", str(db_path), "--id", second,
-                         "--json").stdout) == {"redriven": 1, "remaining": 0}
+    assert json.loads(
+        ok("dlq", "redrive", "--db", str(db_path), "--id", second, "--json").stdout
+    ) == {"redriven": 1, "remaining": 0}
 
 
-def test_dlq_discard_then_unknown(db_path: Path, db: Database,
-                                  make_dead_letters: MakeDeadLetters) -> None:
+def test_dlq_discard_then_unknown(
+    db_path: Path, db: Database, make_dead_letters: MakeDeadLetters
+) -> None:
     """discard drops a dead letter; discarding it again exits 1."""
     (dead,) = make_dead_letters(db)
     ok("dlq", "discard", dead, "--db", str(db_path))
     assert run("dlq", "discard", dead, "--db", str(db_path)).exit_code == 1
 
 
-def test_deliveries_list_filters_by_state(db_path: Path, db: Database,
-                                          make_deliveries: MakeDeliveries,
-                                          make_dead_letters: MakeDeadLetters) -> None:
+def test_deliveries_list_filters_by_state(
+    db_path: Path, db: Database, make_deliveries: MakeDeliveries, make_dead_letters: MakeDeadLetters
+) -> None:
     """deliveries list --state keeps that state only."""
     make_dead_letters(db)
     pending = make_deliveries(db)
-    data = json.loads(ok("deliveries", "list", "--db", str(db_path), "--state", "pending",
-                         "--json").stdout)
+    data = json.loads(
+        ok("deliveries", "list", "--db", str(db_path), "--state", "pending", "--json").stdout
+    )
     assert [i["id"] for i in data["items"]] == pending
 
 
@@ -227,8 +283,9 @@ def test_deliveries_list_rejects_an_unknown_state(db_path: Path, db: Database) -
     assert run("deliveries", "list", "--db", str(db_path), "--state", "lost").exit_code == 2
 
 
-def test_deliveries_show_prints_the_body(db_path: Path, db: Database,
-                                         make_deliveries: MakeDeliveries) -> None:
+def test_deliveries_show_prints_the_body(
+    db_path: Path, db: Database, make_deliveries: MakeDeliveries
+) -> None:
     """deliveries show prints the delivery and its body."""
     (delivery_id,) = make_deliveries(db)
     out = ok("deliveries", "show", delivery_id, "--db", str(db_path)).stdout
@@ -253,13 +310,17 @@ def test_admin_token_reset_prints_a_token_that_is_stored(db_path: Path) -> None:
     assert generated is None and auth.check(f"Bearer {token[1]}")
 
 
-@pytest.mark.parametrize(("args", "env"), [
-    (["--port", "70000"], {}),
-    ([], {"INGRESS_BOX_PORT": "eighty"}),
-    (["--workers", "0"], {}),
-])
-def test_serve_with_bad_settings_exits_2(tmp_path: Path, args: list[str],
-                                         env: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--port", "70000"], {}),
+        ([], {"INGRESS_BOX_PORT": "eighty"}),
+        (["--workers", "0"], {}),
+    ],
+)
+def test_serve_with_bad_settings_exits_2(
+    tmp_path: Path, args: list[str], env: dict[str, str]
+) -> None:
     """Bad serve flags or variables stop before anything starts, with exit code 2."""
     result = run("serve", "--db", str(tmp_path / "x.db"), *args, env=env)
     assert result.exit_code == 2 and "INGRESS_BOX_" in result.stderr
@@ -267,11 +328,20 @@ def test_serve_with_bad_settings_exits_2(tmp_path: Path, args: list[str],
 
 # -- real processes ---------------------------------------------------------------------------
 
-def _python(*args: str, env: dict[str, str] | None = None,
-            **options: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ingress_box", *args], capture_output=True,
-                          text=True, timeout=60, env=_env(env), cwd=ROOT, check=False,
-                          **options)
+
+def _python(
+    *args: str, env: dict[str, str] | None = None, **options: Any
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ingress_box", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(env),
+        cwd=ROOT,
+        check=False,
+        **options,
+    )
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -300,9 +370,13 @@ def test_serve_prints_a_generated_token_and_exits_0_on_sigterm(db_path: Path) ->
     """serve prints a generated admin token once, serves it, and SIGTERM ends it with 0."""
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "ingress_box", "serve", "--db", str(db_path), "--port",
-         str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-        cwd=ROOT)
+        [sys.executable, "-m", "ingress_box", "serve", "--db", str(db_path), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+    )
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
@@ -311,8 +385,10 @@ def test_serve_prints_a_generated_token_and_exits_0_on_sigterm(db_path: Path) ->
         deadline = time.monotonic() + 30
         while True:
             try:
-                response = httpx.get(f"http://127.0.0.1:{port}/admin/plugins",
-                                     headers={"authorization": f"Bearer {token[1]}"})
+                response = httpx.get(
+                    f"http://127.0.0.1:{port}/admin/plugins",
+                    headers={"authorization": f"Bearer {token[1]}"},
+                )
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "serve did not start listening"

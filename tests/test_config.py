@@ -22,9 +22,16 @@ def test_defaults_follow_the_contract() -> None:
 
 def test_environment_variables_are_read() -> None:
     """Every INGRESS_BOX_* variable lands in its field, typed."""
-    s = load_settings({"INGRESS_BOX_DB": "/tmp/x.db", "INGRESS_BOX_PORT": "9000",
-                       "INGRESS_BOX_SYNCHRONOUS": "normal", "INGRESS_BOX_WORKERS": "16",
-                       "INGRESS_BOX_METRICS_PUBLIC": "true", "INGRESS_BOX_ADMIN_TOKEN": "tok"})
+    s = load_settings(
+        {
+            "INGRESS_BOX_DB": "/tmp/x.db",
+            "INGRESS_BOX_PORT": "9000",
+            "INGRESS_BOX_SYNCHRONOUS": "normal",
+            "INGRESS_BOX_WORKERS": "16",
+            "INGRESS_BOX_METRICS_PUBLIC": "true",
+            "INGRESS_BOX_ADMIN_TOKEN": "tok",
+        }
+    )
     assert (s.db_path, s.port, s.synchronous, s.workers) == (Path("/tmp/x.db"), 9000, "NORMAL", 16)
     assert s.metrics_public is True
     assert s.admin_token == Secret("tok")
@@ -42,19 +49,22 @@ def test_the_admin_token_never_shows_in_a_repr() -> None:
     assert "very-secret-token" not in repr(s)
 
 
-@pytest.mark.parametrize("environ", [
-    {"INGRESS_BOX_PORT": "eighty"},
-    {"INGRESS_BOX_PORT": "70000"},
-    {"INGRESS_BOX_SYNCHRONOUS": "SOMETIMES"},
-    {"INGRESS_BOX_WORKERS": "0"},
-    {"INGRESS_BOX_MAX_BODY_BYTES": "-1"},
-    {"INGRESS_BOX_REJECTIONS_KEPT": "-1"},
-    {"INGRESS_BOX_PUBLIC_URL": "hooks.example.com"},
-    {"INGRESS_BOX_PUBLIC_URL": "ftp://hooks.example.com"},
-    {"INGRESS_BOX_LOG_FORMAT": "xml"},
-    {"INGRESS_BOX_METRICS_PUBLIC": "maybe"},
-    {"INGRESS_BOX_LEASE_SECONDS": "10"},  # not longer than the 10 s delivery timeout
-])
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"INGRESS_BOX_PORT": "eighty"},
+        {"INGRESS_BOX_PORT": "70000"},
+        {"INGRESS_BOX_SYNCHRONOUS": "SOMETIMES"},
+        {"INGRESS_BOX_WORKERS": "0"},
+        {"INGRESS_BOX_MAX_BODY_BYTES": "-1"},
+        {"INGRESS_BOX_REJECTIONS_KEPT": "-1"},
+        {"INGRESS_BOX_PUBLIC_URL": "hooks.example.com"},
+        {"INGRESS_BOX_PUBLIC_URL": "ftp://hooks.example.com"},
+        {"INGRESS_BOX_LOG_FORMAT": "xml"},
+        {"INGRESS_BOX_METRICS_PUBLIC": "maybe"},
+        {"INGRESS_BOX_LEASE_SECONDS": "10"},  # not longer than the 10 s delivery timeout
+    ],
+)
 def test_nonsense_fails_at_start_with_the_variable_named(environ: dict[str, str]) -> None:
     """A bad value is a ConfigError naming the variable, not a surprise later."""
     with pytest.raises(ConfigError) as caught:

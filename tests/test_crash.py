@@ -24,16 +24,26 @@ class Box:
     def __init__(self, db: Path, command: str = "serve", **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        environ = {**os.environ, "INGRESS_BOX_DB": str(db), "INGRESS_BOX_PORT": str(self.port),
-                   "INGRESS_BOX_HOST": "127.0.0.1", "INGRESS_BOX_ADMIN_TOKEN": TOKEN,
-                   "INGRESS_BOX_LEASE_SECONDS": "2", "INGRESS_BOX_DELIVERY_TIMEOUT_SECONDS": "1",
-                   "INGRESS_BOX_RETRY_BASE_SECONDS": "0.05",
-                   "INGRESS_BOX_RETRY_MAX_SECONDS": "0.2", **env}
+        environ = {
+            **os.environ,
+            "INGRESS_BOX_DB": str(db),
+            "INGRESS_BOX_PORT": str(self.port),
+            "INGRESS_BOX_HOST": "127.0.0.1",
+            "INGRESS_BOX_ADMIN_TOKEN": TOKEN,
+            "INGRESS_BOX_LEASE_SECONDS": "2",
+            "INGRESS_BOX_DELIVERY_TIMEOUT_SECONDS": "1",
+            "INGRESS_BOX_RETRY_BASE_SECONDS": "0.05",
+            "INGRESS_BOX_RETRY_MAX_SECONDS": "0.2",
+            **env,
+        }
         self.log = db.with_name(f"{command}-{self.port}.log")
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ingress_box", command], env=environ,
-                stdout=log, stderr=subprocess.STDOUT)
+                [sys.executable, "-m", "ingress_box", command],
+                env=environ,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         if command == "serve":
             self._wait_ready()
 
@@ -55,10 +65,16 @@ class Box:
         return self.proc.wait(timeout=timeout)
 
     def add_instance(self, target_url: str) -> None:
-        response = httpx.post(self.url + "/admin/instances", headers={
-            "authorization": f"Bearer {TOKEN}"}, json={
-            "plugin": "generic", "instance": "main", "target_url": target_url,
-            "secret": SECRET})
+        response = httpx.post(
+            self.url + "/admin/instances",
+            headers={"authorization": f"Bearer {TOKEN}"},
+            json={
+                "plugin": "generic",
+                "instance": "main",
+                "target_url": target_url,
+                "secret": SECRET,
+            },
+        )
         assert response.status_code == 201, response.text
 
     def send(self, n: int) -> bool:
@@ -66,12 +82,14 @@ class Box:
         body = f'{{"n":{n}}}'.encode()
         try:
             response = httpx.post(
-                self.url + "/ingress/generic/main/events", content=body, timeout=5,
-                headers=generic_headers(body, secret=SECRET, **{"x-delivery": f"d-{n}"}))
+                self.url + "/ingress/generic/main/events",
+                content=body,
+                timeout=5,
+                headers=generic_headers(body, secret=SECRET, **{"x-delivery": f"d-{n}"}),
+            )
         except httpx.HTTPError:
             return False
         return 200 <= response.status_code < 300
-
 
 
 def delivered_ids(target: Target) -> collections.Counter[str]:
@@ -120,7 +138,8 @@ def test_kill_9_under_load_loses_no_acked_delivery(tmp_path: Path, target: Targe
 
 
 def test_sigterm_during_deliveries_exits_cleanly_and_loses_nothing(
-        tmp_path: Path, target: Target) -> None:
+    tmp_path: Path, target: Target
+) -> None:
     """SIGTERM with slow deliveries in flight: exit 0 within 15 s, all delivered after restart."""
     target.delay = 0.3
     db = tmp_path / "box.db"
@@ -140,7 +159,8 @@ def test_sigterm_during_deliveries_exits_cleanly_and_loses_nothing(
 
 
 def test_serve_and_a_separate_worker_deliver_each_event_once(
-        tmp_path: Path, target: Target) -> None:
+    tmp_path: Path, target: Target
+) -> None:
     """Two processes draining one file never deliver one event twice in normal operation."""
     db = tmp_path / "box.db"
     box = Box(db)
@@ -160,7 +180,8 @@ def test_serve_and_a_separate_worker_deliver_each_event_once(
 
 
 def test_serve_without_its_worker_wakes_a_separate_worker_at_once(
-        tmp_path: Path, target: Target) -> None:
+    tmp_path: Path, target: Target
+) -> None:
     """Split deployment: `serve --no-run-worker` accepts, an `ingress-box worker` delivers."""
     db = tmp_path / "box.db"
     box = Box(db, INGRESS_BOX_RUN_WORKER="0")

@@ -41,11 +41,19 @@ def ui(client: TestClient) -> TestClient:
 def add_delivery(db: Database, n: int, **changes: Any) -> str:
     """Accept one delivery with the given fields (conversation, body, ...) and return its id."""
     fields: dict[str, Any] = {
-        "id": f"msg_dash{n:04d}", "plugin_id": "generic", "instance_id": "main",
-        "route": "events", "provider_delivery_id": f"evt-{n}", "conversation": None,
-        "method": "POST", "subpath": "", "content_type": "application/json",
+        "id": f"msg_dash{n:04d}",
+        "plugin_id": "generic",
+        "instance_id": "main",
+        "route": "events",
+        "provider_delivery_id": f"evt-{n}",
+        "conversation": None,
+        "method": "POST",
+        "subpath": "",
+        "content_type": "application/json",
         "headers": json.dumps({"x-delivery": f"evt-{n}", "x-signature": "[redacted]"}),
-        "body": b'{"hello": "world"}', "received_at": T0}
+        "body": b'{"hello": "world"}',
+        "received_at": T0,
+    }
     fields.update(changes)
     delivery = NewDelivery(**fields)
     db.write(lambda conn: accept(conn, delivery))
@@ -60,12 +68,14 @@ def one(db: Database, sql: str, *params: Any) -> sqlite3.Row:
 
 # -- sessions --------------------------------------------------------------------------------
 
+
 def test_pages_redirect_to_the_login_without_a_session(client: TestClient) -> None:
     """A page asked for without a session redirects to the login, remembering where to go."""
     response = client.get(f"{UI}/deliveries?state=dead", follow_redirects=False)
     assert response.status_code == 303
     assert response.headers["location"] == (
-        f"{UI}/login?next=%2Fadmin%2Fui%2Fdeliveries%3Fstate%3Ddead")
+        f"{UI}/login?next=%2Fadmin%2Fui%2Fdeliveries%3Fstate%3Ddead"
+    )
 
 
 def test_bare_prefix_is_the_dashboard_not_the_admin_api(client: TestClient) -> None:
@@ -83,7 +93,8 @@ def test_overview_api_without_a_session_is_401(client: TestClient) -> None:
 
 
 def test_bearer_token_alone_does_not_open_the_dashboard(
-        client: TestClient, admin_headers: dict[str, str]) -> None:
+    client: TestClient, admin_headers: dict[str, str]
+) -> None:
     """The dashboard wants its session; an Authorization header is not a login."""
     response = client.get(f"{UI}/", headers=admin_headers, follow_redirects=False)
     assert response.status_code == 303
@@ -119,7 +130,8 @@ def test_login_cookie_is_secure_over_https(app: App) -> None:
 def test_login_redirects_only_within_the_dashboard(client: TestClient) -> None:
     """The login's ``next`` is followed inside /admin/ui and ignored elsewhere."""
     assert log_in(client, next=f"{UI}/dlq?plugin=generic").headers["location"] == (
-        f"{UI}/dlq?plugin=generic")
+        f"{UI}/dlq?plugin=generic"
+    )
     assert log_in(client, next="https://evil.example/").headers["location"] == f"{UI}/"
     assert log_in(client, next="//evil.example/admin/ui/").headers["location"] == f"{UI}/"
 
@@ -155,9 +167,11 @@ def test_static_files_are_served_by_the_box(client: TestClient) -> None:
 
 # -- CSRF and the forms ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("form", [{}, {"csrf": "forged"}], ids=["missing", "wrong"])
 def test_redrive_without_the_csrf_token_is_403_and_changes_nothing(
-        ui: TestClient, box: Box, make_dead_letters: MakeDeadLetters, form: dict[str, str]) -> None:
+    ui: TestClient, box: Box, make_dead_letters: MakeDeadLetters, form: dict[str, str]
+) -> None:
     """A redrive form without the session's CSRF token is refused and redrives nothing."""
     [dead] = make_dead_letters(box.db)
     response = ui.post(f"{UI}/dlq/redrive", data={"id": dead, **form}, follow_redirects=False)
@@ -166,7 +180,8 @@ def test_redrive_without_the_csrf_token_is_403_and_changes_nothing(
 
 
 def test_discard_without_the_csrf_token_is_403_and_changes_nothing(
-        ui: TestClient, box: Box, make_dead_letters: MakeDeadLetters) -> None:
+    ui: TestClient, box: Box, make_dead_letters: MakeDeadLetters
+) -> None:
     """A discard form without the CSRF token is refused and the dead letter stays."""
     [dead] = make_dead_letters(box.db)
     response = ui.post(f"{UI}/dlq/{dead}/discard", data={}, follow_redirects=False)
@@ -175,7 +190,8 @@ def test_discard_without_the_csrf_token_is_403_and_changes_nothing(
 
 
 def test_form_without_a_session_changes_nothing(
-        client: TestClient, box: Box, make_dead_letters: MakeDeadLetters) -> None:
+    client: TestClient, box: Box, make_dead_letters: MakeDeadLetters
+) -> None:
     """A form posted without a session goes to the login and redrives nothing."""
     [dead] = make_dead_letters(box.db)
     response = client.post(f"{UI}/dlq/redrive", data={"id": dead}, follow_redirects=False)
@@ -184,33 +200,42 @@ def test_form_without_a_session_changes_nothing(
 
 
 def test_redrive_button_puts_the_delivery_back_in_the_outbox(
-        ui: TestClient, box: Box, make_dead_letters: MakeDeadLetters) -> None:
+    ui: TestClient, box: Box, make_dead_letters: MakeDeadLetters
+) -> None:
     """The Redrive button redrives that one dead letter and says so on the next page."""
     first, second = make_dead_letters(box.db, 2)
     response = ui.post(f"{UI}/dlq/redrive", data={"id": first, "csrf": csrf_of(ui)})
     assert response.status_code == 200 and "Redriven 1." in response.text
-    row = one(box.db, "SELECT d.state, x.redriven_at FROM dead_letters AS x "
-                      "JOIN deliveries AS d ON d.seq = x.delivery_seq WHERE x.id = ?", first)
+    row = one(
+        box.db,
+        "SELECT d.state, x.redriven_at FROM dead_letters AS x "
+        "JOIN deliveries AS d ON d.seq = x.delivery_seq WHERE x.id = ?",
+        first,
+    )
     assert row["state"] == "pending" and row["redriven_at"] is not None
     assert one(box.db, "SELECT count(*) FROM outbox")[0] == 1
     assert one(box.db, "SELECT redriven_at FROM dead_letters WHERE id = ?", second)[0] is None
 
 
 def test_redrive_all_redrives_only_the_filter(
-        ui: TestClient, box: Box, make_dead_letters: MakeDeadLetters) -> None:
+    ui: TestClient, box: Box, make_dead_letters: MakeDeadLetters
+) -> None:
     """Redrive all with an instance filter redrives that instance's dead letters only."""
     mine = make_dead_letters(box.db, 2, instance="shop")
     other = make_dead_letters(box.db, 1, instance="blog")
-    response = ui.post(f"{UI}/dlq/redrive", data={
-        "plugin": "generic", "instance": "shop", "csrf": csrf_of(ui)}, follow_redirects=False)
+    response = ui.post(
+        f"{UI}/dlq/redrive",
+        data={"plugin": "generic", "instance": "shop", "csrf": csrf_of(ui)},
+        follow_redirects=False,
+    )
     assert response.headers["location"] == f"{UI}/dlq?plugin=generic&instance=shop"
-    open_ids = {r[0] for r in box.db.read(
-        "SELECT id FROM dead_letters WHERE redriven_at IS NULL")}
+    open_ids = {r[0] for r in box.db.read("SELECT id FROM dead_letters WHERE redriven_at IS NULL")}
     assert open_ids == set(other) and not open_ids & set(mine)
 
 
 def test_discard_button_drops_the_dead_letter(
-        ui: TestClient, box: Box, make_dead_letters: MakeDeadLetters) -> None:
+    ui: TestClient, box: Box, make_dead_letters: MakeDeadLetters
+) -> None:
     """The Discard button deletes that dead letter."""
     [dead] = make_dead_letters(box.db)
     response = ui.post(f"{UI}/dlq/{dead}/discard", data={"csrf": csrf_of(ui)})
@@ -220,9 +245,10 @@ def test_discard_button_drops_the_dead_letter(
 
 # -- pages -----------------------------------------------------------------------------------
 
+
 def test_overview_shows_backlog_dead_letters_and_charts(
-        ui: TestClient, box: Box, make_deliveries: MakeDeliveries,
-        make_dead_letters: MakeDeadLetters) -> None:
+    ui: TestClient, box: Box, make_deliveries: MakeDeliveries, make_dead_letters: MakeDeadLetters
+) -> None:
     """The overview counts the backlog and open dead letters and draws both charts."""
     make_deliveries(box.db, 3)
     make_dead_letters(box.db, 1)
@@ -236,7 +262,8 @@ def test_overview_shows_backlog_dead_letters_and_charts(
 
 
 def test_backlog_chart_replays_the_hour(
-        ui: TestClient, box: Box, clock: Clock, make_deliveries: MakeDeliveries) -> None:
+    ui: TestClient, box: Box, clock: Clock, make_deliveries: MakeDeliveries
+) -> None:
     """The backlog series rises at the minute deliveries arrived and not before."""
     make_deliveries(box.db, 2, received_at=T0 - 600)
     backlog = ui.get(f"{UI}/api/overview").json()["charts"]["backlog"]
@@ -246,8 +273,8 @@ def test_backlog_chart_replays_the_hour(
 
 
 def test_deliveries_page_lists_and_filters_by_state(
-        ui: TestClient, box: Box, make_deliveries: MakeDeliveries,
-        make_dead_letters: MakeDeadLetters) -> None:
+    ui: TestClient, box: Box, make_deliveries: MakeDeliveries, make_dead_letters: MakeDeadLetters
+) -> None:
     """The deliveries page lists deliveries and keeps only the chosen state."""
     [pending] = make_deliveries(box.db)
     make_dead_letters(box.db)
@@ -267,8 +294,9 @@ def test_search_by_provider_id_opens_the_delivery(ui: TestClient, box: Box) -> N
 def test_search_matching_several_deliveries_lists_them(ui: TestClient, box: Box) -> None:
     """A provider id found under two instances lists both deliveries."""
     first = add_delivery(box.db, 1)
-    second = add_delivery(box.db, 2, id="msg_dash_other", instance_id="other",
-                          provider_delivery_id="evt-1")
+    second = add_delivery(
+        box.db, 2, id="msg_dash_other", instance_id="other", provider_delivery_id="evt-1"
+    )
     page = ui.get(f"{UI}/deliveries?q=evt-1").text
     assert page.count("data-delivery=") == 2 and first in page and second in page
 
@@ -281,7 +309,8 @@ def test_search_by_webhook_id_opens_the_delivery(ui: TestClient, box: Box) -> No
 
 
 def test_delivery_page_shows_what_was_received_and_each_attempt(
-        ui: TestClient, box: Box, make_dead_letters: MakeDeadLetters) -> None:
+    ui: TestClient, box: Box, make_dead_letters: MakeDeadLetters
+) -> None:
     """A delivery's page shows its headers, its body and each attempt with its answer."""
     make_dead_letters(box.db)
     delivery_id = one(box.db, "SELECT id FROM deliveries")[0]
@@ -319,7 +348,8 @@ def test_lanes_page_shows_a_waiting_conversation(ui: TestClient, box: Box) -> No
 
 
 def test_dead_letters_page_offers_redrive_and_discard(
-        ui: TestClient, box: Box, make_dead_letters: MakeDeadLetters) -> None:
+    ui: TestClient, box: Box, make_dead_letters: MakeDeadLetters
+) -> None:
     """Each dead letter is listed with its Redrive and Discard buttons."""
     [dead] = make_dead_letters(box.db)
     page = ui.get(f"{UI}/dlq").text
@@ -327,24 +357,33 @@ def test_dead_letters_page_offers_redrive_and_discard(
     assert f'action="{UI}/dlq/{dead}/discard"' in page and ">Redrive</button>" in page
 
 
-def test_rejections_page_shows_the_reason(
-        ui: TestClient, admin_headers: dict[str, str]) -> None:
+def test_rejections_page_shows_the_reason(ui: TestClient, admin_headers: dict[str, str]) -> None:
     """A request that failed verification shows up with its reason under its instance."""
-    ui.post("/admin/instances", headers=admin_headers,
-            json={"plugin": "generic", "instance": "shop", "secret": "right-secret-value"})
+    ui.post(
+        "/admin/instances",
+        headers=admin_headers,
+        json={"plugin": "generic", "instance": "shop", "secret": "right-secret-value"},
+    )
     body = b'{"a": 1}'
-    rejected = ui.post("/ingress/generic/shop/events", content=body,
-                       headers=generic_headers(body, "wrong-secret-value"))
+    rejected = ui.post(
+        "/ingress/generic/shop/events",
+        content=body,
+        headers=generic_headers(body, "wrong-secret-value"),
+    )
     assert rejected.status_code == 401
     page = ui.get(f"{UI}/rejections").text
     assert "generic / shop" in page and rejected.json()["error"]["code"] in page
 
 
 def test_instances_page_shows_urls_but_no_secret(
-        ui: TestClient, admin_headers: dict[str, str]) -> None:
+    ui: TestClient, admin_headers: dict[str, str]
+) -> None:
     """Instances are listed with their ingress URLs to copy and none of their secrets."""
-    created = ui.post("/admin/instances", headers=admin_headers, json={
-        "plugin": "generic", "instance": "shop", "target_url": "http://127.0.0.1:9/hook"}).json()
+    created = ui.post(
+        "/admin/instances",
+        headers=admin_headers,
+        json={"plugin": "generic", "instance": "shop", "target_url": "http://127.0.0.1:9/hook"},
+    ).json()
     page = ui.get(f"{UI}/instances").text
     assert "http://testserver/ingress/generic/shop/events" in page and "data-copy=" in page
     for secret in ("secret", "verify_token", "outbound_secret"):

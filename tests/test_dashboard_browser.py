@@ -21,11 +21,18 @@ from ingress_box.config import load_settings
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no chromium binary (apt-get install chromium; CI installs it)")
+    CHROMIUM is None, reason="no chromium binary (apt-get install chromium; CI installs it)"
+)
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 WAIT_MS = 15_000
 
 
@@ -33,13 +40,13 @@ WAIT_MS = 15_000
 def browser() -> Iterator[Browser]:
     assert CHROMIUM is not None
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                             timeout=60_000)
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000
+        )
         try:
             yield browser
         finally:
             browser.close()
-
 
 
 @pytest.fixture
@@ -73,8 +80,9 @@ def send(live: LiveBox, delivery: str) -> None:
     body = b'{"event": "order.paid", "delivery": "%s"}' % delivery.encode()
     headers = generic_headers(body, **{"x-delivery": delivery})
     with httpx.Client(timeout=10) as client:
-        response = client.post(f"{live.url}/ingress/generic/main/events", content=body,
-                               headers=headers)
+        response = client.post(
+            f"{live.url}/ingress/generic/main/events", content=body, headers=headers
+        )
     assert response.status_code == 202, response.text
 
 
@@ -93,7 +101,8 @@ def row(provider_id: str, state: str) -> str:
 
 
 def test_log_in_see_a_delivery_arrive_and_redrive_a_dead_letter(
-        page: Page, live: LiveBox, target: Target, tmp_path: Path) -> None:
+    page: Page, live: LiveBox, target: Target, tmp_path: Path
+) -> None:
     """A delivery shows up delivered, and a dead one is delivered after its Redrive button."""
     send(live, "evt-arrives")
     page.get_by_role("link", name="Deliveries").click()
@@ -114,8 +123,9 @@ def test_log_in_see_a_delivery_arrive_and_redrive_a_dead_letter(
 
     page.get_by_role("link", name="Deliveries").click()
     reload_until(page, row("evt-doomed", "delivered"))
-    doomed = [r for r in target.wait_for(3)
-              if r.headers.get("ingress-box-delivery-id") == "evt-doomed"]
+    doomed = [
+        r for r in target.wait_for(3) if r.headers.get("ingress-box-delivery-id") == "evt-doomed"
+    ]
     assert len(doomed) == 2  # the 400, then the redrive's 200
 
     page.locator('tr[data-provider-id="evt-doomed"] a').first.click()
@@ -126,7 +136,8 @@ def test_log_in_see_a_delivery_arrive_and_redrive_a_dead_letter(
 
 
 def test_overview_updates_itself_without_a_reload(
-        page: Page, live: LiveBox, target: Target, tmp_path: Path) -> None:
+    page: Page, live: LiveBox, target: Target, tmp_path: Path
+) -> None:
     """The overview's numbers follow new deliveries through its refresh script."""
     received = page.locator('[data-stat="received_hour"]')
     expect(received).to_have_text("0")

@@ -148,19 +148,34 @@ def client(target: FakeTarget) -> Iterator[httpx.Client]:
 
 def make_event(**changes: Any) -> Event:
     base = Event(
-        id="msg_2b1f0c9e", plugin="chatwoot", instance="acme", route="events",
-        provider_delivery_id="dlv-1", conversation="42", method="POST", subpath="",
-        content_type="application/json", headers={"content-type": "application/json"},
-        body=b'{"event": "message_created"}', attempt=1, received_at=1_700_000_000.0,
+        id="msg_2b1f0c9e",
+        plugin="chatwoot",
+        instance="acme",
+        route="events",
+        provider_delivery_id="dlv-1",
+        conversation="42",
+        method="POST",
+        subpath="",
+        content_type="application/json",
+        headers={"content-type": "application/json"},
+        body=b'{"event": "message_created"}',
+        attempt=1,
+        received_at=1_700_000_000.0,
     )
     return dataclasses.replace(base, **changes)
 
 
 def make_ctx(client: httpx.Client, url: str | None, **changes: Any) -> HandlerContext:
-    target = Target(url=url, outbound_secret=changes.pop("secret", SECRET),
-                    config=changes.pop("config", {}))
-    return HandlerContext(target=target, client=client, timeout=changes.pop("timeout", 5.0),
-                          now=changes.pop("now", time.time), **changes)
+    target = Target(
+        url=url, outbound_secret=changes.pop("secret", SECRET), config=changes.pop("config", {})
+    )
+    return HandlerContext(
+        target=target,
+        client=client,
+        timeout=changes.pop("timeout", 5.0),
+        now=changes.pop("now", time.time),
+        **changes,
+    )
 
 
 def refused_url() -> str:
@@ -186,7 +201,7 @@ def test_forward_sends_non_utf8_bytes_unchanged_and_signs_them(
     target: FakeTarget, client: httpx.Client
 ) -> None:
     """Binary bodies arrive byte for byte and the signature covers those exact bytes."""
-    body = b"\xff\xfe\x00raw\x80\r\n{\"a\": 1}"
+    body = b'\xff\xfe\x00raw\x80\r\n{"a": 1}'
     forward(make_event(body=body, content_type=None), make_ctx(client, target.url))
     got = target.received[0]
     key = base64.b64decode(SECRET.removeprefix("whsec_"))
@@ -199,15 +214,28 @@ def test_forward_sends_the_contract_headers(target: FakeTarget, client: httpx.Cl
     """Every header of the contract is set from the event and the injected clock."""
     forward(make_event(attempt=3), make_ctx(client, target.url, now=lambda: 1_700_000_123.9))
     got = target.received[0].headers
-    assert {k: got[k] for k in (
-        "content-type", "webhook-id", "webhook-timestamp", "ingress-box-plugin",
-        "ingress-box-instance", "ingress-box-route", "ingress-box-delivery-id",
-        "ingress-box-conversation", "ingress-box-attempt",
-    )} == {
-        "content-type": "application/json", "webhook-id": "msg_2b1f0c9e",
-        "webhook-timestamp": "1700000123", "ingress-box-plugin": "chatwoot",
-        "ingress-box-instance": "acme", "ingress-box-route": "events",
-        "ingress-box-delivery-id": "dlv-1", "ingress-box-conversation": "42",
+    assert {
+        k: got[k]
+        for k in (
+            "content-type",
+            "webhook-id",
+            "webhook-timestamp",
+            "ingress-box-plugin",
+            "ingress-box-instance",
+            "ingress-box-route",
+            "ingress-box-delivery-id",
+            "ingress-box-conversation",
+            "ingress-box-attempt",
+        )
+    } == {
+        "content-type": "application/json",
+        "webhook-id": "msg_2b1f0c9e",
+        "webhook-timestamp": "1700000123",
+        "ingress-box-plugin": "chatwoot",
+        "ingress-box-instance": "acme",
+        "ingress-box-route": "events",
+        "ingress-box-delivery-id": "dlv-1",
+        "ingress-box-conversation": "42",
         "ingress-box-attempt": "3",
     }
     assert got["user-agent"].startswith("ingress-box/")
@@ -234,12 +262,14 @@ def test_forward_adds_extra_and_configured_headers_without_overriding_protocol(
 ) -> None:
     """Config and enrichment headers are sent, but cannot replace the signed protocol headers."""
     config = {"headers": {"X-Api-Key": "k1", "Webhook-Id": "forged"}}
-    ctx = make_ctx(client, target.url, config=config,
-                   extra_headers={"ingress-box-session": "main"})
+    ctx = make_ctx(client, target.url, config=config, extra_headers={"ingress-box-session": "main"})
     forward(make_event(), ctx)
     got = target.received[0].headers
     assert (got["x-api-key"], got["ingress-box-session"], got["webhook-id"]) == (
-        "k1", "main", "msg_2b1f0c9e")
+        "k1",
+        "main",
+        "msg_2b1f0c9e",
+    )
 
 
 def test_forward_sends_untrusted_ids_as_utf8_without_header_injection(
@@ -288,7 +318,10 @@ def test_forward_retryable_status_raises_retry_later_with_status(
     with pytest.raises(HttpRetryLater) as info:
         forward(make_event(), make_ctx(client, target.url))
     assert (info.value.status_code, info.value.error, info.value.delay) == (
-        status, f"HTTP {status}: busy", None)
+        status,
+        f"HTTP {status}: busy",
+        None,
+    )
 
 
 @pytest.mark.parametrize("status", [400, 404])
@@ -395,14 +428,14 @@ def test_sign_matches_the_specification_example() -> None:
     """sign reproduces the example signature of the Standard Webhooks specification."""
     body = b'{"test": 2432232314}'
     assert sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body, SECRET) == (
-        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    )
 
 
 @given(msg_id=st.text(min_size=1), timestamp=st.integers(0, 2**33), body=st.text())
 def test_sign_agrees_with_standardwebhooks(msg_id: str, timestamp: int, body: str) -> None:
     """For any text body, sign equals the reference library's signature."""
-    reference = Webhook(SECRET).sign(
-        msg_id, datetime.fromtimestamp(timestamp, UTC), body)
+    reference = Webhook(SECRET).sign(msg_id, datetime.fromtimestamp(timestamp, UTC), body)
     assert sign(msg_id, timestamp, body.encode(), SECRET) == reference
 
 
@@ -430,6 +463,7 @@ def test_resolve_forward_by_name() -> None:
 
 def test_resolve_registered_handler() -> None:
     """A registered handler resolves by its name."""
+
     def noop(event: Event, ctx: HandlerContext) -> None:
         pass
 
@@ -475,13 +509,17 @@ def test_backoff_stays_within_full_jitter_bounds(
     policy: RetryPolicy, attempt: int, seed: int
 ) -> None:
     """0 <= backoff <= min(max_seconds, base_seconds * 2 ** (attempt - 1)) for any attempt."""
-    ceiling = policy.max_seconds if attempt > 1000 else min(
-        policy.max_seconds, policy.base_seconds * 2 ** (attempt - 1))
+    ceiling = (
+        policy.max_seconds
+        if attempt > 1000
+        else min(policy.max_seconds, policy.base_seconds * 2 ** (attempt - 1))
+    )
     assert 0 <= backoff(policy, attempt, random.Random(seed)) <= ceiling
 
 
-@given(policy=policies, attempt=st.integers(1, 49), retry_after=st.floats(0, 1e8),
-       seed=st.integers())
+@given(
+    policy=policies, attempt=st.integers(1, 49), retry_after=st.floats(0, 1e8), seed=st.integers()
+)
 def test_retry_after_is_a_floor_capped_by_max_seconds(
     policy: RetryPolicy, attempt: int, retry_after: float, seed: int
 ) -> None:
@@ -494,13 +532,15 @@ def test_retry_after_is_a_floor_capped_by_max_seconds(
 def test_decide_success_is_delivered() -> None:
     """No exception means delivered, with no delay and no error."""
     assert decide(RetryPolicy(), 1, None, random.Random(0)) == Decision(
-        "delivered", 0.0, None, None)
+        "delivered", 0.0, None, None
+    )
 
 
 def test_decide_retries_the_attempt_before_the_budget_edge() -> None:
     """Attempt max_attempts - 1 failing transiently is retried, keeping the status code."""
-    decision = decide(RetryPolicy(max_attempts=3), 2, HttpRetryLater("HTTP 503", 503),
-                      random.Random(0))
+    decision = decide(
+        RetryPolicy(max_attempts=3), 2, HttpRetryLater("HTTP 503", 503), random.Random(0)
+    )
     assert (decision.outcome, decision.error, decision.status_code) == ("retry", "HTTP 503", 503)
 
 

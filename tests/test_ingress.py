@@ -50,15 +50,20 @@ def post(client: TestClient, body: bytes, url: str = URL, **extra: str) -> httpx
 
 # -- 404 -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("url", [
-    "/ingress/nope/main/events",          # unknown plugin
-    "/ingress/generic/other/events",      # unknown instance
-    "/ingress/generic/main/nope",         # unknown route
-    "/ingress/generic/bad%20id/events",   # an id the contract does not allow
-    "/ingress/generic/" + "a" * 65 + "/events",
-])
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/ingress/nope/main/events",  # unknown plugin
+        "/ingress/generic/other/events",  # unknown instance
+        "/ingress/generic/main/nope",  # unknown route
+        "/ingress/generic/bad%20id/events",  # an id the contract does not allow
+        "/ingress/generic/" + "a" * 65 + "/events",
+    ],
+)
 def test_unknown_plugin_instance_or_route_is_404_and_stores_nothing(
-        client: TestClient, url: str) -> None:
+    client: TestClient, url: str
+) -> None:
     """Anything not configured answers 404 before reading the body."""
     response = post(client, b"{}", url=url)
     assert response.status_code == 404
@@ -85,6 +90,7 @@ def test_rotated_secret_takes_effect_on_the_next_request(client: TestClient) -> 
 
 
 # -- 413 -------------------------------------------------------------------------------------
+
 
 def test_declared_body_over_the_cap_is_413(tmp_path: Path) -> None:
     """A Content-Length over the cap is refused without reading the body."""
@@ -126,14 +132,19 @@ def test_cap_zero_lets_only_the_empty_body_through(tmp_path: Path) -> None:
 
 # -- 401 -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("headers, reason", [
-    ({}, "missing_signature"),
-    ({"x-signature": "sha256=" + "0" * 64}, "bad_signature"),
-    ({"x-signature": "sha256=abc"}, "bad_signature"),
-    ({"x-signature": "garbage"}, "bad_signature"),
-])
+
+@pytest.mark.parametrize(
+    "headers, reason",
+    [
+        ({}, "missing_signature"),
+        ({"x-signature": "sha256=" + "0" * 64}, "bad_signature"),
+        ({"x-signature": "sha256=abc"}, "bad_signature"),
+        ({"x-signature": "garbage"}, "bad_signature"),
+    ],
+)
 def test_bad_signature_is_401_with_a_reason_and_stores_nothing(
-        client: TestClient, headers: dict[str, str], reason: str) -> None:
+    client: TestClient, headers: dict[str, str], reason: str
+) -> None:
     """Verification failures answer 401 with a machine-readable reason."""
     response = client.post(URL, content=b'{"a":1}', headers=headers)
     assert response.status_code == 401
@@ -154,6 +165,7 @@ def test_empty_secret_fails_closed(client: TestClient) -> None:
 
 
 # -- 429 -------------------------------------------------------------------------------------
+
 
 def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
     """Over the per-instance rate the box answers 429 and says when to come back."""
@@ -178,6 +190,7 @@ def test_rate_limit_charges_only_verified_requests(tmp_path: Path) -> None:
 
 # -- 503 -------------------------------------------------------------------------------------
 
+
 def test_storage_that_cannot_commit_is_503_never_202(tmp_path: Path) -> None:
     """With the write lock held elsewhere past the timeout, the box answers 503 + Retry-After."""
     s = load_settings({}, db_path=tmp_path / "b.db", admin_token="t", busy_timeout_seconds=0.2)
@@ -197,6 +210,7 @@ def test_storage_that_cannot_commit_is_503_never_202(tmp_path: Path) -> None:
 
 
 # -- 202 and duplicates ----------------------------------------------------------------------
+
 
 def test_new_delivery_is_committed_with_its_outbox_row_then_acked(client: TestClient) -> None:
     """A verified new webhook answers 202 and both rows exist."""
@@ -258,7 +272,7 @@ def test_same_provider_id_under_another_instance_is_new(client: TestClient) -> N
 
 def test_raw_bytes_are_stored_unchanged_and_credentials_redacted(client: TestClient) -> None:
     """Non-UTF-8 bytes are kept as sent; signature and auth headers are not stored."""
-    body = b"\xff\xfe{ \"weird\" : [1,2] }\x00"
+    body = b'\xff\xfe{ "weird" : [1,2] }\x00'
     post(client, body, authorization="Bearer hunter2", **{"x-conversation": "c-1"})
     row = box_of(client).db.read_one("SELECT body, headers, conversation FROM deliveries")
     assert row is not None
@@ -272,8 +286,11 @@ def test_raw_bytes_are_stored_unchanged_and_credentials_redacted(client: TestCli
 
 def test_any_content_type_is_accepted(client: TestClient) -> None:
     """Form-encoded and binary bodies go through like JSON."""
-    for body, ctype in ((b"a=1&b=2", "application/x-www-form-urlencoded"),
-                        (b"\x00\x01", "application/octet-stream"), (b"plain", "text/plain")):
+    for body, ctype in (
+        (b"a=1&b=2", "application/x-www-form-urlencoded"),
+        (b"\x00\x01", "application/octet-stream"),
+        (b"plain", "text/plain"),
+    ):
         headers = generic_headers(body)
         headers["content-type"] = ctype
         assert client.post(URL, content=body, headers=headers).status_code == 202
@@ -326,8 +343,9 @@ def test_every_202_is_a_committed_row_under_concurrency(settings: Settings) -> N
 
         def send(i: int) -> int:
             body = f'{{"n":{i}}}'.encode()
-            return httpx.post(live.url + URL, content=body, headers=generic_headers(body),
-                              timeout=10).status_code
+            return httpx.post(
+                live.url + URL, content=body, headers=generic_headers(body), timeout=10
+            ).status_code
 
         started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
@@ -351,12 +369,16 @@ def test_a_custom_verify_header_is_redacted_whatever_its_name(tmp_path: Path) ->
     plugins.mkdir()
     (plugins / "gitlab.toml").write_text(
         'id = "gitlab"\nname = "GitLab"\n[routes.events]\n'
-        '[routes.events.verify]\nscheme = "shared-secret"\nheader = "X-Gitlab-Word"\n')
+        '[routes.events.verify]\nscheme = "shared-secret"\nheader = "X-Gitlab-Word"\n'
+    )
     s = load_settings({}, db_path=tmp_path / "b.db", admin_token="t", plugins_dir=plugins)
     with TestClient(create_app(s, run_worker=False)) as c:
         add_instance(box_of(c), plugin="gitlab", secret="the-shared-word-123")
-        response = c.post("/ingress/gitlab/main/events", content=b"{}",
-                          headers={"x-gitlab-word": "the-shared-word-123"})
+        response = c.post(
+            "/ingress/gitlab/main/events",
+            content=b"{}",
+            headers={"x-gitlab-word": "the-shared-word-123"},
+        )
         assert response.status_code == 202
         row = box_of(c).db.read_one("SELECT headers FROM deliveries")
         assert row is not None and "the-shared-word-123" not in row[0]

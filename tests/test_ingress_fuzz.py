@@ -17,8 +17,18 @@ from starlette.testclient import TestClient
 from ingress_box.app import Box, create_app
 from ingress_box.config import load_settings
 
-PLUGINS = ["generic", "chatwoot", "stripe", "telegram", "meta", "twilio", "standard-webhooks",
-           "github", "supabase", "nope"]
+PLUGINS = [
+    "generic",
+    "chatwoot",
+    "stripe",
+    "telegram",
+    "meta",
+    "twilio",
+    "standard-webhooks",
+    "github",
+    "supabase",
+    "nope",
+]
 ROUTES = ["events", "webhook", "messages", "updates", "x"]
 ONE_APP = [HealthCheck.function_scoped_fixture]  # the module-scoped app is shared on purpose
 
@@ -27,8 +37,7 @@ ONE_APP = [HealthCheck.function_scoped_fixture]  # the module-scoped app is shar
 def client() -> Iterator[TestClient]:
     # One app for all examples: hypothesis runs hundreds of them.
     with tempfile.TemporaryDirectory() as folder:
-        s = load_settings({}, db_path=Path(folder) / "box.db", admin_token="t",
-                          max_body_bytes=2048)
+        s = load_settings({}, db_path=Path(folder) / "box.db", admin_token="t", max_body_bytes=2048)
         with TestClient(create_app(s, run_worker=False), raise_server_exceptions=False) as c:
             box: Box = c.app.state.box  # type: ignore[attr-defined]
             for plugin in PLUGINS[:-1]:
@@ -43,25 +52,54 @@ def rows(client: TestClient) -> int:
     return int(row[0])
 
 
-header_names = st.sampled_from([
-    "x-signature", "x-delivery", "x-conversation", "content-type", "x-chatwoot-signature",
-    "x-chatwoot-timestamp", "stripe-signature", "webhook-id", "webhook-timestamp",
-    "webhook-signature", "svix-signature", "x-hub-signature-256", "x-twilio-signature",
-    "x-telegram-bot-api-secret-token", "content-length", "x-github-delivery"])
-header_values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=200)
+header_names = st.sampled_from(
+    [
+        "x-signature",
+        "x-delivery",
+        "x-conversation",
+        "content-type",
+        "x-chatwoot-signature",
+        "x-chatwoot-timestamp",
+        "stripe-signature",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "svix-signature",
+        "x-hub-signature-256",
+        "x-twilio-signature",
+        "x-telegram-bot-api-secret-token",
+        "content-length",
+        "x-github-delivery",
+    ]
+)
+header_values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=200)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=ONE_APP)
-@given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]),
-       plugin=st.sampled_from(PLUGINS), instance=st.sampled_from(["main", "x", "a b", "ü", ""]),
-       route=st.sampled_from(ROUTES), rest=st.text(max_size=30),
-       headers=st.dictionaries(header_names, header_values, max_size=6),
-       body=st.binary(max_size=4096),
-       query=st.dictionaries(st.sampled_from(["hub.mode", "hub.verify_token", "hub.challenge",
-                                              "bodySHA256", "x"]), st.text(max_size=20)))
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]),
+    plugin=st.sampled_from(PLUGINS),
+    instance=st.sampled_from(["main", "x", "a b", "ü", ""]),
+    route=st.sampled_from(ROUTES),
+    rest=st.text(max_size=30),
+    headers=st.dictionaries(header_names, header_values, max_size=6),
+    body=st.binary(max_size=4096),
+    query=st.dictionaries(
+        st.sampled_from(["hub.mode", "hub.verify_token", "hub.challenge", "bodySHA256", "x"]),
+        st.text(max_size=20),
+    ),
+)
 def test_no_request_causes_a_500_and_rejections_store_nothing(
-        client: TestClient, method: str, plugin: str, instance: str, route: str, rest: str,
-        headers: dict[str, str], body: bytes, query: dict[str, str]) -> None:
+    client: TestClient,
+    method: str,
+    plugin: str,
+    instance: str,
+    route: str,
+    rest: str,
+    headers: dict[str, str],
+    body: bytes,
+    query: dict[str, str],
+) -> None:
     """Arbitrary methods, paths, headers, bodies and queries answer below 500."""
     headers.pop("content-length", None)  # let the client frame the body honestly
     path = f"/ingress/{quote(plugin)}/{quote(instance)}/{quote(route)}"
@@ -75,12 +113,16 @@ def test_no_request_causes_a_500_and_rejections_store_nothing(
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=ONE_APP)
-@given(body=st.binary(max_size=2048),
-       delivery=st.one_of(st.none(), st.text(max_size=80)),
-       conversation=st.one_of(st.none(), st.text(st.characters(min_codepoint=0x20,
-                                                               max_codepoint=0x7e), max_size=300)))
+@given(
+    body=st.binary(max_size=2048),
+    delivery=st.one_of(st.none(), st.text(max_size=80)),
+    conversation=st.one_of(
+        st.none(), st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=300)
+    ),
+)
 def test_signed_garbage_is_accepted_once_and_acked_identically(
-        client: TestClient, body: bytes, delivery: str | None, conversation: str | None) -> None:
+    client: TestClient, body: bytes, delivery: str | None, conversation: str | None
+) -> None:
     """Any correctly signed bytes are stored once; a resend gets the same ack."""
     extra = {}
     if delivery is not None and delivery.isascii() and delivery.isprintable():

@@ -36,10 +36,17 @@ def db(tmp_path: Path) -> Iterator[Database]:
     database.close()
 
 
-def bind(db: Database, chat: str, conversation: str, session: str = "s1",
-         instance: str = "main", **extra: Any) -> ConversationMapping:
-    mapping, _ = db.write(store.upsert(
-        Upsert("generic", instance, session, chat, conversation, **extra), NOW))
+def bind(
+    db: Database,
+    chat: str,
+    conversation: str,
+    session: str = "s1",
+    instance: str = "main",
+    **extra: Any,
+) -> ConversationMapping:
+    mapping, _ = db.write(
+        store.upsert(Upsert("generic", instance, session, chat, conversation, **extra), NOW)
+    )
     return mapping
 
 
@@ -49,6 +56,7 @@ def owner(db: Database, conversation: str, instance: str = "main") -> str | None
 
 
 # -- the store ------------------------------------------------------------------------------
+
 
 def test_a_second_upsert_on_the_forward_key_keeps_the_row_id(db: Database) -> None:
     """Re-pointing a chat updates its row in place: same id, the new conversation."""
@@ -77,7 +85,10 @@ def test_binding_a_held_conversation_raises_a_conflict_naming_the_holder(db: Dat
     with pytest.raises(MappingConflict) as caught:
         bind(db, "c2", "v1", session="s2")
     assert (caught.value.chat, caught.value.session, caught.value.mapping_id) == (
-        "c1", "s1", held.id)
+        "c1",
+        "s1",
+        held.id,
+    )
     assert owner(db, "v1") == "c1"
 
 
@@ -119,26 +130,44 @@ def test_the_same_conversation_in_another_instance_is_independent(db: Database) 
 
 # -- the admin API --------------------------------------------------------------------------
 
+
 def put(client: TestClient, headers: Headers, **body: Any) -> Reply:
     body = {"plugin": "generic", "instance": "main", "session": "s1", **body}
     return client.put("/admin/mappings", json=body, headers=headers)
 
 
 def test_put_creates_with_200_and_the_mapping_json(
-        client: TestClient, admin_headers: Headers) -> None:
+    client: TestClient, admin_headers: Headers
+) -> None:
     """A new mapping is 200 with every field of the mapping document and created: true."""
     response = put(client, admin_headers, chat="c1", conversation="v1")
     assert response.status_code == 200, response.text
     data = response.json()
-    assert set(data) == {"id", "plugin", "instance", "session", "chat", "conversation", "state",
-                         "metadata", "created_at", "updated_at", "created"}
+    assert set(data) == {
+        "id",
+        "plugin",
+        "instance",
+        "session",
+        "chat",
+        "conversation",
+        "state",
+        "metadata",
+        "created_at",
+        "updated_at",
+        "created",
+    }
     assert data["created"] is True
     assert (data["chat"], data["conversation"], data["state"], data["metadata"]) == (
-        "c1", "v1", "bot", {})
+        "c1",
+        "v1",
+        "bot",
+        {},
+    )
 
 
 def test_put_on_an_existing_chat_is_200_with_the_same_id(
-        client: TestClient, admin_headers: Headers) -> None:
+    client: TestClient, admin_headers: Headers
+) -> None:
     """Re-pointing through the API answers 200 and keeps the id."""
     first = put(client, admin_headers, chat="c1", conversation="v1").json()
     response = put(client, admin_headers, chat="c1", conversation="v2")
@@ -146,22 +175,38 @@ def test_put_on_an_existing_chat_is_200_with_the_same_id(
 
 
 def test_put_of_a_held_conversation_is_409_naming_the_chat(
-        client: TestClient, admin_headers: Headers) -> None:
+    client: TestClient, admin_headers: Headers
+) -> None:
     """Binding a conversation held by another chat is 409 mapping_conflict in the error shape."""
     put(client, admin_headers, chat="c1", conversation="v1")
     response = put(client, admin_headers, chat="c2", conversation="v1")
     assert response.status_code == 409
-    assert response.json() == {"error": {"code": "mapping_conflict", "message": (
-        "conversation 'v1' is already bound to chat 'c1' of session 's1'")}}
+    assert response.json() == {
+        "error": {
+            "code": "mapping_conflict",
+            "message": ("conversation 'v1' is already bound to chat 'c1' of session 's1'"),
+        }
+    }
 
 
-@pytest.mark.parametrize("bad", [
-    {"plugin": "nope"}, {"instance": "bad id"}, {"instance": "x" * 65}, {"session": ""},
-    {"chat": "   "}, {"chat": "c" * 257}, {"conversation": 7}, {"state": "robot"},
-    {"metadata": [1]}, {"extra": 1},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"plugin": "nope"},
+        {"instance": "bad id"},
+        {"instance": "x" * 65},
+        {"session": ""},
+        {"chat": "   "},
+        {"chat": "c" * 257},
+        {"conversation": 7},
+        {"state": "robot"},
+        {"metadata": [1]},
+        {"extra": 1},
+    ],
+)
 def test_put_with_a_bad_value_is_400(
-        client: TestClient, admin_headers: Headers, bad: dict[str, Any]) -> None:
+    client: TestClient, admin_headers: Headers, bad: dict[str, Any]
+) -> None:
     """Unknown plugin, bad instance id, empty or long ids, bad state or metadata are 400."""
     response = put(client, admin_headers, **{"chat": "c1", "conversation": "v1", **bad})
     assert response.status_code == 400, response.text
@@ -169,15 +214,18 @@ def test_put_with_a_bad_value_is_400(
 
 
 def test_get_finds_a_mapping_by_conversation_or_by_chat(
-        client: TestClient, admin_headers: Headers) -> None:
+    client: TestClient, admin_headers: Headers
+) -> None:
     """The conversation query and the session+chat query both find the one mapping."""
     made = put(client, admin_headers, chat="c1", conversation="v1").json()
     del made["created"]  # only the PUT says whether it made the row
     put(client, admin_headers, chat="c2", conversation="v2")
-    by_conversation = client.get("/admin/mappings?plugin=generic&instance=main&conversation=v1",
-                                 headers=admin_headers).json()
-    by_chat = client.get("/admin/mappings?plugin=generic&instance=main&session=s1&chat=c1",
-                         headers=admin_headers).json()
+    by_conversation = client.get(
+        "/admin/mappings?plugin=generic&instance=main&conversation=v1", headers=admin_headers
+    ).json()
+    by_chat = client.get(
+        "/admin/mappings?plugin=generic&instance=main&session=s1&chat=c1", headers=admin_headers
+    ).json()
     assert by_conversation == by_chat == {"items": [made], "next_cursor": None}
 
 
@@ -198,8 +246,11 @@ def test_list_pages_with_a_cursor(client: TestClient, admin_headers: Headers) ->
 def test_patch_changes_the_handover_state(client: TestClient, admin_headers: Headers) -> None:
     """PATCH with a state answers the mapping in that state (metadata replaced when given)."""
     made = put(client, admin_headers, chat="c1", conversation="v1").json()
-    response = client.patch(f"/admin/mappings/{made['id']}", headers=admin_headers,
-                            json={"state": "human", "metadata": {"agent": 3}})
+    response = client.patch(
+        f"/admin/mappings/{made['id']}",
+        headers=admin_headers,
+        json={"state": "human", "metadata": {"agent": 3}},
+    )
     assert response.status_code == 200
     assert (response.json()["state"], response.json()["metadata"]) == ("human", {"agent": 3})
 
@@ -207,13 +258,15 @@ def test_patch_changes_the_handover_state(client: TestClient, admin_headers: Hea
 def test_patch_with_a_bad_state_is_400(client: TestClient, admin_headers: Headers) -> None:
     """A state outside bot, human, closed is refused."""
     made = put(client, admin_headers, chat="c1", conversation="v1").json()
-    response = client.patch(f"/admin/mappings/{made['id']}", headers=admin_headers,
-                            json={"state": "asleep"})
+    response = client.patch(
+        f"/admin/mappings/{made['id']}", headers=admin_headers, json={"state": "asleep"}
+    )
     assert response.status_code == 400
 
 
 def test_delete_is_204_and_frees_the_conversation(
-        client: TestClient, admin_headers: Headers) -> None:
+    client: TestClient, admin_headers: Headers
+) -> None:
     """DELETE answers 204, the id is gone, and another chat can take the conversation."""
     made = put(client, admin_headers, chat="c1", conversation="v1").json()
     assert client.delete(f"/admin/mappings/{made['id']}", headers=admin_headers).status_code == 204
@@ -222,10 +275,12 @@ def test_delete_is_204_and_frees_the_conversation(
     assert (again.status_code, again.json()["created"]) == (200, True)
 
 
-@pytest.mark.parametrize("path", ["/admin/mappings/999", "/admin/mappings/" + "9" * 30,
-                                  "/admin/mappings/abc"])
-def test_an_unknown_mapping_id_is_404(client: TestClient, admin_headers: Headers,
-                                      path: str) -> None:
+@pytest.mark.parametrize(
+    "path", ["/admin/mappings/999", "/admin/mappings/" + "9" * 30, "/admin/mappings/abc"]
+)
+def test_an_unknown_mapping_id_is_404(
+    client: TestClient, admin_headers: Headers, path: str
+) -> None:
     """A missing, out-of-range or non-numeric id is 404 in the error shape, never a 500."""
     for method in ("GET", "PATCH", "DELETE"):
         response = client.request(method, path, headers=admin_headers, json={"state": "bot"})
@@ -239,6 +294,7 @@ def test_mappings_require_the_admin_token(client: TestClient) -> None:
 
 # -- the CLI --------------------------------------------------------------------------------
 
+
 def cli(*args: str) -> Result:
     clean: dict[str, str | None] = {k: None for k in os.environ if k.startswith("INGRESS_BOX_")}
     return CliRunner().invoke(main, list(args), env=clean)
@@ -247,10 +303,26 @@ def cli(*args: str) -> Result:
 def test_cli_set_list_state_and_delete_work_on_the_file(tmp_path: Path) -> None:
     """mappings set, list, state and delete round-trip on the database file."""
     path = str(tmp_path / "cli.db")
-    made = json.loads(cli("mappings", "set", "generic", "main", "--session", "s1", "--chat",
-                          "c1", "--conversation", "v1", "--db", path, "--json").stdout)
-    listed = json.loads(cli("mappings", "list", "--conversation", "v1", "--db", path,
-                            "--json").stdout)
+    made = json.loads(
+        cli(
+            "mappings",
+            "set",
+            "generic",
+            "main",
+            "--session",
+            "s1",
+            "--chat",
+            "c1",
+            "--conversation",
+            "v1",
+            "--db",
+            path,
+            "--json",
+        ).stdout
+    )
+    listed = json.loads(
+        cli("mappings", "list", "--conversation", "v1", "--db", path, "--json").stdout
+    )
     assert listed["items"] == [made]
     assert "human" in cli("mappings", "state", str(made["id"]), "human", "--db", path).stdout
     assert cli("mappings", "delete", str(made["id"]), "--db", path).exit_code == 0
@@ -260,8 +332,23 @@ def test_cli_set_list_state_and_delete_work_on_the_file(tmp_path: Path) -> None:
 def test_cli_conflict_exits_1_naming_the_chat(tmp_path: Path) -> None:
     """mappings set onto a held conversation fails with exit 1 and names the holding chat."""
     path = str(tmp_path / "cli.db")
-    first, second = (cli("mappings", "set", "generic", "main", "--session", "s1", "--chat", chat,
-                         "--conversation", "v1", "--db", path) for chat in ("c1", "c2"))
+    first, second = (
+        cli(
+            "mappings",
+            "set",
+            "generic",
+            "main",
+            "--session",
+            "s1",
+            "--chat",
+            chat,
+            "--conversation",
+            "v1",
+            "--db",
+            path,
+        )
+        for chat in ("c1", "c2")
+    )
     assert first.exit_code == 0
     assert second.exit_code == 1 and "chat 'c1'" in second.stderr
 
@@ -287,16 +374,22 @@ class MappingModel(RuleBasedStateMachine):
         self.db.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    @rule(instance=INSTANCES, session=SESSIONS, chat=CHATS, conversation=CONVERSATIONS,
-          state=STATES)
-    def upsert(self, instance: str, session: str, chat: str, conversation: str,
-               state: str | None) -> None:
+    @rule(
+        instance=INSTANCES, session=SESSIONS, chat=CHATS, conversation=CONVERSATIONS, state=STATES
+    )
+    def upsert(
+        self, instance: str, session: str, chat: str, conversation: str, state: str | None
+    ) -> None:
         key = (instance, session, chat)
-        holder = [k for k, (_, conv, _) in self.model.items()
-                  if k[0] == instance and conv == conversation and k != key]
+        holder = [
+            k
+            for k, (_, conv, _) in self.model.items()
+            if k[0] == instance and conv == conversation and k != key
+        ]
         try:
-            mapping, created = self.db.write(store.upsert(
-                Upsert("generic", instance, session, chat, conversation, state), NOW))
+            mapping, created = self.db.write(
+                store.upsert(Upsert("generic", instance, session, chat, conversation, state), NOW)
+            )
         except MappingConflict as exc:
             assert holder == [(instance, exc.session, exc.chat)]
             return
@@ -319,8 +412,10 @@ class MappingModel(RuleBasedStateMachine):
 
     @invariant()
     def table_equals_model(self) -> None:
-        rows = self.db.read("SELECT id, instance_id, session, chat, provider_conversation_id, "
-                            "state FROM conversation_mappings")
+        rows = self.db.read(
+            "SELECT id, instance_id, session, chat, provider_conversation_id, "
+            "state FROM conversation_mappings"
+        )
         table = {(r[1], r[2], r[3]): (r[0], r[4], r[5]) for r in rows}
         assert table == self.model and len(rows) == len(table)
         reverse = {(r[1], r[4]) for r in rows}
@@ -337,10 +432,10 @@ class MappingModel(RuleBasedStateMachine):
         for instance in ("a", "b"):
             for conversation in ("v1", "v2", "v3"):
                 if (instance, conversation) not in bound:
-                    assert store.of_conversation(self.db, "generic", instance,
-                                                 conversation) is None
+                    assert store.of_conversation(self.db, "generic", instance, conversation) is None
 
 
 TestMappingModel = MappingModel.TestCase
-TestMappingModel.settings = hypothesis_settings(max_examples=60, stateful_step_count=30,
-                                                deadline=None)
+TestMappingModel.settings = hypothesis_settings(
+    max_examples=60, stateful_step_count=30, deadline=None
+)

@@ -49,8 +49,10 @@ finally:
 def rows(path: Path) -> list[tuple[str, str]]:
     db = Database(path).open()
     try:
-        return [(r[0], r[1]) for r in db.read(
-            "SELECT chat, provider_conversation_id FROM conversation_mappings")]
+        return [
+            (r[0], r[1])
+            for r in db.read("SELECT chat, provider_conversation_id FROM conversation_mappings")
+        ]
     finally:
         db.close()
 
@@ -64,8 +66,9 @@ def in_threads(path: Path, pairs: list[tuple[str, str]]) -> list[ConversationMap
         chat, conversation = pairs[i]
         start.wait()
         try:
-            mapping, _ = databases[i].write(store.upsert(
-                Upsert("generic", "main", "s1", chat, conversation), time.time()))
+            mapping, _ = databases[i].write(
+                store.upsert(Upsert("generic", "main", "s1", chat, conversation), time.time())
+            )
             return mapping
         except Exception as exc:  # noqa: BLE001 (the test asserts on whatever was raised)
             return exc
@@ -88,12 +91,11 @@ def test_twenty_threads_upserting_one_chat_converge_on_one_row(tmp_path: Path) -
     results = in_threads(path, [("c1", f"v{i}") for i in range(N)])
     assert all(isinstance(r, ConversationMapping) for r in results), results
     assert len({r.id for r in results if isinstance(r, ConversationMapping)}) == 1
-    (chat, conversation), = rows(path)
+    ((chat, conversation),) = rows(path)
     assert chat == "c1" and conversation in {f"v{i}" for i in range(N)}
 
 
-def test_twenty_threads_binding_one_conversation_to_twenty_chats_one_wins(
-        tmp_path: Path) -> None:
+def test_twenty_threads_binding_one_conversation_to_twenty_chats_one_wins(tmp_path: Path) -> None:
     """Of 20 threads binding one conversation to 20 chats, one wins and 19 get a conflict."""
     path = tmp_path / "m.db"
     results = in_threads(path, [(f"c{i}", "v1") for i in range(N)])
@@ -108,28 +110,57 @@ def test_twenty_processes_upserting_one_chat_converge_on_one_row(tmp_path: Path)
     """20 `ingress-box mappings set` processes re-pointing one chat all exit 0; one row remains."""
     path = tmp_path / "m.db"
     Database(path).open().close()  # the schema exists before the race starts
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "ingress_box", "mappings", "set", "generic", "main",
-         "--session", "s1", "--chat", "c1", "--conversation", f"v{i}", "--db", str(path),
-         "--json"], cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True) for i in range(N)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ingress_box",
+                "mappings",
+                "set",
+                "generic",
+                "main",
+                "--session",
+                "s1",
+                "--chat",
+                "c1",
+                "--conversation",
+                f"v{i}",
+                "--db",
+                str(path),
+                "--json",
+            ],
+            cwd=ROOT,
+            env=clean_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(N)
+    ]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * N, [err for _, err in outputs]
     assert len({json.loads(out)["id"] for out, _ in outputs}) == 1
-    (chat, _), = rows(path)
+    ((chat, _),) = rows(path)
     assert chat == "c1"
 
 
-def test_twenty_processes_binding_one_conversation_to_twenty_chats_one_wins(
-        tmp_path: Path) -> None:
+def test_twenty_processes_binding_one_conversation_to_twenty_chats_one_wins(tmp_path: Path) -> None:
     """20 processes that start their upsert at the same instant: one binding, 19 conflicts."""
     path = tmp_path / "m.db"
     Database(path).open().close()
     start = time.time() + 3.0  # every process has opened the file by then
-    procs = [subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(path), str(start), f"c{i}", "v1"], cwd=ROOT,
-        env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(N)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), str(start), f"c{i}", "v1"],
+            cwd=ROOT,
+            env=clean_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(N)
+    ]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * N, [err for _, err in outputs]
     answers = [json.loads(out) for out, _ in outputs]
@@ -140,18 +171,35 @@ def test_twenty_processes_binding_one_conversation_to_twenty_chats_one_wins(
 
 
 @pytest.mark.parametrize("shape", ["one chat", "one conversation"])
-def test_twenty_parallel_admin_puts_answer_only_200_or_409(
-        tmp_path: Path, shape: str) -> None:
+def test_twenty_parallel_admin_puts_answer_only_200_or_409(tmp_path: Path, shape: str) -> None:
     """Parallel PUTs to a real server never answer anything but 200 or 409."""
     settings = load_settings({}, db_path=tmp_path / "box.db", admin_token="t")
-    pairs = ([("c1", f"v{i}") for i in range(N)] if shape == "one chat"
-             else [(f"c{i}", "v1") for i in range(N)])
-    with running_box(settings, run_worker=False) as live, \
-            concurrent.futures.ThreadPoolExecutor(N) as pool:
-        answers = list(pool.map(lambda pair: httpx.put(
-            live.url + "/admin/mappings", headers={"authorization": "Bearer t"},
-            json={"plugin": "generic", "instance": "main", "session": "s1", "chat": pair[0],
-                  "conversation": pair[1]}, timeout=30), pairs))
+    pairs = (
+        [("c1", f"v{i}") for i in range(N)]
+        if shape == "one chat"
+        else [(f"c{i}", "v1") for i in range(N)]
+    )
+    with (
+        running_box(settings, run_worker=False) as live,
+        concurrent.futures.ThreadPoolExecutor(N) as pool,
+    ):
+        answers = list(
+            pool.map(
+                lambda pair: httpx.put(
+                    live.url + "/admin/mappings",
+                    headers={"authorization": "Bearer t"},
+                    json={
+                        "plugin": "generic",
+                        "instance": "main",
+                        "session": "s1",
+                        "chat": pair[0],
+                        "conversation": pair[1],
+                    },
+                    timeout=30,
+                ),
+                pairs,
+            )
+        )
     codes = sorted(a.status_code for a in answers)
     made = [a.json()["created"] for a in answers if a.status_code == 200]
     if shape == "one chat":
@@ -159,5 +207,6 @@ def test_twenty_parallel_admin_puts_answer_only_200_or_409(
     else:
         assert codes == [200] + [409] * (N - 1) and made == [True]
         assert {a.json()["error"]["code"] for a in answers if a.status_code == 409} == {
-            "mapping_conflict"}
+            "mapping_conflict"
+        }
     assert len(rows(tmp_path / "box.db")) == 1

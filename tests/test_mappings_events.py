@@ -28,35 +28,56 @@ SECRET = "s3cret-value"
 
 
 def chatwoot_event(delivery: str, conversation: int, source_id: str) -> bytes:
-    return json.dumps({"event": "message_created", "content": "hi", "conversation": {
-        "id": conversation, "contact_inbox": {"source_id": source_id},
-        "meta": {"sender": {"phone_number": "+" + source_id}}}, "delivery": delivery}).encode()
+    return json.dumps(
+        {
+            "event": "message_created",
+            "content": "hi",
+            "conversation": {
+                "id": conversation,
+                "contact_inbox": {"source_id": source_id},
+                "meta": {"sender": {"phone_number": "+" + source_id}},
+            },
+            "delivery": delivery,
+        }
+    ).encode()
 
 
 def post_chatwoot(client: TestClient, body: bytes, delivery: str) -> Reply:
     stamp = str(int(T0))
     digest = hmac.new(SECRET.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return client.post("/ingress/chatwoot/cw/events", content=body, headers={
-        "content-type": "application/json", "x-chatwoot-delivery": delivery,
-        "x-chatwoot-timestamp": stamp, "x-chatwoot-signature": f"sha256={digest}"})
+    return client.post(
+        "/ingress/chatwoot/cw/events",
+        content=body,
+        headers={
+            "content-type": "application/json",
+            "x-chatwoot-delivery": delivery,
+            "x-chatwoot-timestamp": stamp,
+            "x-chatwoot-signature": f"sha256={digest}",
+        },
+    )
 
 
 def delivery_row(box: Box, provider_id: str) -> dict[str, Any]:
-    row = box.db.read_one("SELECT id, note, received_at FROM deliveries "
-                          "WHERE provider_delivery_id = ?", (provider_id,))
+    row = box.db.read_one(
+        "SELECT id, note, received_at FROM deliveries WHERE provider_delivery_id = ?",
+        (provider_id,),
+    )
     assert row is not None
     return dict(row)
 
 
-def mapping_of(box: Box, plugin: str, instance: str,
-               conversation: str) -> ConversationMapping | None:
+def mapping_of(
+    box: Box, plugin: str, instance: str, conversation: str
+) -> ConversationMapping | None:
     return store.of_conversation(box.db, plugin, instance, conversation)
 
 
 # -- learning ---------------------------------------------------------------------------------
 
-def test_a_chatwoot_event_learns_its_mapping_with_the_delivery(client: TestClient,
-                                                               box: Box) -> None:
+
+def test_a_chatwoot_event_learns_its_mapping_with_the_delivery(
+    client: TestClient, box: Box
+) -> None:
     """An accepted Chatwoot event binds its conversation to the contact's chat on the
     instance's session, written with the delivery (one clock reading, one commit)."""
     add_instance(box, plugin="chatwoot", instance="cw", session="wa-1")
@@ -68,7 +89,8 @@ def test_a_chatwoot_event_learns_its_mapping_with_the_delivery(client: TestClien
 
 
 def test_a_conflicting_event_is_still_acked_and_its_delivery_carries_the_note(
-        client: TestClient, box: Box) -> None:
+    client: TestClient, box: Box
+) -> None:
     """An event whose conversation is bound to another chat is 202, noted, and changes nothing."""
     add_instance(box, plugin="chatwoot", instance="cw", session="wa-1")
     box.db.write(store.upsert(Upsert("chatwoot", "cw", "wa-1", "5500000", "42"), T0))
@@ -99,17 +121,35 @@ def test_without_a_session_a_chatwoot_event_learns_nothing(client: TestClient, b
     assert mapping_of(box, "chatwoot", "cw", "42") is None
 
 
-def test_a_meta_event_takes_its_session_from_the_phone_number_id(client: TestClient,
-                                                                 box: Box) -> None:
+def test_a_meta_event_takes_its_session_from_the_phone_number_id(
+    client: TestClient, box: Box
+) -> None:
     """Meta's route learns the wa_id as the chat and, lacking an instance session, the business
     phone number id as the session."""
     add_instance(box, plugin="meta", instance="wa")
-    body = json.dumps({"entry": [{"changes": [{"value": {
-        "metadata": {"phone_number_id": "1098"}, "contacts": [{"wa_id": "5511777"}],
-        "messages": [{"from": "5511777", "text": {"body": "oi"}}]}}]}]}).encode()
+    body = json.dumps(
+        {
+            "entry": [
+                {
+                    "changes": [
+                        {
+                            "value": {
+                                "metadata": {"phone_number_id": "1098"},
+                                "contacts": [{"wa_id": "5511777"}],
+                                "messages": [{"from": "5511777", "text": {"body": "oi"}}],
+                            }
+                        }
+                    ]
+                }
+            ]
+        }
+    ).encode()
     digest = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    response = client.post("/ingress/meta/wa/webhook", content=body, headers={
-        "content-type": "application/json", "x-hub-signature-256": f"sha256={digest}"})
+    response = client.post(
+        "/ingress/meta/wa/webhook",
+        content=body,
+        headers={"content-type": "application/json", "x-hub-signature-256": f"sha256={digest}"},
+    )
     assert response.status_code == 200
     mapping = mapping_of(box, "meta", "wa", "5511777")
     assert mapping is not None and (mapping.session, mapping.chat) == ("1098", "5511777")
@@ -127,7 +167,8 @@ header = "X-Signature"
 prefix = "sha256="
 """
 CUSTOM = MANIFEST.replace(
-    "MAPPING", '{ chat = { json_pointers = ["/chat/id"] }, session = { headers = ["X-Session"] } }')
+    "MAPPING", '{ chat = { json_pointers = ["/chat/id"] }, session = { headers = ["X-Session"] } }'
+)
 
 
 def test_a_custom_manifest_declares_chat_and_session_sources(tmp_path: Path) -> None:
@@ -138,14 +179,18 @@ def test_a_custom_manifest_declares_chat_and_session_sources(tmp_path: Path) -> 
     assert route.mapping.session is not None and route.mapping.session.headers == ("x-session",)
 
 
-@pytest.mark.parametrize(("mapping", "field"), [
-    ("{ session = { headers = ['X-S'] } }", "routes.events.mapping.chat"),
-    ("{ chat = {} }", "routes.events.mapping.chat.headers"),
-    ("{ chat = { json_pointers = ['no-slash'] } }", "routes.events.mapping.chat.json_pointers"),
-    ("{ chat = { headers = ['X'] }, who = 1 }", "routes.events.mapping.who"),
-])
-def test_a_bad_mapping_table_fails_naming_the_field(tmp_path: Path, mapping: str,
-                                                    field: str) -> None:
+@pytest.mark.parametrize(
+    ("mapping", "field"),
+    [
+        ("{ session = { headers = ['X-S'] } }", "routes.events.mapping.chat"),
+        ("{ chat = {} }", "routes.events.mapping.chat.headers"),
+        ("{ chat = { json_pointers = ['no-slash'] } }", "routes.events.mapping.chat.json_pointers"),
+        ("{ chat = { headers = ['X'] }, who = 1 }", "routes.events.mapping.who"),
+    ],
+)
+def test_a_bad_mapping_table_fails_naming_the_field(
+    tmp_path: Path, mapping: str, field: str
+) -> None:
     """A mapping table without a chat source, or with a bad pointer or key, is a ManifestError."""
     (tmp_path / "bridge.toml").write_text(MANIFEST.replace("MAPPING", mapping))
     with pytest.raises(ManifestError) as caught:
@@ -155,27 +200,40 @@ def test_a_bad_mapping_table_fails_naming_the_field(tmp_path: Path, mapping: str
 
 # -- enrichment and the handler context -------------------------------------------------------
 
+
 def send_generic(url: str, conversation: str, delivery: str) -> httpx.Response:
     body = json.dumps({"delivery": delivery}).encode()
-    return httpx.post(url + "/ingress/generic/main/events", content=body, headers=generic_headers(
-        body, **{"x-delivery": delivery, "x-conversation": conversation}))
+    return httpx.post(
+        url + "/ingress/generic/main/events",
+        content=body,
+        headers=generic_headers(body, **{"x-delivery": delivery, "x-conversation": conversation}),
+    )
 
 
 def test_a_mapped_conversation_is_forwarded_with_session_chat_and_handover(
-        settings: Settings) -> None:
+    settings: Settings,
+) -> None:
     """The forward handler adds ingress-box-session, -chat and -handover for a mapped
     conversation, and none of them for an unmapped one."""
     with running_target() as target, running_box(settings) as live:
         add_instance(live.box, target_url=target.url)
-        live.box.db.write(store.upsert(
-            Upsert("generic", "main", "wa-1", "5511@c.us", "conv-7", state="human"), time.time()))
+        live.box.db.write(
+            store.upsert(
+                Upsert("generic", "main", "wa-1", "5511@c.us", "conv-7", state="human"), time.time()
+            )
+        )
         send_generic(live.url, "conv-7", "d1")
         send_generic(live.url, "conv-8", "d2")
         got = {r.headers["ingress-box-delivery-id"]: r.headers for r in target.wait_for(2)}
-    assert (got["d1"]["ingress-box-session"], got["d1"]["ingress-box-chat"],
-            got["d1"]["ingress-box-handover"]) == ("wa-1", "5511@c.us", "human")
-    assert not any(name in got["d2"] for name in (
-        "ingress-box-session", "ingress-box-chat", "ingress-box-handover"))
+    assert (
+        got["d1"]["ingress-box-session"],
+        got["d1"]["ingress-box-chat"],
+        got["d1"]["ingress-box-handover"],
+    ) == ("wa-1", "5511@c.us", "human")
+    assert not any(
+        name in got["d2"]
+        for name in ("ingress-box-session", "ingress-box-chat", "ingress-box-handover")
+    )
 
 
 def _handover_to_human(event: Event, ctx: HandlerContext) -> None:
@@ -185,8 +243,7 @@ def _handover_to_human(event: Event, ctx: HandlerContext) -> None:
     ctx.mappings.set_state("human", {"by": "handler"})
 
 
-def test_a_plugin_handler_reads_and_writes_mappings_through_its_context(
-        settings: Settings) -> None:
+def test_a_plugin_handler_reads_and_writes_mappings_through_its_context(settings: Settings) -> None:
     """ctx.mappings lets a handler bind its event's conversation and change its state."""
     register_handler("test-handover", _handover_to_human)
     with running_box(settings) as live:
@@ -194,7 +251,8 @@ def test_a_plugin_handler_reads_and_writes_mappings_through_its_context(
         send_generic(live.url, "conv-9", "d1")
         deadline = time.monotonic() + 10
         while (found := mapping_of(live.box, "generic", "main", "conv-9")) is None or (
-                found.state != "human"):
+            found.state != "human"
+        ):
             assert time.monotonic() < deadline, "the handler did not write the mapping"
             time.sleep(0.02)
     assert (found.chat, found.metadata) == ("chat-conv-9", {"by": "handler"})

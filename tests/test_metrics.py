@@ -37,9 +37,13 @@ def sample(text: str, name: str, **labels: str) -> float:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return load_settings({}, db_path=tmp_path / "box.db", admin_token=TOKEN,
-                         retry_max_attempts=1, retry_base_seconds=0.01)
-
+    return load_settings(
+        {},
+        db_path=tmp_path / "box.db",
+        admin_token=TOKEN,
+        retry_max_attempts=1,
+        retry_base_seconds=0.01,
+    )
 
 
 @pytest.fixture
@@ -84,7 +88,7 @@ def test_ingress_outcomes_are_counted(live: LiveBox, target: Target) -> None:
 
 def test_delivery_outcomes_and_dead_letters_are_counted(live: LiveBox, target: Target) -> None:
     """Delivered and dead attempts are counted and the open dead letters gauge rises."""
-    target.script = lambda n, r: ((200, {}, b"") if n == 0 else (400, {}, b"no"))
+    target.script = lambda n, r: (200, {}, b"") if n == 0 else (400, {}, b"no")
     for i in range(2):
         body = f'{{"n":{i}}}'.encode()
         httpx.post(live.url + URL, content=body, headers=generic_headers(body))
@@ -107,25 +111,32 @@ def test_delivery_outcomes_and_dead_letters_are_counted(live: LiveBox, target: T
 def test_no_delivery_or_conversation_id_becomes_a_label(live: LiveBox, target: Target) -> None:
     """Label values stay bounded: ids never appear in the exposition."""
     body = b'{"n":1}'
-    httpx.post(live.url + URL, content=body,
-               headers=generic_headers(body, **{"x-delivery": "unique-77",
-                                                "x-conversation": "c-99"}))
+    httpx.post(
+        live.url + URL,
+        content=body,
+        headers=generic_headers(body, **{"x-delivery": "unique-77", "x-conversation": "c-99"}),
+    )
     target.wait_for(1)
     text = scrape(live)
     assert "unique-77" not in text and "c-99" not in text and "msg_" not in text
 
 
 def test_logs_carry_outcomes_but_no_secret_or_body(
-        live: LiveBox, target: Target, caplog: pytest.LogCaptureFixture) -> None:
+    live: LiveBox, target: Target, caplog: pytest.LogCaptureFixture
+) -> None:
     """One line per request and per attempt; neither the secret nor the body is logged."""
     caplog.set_level(logging.INFO)
     body = b'{"private":"top-secret-body-text"}'
-    httpx.post(live.url + URL, content=body,
-               headers=generic_headers(body, **{"authorization": "Bearer hunter2"}))
+    httpx.post(
+        live.url + URL,
+        content=body,
+        headers=generic_headers(body, **{"authorization": "Bearer hunter2"}),
+    )
     target.wait_for(1)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not any(
-            r.name == "ingress_box.delivery" for r in caplog.records):
+        r.name == "ingress_box.delivery" for r in caplog.records
+    ):
         time.sleep(0.02)
     lines = [r for r in caplog.records if r.name in ("ingress_box.access", "ingress_box.delivery")]
     assert {r.name for r in lines} == {"ingress_box.access", "ingress_box.delivery"}
@@ -138,29 +149,57 @@ def test_logs_carry_outcomes_but_no_secret_or_body(
 
 
 def test_a_whole_flow_logs_no_secret_and_no_body(
-        tmp_path: Path, target: Target, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, target: Target, caplog: pytest.LogCaptureFixture
+) -> None:
     """Create, receive, fail, dead-letter, redrive, rotate: nothing secret reaches any log."""
     caplog.set_level(logging.DEBUG)
-    settings = load_settings({}, db_path=tmp_path / "box.db", admin_token=TOKEN,
-                             retry_max_attempts=1, retry_base_seconds=0.01)
-    target.script = lambda n, r: ((500, {}, b"no") if n == 0 else (200, {}, b"ok"))
+    settings = load_settings(
+        {},
+        db_path=tmp_path / "box.db",
+        admin_token=TOKEN,
+        retry_max_attempts=1,
+        retry_base_seconds=0.01,
+    )
+    target.script = lambda n, r: (500, {}, b"no") if n == 0 else (200, {}, b"ok")
     secret, body = "flow-secret-0123456789", b'{"note":"private-body-marker-42"}'
     with running_box(settings) as live:
-        created = httpx.post(live.url + "/admin/instances", headers=AUTH, json={
-            "plugin": "generic", "instance": "main", "target_url": target.url,
-            "secret": secret}).json()
-        httpx.post(live.url + URL, content=body, headers=generic_headers(
-            body, secret=secret, authorization="Bearer provider-credential-7"))
+        created = httpx.post(
+            live.url + "/admin/instances",
+            headers=AUTH,
+            json={
+                "plugin": "generic",
+                "instance": "main",
+                "target_url": target.url,
+                "secret": secret,
+            },
+        ).json()
+        httpx.post(
+            live.url + URL,
+            content=body,
+            headers=generic_headers(
+                body, secret=secret, authorization="Bearer provider-credential-7"
+            ),
+        )
         target.wait_for(1)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not httpx.get(
-                live.url + "/admin/dlq", headers=AUTH).json()["items"]:
+        while (
+            time.monotonic() < deadline
+            and not httpx.get(live.url + "/admin/dlq", headers=AUTH).json()["items"]
+        ):
             time.sleep(0.05)
         httpx.post(live.url + "/admin/dlq/redrive", headers=AUTH, json={})
         target.wait_for(2)
-        rotated = httpx.post(live.url + "/admin/instances/generic/main/rotate-secret",
-                             headers=AUTH, json={}).json()
+        rotated = httpx.post(
+            live.url + "/admin/instances/generic/main/rotate-secret", headers=AUTH, json={}
+        ).json()
     logged = caplog.text + " ".join(str(getattr(r, "fields", "")) for r in caplog.records)
-    for needle in (secret, rotated["secret"], created["outbound_secret"], created["verify_token"],
-                   TOKEN, "provider-credential-7", "private-body-marker-42"):
+    for needle in (
+        secret,
+        rotated["secret"],
+        created["outbound_secret"],
+        created["verify_token"],
+        TOKEN,
+        "provider-credential-7",
+        "private-body-marker-42",
+    ):
         assert needle not in logged, needle

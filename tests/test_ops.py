@@ -46,15 +46,30 @@ def add_instance_cli(db_path: Path, plugin: str, instance: str, *args: str) -> N
     ok("instances", "add", plugin, instance, "--db", str(db_path), "--json", *args)
 
 
-def deliver(db: Database, *, conversation: str | None = None, received_at: float | None = None,
-            plugin: str = "generic", instance: str = "main") -> int:
+def deliver(
+    db: Database,
+    *,
+    conversation: str | None = None,
+    received_at: float | None = None,
+    plugin: str = "generic",
+    instance: str = "main",
+) -> int:
     """Accept one delivery (optionally in a conversation lane); returns its seq."""
     n = next(_numbers)
     new = NewDelivery(
-        id=f"msg_ops{n:06d}", plugin_id=plugin, instance_id=instance, route="events",
-        provider_delivery_id=f"ops-{n}", conversation=conversation, method="POST", subpath="",
-        content_type="application/json", headers="{}", body=b'{"n": %d}' % n,
-        received_at=time.time() if received_at is None else received_at)
+        id=f"msg_ops{n:06d}",
+        plugin_id=plugin,
+        instance_id=instance,
+        route="events",
+        provider_delivery_id=f"ops-{n}",
+        conversation=conversation,
+        method="POST",
+        subpath="",
+        content_type="application/json",
+        headers="{}",
+        body=b'{"n": %d}' % n,
+        received_at=time.time() if received_at is None else received_at,
+    )
 
     def op(conn: sqlite3.Connection) -> int:
         assert accept(conn, new)
@@ -63,28 +78,49 @@ def deliver(db: Database, *, conversation: str | None = None, received_at: float
     return db.write(op)
 
 
-def attempt(db: Database, seq: int, outcome: str, *, strict: bool = False,
-            status_code: int | None = 500, now: float | None = None) -> None:
+def attempt(
+    db: Database,
+    seq: int,
+    outcome: str,
+    *,
+    strict: bool = False,
+    status_code: int | None = 500,
+    now: float | None = None,
+) -> None:
     """Claim ``seq`` as the worker would and settle it with ``outcome``."""
     at = time.time() if now is None else now
 
     def op(conn: sqlite3.Connection) -> None:
         rows = [r for r in claim("ops-tests", at, 60, 1_000_000)(conn) if r.seq == seq]
         assert rows, f"seq {seq} was not claimable"
-        settle(Outcome(seq=seq, owner="ops-tests", attempt=rows[0].attempt, outcome=outcome,
-                       started_at=at, duration_ms=12.0, status_code=status_code,
-                       error=None if outcome == "delivered" else "HTTP 500",
-                       next_attempt_at=at, dead_letter_id=f"dlq_ops{seq}", strict=strict),
-               at)(conn)
+        settle(
+            Outcome(
+                seq=seq,
+                owner="ops-tests",
+                attempt=rows[0].attempt,
+                outcome=outcome,
+                started_at=at,
+                duration_ms=12.0,
+                status_code=status_code,
+                error=None if outcome == "delivered" else "HTTP 500",
+                next_attempt_at=at,
+                dead_letter_id=f"dlq_ops{seq}",
+                strict=strict,
+            ),
+            at,
+        )(conn)
         # Others claimed along the way go back untouched.
-        conn.execute("UPDATE outbox SET lease_until = NULL, lease_owner = NULL "
-                     "WHERE lease_owner = 'ops-tests'")
+        conn.execute(
+            "UPDATE outbox SET lease_until = NULL, lease_owner = NULL "
+            "WHERE lease_owner = 'ops-tests'"
+        )
 
     db.write(op)
 
 
-def doctor_json(db_path: Path, *args: str, env: dict[str, str] | None = None,
-                exit_code: int = 0) -> dict[str, dict[str, str]]:
+def doctor_json(
+    db_path: Path, *args: str, env: dict[str, str] | None = None, exit_code: int = 0
+) -> dict[str, dict[str, str]]:
     result = run("doctor", "--db", str(db_path), "--json", *args, env=env)
     assert result.exit_code == exit_code, result.output
     data = json.loads(result.stdout)
@@ -93,24 +129,38 @@ def doctor_json(db_path: Path, *args: str, env: dict[str, str] | None = None,
 
 # -- backup ----------------------------------------------------------------------------------
 
+
 def _prefill(db: Database, rows: int) -> None:
     body = b"x" * 1024
 
     def op(conn: sqlite3.Connection) -> None:
         for _ in range(1000):
             n = next(_numbers)
-            accept(conn, NewDelivery(
-                id=f"msg_fill{n:07d}", plugin_id="generic", instance_id="main", route="events",
-                provider_delivery_id=f"fill-{n}", conversation=None, method="POST",
-                subpath="", content_type="application/json", headers="{}", body=body,
-                received_at=time.time()))
+            accept(
+                conn,
+                NewDelivery(
+                    id=f"msg_fill{n:07d}",
+                    plugin_id="generic",
+                    instance_id="main",
+                    route="events",
+                    provider_delivery_id=f"fill-{n}",
+                    conversation=None,
+                    method="POST",
+                    subpath="",
+                    content_type="application/json",
+                    headers="{}",
+                    body=body,
+                    received_at=time.time(),
+                ),
+            )
 
     for _ in range(rows // 1000):
         db.write(op)
 
 
 def test_backup_under_load_holds_every_delivery_acked_before_it_started(
-        settings: Settings, tmp_path: Path) -> None:
+    settings: Settings, tmp_path: Path
+) -> None:
     """A backup taken while webhooks keep arriving is intact and has every earlier ack."""
     acked: list[tuple[float, str]] = []
     lock = threading.Lock()
@@ -126,9 +176,11 @@ def test_backup_under_load_holds_every_delivery_acked_before_it_started(
                     if stop.is_set():
                         return
                     body = json.dumps({"worker": worker, "n": n}).encode()
-                    answer = http.post("/ingress/generic/main/events", content=body,
-                                       headers=generic_headers(body, **{
-                                           "x-delivery": f"load-{worker}-{n}"}))
+                    answer = http.post(
+                        "/ingress/generic/main/events",
+                        content=body,
+                        headers=generic_headers(body, **{"x-delivery": f"load-{worker}-{n}"}),
+                    )
                     assert answer.status_code == 202, answer.text
                     with lock:
                         acked.append((time.monotonic(), answer.json()["id"]))
@@ -143,9 +195,23 @@ def test_backup_under_load_holds_every_delivery_acked_before_it_started(
         started = time.monotonic()
         target = tmp_path / "backup.db"
         done = subprocess.run(
-            [sys.executable, "-m", "ingress_box", "backup", str(target), "--db",
-             str(settings.db_path), "--json"], capture_output=True, text=True, timeout=120,
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+            [
+                sys.executable,
+                "-m",
+                "ingress_box",
+                "backup",
+                str(target),
+                "--db",
+                str(settings.db_path),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            check=False,
+        )
         finished = time.monotonic()
         stop.set()
         for thread in posters:
@@ -165,8 +231,9 @@ def test_backup_under_load_holds_every_delivery_acked_before_it_started(
     assert report["deliveries"] == len(stored) >= 20_000 + len(before)
 
 
-def test_backup_is_one_file_that_serve_can_open(db_path: Path, db: Database,
-                                                tmp_path: Path) -> None:
+def test_backup_is_one_file_that_serve_can_open(
+    db_path: Path, db: Database, tmp_path: Path
+) -> None:
     """The backup needs no -wal beside it and opens as a box database."""
     deliver(db)
     target = tmp_path / "copy.db"
@@ -180,8 +247,9 @@ def test_backup_is_one_file_that_serve_can_open(db_path: Path, db: Database,
         copy.close()
 
 
-def test_backup_refuses_to_overwrite_without_force(db_path: Path, db: Database,
-                                                   tmp_path: Path) -> None:
+def test_backup_refuses_to_overwrite_without_force(
+    db_path: Path, db: Database, tmp_path: Path
+) -> None:
     """An existing PATH is bad input unless --force is given."""
     target = tmp_path / "copy.db"
     target.write_text("precious")
@@ -192,8 +260,9 @@ def test_backup_refuses_to_overwrite_without_force(db_path: Path, db: Database,
     assert target.read_bytes().startswith(b"SQLite format 3")
 
 
-def test_backup_into_a_folder_writes_a_dated_file(db_path: Path, db: Database,
-                                                  tmp_path: Path) -> None:
+def test_backup_into_a_folder_writes_a_dated_file(
+    db_path: Path, db: Database, tmp_path: Path
+) -> None:
     """A folder as PATH gets an ingress-box-<UTC time>.db inside it."""
     folder = tmp_path / "backups"
     folder.mkdir()
@@ -210,15 +279,14 @@ def test_backup_reports_progress_up_to_every_page(db: Database, tmp_path: Path) 
     assert len(seen) > 1 and seen[-1] == (report.pages, report.pages)
 
 
-def test_backup_progress_bar_goes_to_stderr(db_path: Path, db: Database,
-                                            tmp_path: Path) -> None:
+def test_backup_progress_bar_goes_to_stderr(db_path: Path, db: Database, tmp_path: Path) -> None:
     """--progress draws on stderr, so --json on stdout still parses."""
-    result = ok("backup", str(tmp_path / "copy.db"), "--db", str(db_path), "--json",
-                "--progress")
+    result = ok("backup", str(tmp_path / "copy.db"), "--db", str(db_path), "--json", "--progress")
     assert "backing up" in result.stderr and json.loads(result.stdout)["deliveries"] == 0
 
 
 # -- stats -----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def busy_file(db_path: Path, db: Database, make_dead_letters: MakeDeadLetters) -> Path:
@@ -248,13 +316,23 @@ def test_stats_json_counts_everything(busy_file: Path) -> None:
 def test_stats_prints_one_line_per_section(busy_file: Path) -> None:
     """stats prints readable sections with the same figures."""
     lines = ok("stats", "--db", str(busy_file)).stdout.splitlines()
-    assert lines[0].split() == ["deliveries:", "pending", "2", "delivered", "1", "dead", "2",
-                                "total", "5"]
+    assert lines[0].split() == [
+        "deliveries:",
+        "pending",
+        "2",
+        "delivered",
+        "1",
+        "dead",
+        "2",
+        "total",
+        "5",
+    ]
     assert any(line.startswith("dead letters:") and "open 2" in line for line in lines)
     assert any(line.startswith("files:") and "MiB" in line for line in lines)
 
 
 # -- doctor ----------------------------------------------------------------------------------
+
 
 def test_doctor_on_a_healthy_file_exits_0(db_path: Path, db: Database) -> None:
     """Every check is ok on a file with a targeted instance and a fresh delivery."""
@@ -276,8 +354,9 @@ def test_doctor_warns_about_twilio_without_public_url(db_path: Path, db: Databas
     """A Twilio instance without a public URL is a warning, which does not fail the run."""
     add_instance_cli(db_path, "twilio", "sms", "--target-url", "https://bot.example/in")
     checks = doctor_json(db_path)
-    assert checks["public_url"]["status"] == "warn" and "twilio/sms" in checks["public_url"][
-        "detail"]
+    assert (
+        checks["public_url"]["status"] == "warn" and "twilio/sms" in checks["public_url"]["detail"]
+    )
 
 
 def test_doctor_accepts_the_public_url_setting(db_path: Path, db: Database) -> None:
@@ -289,8 +368,15 @@ def test_doctor_accepts_the_public_url_setting(db_path: Path, db: Database) -> N
 
 def test_doctor_accepts_a_public_url_in_the_instance_config(db_path: Path, db: Database) -> None:
     """A public_url in the Twilio instance's config clears the warning too."""
-    add_instance_cli(db_path, "twilio", "sms", "--target-url", "https://bot.example/in",
-                     "--config", '{"public_url": "https://hooks.example.com"}')
+    add_instance_cli(
+        db_path,
+        "twilio",
+        "sms",
+        "--target-url",
+        "https://bot.example/in",
+        "--config",
+        '{"public_url": "https://hooks.example.com"}',
+    )
     assert doctor_json(db_path)["public_url"]["status"] == "ok"
 
 
@@ -322,12 +408,16 @@ def test_doctor_warns_on_old_pending_events(db_path: Path, db: Database) -> None
     assert checks["lanes"]["status"] == "warn"
 
 
-def test_doctor_counts_open_dead_letters(db_path: Path, db: Database,
-                                         make_dead_letters: MakeDeadLetters) -> None:
+def test_doctor_counts_open_dead_letters(
+    db_path: Path, db: Database, make_dead_letters: MakeDeadLetters
+) -> None:
     """Open dead letters are a warning with their number."""
     make_dead_letters(db, 2)
     assert doctor_json(db_path)["dead_letters"] == {
-        "name": "dead_letters", "status": "warn", "detail": "2 open"}
+        "name": "dead_letters",
+        "status": "warn",
+        "detail": "2 open",
+    }
 
 
 def test_doctor_fails_on_a_corrupt_file(db_path: Path, db: Database) -> None:
@@ -337,8 +427,9 @@ def test_doctor_fails_on_a_corrupt_file(db_path: Path, db: Database) -> None:
     db.close()
     conn = sqlite3.connect(str(db_path))
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'deliveries_state'"
-                        ).fetchone()[0]
+    root = conn.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'deliveries_state'"
+    ).fetchone()[0]
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     conn.close()
     with open(db_path, "r+b") as f:  # scribble over the index's root page
@@ -349,6 +440,7 @@ def test_doctor_fails_on_a_corrupt_file(db_path: Path, db: Database) -> None:
 
 
 # -- tail ------------------------------------------------------------------------------------
+
 
 def test_tail_no_follow_prints_receipts_and_attempts(db_path: Path, db: Database) -> None:
     """tail --no-follow prints each receipt and attempt of the window, then exits."""
@@ -366,8 +458,10 @@ def test_tail_json_prints_one_object_per_line(db_path: Path, db: Database) -> No
     """tail --json prints JSON lines with the delivery id and outcome."""
     seq = deliver(db)
     attempt(db, seq, "dead")
-    events = [json.loads(line) for line in ok("tail", "--db", str(db_path), "--no-follow",
-                                              "--json").stdout.splitlines()]
+    events = [
+        json.loads(line)
+        for line in ok("tail", "--db", str(db_path), "--no-follow", "--json").stdout.splitlines()
+    ]
     assert [e["event"] for e in events] == ["received", "attempt"]
     assert events[1]["outcome"] == "dead" and events[0]["id"] == events[1]["id"]
 
@@ -377,8 +471,12 @@ def test_tail_since_leaves_out_older_events(db_path: Path, db: Database) -> None
     old = deliver(db, received_at=time.time() - 7200)
     attempt(db, old, "delivered", now=time.time() - 7000)
     fresh = deliver(db)
-    events = [json.loads(line) for line in ok("tail", "--db", str(db_path), "--no-follow",
-                                              "--json", "--since", "600").stdout.splitlines()]
+    events = [
+        json.loads(line)
+        for line in ok(
+            "tail", "--db", str(db_path), "--no-follow", "--json", "--since", "600"
+        ).stdout.splitlines()
+    ]
     fresh_id = db.read_one("SELECT id FROM deliveries WHERE seq = ?", (fresh,))
     assert fresh_id is not None
     assert [(e["event"], e["id"]) for e in events] == [("received", fresh_id[0])]
@@ -403,6 +501,7 @@ def test_tail_follow_yields_what_is_committed_later(db: Database) -> None:
 
 # -- prune and redrive progress --------------------------------------------------------------
 
+
 def test_prune_drops_what_retention_allows(db_path: Path, db: Database) -> None:
     """prune removes delivered events past the dedup window and keeps pending ones."""
     for _ in range(3):
@@ -410,8 +509,9 @@ def test_prune_drops_what_retention_allows(db_path: Path, db: Database) -> None:
     deliver(db, received_at=T0)
     report = json.loads(ok("prune", "--db", str(db_path), "--json", "--progress").stdout)
     assert report["delivered_pruned"] == 3 and report["payloads_dropped"] == 3
-    assert json.loads(ok("stats", "--db", str(db_path), "--json").stdout)["deliveries"][
-        "total"] == 1
+    assert (
+        json.loads(ok("stats", "--db", str(db_path), "--json").stdout)["deliveries"]["total"] == 1
+    )
 
 
 def test_prune_progress_bar_goes_to_stderr(db_path: Path, db: Database) -> None:
@@ -421,8 +521,9 @@ def test_prune_progress_bar_goes_to_stderr(db_path: Path, db: Database) -> None:
     assert "pruning" in result.stderr and "delivered pruned: 1" in result.stdout
 
 
-def test_dlq_redrive_progress_keeps_json_clean(db_path: Path, db: Database,
-                                              make_dead_letters: MakeDeadLetters) -> None:
+def test_dlq_redrive_progress_keeps_json_clean(
+    db_path: Path, db: Database, make_dead_letters: MakeDeadLetters
+) -> None:
     """A redrive over several batches draws its bar on stderr; stdout is still the JSON."""
     make_dead_letters(db, MAX_REDRIVE_BATCH + 5)
     result = ok("dlq", "redrive", "--db", str(db_path), "--json", "--progress")
@@ -431,7 +532,8 @@ def test_dlq_redrive_progress_keeps_json_clean(db_path: Path, db: Database,
 
 
 def test_dlq_redrive_draws_no_bar_by_default_off_a_terminal(
-        db_path: Path, db: Database, make_dead_letters: MakeDeadLetters) -> None:
+    db_path: Path, db: Database, make_dead_letters: MakeDeadLetters
+) -> None:
     """Without --progress and without a terminal, nothing is drawn."""
     make_dead_letters(db, MAX_REDRIVE_BATCH + 5)
     assert ok("dlq", "redrive", "--db", str(db_path)).stderr == ""

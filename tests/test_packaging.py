@@ -25,8 +25,12 @@ def test_version_has_one_source() -> None:
 
 
 def test_version_flag_prints_it() -> None:
-    out = subprocess.run([sys.executable, "-m", "ingress_box", "--version"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "ingress_box", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == f"ingress-box, version {VERSION}"
 
 
@@ -60,4 +64,5 @@ def test_the_appliance_never_imports_what_the_single_file_leaves_out() -> None:
             for name in names:
                 assert name.split(".")[0] not in LEFT_OUT, (
                     f"{path.relative_to(ROOT)} imports {name}: keep it in the single file "
-                    "(UNUSED in tests/build_single_file.sh)")
+                    "(UNUSED in tests/build_single_file.sh)"
+                )

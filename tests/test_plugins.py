@@ -24,10 +24,14 @@ from ingress_box.plugins import (
 from ingress_box.signatures import HmacSpec, SignedRequest, verify
 
 BUILTINS = {
-    "chatwoot": ("events", "hmac"), "meta": ("webhook", "hmac"), "twilio": ("messages", "twilio"),
+    "chatwoot": ("events", "hmac"),
+    "meta": ("webhook", "hmac"),
+    "twilio": ("messages", "twilio"),
     "standard-webhooks": ("events", "standard-webhooks"),
-    "supabase": ("events", "standard-webhooks"), "github": ("events", "hmac"),
-    "stripe": ("events", "stripe"), "telegram": ("updates", "shared-secret"),
+    "supabase": ("events", "standard-webhooks"),
+    "github": ("events", "hmac"),
+    "stripe": ("events", "stripe"),
+    "telegram": ("updates", "shared-secret"),
     "generic": ("events", "hmac"),
 }
 CUSTOM_TOML = """
@@ -52,7 +56,8 @@ def route_of(plugin_id: str) -> Route:
 def manifest(**overrides: Any) -> dict[str, Any]:
     """A valid JSON-shaped manifest with top-level keys replaced."""
     data: dict[str, Any] = {
-        "id": "acme", "name": "Acme",
+        "id": "acme",
+        "name": "Acme",
         "routes": {"hooks": {"verify": {"scheme": "hmac", "header": "X-Sig"}}},
     }
     data.update(overrides)
@@ -71,6 +76,7 @@ def error_of(data: object) -> ManifestError:
 
 
 # --- built-ins ------------------------------------------------------------------------------
+
 
 def test_all_nine_builtins_load_sorted_by_id() -> None:
     """The registry holds exactly the contract's nine plugins, sorted by id."""
@@ -92,8 +98,12 @@ def test_chatwoot_signs_timestamp_dot_body() -> None:
     """chatwoot: sha256= over "{timestamp}.{body}" with a 300 s window, its delivery header."""
     route = route_of("chatwoot")
     assert route.verify == HmacSpec(
-        header="x-chatwoot-signature", prefix="sha256=", template="{timestamp}.{rawBody}",
-        timestamp_header="x-chatwoot-timestamp", tolerance_seconds=300)
+        header="x-chatwoot-signature",
+        prefix="sha256=",
+        template="{timestamp}.{rawBody}",
+        timestamp_header="x-chatwoot-timestamp",
+        tolerance_seconds=300,
+    )
     assert route.dedup_headers == ("x-chatwoot-delivery",)
     assert route.conversation_pointers == ("/conversation/id",)
 
@@ -119,16 +129,19 @@ def test_meta_has_the_challenge_body_dedup_and_200_ack() -> None:
     """meta: GET handshake, body-hash dedup, sender then status recipient, 200 ack."""
     route = route_of("meta")
     assert route.challenge == Challenge() and route.dedup_body and route.ack == Ack(status=200)
-    assert route.conversation_pointers == ("/entry/0/changes/0/value/messages/0/from",
-                                           "/entry/0/changes/0/value/statuses/0/recipient_id")
+    assert route.conversation_pointers == (
+        "/entry/0/changes/0/value/messages/0/from",
+        "/entry/0/changes/0/value/statuses/0/recipient_id",
+    )
     assert route.methods is not None and "GET" in route.methods
 
 
 def test_twilio_acks_with_empty_twiml() -> None:
     """twilio: 200 text/xml empty Response, idempotency-token dedup, From as conversation."""
     route = route_of("twilio")
-    assert route.ack == Ack(200, b'<?xml version="1.0" encoding="UTF-8"?><Response></Response>',
-                            "text/xml")
+    assert route.ack == Ack(
+        200, b'<?xml version="1.0" encoding="UTF-8"?><Response></Response>', "text/xml"
+    )
     assert route.dedup_headers == ("i-twilio-idempotency-token",) and not route.dedup_body
     assert route.conversation_form_fields == ("From",)
 
@@ -171,16 +184,26 @@ def test_plugin_to_json_shape() -> None:
     assert plugin is not None
     data = plugin_to_json(plugin)
     assert set(data) == {"id", "name", "description", "handler", "routes"}
-    assert data["routes"] == [{
-        "name": "webhook", "scheme": "hmac", "methods": ["GET", "POST"], "challenge": True,
-        "max_body_bytes": None, "dedup": {"headers": [], "json_pointer": None, "body": True},
-        "conversation": {"headers": [], "form_fields": [],
-                         "json_pointers": list(route_of("meta").conversation_pointers)},
-    }]
+    assert data["routes"] == [
+        {
+            "name": "webhook",
+            "scheme": "hmac",
+            "methods": ["GET", "POST"],
+            "challenge": True,
+            "max_body_bytes": None,
+            "dedup": {"headers": [], "json_pointer": None, "body": True},
+            "conversation": {
+                "headers": [],
+                "form_fields": [],
+                "json_pointers": list(route_of("meta").conversation_pointers),
+            },
+        }
+    ]
     json.dumps(data)
 
 
 # --- custom plugins -------------------------------------------------------------------------
+
 
 def test_custom_toml_plugin_loads_from_the_plugins_dir(tmp_path: Path) -> None:
     """A .toml file in the plugins folder adds a plugin next to the built-ins."""
@@ -192,8 +215,11 @@ def test_custom_toml_plugin_loads_from_the_plugins_dir(tmp_path: Path) -> None:
 
 def test_custom_json_plugin_loads_from_the_plugins_dir(tmp_path: Path) -> None:
     """A .json file with the same structure loads too."""
-    data = route_manifest(ack={"status": 200, "body": "ok", "content_type": "text/plain"},
-                          max_body_bytes=0, methods=["post"])
+    data = route_manifest(
+        ack={"status": 200, "body": "ok", "content_type": "text/plain"},
+        max_body_bytes=0,
+        methods=["post"],
+    )
     (tmp_path / "acme.json").write_text(json.dumps(data))
     route = load_manifest_file(tmp_path / "acme.json").routes["hooks"]
     assert route.ack == Ack(200, b"ok", "text/plain")
@@ -240,66 +266,96 @@ def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
 
 # --- validation -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("data", "field"), [
-    (manifest(colour="red"), "colour"),
-    (manifest(id="Bad Id"), "id"),
-    (manifest(id=7), "id"),
-    (manifest(name=""), "name"),
-    (manifest(handler="not a handler!"), "handler"),
-    (manifest(routes={}), "routes"),
-    (manifest(routes={"Bad/Route": {}}), "routes.Bad/Route"),
-    (manifest(routes={"hooks": {}}), "routes.hooks.verify"),
-    (route_manifest(retries=3), "routes.hooks.retries"),
-    (route_manifest(methods="POST"), "routes.hooks.methods"),
-    (route_manifest(methods=[]), "routes.hooks.methods"),
-    (route_manifest(max_body_bytes=-1), "routes.hooks.max_body_bytes"),
-    (route_manifest(max_body_bytes="1MB"), "routes.hooks.max_body_bytes"),
-    (route_manifest(ack={"status": 302}), "routes.hooks.ack.status"),
-    (route_manifest(ack={"status": 204, "body": "x"}), "routes.hooks.ack.body"),
-    (route_manifest(ack={"code": 200}), "routes.hooks.ack.code"),
-    (route_manifest(dedup={"json_pointer": "id"}), "routes.hooks.dedup.json_pointer"),
-    (route_manifest(dedup={"json_pointer": "/a~2b"}), "routes.hooks.dedup.json_pointer"),
-    (route_manifest(dedup={"header": "X-A", "headers": ["X-B"]}), "routes.hooks.dedup.headers"),
-    (route_manifest(dedup={"header": "bad header"}), "routes.hooks.dedup.header"),
-    (route_manifest(dedup={"body": True, "header": "X-A"}), "routes.hooks.dedup.body"),
-    (route_manifest(conversation={"json_pointers": ["a/b"]}),
-     "routes.hooks.conversation.json_pointers"),
-    (route_manifest(conversation={"headers": "X-Conv"}), "routes.hooks.conversation.headers"),
-    (route_manifest(challenge=True), "routes.hooks.challenge"),
-    (route_manifest(challenge={"token": "x"}), "routes.hooks.challenge.token"),
-])
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        (manifest(colour="red"), "colour"),
+        (manifest(id="Bad Id"), "id"),
+        (manifest(id=7), "id"),
+        (manifest(name=""), "name"),
+        (manifest(handler="not a handler!"), "handler"),
+        (manifest(routes={}), "routes"),
+        (manifest(routes={"Bad/Route": {}}), "routes.Bad/Route"),
+        (manifest(routes={"hooks": {}}), "routes.hooks.verify"),
+        (route_manifest(retries=3), "routes.hooks.retries"),
+        (route_manifest(methods="POST"), "routes.hooks.methods"),
+        (route_manifest(methods=[]), "routes.hooks.methods"),
+        (route_manifest(max_body_bytes=-1), "routes.hooks.max_body_bytes"),
+        (route_manifest(max_body_bytes="1MB"), "routes.hooks.max_body_bytes"),
+        (route_manifest(ack={"status": 302}), "routes.hooks.ack.status"),
+        (route_manifest(ack={"status": 204, "body": "x"}), "routes.hooks.ack.body"),
+        (route_manifest(ack={"code": 200}), "routes.hooks.ack.code"),
+        (route_manifest(dedup={"json_pointer": "id"}), "routes.hooks.dedup.json_pointer"),
+        (route_manifest(dedup={"json_pointer": "/a~2b"}), "routes.hooks.dedup.json_pointer"),
+        (route_manifest(dedup={"header": "X-A", "headers": ["X-B"]}), "routes.hooks.dedup.headers"),
+        (route_manifest(dedup={"header": "bad header"}), "routes.hooks.dedup.header"),
+        (route_manifest(dedup={"body": True, "header": "X-A"}), "routes.hooks.dedup.body"),
+        (
+            route_manifest(conversation={"json_pointers": ["a/b"]}),
+            "routes.hooks.conversation.json_pointers",
+        ),
+        (route_manifest(conversation={"headers": "X-Conv"}), "routes.hooks.conversation.headers"),
+        (route_manifest(challenge=True), "routes.hooks.challenge"),
+        (route_manifest(challenge={"token": "x"}), "routes.hooks.challenge.token"),
+    ],
+)
 def test_bad_manifest_names_the_field(data: dict[str, Any], field: str) -> None:
     """Unknown keys, wrong types and bad values fail with the dotted field name."""
     error = error_of(data)
     assert (error.file, error.field) == ("acme.json", field)
 
 
-@pytest.mark.parametrize(("verify_table", "key"), [
-    ({"header": "X-Sig"}, "scheme"),
-    ({"scheme": "rot13"}, "scheme"),
-    ({"scheme": "hmac"}, "header"),
-    ({"scheme": "hmac", "header": "X-Sig", "colour": "red"}, "colour"),
-    ({"scheme": "hmac", "header": "X-Sig", "algorithm": "md5"}, "algorithm"),
-    ({"scheme": "hmac-sha256", "header": "X-Sig", "algorithm": "sha1"}, "algorithm"),
-    ({"scheme": "hmac", "header": "X-Sig", "encoding": "HEX"}, "encoding"),
-    ({"scheme": "hmac", "header": "X-Sig", "timestamp_header": "X-Ts",
-      "tolerance_seconds": "300"}, "tolerance_seconds"),
-    ({"scheme": "hmac", "header": "X-Sig", "timestamp_header": "X-Ts",
-      "tolerance_seconds": 0}, "tolerance_seconds"),
-    ({"scheme": "hmac", "header": "X-Sig", "timestamp_header": "X-Ts",
-      "tolerance_seconds": True}, "tolerance_seconds"),
-    ({"scheme": "hmac", "header": "X-Sig", "tolerance_seconds": 60}, "tolerance_seconds"),
-    ({"scheme": "hmac", "header": "X-Sig", "template": "{timestamp}.{rawBody}"}, "template"),
-    ({"scheme": "hmac", "header": "X-Sig", "template": "{id}.{rawBody}"}, "template"),
-    ({"scheme": "hmac", "header": "X-Sig", "template": "{timestamp}"}, "template"),
-    ({"scheme": "hmac", "header": "X-Sig", "template": "{rawbody}"}, "template"),
-    ({"scheme": "hmac", "header": "X-Sig", "multiple": "yes"}, "multiple"),
-    ({"scheme": "shared-secret"}, "header"),
-    ({"scheme": "stripe", "header": "X-Sig"}, "header"),
-    ({"scheme": "twilio", "tolerance_seconds": 300}, "tolerance_seconds"),
-    ({"scheme": "none"}, "allow_unsigned"),
-    ({"scheme": "none", "allow_unsigned": "true"}, "allow_unsigned"),
-])
+@pytest.mark.parametrize(
+    ("verify_table", "key"),
+    [
+        ({"header": "X-Sig"}, "scheme"),
+        ({"scheme": "rot13"}, "scheme"),
+        ({"scheme": "hmac"}, "header"),
+        ({"scheme": "hmac", "header": "X-Sig", "colour": "red"}, "colour"),
+        ({"scheme": "hmac", "header": "X-Sig", "algorithm": "md5"}, "algorithm"),
+        ({"scheme": "hmac-sha256", "header": "X-Sig", "algorithm": "sha1"}, "algorithm"),
+        ({"scheme": "hmac", "header": "X-Sig", "encoding": "HEX"}, "encoding"),
+        (
+            {
+                "scheme": "hmac",
+                "header": "X-Sig",
+                "timestamp_header": "X-Ts",
+                "tolerance_seconds": "300",
+            },
+            "tolerance_seconds",
+        ),
+        (
+            {
+                "scheme": "hmac",
+                "header": "X-Sig",
+                "timestamp_header": "X-Ts",
+                "tolerance_seconds": 0,
+            },
+            "tolerance_seconds",
+        ),
+        (
+            {
+                "scheme": "hmac",
+                "header": "X-Sig",
+                "timestamp_header": "X-Ts",
+                "tolerance_seconds": True,
+            },
+            "tolerance_seconds",
+        ),
+        ({"scheme": "hmac", "header": "X-Sig", "tolerance_seconds": 60}, "tolerance_seconds"),
+        ({"scheme": "hmac", "header": "X-Sig", "template": "{timestamp}.{rawBody}"}, "template"),
+        ({"scheme": "hmac", "header": "X-Sig", "template": "{id}.{rawBody}"}, "template"),
+        ({"scheme": "hmac", "header": "X-Sig", "template": "{timestamp}"}, "template"),
+        ({"scheme": "hmac", "header": "X-Sig", "template": "{rawbody}"}, "template"),
+        ({"scheme": "hmac", "header": "X-Sig", "multiple": "yes"}, "multiple"),
+        ({"scheme": "shared-secret"}, "header"),
+        ({"scheme": "stripe", "header": "X-Sig"}, "header"),
+        ({"scheme": "twilio", "tolerance_seconds": 300}, "tolerance_seconds"),
+        ({"scheme": "none"}, "allow_unsigned"),
+        ({"scheme": "none", "allow_unsigned": "true"}, "allow_unsigned"),
+    ],
+)
 def test_bad_verify_table_names_the_field(verify_table: dict[str, Any], key: str) -> None:
     """Verification params are checked strictly, and the error names routes.<r>.verify.<key>."""
     error = error_of(manifest(routes={"hooks": {"verify": verify_table}}))
@@ -317,8 +373,10 @@ def test_bad_toml_value_in_a_file_names_file_and_field(tmp_path: Path) -> None:
 
 def test_header_names_are_stored_lower_case() -> None:
     """Header names from the manifest are lower-cased for lookup."""
-    plugin = parse_manifest(route_manifest(dedup={"headers": ["X-One", "X-Two"]},
-                                           conversation={"headers": ["X-Conv"]}), "acme.json")
+    plugin = parse_manifest(
+        route_manifest(dedup={"headers": ["X-One", "X-Two"]}, conversation={"headers": ["X-Conv"]}),
+        "acme.json",
+    )
     route = plugin.routes["hooks"]
     assert route.dedup_headers == ("x-one", "x-two") and route.conversation_headers == ("x-conv",)
     assert getattr(route.verify, "header", None) == "x-sig"
@@ -346,6 +404,7 @@ def test_empty_json_pointer_is_accepted() -> None:
 
 def test_unsigned_route_with_allow_unsigned_loads() -> None:
     """scheme none with allow_unsigned = true is a valid route."""
-    plugin = parse_manifest(manifest(routes={"hooks": {"verify": {
-        "scheme": "none", "allow_unsigned": True}}}), "a.json")
+    plugin = parse_manifest(
+        manifest(routes={"hooks": {"verify": {"scheme": "none", "allow_unsigned": True}}}), "a.json"
+    )
     assert plugin.routes["hooks"].verify.scheme == "none"

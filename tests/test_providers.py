@@ -52,15 +52,16 @@ class Reply(TextReply, Protocol):
 
 # -- how each provider signs ----------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Signing:
     """What a provider signs one request with."""
 
     body: bytes
     secret: str
-    at: int                # unix seconds the provider signed at
-    msg_id: str | None     # the provider's delivery id, for those that send one
-    url: str               # the URL the provider called (Twilio signs it)
+    at: int  # unix seconds the provider signed at
+    msg_id: str | None  # the provider's delivery id, for those that send one
+    url: str  # the URL the provider called (Twilio signs it)
 
 
 def hmac_hex(secret: str, message: bytes) -> str:
@@ -74,8 +75,10 @@ def sign_meta(s: Signing) -> dict[str, str]:
 
 def sign_github(s: Signing) -> dict[str, str]:
     """GitHub's X-Hub-Signature-256, plus its per-delivery GUID."""
-    headers = {"x-hub-signature-256": "sha256=" + hmac_hex(s.secret, s.body),
-               "x-github-event": "ping"}
+    headers = {
+        "x-hub-signature-256": "sha256=" + hmac_hex(s.secret, s.body),
+        "x-github-event": "ping",
+    }
     if s.msg_id is not None:
         headers["x-github-delivery"] = s.msg_id
     return headers
@@ -83,8 +86,10 @@ def sign_github(s: Signing) -> dict[str, str]:
 
 def sign_chatwoot(s: Signing) -> dict[str, str]:
     """sha256=hex(HMAC-SHA256(secret, "{timestamp}.{body}")) with the timestamp beside it."""
-    headers = {"x-chatwoot-signature": "sha256=" + hmac_hex(s.secret, f"{s.at}.".encode() + s.body),
-               "x-chatwoot-timestamp": str(s.at)}
+    headers = {
+        "x-chatwoot-signature": "sha256=" + hmac_hex(s.secret, f"{s.at}.".encode() + s.body),
+        "x-chatwoot-timestamp": str(s.at),
+    }
     if s.msg_id is not None:
         headers["x-chatwoot-delivery"] = s.msg_id
     return headers
@@ -133,42 +138,80 @@ def sign_supabase(s: Signing) -> dict[str, str]:
     msg_id = s.msg_id or str(uuid.uuid4())
     stamp = datetime.fromtimestamp(s.at, tz=UTC)
     signature = standardwebhooks.Webhook(s.secret.removeprefix("v1,")).sign(
-        msg_id, stamp, s.body.decode())
+        msg_id, stamp, s.body.decode()
+    )
     return {"webhook-id": msg_id, "webhook-timestamp": str(s.at), "webhook-signature": signature}
 
 
 def meta_event(kind: str, text: str = "hello") -> bytes:
     """A WhatsApp Cloud API notification: an inbound message, or a status of one we sent."""
-    value: dict[str, Any] = {"messaging_product": "whatsapp",
-                             "metadata": {"display_phone_number": "15550783881",
-                                          "phone_number_id": "106540352242922"}}
+    value: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+    }
     if kind == "message":
         value["contacts"] = [{"profile": {"name": "Sheena"}, "wa_id": WA_ID}]
-        value["messages"] = [{"from": WA_ID, "id": "wamid.IN1", "timestamp": "1700000000",
-                              "type": "text", "text": {"body": text}}]
+        value["messages"] = [
+            {
+                "from": WA_ID,
+                "id": "wamid.IN1",
+                "timestamp": "1700000000",
+                "type": "text",
+                "text": {"body": text},
+            }
+        ]
     else:
-        value["statuses"] = [{"id": "wamid.OUT1", "status": kind, "timestamp": "1700000001",
-                              "recipient_id": WA_ID}]
-    return json.dumps({"object": "whatsapp_business_account", "entry": [
-        {"id": "102290129340398", "changes": [{"value": value, "field": "messages"}]}]}).encode()
+        value["statuses"] = [
+            {"id": "wamid.OUT1", "status": kind, "timestamp": "1700000001", "recipient_id": WA_ID}
+        ]
+    return json.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {"id": "102290129340398", "changes": [{"value": value, "field": "messages"}]}
+            ],
+        }
+    ).encode()
 
 
 def stripe_event(event_id: str = "evt_1", pending_webhooks: int = 1) -> bytes:
-    return json.dumps({"id": event_id, "object": "event", "type": "payment_intent.succeeded",
-                       "data": {"object": {"id": "pi_1", "description": "hello"}},
-                       "pending_webhooks": pending_webhooks}).encode()
+    return json.dumps(
+        {
+            "id": event_id,
+            "object": "event",
+            "type": "payment_intent.succeeded",
+            "data": {"object": {"id": "pi_1", "description": "hello"}},
+            "pending_webhooks": pending_webhooks,
+        }
+    ).encode()
 
 
 def telegram_update(update_id: int = 10000, text: str = "hello") -> bytes:
-    return json.dumps({"update_id": update_id, "message": {
-        "message_id": 1, "date": 1700000000, "text": text,
-        "chat": {"id": -1001234567890, "type": "supergroup"},
-        "from": {"id": 42, "is_bot": False, "first_name": "Ann"}}}).encode()
+    return json.dumps(
+        {
+            "update_id": update_id,
+            "message": {
+                "message_id": 1,
+                "date": 1700000000,
+                "text": text,
+                "chat": {"id": -1001234567890, "type": "supergroup"},
+                "from": {"id": 42, "is_bot": False, "first_name": "Ann"},
+            },
+        }
+    ).encode()
 
 
 def twilio_form(body: str = "hello", sid: str = "SM1") -> bytes:
-    return urlencode({"MessageSid": sid, "AccountSid": "AC1", "From": "whatsapp:+16505551234",
-                      "To": "whatsapp:+14155238886", "Body": body, "NumMedia": "0"}).encode()
+    return urlencode(
+        {
+            "MessageSid": sid,
+            "AccountSid": "AC1",
+            "From": "whatsapp:+16505551234",
+            "To": "whatsapp:+14155238886",
+            "Body": body,
+            "NumMedia": "0",
+        }
+    ).encode()
 
 
 @dataclass(frozen=True)
@@ -177,16 +220,16 @@ class Provider:
 
     plugin: str
     route: str
-    secret: str            # in the form the provider hands it out
+    secret: str  # in the form the provider hands it out
     wrong_secret: str
-    sample: bytes          # a typical event; holds b"hello" so a test can tamper with it
+    sample: bytes  # a typical event; holds b"hello" so a test can tamper with it
     content_type: str
     sign: Callable[[Signing], dict[str, str]]
     ack_status: int = 202
     ack_type: str = "application/json"
-    ack_body: bytes | None = None   # None: the default {"status":"accepted","id":...}
-    timestamped: bool = False       # the signature covers a timestamp with a tolerance
-    body_signed: bool = True        # False: Telegram's token says who, not what
+    ack_body: bytes | None = None  # None: the default {"status":"accepted","id":...}
+    timestamped: bool = False  # the signature covers a timestamp with a tolerance
+    body_signed: bool = True  # False: Telegram's token says who, not what
 
     @property
     def path(self) -> str:
@@ -197,34 +240,106 @@ class Provider:
 
 
 JSON = "application/json"
-PROVIDERS = {p.plugin: p for p in [
-    Provider("meta", "webhook", "meta-app-secret-0123456789", "another-app-secret",
-             meta_event("message"), JSON, sign_meta, ack_status=200),
-    Provider("twilio", "messages", "12345678901234567890123456789012", "0" * 32,
-             twilio_form(), "application/x-www-form-urlencoded", sign_twilio, ack_status=200,
-             ack_type="text/xml", ack_body=TWIML),
-    Provider("stripe", "events", "whsec_test_0123456789abcdef", "whsec_test_other",
-             stripe_event(), JSON, sign_stripe, timestamped=True),
-    Provider("github", "events", "It's a Secret to Everybody", "not the secret",
-             b'{"zen":"hello","hook_id":1}', JSON, sign_github),
-    Provider("telegram", "updates", "tg-secret_token-0123456789", "tg-other-token",
-             telegram_update(), JSON, sign_telegram, body_signed=False),
-    Provider("supabase", "events", "v1," + WHSEC, "v1," + WHSEC_OTHER,
-             b'{"user":{"id":"u1","email":"a@example.com"},"email_data":{"token":"hello"}}', JSON,
-             sign_supabase, timestamped=True),
-    Provider("standard-webhooks", "events", WHSEC, WHSEC_OTHER,
-             b'{"type":"message.created","data":{"text":"hello"}}', JSON, sign_standard,
-             timestamped=True),
-    Provider("chatwoot", "events", "chatwoot-webhook-secret-0123", "chatwoot-other-secret",
-             b'{"event":"message_created","id":99,"content":"hello","conversation":{"id":7}}',
-             JSON, sign_chatwoot, timestamped=True),
-    Provider("generic", "events", "generic-shared-secret-0123", "generic-other-secret",
-             b'{"event":"message","text":"hello"}', JSON, sign_generic),
-]}
+PROVIDERS = {
+    p.plugin: p
+    for p in [
+        Provider(
+            "meta",
+            "webhook",
+            "meta-app-secret-0123456789",
+            "another-app-secret",
+            meta_event("message"),
+            JSON,
+            sign_meta,
+            ack_status=200,
+        ),
+        Provider(
+            "twilio",
+            "messages",
+            "12345678901234567890123456789012",
+            "0" * 32,
+            twilio_form(),
+            "application/x-www-form-urlencoded",
+            sign_twilio,
+            ack_status=200,
+            ack_type="text/xml",
+            ack_body=TWIML,
+        ),
+        Provider(
+            "stripe",
+            "events",
+            "whsec_test_0123456789abcdef",
+            "whsec_test_other",
+            stripe_event(),
+            JSON,
+            sign_stripe,
+            timestamped=True,
+        ),
+        Provider(
+            "github",
+            "events",
+            "It's a Secret to Everybody",
+            "not the secret",
+            b'{"zen":"hello","hook_id":1}',
+            JSON,
+            sign_github,
+        ),
+        Provider(
+            "telegram",
+            "updates",
+            "tg-secret_token-0123456789",
+            "tg-other-token",
+            telegram_update(),
+            JSON,
+            sign_telegram,
+            body_signed=False,
+        ),
+        Provider(
+            "supabase",
+            "events",
+            "v1," + WHSEC,
+            "v1," + WHSEC_OTHER,
+            b'{"user":{"id":"u1","email":"a@example.com"},"email_data":{"token":"hello"}}',
+            JSON,
+            sign_supabase,
+            timestamped=True,
+        ),
+        Provider(
+            "standard-webhooks",
+            "events",
+            WHSEC,
+            WHSEC_OTHER,
+            b'{"type":"message.created","data":{"text":"hello"}}',
+            JSON,
+            sign_standard,
+            timestamped=True,
+        ),
+        Provider(
+            "chatwoot",
+            "events",
+            "chatwoot-webhook-secret-0123",
+            "chatwoot-other-secret",
+            b'{"event":"message_created","id":99,"content":"hello","conversation":{"id":7}}',
+            JSON,
+            sign_chatwoot,
+            timestamped=True,
+        ),
+        Provider(
+            "generic",
+            "events",
+            "generic-shared-secret-0123",
+            "generic-other-secret",
+            b'{"event":"message","text":"hello"}',
+            JSON,
+            sign_generic,
+        ),
+    ]
+}
 ALL = list(PROVIDERS.values())
 
 
 # -- the box under test ---------------------------------------------------------------------
+
 
 @dataclass
 class Harness:
@@ -237,24 +352,43 @@ class Harness:
 
     def add(self, p: Provider, **fields: Any) -> dict[str, Any]:
         """Create the provider's `main` instance through the admin API."""
-        payload = {"plugin": p.plugin, "instance": "main", "secret": p.secret,
-                   "target_url": "http://127.0.0.1:9/hook", **fields}
+        payload = {
+            "plugin": p.plugin,
+            "instance": "main",
+            "secret": p.secret,
+            "target_url": "http://127.0.0.1:9/hook",
+            **fields,
+        }
         response = self.client.post("/admin/instances", headers=ADMIN, json=payload)
         assert response.status_code == 201, response.text
         data: dict[str, Any] = response.json()
         self.created[p.plugin] = data
         return data
 
-    def send(self, p: Provider, body: bytes | None = None, *, signed: bytes | None = None,
-             secret: str | None = None, age: float = 0, msg_id: str | None = None,
-             query: str = "", signed_url: str | None = None,
-             headers: Mapping[str, str] | None = None) -> Reply:
+    def send(
+        self,
+        p: Provider,
+        body: bytes | None = None,
+        *,
+        signed: bytes | None = None,
+        secret: str | None = None,
+        age: float = 0,
+        msg_id: str | None = None,
+        query: str = "",
+        signed_url: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
         """POST ``body`` (default: the sample) signed over ``signed`` (default: the same bytes)
         ``age`` seconds ago, as the provider would."""
         body = p.sample if body is None else body
         target = p.path + (f"?{query}" if query else "")
-        signing = Signing(body if signed is None else signed, secret or p.secret,
-                          int(self.clock() - age), msg_id, signed_url or TEST_SERVER + target)
+        signing = Signing(
+            body if signed is None else signed,
+            secret or p.secret,
+            int(self.clock() - age),
+            msg_id,
+            signed_url or TEST_SERVER + target,
+        )
         sent = {"content-type": p.content_type, **p.sign(signing), **(headers or {})}
         reply: Reply = self.client.post(target, content=body, headers=sent)
         return reply
@@ -279,10 +413,12 @@ def open_box(tmp_path: Path, clock: Clock) -> Iterator[OpenBox]:
             nonlocal opened
             opened += 1
             db_path = tmp_path / f"box-{opened}.db"
-            settings = load_settings(environ or {}, db_path=db_path, admin_token=ADMIN_TOKEN,
-                                     **overrides)
+            settings = load_settings(
+                environ or {}, db_path=db_path, admin_token=ADMIN_TOKEN, **overrides
+            )
             client = stack.enter_context(
-                TestClient(create_app(settings, clock=clock, run_worker=False)))
+                TestClient(create_app(settings, clock=clock, run_worker=False))
+            )
             return Harness(client, clock, db_path)
 
         yield open_
@@ -300,9 +436,11 @@ def reason(reply: Reply) -> str:
 
 # -- success, tampering, wrong secret, stale timestamps --------------------------------------
 
+
 @pytest.mark.parametrize("p", ALL, ids=str)
 def test_signed_event_gets_the_route_ack_and_is_stored_verbatim(
-        harness: Harness, p: Provider) -> None:
+    harness: Harness, p: Provider
+) -> None:
     """A correctly signed event gets the provider's ack, and its exact bytes are stored."""
     harness.add(p)
     reply = harness.send(p)
@@ -375,6 +513,7 @@ def test_telegram_token_names_the_sender_but_does_not_cover_the_body(harness: Ha
 
 # -- dedup: which retries are duplicates -----------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Attempt:
     body: bytes
@@ -394,44 +533,127 @@ class DedupCase:
 
 
 DEDUP_CASES = [
-    DedupCase("stripe", Attempt(stripe_event(pending_webhooks=2)),
-              Attempt(stripe_event(pending_webhooks=1)), True, "retry-changes-body-keeps-id"),
-    DedupCase("stripe", Attempt(stripe_event("evt_1")), Attempt(stripe_event("evt_2")), False,
-              "another-event"),
-    DedupCase("supabase", Attempt(PROVIDERS["supabase"].sample, "msg_a"),
-              Attempt(PROVIDERS["supabase"].sample, "msg_b"), True, "re-minted-webhook-id"),
-    DedupCase("supabase", Attempt(b'{"n":1}', "msg_a"), Attempt(b'{"n":2}', "msg_a"), False,
-              "same-id-other-body"),
-    DedupCase("standard-webhooks", Attempt(b'{"n":1}', "msg_a"), Attempt(b'{"n":2}', "msg_a"),
-              True, "same-webhook-id"),
-    DedupCase("standard-webhooks", Attempt(b'{"n":1}', "msg_a"), Attempt(b'{"n":1}', "msg_b"),
-              False, "other-webhook-id"),
-    DedupCase("twilio", Attempt(twilio_form("hello"), "tok-1"),
-              Attempt(twilio_form("other"), "tok-1"), True, "same-idempotency-token"),
-    DedupCase("twilio", Attempt(twilio_form("hello"), "tok-1"),
-              Attempt(twilio_form("hello"), "tok-2"), False, "other-idempotency-token"),
-    DedupCase("twilio", Attempt(twilio_form("hello")), Attempt(twilio_form("hello")), True,
-              "no-token-same-body"),
-    DedupCase("twilio", Attempt(twilio_form("hello")), Attempt(twilio_form("other")), False,
-              "no-token-other-body"),
-    DedupCase("telegram", Attempt(telegram_update(7, "hello")),
-              Attempt(telegram_update(7, "edited")), True, "same-update-id"),
-    DedupCase("telegram", Attempt(telegram_update(7)), Attempt(telegram_update(8)), False,
-              "next-update-id"),
-    DedupCase("github", Attempt(b'{"a":1}', "guid-1"), Attempt(b'{"a":2}', "guid-1"), True,
-              "redelivery-same-guid"),
-    DedupCase("github", Attempt(b'{"a":1}', "guid-1"), Attempt(b'{"a":1}', "guid-2"), False,
-              "other-guid-same-body"),
-    DedupCase("meta", Attempt(meta_event("message")), Attempt(meta_event("message")), True,
-              "same-bytes"),
-    DedupCase("meta", Attempt(meta_event("delivered")), Attempt(meta_event("read")), False,
-              "other-bytes"),
-    DedupCase("chatwoot", Attempt(b'{"a":1}', "d-1"), Attempt(b'{"a":2}', "d-1"), True,
-              "same-delivery-header"),
-    DedupCase("chatwoot", Attempt(b'{"a":1}', "d-1"), Attempt(b'{"a":1}', "d-2"), False,
-              "other-delivery-header"),
-    DedupCase("generic", Attempt(b'{"a":1}', "d-1"), Attempt(b'{"a":2}', "d-1"), True,
-              "same-x-delivery"),
+    DedupCase(
+        "stripe",
+        Attempt(stripe_event(pending_webhooks=2)),
+        Attempt(stripe_event(pending_webhooks=1)),
+        True,
+        "retry-changes-body-keeps-id",
+    ),
+    DedupCase(
+        "stripe",
+        Attempt(stripe_event("evt_1")),
+        Attempt(stripe_event("evt_2")),
+        False,
+        "another-event",
+    ),
+    DedupCase(
+        "supabase",
+        Attempt(PROVIDERS["supabase"].sample, "msg_a"),
+        Attempt(PROVIDERS["supabase"].sample, "msg_b"),
+        True,
+        "re-minted-webhook-id",
+    ),
+    DedupCase(
+        "supabase",
+        Attempt(b'{"n":1}', "msg_a"),
+        Attempt(b'{"n":2}', "msg_a"),
+        False,
+        "same-id-other-body",
+    ),
+    DedupCase(
+        "standard-webhooks",
+        Attempt(b'{"n":1}', "msg_a"),
+        Attempt(b'{"n":2}', "msg_a"),
+        True,
+        "same-webhook-id",
+    ),
+    DedupCase(
+        "standard-webhooks",
+        Attempt(b'{"n":1}', "msg_a"),
+        Attempt(b'{"n":1}', "msg_b"),
+        False,
+        "other-webhook-id",
+    ),
+    DedupCase(
+        "twilio",
+        Attempt(twilio_form("hello"), "tok-1"),
+        Attempt(twilio_form("other"), "tok-1"),
+        True,
+        "same-idempotency-token",
+    ),
+    DedupCase(
+        "twilio",
+        Attempt(twilio_form("hello"), "tok-1"),
+        Attempt(twilio_form("hello"), "tok-2"),
+        False,
+        "other-idempotency-token",
+    ),
+    DedupCase(
+        "twilio",
+        Attempt(twilio_form("hello")),
+        Attempt(twilio_form("hello")),
+        True,
+        "no-token-same-body",
+    ),
+    DedupCase(
+        "twilio",
+        Attempt(twilio_form("hello")),
+        Attempt(twilio_form("other")),
+        False,
+        "no-token-other-body",
+    ),
+    DedupCase(
+        "telegram",
+        Attempt(telegram_update(7, "hello")),
+        Attempt(telegram_update(7, "edited")),
+        True,
+        "same-update-id",
+    ),
+    DedupCase(
+        "telegram",
+        Attempt(telegram_update(7)),
+        Attempt(telegram_update(8)),
+        False,
+        "next-update-id",
+    ),
+    DedupCase(
+        "github",
+        Attempt(b'{"a":1}', "guid-1"),
+        Attempt(b'{"a":2}', "guid-1"),
+        True,
+        "redelivery-same-guid",
+    ),
+    DedupCase(
+        "github",
+        Attempt(b'{"a":1}', "guid-1"),
+        Attempt(b'{"a":1}', "guid-2"),
+        False,
+        "other-guid-same-body",
+    ),
+    DedupCase(
+        "meta", Attempt(meta_event("message")), Attempt(meta_event("message")), True, "same-bytes"
+    ),
+    DedupCase(
+        "meta", Attempt(meta_event("delivered")), Attempt(meta_event("read")), False, "other-bytes"
+    ),
+    DedupCase(
+        "chatwoot",
+        Attempt(b'{"a":1}', "d-1"),
+        Attempt(b'{"a":2}', "d-1"),
+        True,
+        "same-delivery-header",
+    ),
+    DedupCase(
+        "chatwoot",
+        Attempt(b'{"a":1}', "d-1"),
+        Attempt(b'{"a":1}', "d-2"),
+        False,
+        "other-delivery-header",
+    ),
+    DedupCase(
+        "generic", Attempt(b'{"a":1}', "d-1"), Attempt(b'{"a":2}', "d-1"), True, "same-x-delivery"
+    ),
     DedupCase("generic", Attempt(b'{"a":1}'), Attempt(b'{"a":1}'), True, "no-header-same-body"),
     DedupCase("generic", Attempt(b'{"a":1}'), Attempt(b'{"a":2}'), False, "no-header-other-body"),
 ]
@@ -453,7 +675,8 @@ def test_provider_retry_dedups_by_the_provider_rule(harness: Harness, case: Dedu
 
 @pytest.mark.parametrize("p", [PROVIDERS["stripe"], PROVIDERS["telegram"]], ids=str)
 def test_garbage_json_on_a_json_pointer_route_is_400_and_stores_nothing(
-        harness: Harness, p: Provider) -> None:
+    harness: Harness, p: Provider
+) -> None:
     """A validly signed body that is not JSON cannot yield the event id: 400, nothing stored."""
     harness.add(p)
     reply = harness.send(p, b"{not json")
@@ -470,21 +693,31 @@ CONVERSATIONS = [
     pytest.param("twilio", twilio_form(), {}, "whatsapp:+16505551234", id="twilio-From"),
     pytest.param("telegram", telegram_update(), {}, "-1001234567890", id="telegram-chat-id"),
     pytest.param("chatwoot", PROVIDERS["chatwoot"].sample, {}, "7", id="chatwoot-conversation"),
-    pytest.param("generic", PROVIDERS["generic"].sample, {"x-conversation": "order-17"},
-                 "order-17", id="generic-header"),
+    pytest.param(
+        "generic",
+        PROVIDERS["generic"].sample,
+        {"x-conversation": "order-17"},
+        "order-17",
+        id="generic-header",
+    ),
     pytest.param("generic", PROVIDERS["generic"].sample, {}, None, id="generic-none"),
     pytest.param("stripe", stripe_event(), {}, None, id="stripe-none"),
     pytest.param("github", PROVIDERS["github"].sample, {}, None, id="github-none"),
     pytest.param("supabase", PROVIDERS["supabase"].sample, {}, None, id="supabase-none"),
-    pytest.param("standard-webhooks", PROVIDERS["standard-webhooks"].sample, {}, None,
-                 id="standard-webhooks-none"),
+    pytest.param(
+        "standard-webhooks",
+        PROVIDERS["standard-webhooks"].sample,
+        {},
+        None,
+        id="standard-webhooks-none",
+    ),
 ]
 
 
 @pytest.mark.parametrize("plugin, body, headers, expected", CONVERSATIONS)
 def test_conversation_is_extracted_by_the_provider_rule(
-        harness: Harness, plugin: str, body: bytes, headers: dict[str, str],
-        expected: str | None) -> None:
+    harness: Harness, plugin: str, body: bytes, headers: dict[str, str], expected: str | None
+) -> None:
     """deliveries.conversation holds the provider's conversation key, or NULL where it has none."""
     p = PROVIDERS[plugin]
     harness.add(p)
@@ -497,14 +730,19 @@ def test_meta_message_and_its_status_callbacks_share_a_lane(harness: Harness) ->
     """An inbound message (its sender) and our reply's statuses (its recipient) share a lane."""
     p = PROVIDERS["meta"]
     harness.add(p)
-    for body in (meta_event("message"), meta_event("sent"), meta_event("delivered"),
-                 meta_event("read")):
+    for body in (
+        meta_event("message"),
+        meta_event("sent"),
+        meta_event("delivered"),
+        meta_event("read"),
+    ):
         assert harness.send(p, body).status_code == 200
     assert {row["conversation"] for row in harness.rows()} == {WA_ID}
     assert len(harness.rows()) == 4
 
 
 # -- Meta: the GET verification handshake, and signing the bytes as sent ---------------------
+
 
 def challenge(harness: Harness, **query: str) -> Reply:
     reply: Reply = harness.client.get(PROVIDERS["meta"].path, params=query)
@@ -514,22 +752,37 @@ def challenge(harness: Harness, **query: str) -> Reply:
 def test_meta_challenge_with_the_right_token_echoes_as_text_plain(harness: Harness) -> None:
     """Meta's subscribe GET with the instance's verify token gets the challenge back verbatim."""
     harness.add(PROVIDERS["meta"], verify_token="my-verify-token")
-    reply = challenge(harness, **{"hub.mode": "subscribe", "hub.verify_token": "my-verify-token",
-                                  "hub.challenge": "1158201444"})
+    reply = challenge(
+        harness,
+        **{
+            "hub.mode": "subscribe",
+            "hub.verify_token": "my-verify-token",
+            "hub.challenge": "1158201444",
+        },
+    )
     assert reply.status_code == 200
     assert reply.headers["content-type"].startswith("text/plain")
     assert reply.text == "1158201444"
     assert harness.rows() == []
 
 
-@pytest.mark.parametrize("query", [
-    {"hub.mode": "subscribe", "hub.verify_token": "wrong", "hub.challenge": "c-7781"},
-    {"hub.mode": "subscribe", "hub.challenge": "c-7781"},
-    {"hub.mode": "subscribe", "hub.verify_token": "", "hub.challenge": "c-7781"},
-    {"hub.mode": "unsubscribe", "hub.verify_token": "my-verify-token", "hub.challenge": "c-7781"},
-], ids=["wrong-token", "missing-token", "empty-token", "not-subscribe"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"hub.mode": "subscribe", "hub.verify_token": "wrong", "hub.challenge": "c-7781"},
+        {"hub.mode": "subscribe", "hub.challenge": "c-7781"},
+        {"hub.mode": "subscribe", "hub.verify_token": "", "hub.challenge": "c-7781"},
+        {
+            "hub.mode": "unsubscribe",
+            "hub.verify_token": "my-verify-token",
+            "hub.challenge": "c-7781",
+        },
+    ],
+    ids=["wrong-token", "missing-token", "empty-token", "not-subscribe"],
+)
 def test_meta_challenge_without_the_right_token_is_403(
-        harness: Harness, query: dict[str, str]) -> None:
+    harness: Harness, query: dict[str, str]
+) -> None:
     """A wrong, missing or empty verify token (or another mode) is refused with 403."""
     harness.add(PROVIDERS["meta"], verify_token="my-verify-token")
     reply = challenge(harness, **query)
@@ -541,18 +794,22 @@ def test_meta_challenge_without_the_right_token_is_403(
 def test_meta_challenge_on_an_instance_without_verify_token_is_403(harness: Harness) -> None:
     """With the verify token cleared, no token (not even an empty one) passes."""
     harness.add(PROVIDERS["meta"], verify_token="my-verify-token")
-    cleared = harness.client.patch("/admin/instances/meta/main", headers=ADMIN,
-                                   json={"verify_token": None})
+    cleared = harness.client.patch(
+        "/admin/instances/meta/main", headers=ADMIN, json={"verify_token": None}
+    )
     assert cleared.status_code == 200
     for token in ("", "my-verify-token", "None", "null"):
-        reply = challenge(harness, **{"hub.mode": "subscribe", "hub.verify_token": token,
-                                      "hub.challenge": "42"})
+        reply = challenge(
+            harness, **{"hub.mode": "subscribe", "hub.verify_token": token, "hub.challenge": "42"}
+        )
         assert reply.status_code == 403, token
 
 
-UNICODE_ESCAPED = (b'{"object":"whatsapp_business_account","entry":[{"changes":[{"value":'
-                   b'{"messages":[{"from":"16505551234","text":{"body":"caf\\u00e9 \\ud83d\\ude00'
-                   b' \\/ok"}}]}}]}]}')
+UNICODE_ESCAPED = (
+    b'{"object":"whatsapp_business_account","entry":[{"changes":[{"value":'
+    b'{"messages":[{"from":"16505551234","text":{"body":"caf\\u00e9 \\ud83d\\ude00'
+    b' \\/ok"}}]}}]}]}'
+)
 
 
 def test_meta_signature_over_unicode_escapes_passes_on_the_exact_bytes(harness: Harness) -> None:
@@ -569,8 +826,9 @@ def test_meta_signature_fails_on_a_reserialized_body(harness: Harness) -> None:
     """The same document re-serialized (é as UTF-8, as a JSON round trip gives) fails the HMAC."""
     p = PROVIDERS["meta"]
     harness.add(p)
-    reserialized = json.dumps(json.loads(UNICODE_ESCAPED), ensure_ascii=False,
-                              separators=(",", ":")).encode()
+    reserialized = json.dumps(
+        json.loads(UNICODE_ESCAPED), ensure_ascii=False, separators=(",", ":")
+    ).encode()
     assert reserialized != UNICODE_ESCAPED
     reply = harness.send(p, reserialized, signed=UNICODE_ESCAPED)
     assert reply.status_code == 401
@@ -621,8 +879,9 @@ def test_twilio_json_body_verifies_through_body_sha256(open_box: OpenBox) -> Non
     # twilio's own validator agrees with the signer before the box is asked.
     signature = sign_twilio(Signing(body, p.secret, 0, None, url))["x-twilio-signature"]
     assert RequestValidator(p.secret).validate(url, body.decode(), signature)
-    reply = harness.send(p, body, query=query, signed_url=url,
-                         headers={"content-type": "application/json"})
+    reply = harness.send(
+        p, body, query=query, signed_url=url, headers={"content-type": "application/json"}
+    )
     assert reply.status_code == 200
     assert bytes(harness.rows()[0]["body"]) == body
 
@@ -634,14 +893,20 @@ def test_twilio_json_body_changed_after_signing_fails_its_hash(open_box: OpenBox
     harness.add(p)
     body = b'{"MessageSid":"SM9","Body":"hello"}'
     query = f"bodySHA256={hashlib.sha256(body).hexdigest()}"
-    reply = harness.send(p, body.replace(b"hello", b"jello"), signed=body, query=query,
-                         signed_url=f"{PUBLIC}{p.path}?{query}",
-                         headers={"content-type": "application/json"})
+    reply = harness.send(
+        p,
+        body.replace(b"hello", b"jello"),
+        signed=body,
+        query=query,
+        signed_url=f"{PUBLIC}{p.path}?{query}",
+        headers={"content-type": "application/json"},
+    )
     assert reply.status_code == 401
     assert reason(reply) == "bad_body_hash"
 
 
 # -- the providers' own libraries and published examples, end to end -----------------------
+
 
 def test_stripe_library_accepts_the_test_signer() -> None:
     """stripe.WebhookSignature.verify_header (the oracle) accepts what sign_stripe produces."""
@@ -656,9 +921,11 @@ def test_stripe_library_generated_header_is_accepted(harness: Harness) -> None:
     p = PROVIDERS["stripe"]
     harness.add(p)
     header = stripe.WebhookSignature.generate_signature_header(
-        p.sample.decode(), p.secret, int(harness.clock()))
-    reply = harness.client.post(p.path, content=p.sample,
-                                headers={"stripe-signature": header, "content-type": JSON})
+        p.sample.decode(), p.secret, int(harness.clock())
+    )
+    reply = harness.client.post(
+        p.path, content=p.sample, headers={"stripe-signature": header, "content-type": JSON}
+    )
     assert reply.status_code == 202
 
 
@@ -669,8 +936,11 @@ def test_stripe_secret_roll_with_two_v1_signatures_is_accepted(harness: Harness)
     at = int(harness.clock())
     other = hmac_hex("whsec_expiring", f"{at}.".encode() + p.sample)
     good = hmac_hex(p.secret, f"{at}.".encode() + p.sample)
-    reply = harness.client.post(p.path, content=p.sample, headers={
-        "stripe-signature": f"t={at},v1={other},v1={good}", "content-type": JSON})
+    reply = harness.client.post(
+        p.path,
+        content=p.sample,
+        headers={"stripe-signature": f"t={at},v1={other},v1={good}", "content-type": JSON},
+    )
     assert reply.status_code == 202
 
 
@@ -680,24 +950,36 @@ def test_github_documented_example_verifies_over_http(harness: Harness) -> None:
     harness.add(p)  # its secret is GitHub's example: "It's a Secret to Everybody"
     signature = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
     guid = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
-    reply = harness.client.post(p.path, content=b"Hello, World!", headers={
-        "x-hub-signature-256": signature, "x-github-delivery": guid})
+    reply = harness.client.post(
+        p.path,
+        content=b"Hello, World!",
+        headers={"x-hub-signature-256": signature, "x-github-delivery": guid},
+    )
     assert reply.status_code == 202
     assert harness.rows()[0]["provider_delivery_id"] == guid
 
 
 def test_svix_signed_request_with_svix_headers_is_accepted_and_dedups_on_svix_id(
-        harness: Harness) -> None:
+    harness: Harness,
+) -> None:
     """Svix's library signs with svix-* header names; the standard-webhooks route takes them."""
     p = PROVIDERS["standard-webhooks"]
     harness.add(p)
     at = int(harness.clock())
     for body in (b'{"n":1}', b'{"n":2}'):  # the same svix-id: the second is the same message
         signature = svix.webhooks.Webhook(p.secret).sign(
-            "msg_svix_1", datetime.fromtimestamp(at, tz=UTC), body.decode())
-        reply = harness.client.post(p.path, content=body, headers={
-            "svix-id": "msg_svix_1", "svix-timestamp": str(at), "svix-signature": signature,
-            "content-type": JSON})
+            "msg_svix_1", datetime.fromtimestamp(at, tz=UTC), body.decode()
+        )
+        reply = harness.client.post(
+            p.path,
+            content=body,
+            headers={
+                "svix-id": "msg_svix_1",
+                "svix-timestamp": str(at),
+                "svix-signature": signature,
+                "content-type": JSON,
+            },
+        )
         assert reply.status_code == 202
     [row] = harness.rows()
     assert row["provider_delivery_id"] == "msg_svix_1"

@@ -17,8 +17,9 @@ from ingress_box.config import Settings, load_settings
 @pytest.fixture
 def quick_settings(tmp_path: Path) -> Settings:
     # A short busy timeout, so a locked database is reported in a fraction of a second.
-    return load_settings({}, db_path=tmp_path / "box.db", admin_token=ADMIN_TOKEN,
-                         busy_timeout_seconds=0.2)
+    return load_settings(
+        {}, db_path=tmp_path / "box.db", admin_token=ADMIN_TOKEN, busy_timeout_seconds=0.2
+    )
 
 
 @pytest.fixture
@@ -42,8 +43,9 @@ def test_readyz_is_503_when_the_worker_is_stopped(live: LiveBox) -> None:
     assert answer.json() == {"ready": False, "problems": ["worker not running"]}
 
 
-def test_readyz_is_503_while_the_database_cannot_be_written(live: LiveBox,
-                                                            quick_settings: Settings) -> None:
+def test_readyz_is_503_while_the_database_cannot_be_written(
+    live: LiveBox, quick_settings: Settings
+) -> None:
     """Another connection holding the write lock past the busy timeout makes it 503, then 200."""
     blocker = sqlite3.connect(str(quick_settings.db_path), isolation_level=None)
     try:

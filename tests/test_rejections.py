@@ -42,8 +42,11 @@ class Harness:
     db_path: Path
 
     def add(self, plugin: str, instance: str = "main", **fields: Any) -> None:
-        response = self.client.post("/admin/instances", headers=ADMIN, json={
-            "plugin": plugin, "instance": instance, "secret": SECRET, **fields})
+        response = self.client.post(
+            "/admin/instances",
+            headers=ADMIN,
+            json={"plugin": plugin, "instance": instance, "secret": SECRET, **fields},
+        )
         assert response.status_code == 201, response.text
 
     def post(self, url: str, body: bytes, **headers: str) -> Reply:
@@ -51,8 +54,9 @@ class Harness:
         return reply
 
     def rejections(self, plugin: str = "generic", instance: str = "main") -> Any:
-        response = self.client.get(f"/admin/instances/{plugin}/{instance}/rejections",
-                                   headers=ADMIN)
+        response = self.client.get(
+            f"/admin/instances/{plugin}/{instance}/rejections", headers=ADMIN
+        )
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -81,16 +85,19 @@ def open_box(tmp_path: Path, clock: Clock) -> Iterator[OpenBox]:
 
         def open_(environ: Mapping[str, str] | None = None, **overrides: Any) -> Harness:
             db_path = tmp_path / "box.db"
-            settings = load_settings(environ or {}, db_path=db_path, admin_token=ADMIN_TOKEN,
-                                     **overrides)
+            settings = load_settings(
+                environ or {}, db_path=db_path, admin_token=ADMIN_TOKEN, **overrides
+            )
             client = stack.enter_context(
-                TestClient(create_app(settings, clock=clock, run_worker=False)))
+                TestClient(create_app(settings, clock=clock, run_worker=False))
+            )
             return Harness(client, clock, db_path)
 
         yield open_
 
 
 # -- each reason, as a provider would cause it ----------------------------------------------
+
 
 def missing_signature(h: Harness) -> Reply:
     return h.post("/ingress/generic/main/events", b"{}")
@@ -112,21 +119,30 @@ def body_too_large_streamed(h: Harness) -> Reply:
         for _ in range(20):
             yield b"y" * 100
 
-    reply: Reply = h.client.post("/ingress/generic/main/events", content=chunks(),
-                                 headers={"x-signature": "sha256=00"})
+    reply: Reply = h.client.post(
+        "/ingress/generic/main/events", content=chunks(), headers={"x-signature": "sha256=00"}
+    )
     return reply
 
 
 def stale_timestamp(h: Harness) -> Reply:
     stamp = str(int(h.clock()) - 301)
     body = b'{"event":"message_created"}'
-    return h.post("/ingress/chatwoot/main/events", body, **{
-        "x-chatwoot-timestamp": stamp, "x-chatwoot-signature": hub(stamp.encode() + b"." + body)})
+    return h.post(
+        "/ingress/chatwoot/main/events",
+        body,
+        **{
+            "x-chatwoot-timestamp": stamp,
+            "x-chatwoot-signature": hub(stamp.encode() + b"." + body),
+        },
+    )
 
 
 def challenge_failed(h: Harness) -> Reply:
-    reply: Reply = h.client.get("/ingress/meta/main/webhook", params={
-        "hub.mode": "subscribe", "hub.verify_token": "not-the-token", "hub.challenge": "1"})
+    reply: Reply = h.client.get(
+        "/ingress/meta/main/webhook",
+        params={"hub.mode": "subscribe", "hub.verify_token": "not-the-token", "hub.challenge": "1"},
+    )
     return reply
 
 
@@ -136,8 +152,14 @@ def twilio_signed_for(url: str) -> Callable[[Harness], Reply]:
     def send(h: Harness) -> Reply:
         params = {"From": "whatsapp:+16505551234", "Body": "hi"}
         signature = RequestValidator(SECRET).compute_signature(url, params)
-        return h.post("/ingress/twilio/main/messages", urlencode(params).encode(), **{
-            "x-twilio-signature": signature, "content-type": "application/x-www-form-urlencoded"})
+        return h.post(
+            "/ingress/twilio/main/messages",
+            urlencode(params).encode(),
+            **{
+                "x-twilio-signature": signature,
+                "content-type": "application/x-www-form-urlencoded",
+            },
+        )
 
     return send
 
@@ -146,8 +168,9 @@ def body_not_json(h: Harness) -> Reply:
     at = int(h.clock())
     body = b"{not json"
     digest = hmac.new(SECRET.encode(), f"{at}.".encode() + body, hashlib.sha256).hexdigest()
-    return h.post("/ingress/stripe/main/events", body,
-                  **{"stripe-signature": f"t={at},v1={digest}"})
+    return h.post(
+        "/ingress/stripe/main/events", body, **{"stripe-signature": f"t={at},v1={digest}"}
+    )
 
 
 def method_not_allowed(h: Harness) -> Reply:
@@ -159,13 +182,19 @@ REASONS = [
     pytest.param("generic", missing_signature, 401, "missing_signature", {}, id="no-signature"),
     pytest.param("generic", bad_signature, 401, "bad_signature", {}, id="bad-signature"),
     pytest.param("generic", body_too_large, 413, "body_too_large", {}, id="body-too-large"),
-    pytest.param("generic", body_too_large_streamed, 413, "body_too_large", {},
-                 id="body-too-large-streamed"),
+    pytest.param(
+        "generic", body_too_large_streamed, 413, "body_too_large", {}, id="body-too-large-streamed"
+    ),
     pytest.param("chatwoot", stale_timestamp, 401, "stale_timestamp", {}, id="stale-timestamp"),
     pytest.param("meta", challenge_failed, 403, "challenge_failed", {}, id="challenge-failed"),
-    pytest.param("twilio", twilio_signed_for("https://hooks.example.com/ingress/twilio/main/"
-                                             "messages"), 401, "bad_signature", {},
-                 id="twilio-proxy-without-public-url"),
+    pytest.param(
+        "twilio",
+        twilio_signed_for("https://hooks.example.com/ingress/twilio/main/messages"),
+        401,
+        "bad_signature",
+        {},
+        id="twilio-proxy-without-public-url",
+    ),
     pytest.param("stripe", body_not_json, 400, "body_not_json", {}, id="body-not-json"),
     pytest.param("generic", method_not_allowed, 405, "method_not_allowed", {}, id="wrong-method"),
 ]
@@ -173,8 +202,13 @@ REASONS = [
 
 @pytest.mark.parametrize("plugin, cause, status, reason, settings", REASONS)
 def test_each_rejection_is_listed_with_its_machine_readable_reason(
-        open_box: OpenBox, plugin: str, cause: Callable[[Harness], Reply], status: int,
-        reason: str, settings: dict[str, str]) -> None:
+    open_box: OpenBox,
+    plugin: str,
+    cause: Callable[[Harness], Reply],
+    status: int,
+    reason: str,
+    settings: dict[str, str],
+) -> None:
     """The provider gets the status, and the record says why in the same words."""
     h = open_box(max_body_bytes=1024, **settings)
     h.add(plugin, verify_token="the-verify-token")
@@ -191,11 +225,15 @@ def test_rate_limited_requests_are_listed(open_box: OpenBox) -> None:
     h = open_box(rate_limit=0.01)  # one token, refilled every 100 s: the second must wait
     h.add("generic")
     body = b'{"n":1}'
-    assert h.post("/ingress/generic/main/events", body, **{"x-signature": hub(body)}
-                  ).status_code == 202
+    assert (
+        h.post("/ingress/generic/main/events", body, **{"x-signature": hub(body)}).status_code
+        == 202
+    )
     body = b'{"n":2}'
-    assert h.post("/ingress/generic/main/events", body, **{"x-signature": hub(body)}
-                  ).status_code == 429
+    assert (
+        h.post("/ingress/generic/main/events", body, **{"x-signature": hub(body)}).status_code
+        == 429
+    )
     assert h.reasons() == ["rate_limited"]
 
 
@@ -208,7 +246,11 @@ def test_rejections_are_listed_newest_first(open_box: OpenBox) -> None:
         h.clock.advance(1)
     items = h.rejections()["items"]
     assert [i["reason"] for i in items] == [
-        "method_not_allowed", "body_too_large", "bad_signature", "missing_signature"]
+        "method_not_allowed",
+        "body_too_large",
+        "bad_signature",
+        "missing_signature",
+    ]
     assert [i["received_at"] for i in items] == [T0 + 3, T0 + 2, T0 + 1, T0]
     assert h.rejections()["next_cursor"] is None
 
@@ -218,8 +260,10 @@ def test_accepted_and_duplicate_requests_are_not_rejections(open_box: OpenBox) -
     h = open_box()
     h.add("generic")
     for _ in range(2):
-        assert h.post("/ingress/generic/main/events", b"{}", **{"x-signature": hub(b"{}")}
-                      ).status_code == 202
+        assert (
+            h.post("/ingress/generic/main/events", b"{}", **{"x-signature": hub(b"{}")}).status_code
+            == 202
+        )
     assert h.reasons() == []
 
 
@@ -234,6 +278,7 @@ def test_rejections_are_kept_per_instance(open_box: OpenBox) -> None:
 
 
 # -- bounded, bodiless, memory only ---------------------------------------------------------
+
 
 def test_the_record_keeps_exactly_the_last_n(open_box: OpenBox) -> None:
     """With rejections_kept=5, eight failures leave the five newest."""
@@ -268,14 +313,18 @@ def test_the_record_holds_no_body_and_no_header_values(open_box: OpenBox) -> Non
     h = open_box(max_body_bytes=1024)
     h.add("generic")
     small = json.dumps({"text": MARKER}).encode()
-    h.post("/ingress/generic/main/events", small, **{
-        "x-signature": "sha256=" + MARKER, "x-delivery": MARKER, "authorization": MARKER})
+    h.post(
+        "/ingress/generic/main/events",
+        small,
+        **{"x-signature": "sha256=" + MARKER, "x-delivery": MARKER, "authorization": MARKER},
+    )
     big = (MARKER * 200).encode()
     h.post("/ingress/generic/main/events", big, **{"x-signature": hub(big)})
     listing = h.rejections()
     assert len(listing["items"]) == 2
-    assert all(set(item) == {"received_at", "route", "status", "reason"}
-               for item in listing["items"])
+    assert all(
+        set(item) == {"received_at", "route", "status", "reason"} for item in listing["items"]
+    )
     assert MARKER not in json.dumps(listing)
 
 
@@ -289,8 +338,11 @@ def test_a_flood_of_bad_requests_writes_nothing_to_disk(open_box: OpenBox) -> No
     for n in range(100):
         for cause in (missing_signature, bad_signature, body_too_large, stale_timestamp):
             assert cause(h).status_code in (401, 413)
-        h.post("/ingress/generic/main/events", f'{{"n":{n},"m":"{MARKER}"}}'.encode(),
-               **{"x-signature": "sha256=" + "0" * 64})
+        h.post(
+            "/ingress/generic/main/events",
+            f'{{"n":{n},"m":"{MARKER}"}}'.encode(),
+            **{"x-signature": "sha256=" + "0" * 64},
+        )
     assert (h.count("deliveries"), h.count("outbox")) == (0, 0)
     assert [f.stat().st_size if f.exists() else 0 for f in files] == sizes
     assert len(h.rejections()["items"]) == 50

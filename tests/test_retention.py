@@ -17,8 +17,13 @@ T0 = 1_700_000_000.0
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return load_settings({}, db_path=tmp_path / "box.db", payload_retention_days=1,
-                         dedup_retention_days=7, dlq_retention_days=90)
+    return load_settings(
+        {},
+        db_path=tmp_path / "box.db",
+        payload_retention_days=1,
+        dedup_retention_days=7,
+        dlq_retention_days=90,
+    )
 
 
 @pytest.fixture
@@ -31,17 +36,39 @@ def db(settings: Settings) -> Iterator[Database]:
 def add(db: Database, provider_id: str, outcome: str | None, at: float = T0) -> None:
     """A delivery accepted at ``at`` and, unless outcome is None, settled then."""
     new = d.NewDelivery(
-        id=f"msg_{provider_id}", plugin_id="generic", instance_id="main", route="events",
-        provider_delivery_id=provider_id, conversation=None, method="POST", subpath="",
-        content_type="text/plain", headers="{}", body=b"payload", received_at=at)
+        id=f"msg_{provider_id}",
+        plugin_id="generic",
+        instance_id="main",
+        route="events",
+        provider_delivery_id=provider_id,
+        conversation=None,
+        method="POST",
+        subpath="",
+        content_type="text/plain",
+        headers="{}",
+        body=b"payload",
+        received_at=at,
+    )
     db.write(lambda conn: d.accept(conn, new))
     if outcome is None:
         return
     claimed = db.write(d.claim("w", at, 60, 100))
     row = next(r for r in claimed if r.provider_delivery_id == provider_id)
-    db.write(d.settle(d.Outcome(seq=row.seq, owner="w", attempt=row.attempt, outcome=outcome,
-                                started_at=at, duration_ms=1, error="HTTP 400",
-                                dead_letter_id=f"dlq_{provider_id}"), at))
+    db.write(
+        d.settle(
+            d.Outcome(
+                seq=row.seq,
+                owner="w",
+                attempt=row.attempt,
+                outcome=outcome,
+                started_at=at,
+                duration_ms=1,
+                error="HTTP 400",
+                dead_letter_id=f"dlq_{provider_id}",
+            ),
+            at,
+        )
+    )
 
 
 def body_of(db: Database, provider_id: str) -> bytes | None:
@@ -51,12 +78,15 @@ def body_of(db: Database, provider_id: str) -> bytes | None:
 
 
 def exists(db: Database, provider_id: str) -> bool:
-    return db.read_one("SELECT 1 FROM deliveries WHERE provider_delivery_id = ?",
-                       (provider_id,)) is not None
+    return (
+        db.read_one("SELECT 1 FROM deliveries WHERE provider_delivery_id = ?", (provider_id,))
+        is not None
+    )
 
 
 def test_delivered_payloads_are_dropped_after_their_window(
-        db: Database, settings: Settings) -> None:
+    db: Database, settings: Settings
+) -> None:
     """After payload_retention_days the body goes but the dedup key stays."""
     add(db, "old", "delivered")
     add(db, "fresh", "delivered", at=T0 + 2 * DAY)
@@ -112,11 +142,11 @@ def test_checkpoint_truncates_the_wal(db: Database, settings: Settings) -> None:
 
 
 def test_a_dead_letter_is_kept_from_when_it_died_not_when_it_arrived(
-        db: Database, settings: Settings) -> None:
+    db: Database, settings: Settings
+) -> None:
     """An old event that died again recently keeps its dead letter for the whole window."""
     add(db, "old", "dead")
-    db.write(lambda conn: conn.execute(
-        "UPDATE dead_letters SET created_at = ?", (T0 + 80 * DAY,)))
+    db.write(lambda conn: conn.execute("UPDATE dead_letters SET created_at = ?", (T0 + 80 * DAY,)))
     retention.run(db, settings, now=T0 + 100 * DAY)
     assert exists(db, "old")
     retention.run(db, settings, now=T0 + 171 * DAY)

@@ -53,8 +53,13 @@ def hex_sig(secret: str, message: bytes, prefix: str = "sha256=") -> str:
 
 
 SIMPLE = spec_of(scheme="hmac", header="X-Sig", prefix="sha256=")
-STAMPED = spec_of(scheme="hmac", header="X-Sig", prefix="sha256=",
-                  template="{timestamp}.{rawBody}", timestamp_header="X-Ts")
+STAMPED = spec_of(
+    scheme="hmac",
+    header="X-Sig",
+    prefix="sha256=",
+    template="{timestamp}.{rawBody}",
+    timestamp_header="X-Ts",
+)
 
 
 def stamped(body: bytes, ts: int = NOW, secret: str = SECRET) -> SignedRequest:
@@ -63,10 +68,12 @@ def stamped(body: bytes, ts: int = NOW, secret: str = SECRET) -> SignedRequest:
 
 # --- hmac -----------------------------------------------------------------------------------
 
+
 def test_hmac_accepts_a_signature_over_the_raw_body() -> None:
     """A correct sha256= signature over the exact body passes."""
     assert verify(SIMPLE, [SECRET], request({"X-Sig": hex_sig(SECRET, BODY)}), NOW) == Verdict(
-        True, "ok")
+        True, "ok"
+    )
 
 
 def test_hmac_rejects_a_tampered_body() -> None:
@@ -233,7 +240,8 @@ def test_empty_secret_fails_closed_for_every_scheme(name: str, secrets: list[str
 def test_unsigned_route_is_refused_unless_allowed() -> None:
     """scheme none passes only with allow_unsigned."""
     assert verify(NoneSpec(allow_unsigned=False), [], request({}), NOW).reason == (
-        "unsigned_not_allowed")
+        "unsigned_not_allowed"
+    )
 
 
 def test_unsigned_route_passes_when_allowed() -> None:
@@ -276,8 +284,13 @@ def test_shared_secret_rejects_another_value() -> None:
 SW = ALL_SIGNED["standard-webhooks"]
 
 
-def sw_headers(secret: str = WHSEC, msg_id: str = "msg_1", ts: int = NOW,
-               body: bytes = BODY, prefix: str = "webhook-") -> dict[str, str]:
+def sw_headers(
+    secret: str = WHSEC,
+    msg_id: str = "msg_1",
+    ts: int = NOW,
+    body: bytes = BODY,
+    prefix: str = "webhook-",
+) -> dict[str, str]:
     stamp = datetime.fromtimestamp(ts, tz=UTC)
     signature = standardwebhooks.Webhook(secret).sign(msg_id, stamp, body.decode())
     return {prefix + "id": msg_id, prefix + "timestamp": str(ts), prefix + "signature": signature}
@@ -325,9 +338,13 @@ def test_standard_webhooks_ignores_other_signature_versions() -> None:
 def test_standard_webhooks_empty_or_unreadable_key_fails_closed(secret: str) -> None:
     """A secret that decodes to no key fails closed, never as an HMAC with an empty key."""
     empty_key_sig = base64.b64encode(
-        hmac.new(b"", f"msg_1.{NOW}.".encode() + BODY, hashlib.sha256).digest()).decode()
-    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(NOW),
-               "webhook-signature": "v1," + empty_key_sig}
+        hmac.new(b"", f"msg_1.{NOW}.".encode() + BODY, hashlib.sha256).digest()
+    ).decode()
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(NOW),
+        "webhook-signature": "v1," + empty_key_sig,
+    }
     assert verify(SW, [secret], request(headers), NOW).reason == "no_secret"
 
 
@@ -349,8 +366,11 @@ def test_standard_webhooks_timestamp_past_tolerance_fails() -> None:
 
 def test_standard_webhooks_missing_headers_are_reported() -> None:
     """Each missing header has its own reason."""
-    for name, reason in (("webhook-signature", "missing_signature"), ("webhook-id", "missing_id"),
-                         ("webhook-timestamp", "missing_timestamp")):
+    for name, reason in (
+        ("webhook-signature", "missing_signature"),
+        ("webhook-id", "missing_id"),
+        ("webhook-timestamp", "missing_timestamp"),
+    ):
         headers = sw_headers()
         del headers[name]
         assert verify(SW, [WHSEC], request(headers), NOW).reason == reason
@@ -421,8 +441,9 @@ def test_stripe_v0_alone_fails() -> None:
 def test_stripe_rejects_a_tampered_body() -> None:
     """A changed body fails."""
     header = stripe_header(EVENT, NOW)
-    verdict = verify(STRIPE, [STRIPE_SECRET], request({"Stripe-Signature": header}, EVENT + b" "),
-                     NOW)
+    verdict = verify(
+        STRIPE, [STRIPE_SECRET], request({"Stripe-Signature": header}, EVENT + b" "), NOW
+    )
     assert verdict.reason == "bad_signature"
 
 
@@ -435,8 +456,10 @@ def test_stripe_rejects_a_wrong_secret() -> None:
 def test_stripe_stale_timestamp_fails() -> None:
     """301 s old is stale; 300 s passes."""
     old, edge = stripe_header(EVENT, NOW - 301), stripe_header(EVENT, NOW - 300)
-    assert verify(STRIPE, [STRIPE_SECRET], request({"Stripe-Signature": old}, EVENT),
-                  NOW).reason == "stale_timestamp"
+    assert (
+        verify(STRIPE, [STRIPE_SECRET], request({"Stripe-Signature": old}, EVENT), NOW).reason
+        == "stale_timestamp"
+    )
     assert verify(STRIPE, [STRIPE_SECRET], request({"Stripe-Signature": edge}, EVENT), NOW).ok
 
 
@@ -456,8 +479,11 @@ FORM = urlencode(PARAMS).encode()
 
 
 def twilio_request(url: str, body: bytes, signature: str) -> SignedRequest:
-    return request({"X-Twilio-Signature": signature,
-                    "Content-Type": "application/x-www-form-urlencoded"}, body, url)
+    return request(
+        {"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"},
+        body,
+        url,
+    )
 
 
 def test_twilio_accepts_the_library_signature() -> None:
@@ -471,8 +497,10 @@ def test_twilio_rejects_a_tampered_param() -> None:
     """A changed form value fails."""
     signature = RequestValidator(AUTH_TOKEN).compute_signature(URL, PARAMS)
     body = urlencode({**PARAMS, "Body": "changed"}).encode()
-    assert verify(TWILIO, [AUTH_TOKEN], twilio_request(URL, body, signature),
-                  NOW).reason == "bad_signature"
+    assert (
+        verify(TWILIO, [AUTH_TOKEN], twilio_request(URL, body, signature), NOW).reason
+        == "bad_signature"
+    )
 
 
 def test_twilio_rejects_a_wrong_auth_token() -> None:
@@ -483,6 +511,7 @@ def test_twilio_rejects_a_wrong_auth_token() -> None:
 
 def test_twilio_repeated_params_are_all_signed_sorted() -> None:
     """Repeated names contribute every value, sorted, as Twilio's validator does."""
+
     class MultiDict(dict[str, list[str]]):
         def getall(self, name: str) -> list[str]:
             return self[name]
@@ -495,6 +524,7 @@ def test_twilio_repeated_params_are_all_signed_sorted() -> None:
 
 def test_twilio_identical_repeated_params_match_the_python_validator() -> None:
     """A name=value pair sent twice verifies as the Python validator signs it (once)."""
+
     class MultiDict(dict[str, list[str]]):
         def getall(self, name: str) -> list[str]:
             return self[name]
@@ -547,7 +577,8 @@ def test_twilio_unusable_url_is_reported() -> None:
     """A URL that is not http(s) gives bad_url."""
     for url in ("not a url", "ftp://x/y", "https://host:99999/p", "https://[::1/p"):
         assert verify(TWILIO, [AUTH_TOKEN], twilio_request(url, FORM, "sig"), NOW).reason == (
-            "bad_url"), url
+            "bad_url"
+        ), url
 
 
 def test_twilio_missing_signature_is_reported() -> None:
@@ -557,26 +588,48 @@ def test_twilio_missing_signature_is_reported() -> None:
 
 # --- robustness -----------------------------------------------------------------------------
 
-HEADER_NAMES = ["x-sig", "x-ts", "x-token", "webhook-id", "webhook-timestamp", "webhook-signature",
-                "svix-signature", "stripe-signature", "x-twilio-signature",
-                "x-twilio-webhooks-signature-settings"]
-SPECS = [*ALL_SIGNED.values(), spec_of(scheme="none", allow_unsigned=True),
-         spec_of(scheme="hmac", header="X-Sig", template="{id}{timestamp}{rawBody}",
-                 id_header="X-Id", timestamp_header="X-Ts", multiple=True, encoding="base64")]
+HEADER_NAMES = [
+    "x-sig",
+    "x-ts",
+    "x-token",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "svix-signature",
+    "stripe-signature",
+    "x-twilio-signature",
+    "x-twilio-webhooks-signature-settings",
+]
+SPECS = [
+    *ALL_SIGNED.values(),
+    spec_of(scheme="none", allow_unsigned=True),
+    spec_of(
+        scheme="hmac",
+        header="X-Sig",
+        template="{id}{timestamp}{rawBody}",
+        id_header="X-Id",
+        timestamp_header="X-Ts",
+        multiple=True,
+        encoding="base64",
+    ),
+]
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     spec=st.sampled_from(SPECS),
-    headers=st.dictionaries(st.sampled_from(HEADER_NAMES) | st.text(max_size=8),
-                            st.text(max_size=80) | st.from_regex(r"(t=\d+,)?v1[=,][\w=+/]*")),
+    headers=st.dictionaries(
+        st.sampled_from(HEADER_NAMES) | st.text(max_size=8),
+        st.text(max_size=80) | st.from_regex(r"(t=\d+,)?v1[=,][\w=+/]*"),
+    ),
     body=st.binary(max_size=200),
     secrets=st.lists(st.text(max_size=40), max_size=3),
     url=st.text(max_size=60) | st.just(URL + "?bodySHA256=00"),
     now=st.floats(allow_nan=True),
 )
-def test_verify_never_raises(spec: VerifySpec, headers: dict[str, str], body: bytes,
-                             secrets: list[str], url: str, now: float) -> None:
+def test_verify_never_raises(
+    spec: VerifySpec, headers: dict[str, str], body: bytes, secrets: list[str], url: str, now: float
+) -> None:
     """Arbitrary headers, bodies, secrets, URLs and clocks give a Verdict, never an exception."""
     verdict = verify(spec, secrets, SignedRequest("POST", url, headers, body), now)
     assert isinstance(verdict, Verdict) and isinstance(verdict.reason, str)

@@ -25,13 +25,27 @@ def db(tmp_path: Path):  # type: ignore[no-untyped-def]
     database.close()
 
 
-def new(provider_id: str, conversation: str | None = None, plugin: str = "generic",
-        instance: str = "main", at: float = 1000.0) -> d.NewDelivery:
+def new(
+    provider_id: str,
+    conversation: str | None = None,
+    plugin: str = "generic",
+    instance: str = "main",
+    at: float = 1000.0,
+) -> d.NewDelivery:
     return d.NewDelivery(
-        id=f"msg_{plugin}_{instance}_{provider_id}", plugin_id=plugin, instance_id=instance,
-        route="events", provider_delivery_id=provider_id, conversation=conversation,
-        method="POST", subpath="", content_type="application/json", headers="{}",
-        body=b'{"n": 1}', received_at=at)
+        id=f"msg_{plugin}_{instance}_{provider_id}",
+        plugin_id=plugin,
+        instance_id=instance,
+        route="events",
+        provider_delivery_id=provider_id,
+        conversation=conversation,
+        method="POST",
+        subpath="",
+        content_type="application/json",
+        headers="{}",
+        body=b'{"n": 1}',
+        received_at=at,
+    )
 
 
 def accept(db: Database, item: d.NewDelivery) -> bool:
@@ -42,12 +56,32 @@ def claim(db: Database, now: float = 2000.0, limit: int = 10, owner: str = "w1")
     return db.write(d.claim(owner, now, 60.0, limit))
 
 
-def settle(db: Database, row: d.Claimed, outcome: str, now: float = 2000.0,
-           strict: bool = False, owner: str = "w1", next_at: float = 0.0) -> bool:
-    return db.write(d.settle(d.Outcome(
-        seq=row.seq, owner=owner, attempt=row.attempt, outcome=outcome, started_at=now,
-        duration_ms=1.0, error=None if outcome == "delivered" else "HTTP 500: no",
-        next_attempt_at=next_at, dead_letter_id=f"dlq_{row.seq}", strict=strict), now))
+def settle(
+    db: Database,
+    row: d.Claimed,
+    outcome: str,
+    now: float = 2000.0,
+    strict: bool = False,
+    owner: str = "w1",
+    next_at: float = 0.0,
+) -> bool:
+    return db.write(
+        d.settle(
+            d.Outcome(
+                seq=row.seq,
+                owner=owner,
+                attempt=row.attempt,
+                outcome=outcome,
+                started_at=now,
+                duration_ms=1.0,
+                error=None if outcome == "delivered" else "HTTP 500: no",
+                next_attempt_at=next_at,
+                dead_letter_id=f"dlq_{row.seq}",
+                strict=strict,
+            ),
+            now,
+        )
+    )
 
 
 def test_schema_is_created_on_an_empty_path(tmp_path: Path) -> None:
@@ -100,11 +134,15 @@ def test_concurrent_writers_share_commits_and_all_land(db: Database) -> None:
 
 def test_a_failing_op_does_not_undo_its_batch_mates(db: Database) -> None:
     """Each op runs in a savepoint: one error is returned to its caller only."""
+
     def bad(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO deliveries (seq) VALUES (NULL)")  # violates NOT NULL
 
-    futures = [db.submit(lambda conn: d.accept(conn, new("ok-1"))), db.submit(bad),
-               db.submit(lambda conn: d.accept(conn, new("ok-2")))]
+    futures = [
+        db.submit(lambda conn: d.accept(conn, new("ok-1"))),
+        db.submit(bad),
+        db.submit(lambda conn: d.accept(conn, new("ok-2"))),
+    ]
     assert futures[0].result() is True
     with pytest.raises(sqlite3.IntegrityError):
         futures[1].result()
@@ -233,6 +271,7 @@ def test_release_gives_back_leases(db: Database) -> None:
 
 def test_an_accept_checked_against_old_configuration_is_refused(db: Database) -> None:
     """The batch insert refuses a request verified under an instances version now gone."""
+
     async def accept(v: str) -> tuple[bool | None, str]:
         return await Acceptor(db).accept(new("v"), v)
 

@@ -28,10 +28,15 @@ SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return load_settings({}, db_path=tmp_path / "box.db", admin_token="t",
-                         retry_max_attempts=3, retry_base_seconds=0.05,
-                         retry_max_seconds=0.2, delivery_timeout_seconds=2)
-
+    return load_settings(
+        {},
+        db_path=tmp_path / "box.db",
+        admin_token="t",
+        retry_max_attempts=3,
+        retry_base_seconds=0.05,
+        retry_max_seconds=0.2,
+        delivery_timeout_seconds=2,
+    )
 
 
 @pytest.fixture
@@ -47,7 +52,8 @@ def send(live: LiveBox, body: bytes, **extra: str) -> httpx.Response:
 
 def state_of(live: LiveBox, provider_id: str) -> tuple[str, int]:
     row = live.box.db.read_one(
-        "SELECT state, attempts FROM deliveries WHERE provider_delivery_id = ?", (provider_id,))
+        "SELECT state, attempts FROM deliveries WHERE provider_delivery_id = ?", (provider_id,)
+    )
     assert row is not None
     return row[0], row[1]
 
@@ -64,13 +70,16 @@ def wait_state(live: LiveBox, provider_id: str, state: str, timeout: float = 10)
 
 def statuses(*codes: int) -> object:
     """A target script answering the given statuses in turn, then 200."""
+
     def script(n: int, _: Received) -> tuple[int, dict[str, str], bytes]:
         return (codes[n] if n < len(codes) else 200), {}, b"answer"
+
     return script
 
 
 def test_raw_bytes_reach_the_target_signed_per_standard_webhooks(
-        live: LiveBox, target: Target) -> None:
+    live: LiveBox, target: Target
+) -> None:
     """The target gets the exact bytes and headers any Standard Webhooks library verifies."""
     body = b'{"text":"ol\xc3\xa1", "n": 1.50}'
     send(live, body, **{"x-delivery": "d-1", "x-conversation": "chat-9"})
@@ -98,7 +107,8 @@ def test_a_duplicate_storm_is_forwarded_once(live: LiveBox, target: Target) -> N
 
 
 def test_two_failures_then_success_is_delivered_once_after_three_attempts(
-        live: LiveBox, target: Target) -> None:
+    live: LiveBox, target: Target
+) -> None:
     """500, 500, 200: delivered, three attempts, one webhook-id throughout."""
     target.script = statuses(500, 500)
     send(live, b'{"n":1}', **{"x-delivery": "r-1"})
@@ -118,7 +128,8 @@ def test_a_400_is_dead_after_one_attempt(live: LiveBox, target: Target) -> None:
 
 
 def test_always_503_is_dead_after_the_budget_and_redrive_delivers_once(
-        live: LiveBox, target: Target) -> None:
+    live: LiveBox, target: Target
+) -> None:
     """Exhausted retries dead-letter; a redrive after recovery delivers; a second does nothing."""
     target.script = statuses(503, 503, 503)
     send(live, b'{"n":1}', **{"x-delivery": "b-1"})
@@ -135,12 +146,16 @@ def test_always_503_is_dead_after_the_budget_and_redrive_delivers_once(
     assert len(target.received) == 4
 
 
-def test_a_429_with_retry_after_is_waited_out(
-        tmp_path: Path, target: Target) -> None:
+def test_a_429_with_retry_after_is_waited_out(tmp_path: Path, target: Target) -> None:
     """Retry-After is a floor on the next attempt's delay."""
-    settings = load_settings({}, db_path=tmp_path / "box.db", admin_token="t",
-                             retry_base_seconds=0.01, retry_max_seconds=5)
-    target.script = lambda n, r: ((429, {"retry-after": "1"}, b"") if n == 0 else (200, {}, b""))
+    settings = load_settings(
+        {},
+        db_path=tmp_path / "box.db",
+        admin_token="t",
+        retry_base_seconds=0.01,
+        retry_max_seconds=5,
+    )
+    target.script = lambda n, r: (429, {"retry-after": "1"}, b"") if n == 0 else (200, {}, b"")
     with running_box(settings) as live:
         add_instance(live.box, target_url=target.url, outbound_secret=SECRET)
         send(live, b'{"n":1}', **{"x-delivery": "l-1"})
@@ -148,8 +163,7 @@ def test_a_429_with_retry_after_is_waited_out(
         assert got[1].at - got[0].at >= 0.95
 
 
-def test_conversation_order_holds_while_the_head_is_retried(
-        live: LiveBox, target: Target) -> None:
+def test_conversation_order_holds_while_the_head_is_retried(live: LiveBox, target: Target) -> None:
     """A failing head keeps the rest of its conversation waiting, then all arrive in order."""
     target.script = statuses(500, 500)
     for i in range(5):
@@ -160,23 +174,21 @@ def test_conversation_order_holds_while_the_head_is_retried(
     assert order == ["o-0", "o-0", "o-0", "o-1", "o-2", "o-3", "o-4"]
 
 
-def test_other_conversations_are_not_held_by_a_failing_lane(
-        live: LiveBox, target: Target) -> None:
+def test_other_conversations_are_not_held_by_a_failing_lane(live: LiveBox, target: Target) -> None:
     """While one lane waits on retries, an independent event is delivered."""
     target.script = lambda n, r: (
-        (503, {}, b"") if r.headers.get("ingress-box-conversation") == "slow" else (200, {}, b""))
+        (503, {}, b"") if r.headers.get("ingress-box-conversation") == "slow" else (200, {}, b"")
+    )
     send(live, b'{"a":1}', **{"x-delivery": "slow-1", "x-conversation": "slow"})
     send(live, b'{"b":1}', **{"x-delivery": "fast-1", "x-conversation": "fast"})
     wait_state(live, "fast-1", "delivered")
 
 
-def test_strict_lane_waits_for_its_dead_head(
-        settings: Settings, target: Target) -> None:
+def test_strict_lane_waits_for_its_dead_head(settings: Settings, target: Target) -> None:
     """Strict policy: after the head dies, the rest of the lane waits for a redrive."""
     target.script = statuses(400)
     with running_box(settings) as live:
-        add_instance(live.box, target_url=target.url, outbound_secret=SECRET,
-                     lane_policy="strict")
+        add_instance(live.box, target_url=target.url, outbound_secret=SECRET, lane_policy="strict")
         send(live, b'{"i":0}', **{"x-delivery": "h-0", "x-conversation": "c"})
         send(live, b'{"i":1}', **{"x-delivery": "h-1", "x-conversation": "c"})
         wait_state(live, "h-0", "dead")

@@ -30,13 +30,16 @@ from .base import (
 )
 
 DIGESTS: dict[str, Callable[[], Any]] = {
-    "sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512,
+    "sha1": hashlib.sha1,
+    "sha256": hashlib.sha256,
+    "sha512": hashlib.sha512,
 }
 _TOKEN = re.compile(r"\{(rawBody|timestamp|id)\}")  # one capture group: split() alternates
 _ANY_TOKEN = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 # --- hmac -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class HmacSpec:
@@ -64,8 +67,18 @@ def render_template(template: str, body: bytes, timestamp: str, msg_id: str) -> 
 
 
 def parse_hmac(t: ManifestTable) -> HmacSpec:
-    t.only("scheme", "header", "algorithm", "encoding", "prefix", "template", "timestamp_header",
-           "tolerance_seconds", "id_header", "multiple")
+    t.only(
+        "scheme",
+        "header",
+        "algorithm",
+        "encoding",
+        "prefix",
+        "template",
+        "timestamp_header",
+        "tolerance_seconds",
+        "id_header",
+        "multiple",
+    )
     algorithm = t.choice("algorithm", tuple(DIGESTS), "sha256")
     if t.data["scheme"] == "hmac-sha256" and algorithm != "sha256":
         raise t.error("algorithm", "scheme hmac-sha256 means sha256")
@@ -85,11 +98,16 @@ def parse_hmac(t: ManifestTable) -> HmacSpec:
         if token in tokens and header is None:
             raise t.error("template", f"uses {{{token}}} but {token}_header is not declared")
     return HmacSpec(
-        header=t.required_header("header"), algorithm=algorithm,
+        header=t.required_header("header"),
+        algorithm=algorithm,
         encoding=t.choice("encoding", ("hex", "base64"), "hex"),
-        prefix=t.text("prefix") or "", template=template, timestamp_header=timestamp_header,
-        tolerance_seconds=tolerance or DEFAULT_TOLERANCE_SECONDS, id_header=id_header,
-        multiple=bool(t.flag("multiple")))
+        prefix=t.text("prefix") or "",
+        template=template,
+        timestamp_header=timestamp_header,
+        tolerance_seconds=tolerance or DEFAULT_TOLERANCE_SECONDS,
+        id_header=id_header,
+        multiple=bool(t.flag("multiple")),
+    )
 
 
 def verify_hmac(spec: HmacSpec, secrets: Sequence[str], req: SignedRequest, now: float) -> Verdict:
@@ -109,7 +127,7 @@ def verify_hmac(spec: HmacSpec, secrets: Sequence[str], req: SignedRequest, now:
     if not provided:
         return fail("missing_signature")
     raw = [c for c in re.split(r"[,\s]+", provided) if c] if spec.multiple else [provided]
-    candidates = [header_bytes(c[len(spec.prefix):]) for c in raw if c.startswith(spec.prefix)]
+    candidates = [header_bytes(c[len(spec.prefix) :]) for c in raw if c.startswith(spec.prefix)]
     message = render_template(spec.template, req.body, ts_value, id_value)
     for secret in secrets:
         mac = hmac.new(utf8(secret), message, DIGESTS[spec.algorithm]).digest()
@@ -124,6 +142,7 @@ def verify_hmac(spec: HmacSpec, secrets: Sequence[str], req: SignedRequest, now:
 
 
 # --- shared-secret --------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class SharedSecretSpec:
@@ -150,6 +169,7 @@ def verify_shared(
 
 
 # --- none -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class NoneSpec:

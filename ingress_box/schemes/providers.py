@@ -28,6 +28,7 @@ from .base import (
 
 # --- standard-webhooks ----------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class StandardWebhooksSpec:
     """webhook-id/-timestamp/-signature (or svix-*), HMAC-SHA256 of "{id}.{timestamp}.{body}"."""
@@ -85,6 +86,7 @@ def verify_standard(
 
 # --- stripe ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class StripeSpec:
     """Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "{t}.{body}">[,v1=...]."""
@@ -128,6 +130,7 @@ def verify_stripe(
 
 # --- twilio ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class TwilioSpec:
     """X-Twilio-Signature: base64 HMAC-SHA1 of the URL plus the sorted form params."""
@@ -161,8 +164,10 @@ def _twilio_params(body: bytes) -> list[bytes]:
     """
     text = body.decode("utf-8", "surrogateescape")
     pairs = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="surrogateescape")
-    items = sorted((k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
-                   for k, v in pairs)
+    items = sorted(
+        (k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+        for k, v in pairs
+    )
     forms = [b"".join(k + v for k, v in items), b"".join(k + v for k, v in sorted(set(items)))]
     return list(dict.fromkeys(forms))
 
@@ -175,10 +180,14 @@ def verify_twilio(
         return fail("missing_signature")
     # Twilio's SharedKey webhooks name their algorithm; the Auth Token signature is HMAC-SHA1.
     settings = req.headers.get("x-twilio-webhooks-signature-settings", "")
-    named = [v.strip() for k, _, v in (p.partition("=") for p in settings.split(","))
-             if k.strip() == "algorithm" and v.strip()]
+    named = [
+        v.strip()
+        for k, _, v in (p.partition("=") for p in settings.split(","))
+        if k.strip() == "algorithm" and v.strip()
+    ]
     digest = {"HMAC_SHA1": hashlib.sha1, "HMAC_SHA256": hashlib.sha256}.get(
-        (named or ["HMAC_SHA1"])[0].upper())
+        (named or ["HMAC_SHA1"])[0].upper()
+    )
     if digest is None:
         return fail("unsupported_algorithm")
     try:
@@ -193,11 +202,14 @@ def verify_twilio(
     params = [b""] if body_hash is not None else _twilio_params(req.body)
     given = header_bytes(provided)
     signed = (utf8(url) + p for url in _twilio_urls(req.url, parts, port) for p in params)
-    if not any(matches(base64.b64encode(hmac.new(utf8(s), msg, digest).digest()), [given])
-               for msg in list(signed) for s in secrets):
+    if not any(
+        matches(base64.b64encode(hmac.new(utf8(s), msg, digest).digest()), [given])
+        for msg in list(signed)
+        for s in secrets
+    ):
         return fail("bad_signature")
     if body_hash is not None and not hmac.compare_digest(
-            hashlib.sha256(req.body).hexdigest().encode(), header_bytes(body_hash)):
+        hashlib.sha256(req.body).hexdigest().encode(), header_bytes(body_hash)
+    ):
         return fail("bad_body_hash")
     return OK
-

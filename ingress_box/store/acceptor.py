@@ -85,8 +85,9 @@ class Acceptor:
         self._waiting: deque[_Waiting] = deque()
         self._flush_queued = False
 
-    async def accept(self, delivery: NewDelivery, version: str,
-                     after_insert: AfterInsert | None = None) -> tuple[bool | None, str]:
+    async def accept(
+        self, delivery: NewDelivery, version: str, after_insert: AfterInsert | None = None
+    ) -> tuple[bool | None, str]:
         """Commit ``delivery`` with its outbox row if the instances are still at ``version``.
 
         Returns (True: new, False: duplicate, None: instances changed, nothing stored) and the
@@ -99,7 +100,8 @@ class Acceptor:
             self._flush_queued = True
             flush = _Flush(self)
             self.db.submit(flush.run).add_done_callback(
-                lambda done: _call_soon(loop, flush.settle, done))
+                lambda done: _call_soon(loop, flush.settle, done)
+            )
         return await future
 
 

@@ -79,8 +79,12 @@ class Activity:
         series, level = [0] * MINUTES, self.pending
         for minute in range(MINUTES - 1, -1, -1):
             series[minute] = max(0, level)
-            level -= (self.received[minute] + self.redriven[minute]
-                      - self.delivered[minute] - self.dead[minute])
+            level -= (
+                self.received[minute]
+                + self.redriven[minute]
+                - self.delivered[minute]
+                - self.dead[minute]
+            )
         return series
 
 
@@ -102,11 +106,16 @@ async def aactivity(db: Database, now: float) -> Activity:
     settled = await db.aread(_SETTLED, {"since": since})
     redriven = await db.aread(_REDRIVEN, {"since": since})
     return Activity(
-        now=now, outbox_depth=counts["outbox_depth"], pending=counts["pending"],
-        parked=counts["parked"], dead_open=counts["dead_open"],
+        now=now,
+        outbox_depth=counts["outbox_depth"],
+        pending=counts["pending"],
+        parked=counts["parked"],
+        dead_open=counts["dead_open"],
         oldest_pending_at=counts["oldest_pending_at"],
-        received=_per_minute(received), delivered=_per_minute(settled, "delivered"),
-        dead=_per_minute(settled, "dead"), redriven=_per_minute(redriven),
+        received=_per_minute(received),
+        delivered=_per_minute(settled, "delivered"),
+        dead=_per_minute(settled, "dead"),
+        redriven=_per_minute(redriven),
     )
 
 
@@ -129,11 +138,19 @@ LIMIT ?
 async def awaiting_lanes(db: Database, limit: int) -> list[dict[str, Any]]:
     """Conversation lanes with work queued, parked ones first, then the longest."""
     return [
-        {"waiting": r["waiting"], "head": r["id"], "plugin": r["plugin_id"],
-         "instance": r["instance_id"], "conversation": r["conversation"],
-         "attempts": r["attempts"], "last_error": r["last_error"],
-         "received_at": r["received_at"], "next_attempt_at": r["available_at"],
-         "leased": r["lease_until"] is not None, "parked": bool(r["parked"])}
+        {
+            "waiting": r["waiting"],
+            "head": r["id"],
+            "plugin": r["plugin_id"],
+            "instance": r["instance_id"],
+            "conversation": r["conversation"],
+            "attempts": r["attempts"],
+            "last_error": r["last_error"],
+            "received_at": r["received_at"],
+            "next_attempt_at": r["available_at"],
+            "leased": r["lease_until"] is not None,
+            "parked": bool(r["parked"]),
+        }
         for r in await db.aread(_LANES, (limit,))
     ]
 

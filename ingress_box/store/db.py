@@ -68,9 +68,7 @@ class _Batch:
 
 
 class Database:
-    def __init__(
-        self, path: Path, *, synchronous: str = "FULL", busy_timeout: float = 5.0
-    ) -> None:
+    def __init__(self, path: Path, *, synchronous: str = "FULL", busy_timeout: float = 5.0) -> None:
         self.path = Path(path)
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout

@@ -50,16 +50,22 @@ FROM dead_letters AS x JOIN deliveries AS d ON d.seq = x.delivery_seq
 
 def _item(row: sqlite3.Row) -> dict[str, Any]:
     return {
-        "id": row["id"], "delivery": row["delivery"], "plugin": row["plugin_id"],
-        "instance": row["instance_id"], "attempts": row["attempts"],
-        "last_error": row["last_error"], "created_at": row["created_at"],
-        "route": row["route"], "conversation": row["conversation"],
+        "id": row["id"],
+        "delivery": row["delivery"],
+        "plugin": row["plugin_id"],
+        "instance": row["instance_id"],
+        "attempts": row["attempts"],
+        "last_error": row["last_error"],
+        "created_at": row["created_at"],
+        "route": row["route"],
+        "conversation": row["conversation"],
         "provider_delivery_id": row["provider_delivery_id"],
     }
 
 
-async def alist_page(db: Database, selection: Selection, cursor: str | None,
-                     limit: int) -> Page[dict[str, Any]]:
+async def alist_page(
+    db: Database, selection: Selection, cursor: str | None, limit: int
+) -> Page[dict[str, Any]]:
     where, params = selection.where()
     if cursor:
         where += " AND x.rowid > ?"
@@ -81,21 +87,25 @@ def redrive(selection: Selection, limit: int, now: float) -> Any:
         rows = conn.execute(
             f"SELECT x.id, d.seq, d.plugin_id, d.instance_id, d.conversation "
             f"FROM dead_letters AS x JOIN deliveries AS d ON d.seq = x.delivery_seq "
-            f"WHERE {where} ORDER BY x.rowid LIMIT ?", [*params, limit]).fetchall()
+            f"WHERE {where} ORDER BY x.rowid LIMIT ?",
+            [*params, limit],
+        ).fetchall()
         for row in rows:
             conn.execute("UPDATE dead_letters SET redriven_at = ? WHERE id = ?", (now, row["id"]))
             conn.execute(
-                "UPDATE deliveries SET state = 'pending', attempts = 0 WHERE seq = ?",
-                (row["seq"],))
+                "UPDATE deliveries SET state = 'pending', attempts = 0 WHERE seq = ?", (row["seq"],)
+            )
             # A strict lane keeps its dead head parked in the outbox: un-park it.
             conn.execute(
                 f"INSERT INTO outbox (delivery_seq, lane, available_at) "
                 f"SELECT seq, {LANE_SQL}, ? FROM deliveries WHERE seq = ? "
                 f"ON CONFLICT (delivery_seq) DO UPDATE SET parked = 0, "
                 f"available_at = excluded.available_at, lease_until = NULL, lease_owner = NULL",
-                (now, row["seq"]))
+                (now, row["seq"]),
+            )
         remaining = conn.execute(
-            f"SELECT count(*) FROM dead_letters AS x WHERE {where}", params).fetchone()[0]
+            f"SELECT count(*) FROM dead_letters AS x WHERE {where}", params
+        ).fetchone()[0]
         return len(rows), remaining
 
     return op
@@ -107,11 +117,13 @@ def discard(dead_letter_id: str) -> Any:
     def op(conn: sqlite3.Connection) -> None:
         row = conn.execute(
             "SELECT delivery_seq FROM dead_letters WHERE id = ? AND redriven_at IS NULL",
-            (dead_letter_id,)).fetchone()
+            (dead_letter_id,),
+        ).fetchone()
         if row is None:
             raise NotFound(f"no open dead letter {dead_letter_id}")
         conn.execute("DELETE FROM dead_letters WHERE id = ?", (dead_letter_id,))
-        conn.execute("DELETE FROM outbox WHERE delivery_seq = ? AND parked = 1",
-                     (row["delivery_seq"],))
+        conn.execute(
+            "DELETE FROM outbox WHERE delivery_seq = ? AND parked = 1", (row["delivery_seq"],)
+        )
 
     return op

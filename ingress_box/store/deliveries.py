@@ -57,10 +57,13 @@ class Claimed:
 
 # Whether outbox row ``o`` is the head (oldest row) of its lane.
 IS_LANE_HEAD = (
-    "o.delivery_seq = (SELECT min(h.delivery_seq) FROM outbox AS h WHERE h.lane = o.lane)")
+    "o.delivery_seq = (SELECT min(h.delivery_seq) FROM outbox AS h WHERE h.lane = o.lane)"
+)
 # Events of one conversation of one instance share a lane; others are independent (NULL).
-LANE_SQL = ("CASE WHEN conversation IS NULL THEN NULL "
-            "ELSE plugin_id || char(0) || instance_id || char(0) || conversation END")
+LANE_SQL = (
+    "CASE WHEN conversation IS NULL THEN NULL "
+    "ELSE plugin_id || char(0) || instance_id || char(0) || conversation END"
+)
 
 
 # -- ingress ---------------------------------------------------------------------------------
@@ -90,15 +93,33 @@ def accept_many(conn: sqlite3.Connection, items: Sequence[NewDelivery]) -> list[
     """
     results: list[bool] = []
     for start in range(0, len(items), _CHUNK):
-        chunk = items[start:start + _CHUNK]
-        params = [value for d in chunk for value in (
-            d.id, d.plugin_id, d.instance_id, d.route, d.provider_delivery_id, d.conversation,
-            d.method, d.subpath, d.content_type, d.headers, d.body, d.received_at)]
-        inserted = {row[1]: row[0] for row in conn.execute(
-            _INSERT_DELIVERIES.format(rows=_rows(len(chunk), 12)), params)}
+        chunk = items[start : start + _CHUNK]
+        params = [
+            value
+            for d in chunk
+            for value in (
+                d.id,
+                d.plugin_id,
+                d.instance_id,
+                d.route,
+                d.provider_delivery_id,
+                d.conversation,
+                d.method,
+                d.subpath,
+                d.content_type,
+                d.headers,
+                d.body,
+                d.received_at,
+            )
+        ]
+        inserted = {
+            row[1]: row[0]
+            for row in conn.execute(_INSERT_DELIVERIES.format(rows=_rows(len(chunk), 12)), params)
+        }
         if inserted:
-            conn.execute(_INSERT_OUTBOX.format(seqs=",".join("?" * len(inserted))),
-                         list(inserted.values()))
+            conn.execute(
+                _INSERT_OUTBOX.format(seqs=",".join("?" * len(inserted))), list(inserted.values())
+            )
         for d in chunk:
             results.append(inserted.pop(d.id, None) is not None)  # popped: a repeat is a dup
     return results
@@ -138,9 +159,12 @@ def claim(owner: str, now: float, lease_seconds: float, limit: int) -> Any:
     """An op that leases up to ``limit`` claimable rows and counts their attempt."""
 
     def op(conn: sqlite3.Connection) -> list[Claimed]:
-        seqs = [r[0] for r in conn.execute(
-            _CLAIM, {"until": now + lease_seconds, "owner": owner, "now": now, "limit": limit}
-        ).fetchall()]
+        seqs = [
+            r[0]
+            for r in conn.execute(
+                _CLAIM, {"until": now + lease_seconds, "owner": owner, "now": now, "limit": limit}
+            ).fetchall()
+        ]
         if not seqs:
             return []
         marks = ",".join("?" * len(seqs))
@@ -148,11 +172,20 @@ def claim(owner: str, now: float, lease_seconds: float, limit: int) -> Any:
         rows = conn.execute(_CLAIMED_ROWS.format(marks=marks), seqs).fetchall()
         return [
             Claimed(
-                seq=r["seq"], id=r["id"], plugin_id=r["plugin_id"], instance_id=r["instance_id"],
-                route=r["route"], provider_delivery_id=r["provider_delivery_id"],
-                conversation=r["conversation"], method=r["method"], subpath=r["subpath"],
-                content_type=r["content_type"], headers=json.loads(r["headers"]),
-                body=bytes(r["body"] or b""), attempt=r["attempts"], received_at=r["received_at"],
+                seq=r["seq"],
+                id=r["id"],
+                plugin_id=r["plugin_id"],
+                instance_id=r["instance_id"],
+                route=r["route"],
+                provider_delivery_id=r["provider_delivery_id"],
+                conversation=r["conversation"],
+                method=r["method"],
+                subpath=r["subpath"],
+                content_type=r["content_type"],
+                headers=json.loads(r["headers"]),
+                body=bytes(r["body"] or b""),
+                attempt=r["attempts"],
+                received_at=r["received_at"],
             )
             for r in rows
         ]
@@ -160,9 +193,16 @@ def claim(owner: str, now: float, lease_seconds: float, limit: int) -> Any:
     return op
 
 
-def _record_attempt(conn: sqlite3.Connection, seq: int, attempt: int, started_at: float,
-                    duration_ms: float, outcome: str, status_code: int | None,
-                    error: str | None) -> None:
+def _record_attempt(
+    conn: sqlite3.Connection,
+    seq: int,
+    attempt: int,
+    started_at: float,
+    duration_ms: float,
+    outcome: str,
+    status_code: int | None,
+    error: str | None,
+) -> None:
     conn.execute(
         "INSERT INTO attempts (delivery_seq, attempt, started_at, duration_ms, outcome, "
         "status_code, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -191,28 +231,38 @@ def settle(o: Outcome, now: float) -> Any:
     """An op that records an attempt's outcome; a lost lease leaves the row to its new owner."""
 
     def op(conn: sqlite3.Connection) -> bool:
-        _record_attempt(conn, o.seq, o.attempt, o.started_at, o.duration_ms, o.outcome,
-                        o.status_code, o.error)
+        _record_attempt(
+            conn, o.seq, o.attempt, o.started_at, o.duration_ms, o.outcome, o.status_code, o.error
+        )
         if o.outcome == "delivered":
             # Delivered is the truth even if the lease expired meanwhile.
             conn.execute("DELETE FROM outbox WHERE delivery_seq = ?", (o.seq,))
             conn.execute(
                 "UPDATE deliveries SET state = 'delivered', delivered_at = ?, last_error = NULL "
-                "WHERE seq = ?", (now, o.seq))
+                "WHERE seq = ?",
+                (now, o.seq),
+            )
             # A worker whose lease expired may have dead-lettered it meanwhile: that is moot now
             # (and a redrive must not deliver it again).
-            conn.execute("UPDATE dead_letters SET redriven_at = ? "
-                         "WHERE delivery_seq = ? AND redriven_at IS NULL", (now, o.seq))
+            conn.execute(
+                "UPDATE dead_letters SET redriven_at = ? "
+                "WHERE delivery_seq = ? AND redriven_at IS NULL",
+                (now, o.seq),
+            )
             return True
         ours = "delivery_seq = ? AND lease_owner = ?"
         if o.outcome == "retry":
             cur = conn.execute(
                 f"UPDATE outbox SET lease_until = NULL, lease_owner = NULL, available_at = ? "
-                f"WHERE {ours}", (o.next_attempt_at, o.seq, o.owner))
+                f"WHERE {ours}",
+                (o.next_attempt_at, o.seq, o.owner),
+            )
         elif o.strict:
             cur = conn.execute(
                 f"UPDATE outbox SET lease_until = NULL, lease_owner = NULL, parked = 1 "
-                f"WHERE {ours}", (o.seq, o.owner))
+                f"WHERE {ours}",
+                (o.seq, o.owner),
+            )
         else:
             cur = conn.execute(f"DELETE FROM outbox WHERE {ours}", (o.seq, o.owner))
         if cur.rowcount == 0:
@@ -224,7 +274,8 @@ def settle(o: Outcome, now: float) -> Any:
                 "INSERT INTO dead_letters (id, delivery_seq, plugin_id, instance_id, attempts, "
                 "last_error, created_at) SELECT ?, seq, plugin_id, instance_id, attempts, ?, ? "
                 "FROM deliveries WHERE seq = ?",
-                (o.dead_letter_id, o.error or "failed", now, o.seq))
+                (o.dead_letter_id, o.error or "failed", now, o.seq),
+            )
         return True
 
     return op
@@ -242,13 +293,20 @@ def release(owner: str, seqs: Sequence[int] | None = None) -> Any:
         if seqs is not None:
             where += f" AND delivery_seq IN ({','.join('?' * len(seqs))})"
             params.extend(seqs)
-        released = [r[0] for r in conn.execute(
-            f"UPDATE outbox SET lease_until = NULL, lease_owner = NULL WHERE {where} "
-            "RETURNING delivery_seq", params)]
+        released = [
+            r[0]
+            for r in conn.execute(
+                f"UPDATE outbox SET lease_until = NULL, lease_owner = NULL WHERE {where} "
+                "RETURNING delivery_seq",
+                params,
+            )
+        ]
         if released:
             conn.execute(
                 f"UPDATE deliveries SET attempts = max(attempts - 1, 0) "
-                f"WHERE seq IN ({','.join('?' * len(released))})", released)
+                f"WHERE seq IN ({','.join('?' * len(released))})",
+                released,
+            )
         return len(released)
 
     return op
@@ -258,7 +316,8 @@ def next_due(db: Database) -> float | None:
     """When the earliest lane head (or lane-less row) is next claimable, if any is waiting."""
     row = db.read_one(
         "SELECT min(max(o.available_at, coalesce(o.lease_until, 0))) FROM outbox AS o "
-        f"WHERE o.parked = 0 AND (o.lane IS NULL OR {IS_LANE_HEAD})")
+        f"WHERE o.parked = 0 AND (o.lane IS NULL OR {IS_LANE_HEAD})"
+    )
     return float(row[0]) if row is not None and row[0] is not None else None
 
 
@@ -274,12 +333,20 @@ FROM deliveries AS d LEFT JOIN outbox AS o ON o.delivery_seq = d.seq
 
 def item_json(row: sqlite3.Row) -> dict[str, Any]:
     data: dict[str, Any] = {
-        "id": row["id"], "plugin": row["plugin_id"], "instance": row["instance_id"],
-        "route": row["route"], "provider_delivery_id": row["provider_delivery_id"],
-        "conversation": row["conversation"], "state": row["state"],
-        "attempts": row["attempts"], "received_at": row["received_at"],
-        "delivered_at": row["delivered_at"], "last_error": row["last_error"],
-        "note": row["note"], "content_type": row["content_type"], "size": row["size"],
+        "id": row["id"],
+        "plugin": row["plugin_id"],
+        "instance": row["instance_id"],
+        "route": row["route"],
+        "provider_delivery_id": row["provider_delivery_id"],
+        "conversation": row["conversation"],
+        "state": row["state"],
+        "attempts": row["attempts"],
+        "received_at": row["received_at"],
+        "delivered_at": row["delivered_at"],
+        "last_error": row["last_error"],
+        "note": row["note"],
+        "content_type": row["content_type"],
+        "size": row["size"],
     }
     if row["state"] == "pending" or row["parked"]:
         data["next_attempt_at"] = row["available_at"]
@@ -288,12 +355,20 @@ def item_json(row: sqlite3.Row) -> dict[str, Any]:
     return data
 
 
-def _list_query(plugin_id: str | None, instance_id: str | None, state: str | None,
-                cursor: str | None, limit: int) -> tuple[str, list[Any]]:
+def _list_query(
+    plugin_id: str | None,
+    instance_id: str | None,
+    state: str | None,
+    cursor: str | None,
+    limit: int,
+) -> tuple[str, list[Any]]:
     where: list[str] = []
     params: list[Any] = []
-    for column, value in (("d.plugin_id", plugin_id), ("d.instance_id", instance_id),
-                          ("d.state", state)):
+    for column, value in (
+        ("d.plugin_id", plugin_id),
+        ("d.instance_id", instance_id),
+        ("d.state", state),
+    ):
         if value:
             where.append(f"{column} = ?")
             params.append(value)
@@ -306,8 +381,14 @@ def _list_query(plugin_id: str | None, instance_id: str | None, state: str | Non
     return sql, params
 
 
-async def alist_page(db: Database, plugin_id: str | None, instance_id: str | None,
-                     state: str | None, cursor: str | None, limit: int) -> Page[dict[str, Any]]:
+async def alist_page(
+    db: Database,
+    plugin_id: str | None,
+    instance_id: str | None,
+    state: str | None,
+    cursor: str | None,
+    limit: int,
+) -> Page[dict[str, Any]]:
     rows = await db.aread(*_list_query(plugin_id, instance_id, state, cursor, limit))
     return _page(rows, limit)
 
@@ -315,12 +396,14 @@ async def alist_page(db: Database, plugin_id: str | None, instance_id: str | Non
 def _page(rows: list[sqlite3.Row], limit: int) -> Page[dict[str, Any]]:
     more = len(rows) > limit
     rows = rows[:limit]
-    return Page([item_json(r) for r in rows],
-                encode_cursor([rows[-1]["seq"]]) if more and rows else None)
+    return Page(
+        [item_json(r) for r in rows], encode_cursor([rows[-1]["seq"]]) if more and rows else None
+    )
 
 
-def _detail(rows: list[sqlite3.Row], attempts: list[sqlite3.Row],
-            body_row: sqlite3.Row) -> dict[str, Any]:
+def _detail(
+    rows: list[sqlite3.Row], attempts: list[sqlite3.Row], body_row: sqlite3.Row
+) -> dict[str, Any]:
     data = item_json(rows[0])
     data["headers"] = json.loads(body_row["headers"])
     body = body_row["body"]
@@ -334,8 +417,10 @@ def _detail(rows: list[sqlite3.Row], attempts: list[sqlite3.Row],
     return data
 
 
-_ATTEMPTS = ("SELECT attempt, started_at, duration_ms, outcome, status_code, error "
-             "FROM attempts WHERE delivery_seq = ? ORDER BY id")
+_ATTEMPTS = (
+    "SELECT attempt, started_at, duration_ms, outcome, status_code, error "
+    "FROM attempts WHERE delivery_seq = ? ORDER BY id"
+)
 
 
 async def aitems(db: Database, ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -343,7 +428,8 @@ async def aitems(db: Database, ids: Sequence[str]) -> list[dict[str, Any]]:
     if not ids:
         return []
     rows = await db.aread(
-        _ITEM + f" WHERE d.id IN ({','.join('?' * len(ids))}) ORDER BY d.seq DESC", list(ids))
+        _ITEM + f" WHERE d.id IN ({','.join('?' * len(ids))}) ORDER BY d.seq DESC", list(ids)
+    )
     return [item_json(r) for r in rows]
 
 
@@ -356,4 +442,3 @@ async def aget(db: Database, delivery_id: str) -> dict[str, Any]:
     body_row = await db.aread_one("SELECT headers, body FROM deliveries WHERE seq = ?", (seq,))
     assert body_row is not None
     return _detail(rows, attempts, body_row)
-

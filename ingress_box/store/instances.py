@@ -50,8 +50,10 @@ class Instance:
             data[name] = mask(data[name])
         headers = data["config"].get("headers")
         if isinstance(headers, dict):  # extra headers sent to the target carry its credentials
-            data["config"] = {**data["config"],
-                              "headers": {k: mask(str(v)) for k, v in headers.items()}}
+            data["config"] = {
+                **data["config"],
+                "headers": {k: mask(str(v)) for k, v in headers.items()},
+            }
         return data
 
 
@@ -77,14 +79,26 @@ def _from_row(row: sqlite3.Row) -> Instance:
 
 def _values(inst: Instance) -> tuple[Any, ...]:
     return (
-        inst.plugin_id, inst.instance_id, int(inst.enabled), inst.handler, inst.target_url,
-        inst.secret, inst.previous_secret, inst.previous_secret_until, inst.verify_token,
-        inst.outbound_secret, inst.session, inst.lane_policy, json.dumps(inst.config),
-        inst.created_at, inst.updated_at,
+        inst.plugin_id,
+        inst.instance_id,
+        int(inst.enabled),
+        inst.handler,
+        inst.target_url,
+        inst.secret,
+        inst.previous_secret,
+        inst.previous_secret_until,
+        inst.verify_token,
+        inst.outbound_secret,
+        inst.session,
+        inst.lane_policy,
+        json.dumps(inst.config),
+        inst.created_at,
+        inst.updated_at,
     )
 
 
 # -- writes (ops for Database.write / awrite) ------------------------------------------------
+
 
 def insert(inst: Instance) -> Any:
     def op(conn: sqlite3.Connection) -> Instance:
@@ -124,9 +138,20 @@ def update(plugin_id: str, instance_id: str, now: float, **changes: Any) -> Any:
             "outbound_secret = ?, session = ?, lane_policy = ?, config = ?, updated_at = ? "
             "WHERE plugin_id = ? AND instance_id = ?",
             (
-                int(new.enabled), new.handler, new.target_url, new.secret, new.previous_secret,
-                new.previous_secret_until, new.verify_token, new.outbound_secret, new.session,
-                new.lane_policy, json.dumps(new.config), new.updated_at, plugin_id, instance_id,
+                int(new.enabled),
+                new.handler,
+                new.target_url,
+                new.secret,
+                new.previous_secret,
+                new.previous_secret_until,
+                new.verify_token,
+                new.outbound_secret,
+                new.session,
+                new.lane_policy,
+                json.dumps(new.config),
+                new.updated_at,
+                plugin_id,
+                instance_id,
             ),
         )
         return new
@@ -134,14 +159,17 @@ def update(plugin_id: str, instance_id: str, now: float, **changes: Any) -> Any:
     return op
 
 
-def rotate(plugin_id: str, instance_id: str, new_secret: str, grace_seconds: float,
-           now: float) -> Any:
+def rotate(
+    plugin_id: str, instance_id: str, new_secret: str, grace_seconds: float, now: float
+) -> Any:
     """An op: the new secret verifies at once, the old one until ``now + grace_seconds``."""
 
     def op(conn: sqlite3.Connection) -> Instance:
         current = _get_in(conn, plugin_id, instance_id)
         change = update(
-            plugin_id, instance_id, now,
+            plugin_id,
+            instance_id,
+            now,
             secret=new_secret,
             previous_secret=current.secret if grace_seconds > 0 else None,
             previous_secret_until=now + grace_seconds if grace_seconds > 0 else None,
@@ -212,8 +240,9 @@ def _page(rows: list[sqlite3.Row], limit: int) -> Page[Instance]:
     return Page(items, cursor)
 
 
-async def alist_page(db: Database, plugin_id: str | None = None, cursor: str | None = None,
-                     limit: int = 100) -> Page[Instance]:
+async def alist_page(
+    db: Database, plugin_id: str | None = None, cursor: str | None = None, limit: int = 100
+) -> Page[Instance]:
     return _page(await db.aread(*_list_query(plugin_id, cursor, limit)), limit)
 
 

@@ -37,9 +37,15 @@ class ConversationMapping:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "plugin": self.plugin_id, "instance": self.instance_id,
-            "session": self.session, "chat": self.chat, "conversation": self.conversation,
-            "state": self.state, "metadata": self.metadata, "created_at": self.created_at,
+            "id": self.id,
+            "plugin": self.plugin_id,
+            "instance": self.instance_id,
+            "session": self.session,
+            "chat": self.chat,
+            "conversation": self.conversation,
+            "state": self.state,
+            "metadata": self.metadata,
+            "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
 
@@ -57,8 +63,10 @@ class Upsert:
     metadata: dict[str, Any] | None = None
 
 
-_COLUMNS = ("id, plugin_id, instance_id, session, chat, provider_conversation_id, state, "
-            "metadata, created_at, updated_at")
+_COLUMNS = (
+    "id, plugin_id, instance_id, session, chat, provider_conversation_id, state, "
+    "metadata, created_at, updated_at"
+)
 _SELECT = f"SELECT {_COLUMNS} FROM conversation_mappings"
 _BY_CHAT = " WHERE session = ? AND chat = ? AND plugin_id = ? AND instance_id = ?"
 _BY_CONVERSATION = " WHERE plugin_id = ? AND instance_id = ? AND provider_conversation_id = ?"
@@ -81,10 +89,17 @@ RETURNING {_COLUMNS}
 
 def _from_row(row: sqlite3.Row) -> ConversationMapping:
     return ConversationMapping(
-        id=row["id"], plugin_id=row["plugin_id"], instance_id=row["instance_id"],
-        session=row["session"], chat=row["chat"], conversation=row["provider_conversation_id"],
-        state=row["state"], metadata=json.loads(row["metadata"]), created_at=row["created_at"],
-        updated_at=row["updated_at"])
+        id=row["id"],
+        plugin_id=row["plugin_id"],
+        instance_id=row["instance_id"],
+        session=row["session"],
+        chat=row["chat"],
+        conversation=row["provider_conversation_id"],
+        state=row["state"],
+        metadata=json.loads(row["metadata"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
 def _metadata(value: dict[str, Any] | None) -> str | None:
@@ -92,6 +107,7 @@ def _metadata(value: dict[str, Any] | None) -> str | None:
 
 
 # -- writes ----------------------------------------------------------------------------------
+
 
 def upsert_in(conn: sqlite3.Connection, m: Upsert, now: float) -> tuple[ConversationMapping, bool]:
     """Bind inside the caller's transaction; the mapping and whether its row is new.
@@ -101,14 +117,25 @@ def upsert_in(conn: sqlite3.Connection, m: Upsert, now: float) -> tuple[Conversa
     """
     # Only labels the answer (201 or 200): the upsert alone decides, and the writer's
     # BEGIN IMMEDIATE keeps any other writer out between the two statements.
-    existed = conn.execute("SELECT 1 FROM conversation_mappings" + _BY_CHAT,
-                           (m.session, m.chat, m.plugin_id, m.instance_id)).fetchone()
+    existed = conn.execute(
+        "SELECT 1 FROM conversation_mappings" + _BY_CHAT,
+        (m.session, m.chat, m.plugin_id, m.instance_id),
+    ).fetchone()
     conn.execute("SAVEPOINT mapping_upsert")
     try:
-        row = conn.execute(_UPSERT, {
-            "session": m.session, "chat": m.chat, "plugin": m.plugin_id,
-            "instance": m.instance_id, "conversation": m.conversation, "state": m.state,
-            "metadata": _metadata(m.metadata), "now": now}).fetchone()
+        row = conn.execute(
+            _UPSERT,
+            {
+                "session": m.session,
+                "chat": m.chat,
+                "plugin": m.plugin_id,
+                "instance": m.instance_id,
+                "conversation": m.conversation,
+                "state": m.state,
+                "metadata": _metadata(m.metadata),
+                "now": now,
+            },
+        ).fetchone()
     except sqlite3.IntegrityError as exc:
         conn.execute("ROLLBACK TO mapping_upsert")
         conn.execute("RELEASE mapping_upsert")
@@ -119,8 +146,9 @@ def upsert_in(conn: sqlite3.Connection, m: Upsert, now: float) -> tuple[Conversa
 
 def _translate(conn: sqlite3.Connection, m: Upsert, exc: sqlite3.IntegrityError) -> Exception:
     """The typed error for a failed upsert: who holds the conversation, else a bad value."""
-    holder = conn.execute(_SELECT + _BY_CONVERSATION,
-                          (m.plugin_id, m.instance_id, m.conversation)).fetchone()
+    holder = conn.execute(
+        _SELECT + _BY_CONVERSATION, (m.plugin_id, m.instance_id, m.conversation)
+    ).fetchone()
     if holder is not None:
         return MappingConflict(m.conversation, holder["session"], holder["chat"], holder["id"])
     return InvalidInput(f"mapping rejected by the database: {exc}")
@@ -131,14 +159,21 @@ def upsert(m: Upsert, now: float) -> Op[tuple[ConversationMapping, bool]]:
     return lambda conn: upsert_in(conn, m, now)
 
 
-def _update_state(where: str, params: tuple[Any, ...], missing: str, state: str,
-                  metadata: dict[str, Any] | None, now: float) -> Op[ConversationMapping]:
+def _update_state(
+    where: str,
+    params: tuple[Any, ...],
+    missing: str,
+    state: str,
+    metadata: dict[str, Any] | None,
+    now: float,
+) -> Op[ConversationMapping]:
     def op(conn: sqlite3.Connection) -> ConversationMapping:
         try:
             row = conn.execute(
                 "UPDATE conversation_mappings SET state = ?, metadata = coalesce(?, metadata), "
                 f"updated_at = ?{where} RETURNING {_COLUMNS}",
-                (state, _metadata(metadata), now, *params)).fetchone()
+                (state, _metadata(metadata), now, *params),
+            ).fetchone()
         except sqlite3.IntegrityError as exc:  # the state CHECK: callers validate first
             raise InvalidInput(f"state must be one of {', '.join(STATES)}") from exc
         if row is None:
@@ -148,27 +183,41 @@ def _update_state(where: str, params: tuple[Any, ...], missing: str, state: str,
     return op
 
 
-def set_state(mapping_id: int, state: str, metadata: dict[str, Any] | None,
-              now: float) -> Op[ConversationMapping]:
+def set_state(
+    mapping_id: int, state: str, metadata: dict[str, Any] | None, now: float
+) -> Op[ConversationMapping]:
     """An op that changes one mapping's handover state (and its metadata when given)."""
-    return _update_state(" WHERE id = ?", (mapping_id,), f"no mapping {mapping_id}", state,
-                         metadata, now)
+    return _update_state(
+        " WHERE id = ?", (mapping_id,), f"no mapping {mapping_id}", state, metadata, now
+    )
 
 
-def set_state_of_conversation(plugin_id: str, instance_id: str, conversation: str, state: str,
-                              metadata: dict[str, Any] | None,
-                              now: float) -> Op[ConversationMapping]:
+def set_state_of_conversation(
+    plugin_id: str,
+    instance_id: str,
+    conversation: str,
+    state: str,
+    metadata: dict[str, Any] | None,
+    now: float,
+) -> Op[ConversationMapping]:
     """The same, addressed by the conversation (one statement: no read-then-write race)."""
-    return _update_state(_BY_CONVERSATION, (plugin_id, instance_id, conversation),
-                         f"no mapping for conversation {conversation!r}", state, metadata, now)
+    return _update_state(
+        _BY_CONVERSATION,
+        (plugin_id, instance_id, conversation),
+        f"no mapping for conversation {conversation!r}",
+        state,
+        metadata,
+        now,
+    )
 
 
 def delete(mapping_id: int) -> Op[ConversationMapping]:
     """An op that removes a mapping (freeing its conversation) and returns what it was."""
 
     def op(conn: sqlite3.Connection) -> ConversationMapping:
-        row = conn.execute(f"DELETE FROM conversation_mappings WHERE id = ? RETURNING {_COLUMNS}",
-                           (mapping_id,)).fetchone()
+        row = conn.execute(
+            f"DELETE FROM conversation_mappings WHERE id = ? RETURNING {_COLUMNS}", (mapping_id,)
+        ).fetchone()
         if row is None:
             raise NotFound(f"no mapping {mapping_id}")
         return _from_row(row)
@@ -183,19 +232,22 @@ def note_delivery(conn: sqlite3.Connection, delivery_id: str, note: str) -> None
 
 # -- reads -----------------------------------------------------------------------------------
 
+
 async def aget(db: Database, mapping_id: int) -> ConversationMapping | None:
     row = await db.aread_one(_SELECT + " WHERE id = ?", (mapping_id,))
     return None if row is None else _from_row(row)
 
 
-def of_conversation(db: Database, plugin_id: str, instance_id: str,
-                    conversation: str) -> ConversationMapping | None:
+def of_conversation(
+    db: Database, plugin_id: str, instance_id: str, conversation: str
+) -> ConversationMapping | None:
     row = db.read_one(_SELECT + _BY_CONVERSATION, (plugin_id, instance_id, conversation))
     return None if row is None else _from_row(row)
 
 
-def of_chat(db: Database, plugin_id: str, instance_id: str, session: str,
-            chat: str) -> ConversationMapping | None:
+def of_chat(
+    db: Database, plugin_id: str, instance_id: str, session: str, chat: str
+) -> ConversationMapping | None:
     row = db.read_one(_SELECT + _BY_CHAT, (session, chat, plugin_id, instance_id))
     return None if row is None else _from_row(row)
 
@@ -215,9 +267,14 @@ class Filter:
 def _list_query(f: Filter, cursor: str | None, limit: int) -> tuple[str, list[Any]]:
     where: list[str] = []
     params: list[Any] = []
-    for column, value in (("plugin_id", f.plugin_id), ("instance_id", f.instance_id),
-                          ("session", f.session), ("chat", f.chat),
-                          ("provider_conversation_id", f.conversation), ("state", f.state)):
+    for column, value in (
+        ("plugin_id", f.plugin_id),
+        ("instance_id", f.instance_id),
+        ("session", f.session),
+        ("chat", f.chat),
+        ("provider_conversation_id", f.conversation),
+        ("state", f.state),
+    ):
         if value is not None:
             where.append(f"{column} = ?")
             params.append(value)
@@ -235,11 +292,13 @@ def _page(rows: list[sqlite3.Row], limit: int) -> Page[ConversationMapping]:
     return Page(items, encode_cursor([items[-1].id]) if more and items else None)
 
 
-def list_page(db: Database, f: Filter, cursor: str | None = None,
-              limit: int = 100) -> Page[ConversationMapping]:
+def list_page(
+    db: Database, f: Filter, cursor: str | None = None, limit: int = 100
+) -> Page[ConversationMapping]:
     return _page(db.read(*_list_query(f, cursor, limit)), limit)
 
 
-async def alist_page(db: Database, f: Filter, cursor: str | None = None,
-                     limit: int = 100) -> Page[ConversationMapping]:
+async def alist_page(
+    db: Database, f: Filter, cursor: str | None = None, limit: int = 100
+) -> Page[ConversationMapping]:
     return _page(await db.aread(*_list_query(f, cursor, limit)), limit)

@@ -32,8 +32,11 @@ def decode_cursor(cursor: str, kinds: tuple[type, ...]) -> list[Any]:
         key = json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidInput("cursor is not one this server gave") from exc
-    if not (isinstance(key, list) and len(key) == len(kinds)
-            and all(_fits(value, kind) for value, kind in zip(key, kinds, strict=True))):
+    if not (
+        isinstance(key, list)
+        and len(key) == len(kinds)
+        and all(_fits(value, kind) for value, kind in zip(key, kinds, strict=True))
+    ):
         raise InvalidInput("cursor is not one this server gave")
     return key
 

@@ -43,8 +43,11 @@ def _prune_deliveries(select_sql: str, cutoff: float) -> Callable[[sqlite3.Conne
         if not seqs:
             return 0
         marks = ",".join("?" * len(seqs))
-        for table, column in (("attempts", "delivery_seq"), ("dead_letters", "delivery_seq"),
-                              ("deliveries", "seq")):
+        for table, column in (
+            ("attempts", "delivery_seq"),
+            ("dead_letters", "delivery_seq"),
+            ("deliveries", "seq"),
+        ):
             conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", seqs)
         return len(seqs)
 
@@ -58,8 +61,9 @@ def _drop_payloads(cutoff: float) -> Callable[[sqlite3.Connection], int]:
     return op
 
 
-def _until_done(db: Database, op: Callable[[sqlite3.Connection], int],
-                progress: Callable[[int], None] | None) -> int:
+def _until_done(
+    db: Database, op: Callable[[sqlite3.Connection], int], progress: Callable[[int], None] | None
+) -> int:
     total = 0
     while True:
         done = db.write(op)
@@ -76,27 +80,36 @@ def due(db: Database, settings: Settings, now: float) -> int:
         f"SELECT (SELECT count(*) FROM deliveries WHERE state = 'delivered' AND body IS NOT NULL"
         f" AND delivered_at < ?), (SELECT count(*) FROM ({_OLD_DELIVERED})),"
         f" (SELECT count(*) FROM ({_OLD_DEAD}))",
-        (now - settings.payload_retention_days * DAY,
-         now - settings.dedup_retention_days * DAY, -1,  # LIMIT -1: no limit
-         now - settings.dlq_retention_days * DAY, -1))
+        (
+            now - settings.payload_retention_days * DAY,
+            now - settings.dedup_retention_days * DAY,
+            -1,  # LIMIT -1: no limit
+            now - settings.dlq_retention_days * DAY,
+            -1,
+        ),
+    )
     return sum(row) if row is not None else 0
 
 
-def run(db: Database, settings: Settings, now: float,
-        progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+def run(
+    db: Database, settings: Settings, now: float, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Prune what the retention windows allow, then checkpoint; returns what was done.
 
     ``progress`` is called after each batch with the rows it touched (for a progress bar).
     """
     report: dict[str, Any] = {
         "payloads_dropped": _until_done(
-            db, _drop_payloads(now - settings.payload_retention_days * DAY), progress),
+            db, _drop_payloads(now - settings.payload_retention_days * DAY), progress
+        ),
         "delivered_pruned": _until_done(
-            db, _prune_deliveries(_OLD_DELIVERED, now - settings.dedup_retention_days * DAY),
-            progress),
+            db,
+            _prune_deliveries(_OLD_DELIVERED, now - settings.dedup_retention_days * DAY),
+            progress,
+        ),
         "dead_pruned": _until_done(
-            db, _prune_deliveries(_OLD_DEAD, now - settings.dlq_retention_days * DAY),
-            progress),
+            db, _prune_deliveries(_OLD_DEAD, now - settings.dlq_retention_days * DAY), progress
+        ),
     }
     report["checkpoint"] = checkpoint(db)
     log.info("retention: %s", report)

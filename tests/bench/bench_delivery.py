@@ -40,8 +40,11 @@ from sender import send, show_send
 def received(log: Path) -> dict[str, float]:
     if not log.exists():
         return {}
-    return {d: float(t) for d, _, t in
-            (line.partition("\t") for line in log.read_text().splitlines()) if t}
+    return {
+        d: float(t)
+        for d, _, t in (line.partition("\t") for line in log.read_text().splitlines())
+        if t
+    }
 
 
 def wait_received(log: Path, ids: set[str] | int, timeout: float) -> dict[str, float]:
@@ -60,8 +63,9 @@ def sample(db: Path, stop: threading.Event, into: list, every: float = 1.0) -> N
     while not stop.wait(every if into else 0):
         try:
             depth = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
-            done = conn.execute("SELECT count(*) FROM deliveries WHERE state = 'delivered'"
-                                ).fetchone()[0]
+            done = conn.execute(
+                "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
+            ).fetchone()[0]
             into.append((time.monotonic() - t0, depth, done))
         except sqlite3.OperationalError:
             pass
@@ -101,13 +105,19 @@ def phase_e2e_and_flood(args: argparse.Namespace, work: Path, servers: list) -> 
     got = wait_received(work / "fast.log", set(s["sent"]), 15)
     lat = [(got[d] - t) * 1000 for d, t in s["sent"].items() if d in got]
     show_send("e2e sender", s, args.e2e_rate)
-    print(f"while sending: machine {busy:.0%} busy ({os.cpu_count()} cores), box process "
-          f"{cpu / args.e2e_duration:.2f} cores")
-    print(f"e2e latency (target receive - send): p50 {pct(lat, 50):.1f} ms, p99 "
-          f"{pct(lat, 99):.1f} ms, max {max(lat, default=float('nan')):.1f} ms; "
-          f"{len(s['sent']) - len(lat)} not received")
-    print(f"{'PASS' if pct(lat, 50) <= 20 else 'FAIL'}  e2e p50 <= 20 ms   "
-          f"{'PASS' if pct(lat, 99) <= 100 else 'FAIL'}  e2e p99 <= 100 ms")
+    print(
+        f"while sending: machine {busy:.0%} busy ({os.cpu_count()} cores), box process "
+        f"{cpu / args.e2e_duration:.2f} cores"
+    )
+    print(
+        f"e2e latency (target receive - send): p50 {pct(lat, 50):.1f} ms, p99 "
+        f"{pct(lat, 99):.1f} ms, max {max(lat, default=float('nan')):.1f} ms; "
+        f"{len(s['sent']) - len(lat)} not received"
+    )
+    print(
+        f"{'PASS' if pct(lat, 50) <= 20 else 'FAIL'}  e2e p50 <= 20 ms   "
+        f"{'PASS' if pct(lat, 99) <= 100 else 'FAIL'}  e2e p99 <= 100 ms"
+    )
 
     samples: list = []
     stop = threading.Event()
@@ -123,18 +133,25 @@ def phase_e2e_and_flood(args: argparse.Namespace, work: Path, servers: list) -> 
     stop.set()
     sampler.join(5)
     show_send("flood sender", f, args.flood_rate)
-    print(f"while sending: machine {busy:.0%} busy ({os.cpu_count()} cores), box process "
-          f"{cpu / args.flood_duration:.2f} cores")
+    print(
+        f"while sending: machine {busy:.0%} busy ({os.cpu_count()} cores), box process "
+        f"{cpu / args.flood_duration:.2f} cores"
+    )
     during = [(t, d) for t, d, _ in samples if t <= sent_until]
     done = [(t, n) for t, _, n in samples if t <= sent_until]
     grow, rate = slope(during) if len(during) > 2 else 0.0, slope(done) if len(done) > 2 else 0.0
     print("outbox depth each second: " + " ".join(str(d) for _, d, _ in samples))
     drained = bool(samples) and samples[-1][1] == 0
-    print(f"backlog slope while sending {grow:+.0f}/s -> "
-          f"{'GROWS' if grow > 0.02 * args.flood_rate else 'keeps up'}; delivered while "
-          f"sending {rate:.0f}/s ({rate / f['rate']:.0%} of the achieved send rate); " +
-          (f"drained {samples[-1][0] - sent_until:.1f} s after the last send" if drained
-           else f"NOT drained within --drain-timeout {args.drain_timeout:g} s"))
+    print(
+        f"backlog slope while sending {grow:+.0f}/s -> "
+        f"{'GROWS' if grow > 0.02 * args.flood_rate else 'keeps up'}; delivered while "
+        f"sending {rate:.0f}/s ({rate / f['rate']:.0%} of the achieved send rate); "
+        + (
+            f"drained {samples[-1][0] - sent_until:.1f} s after the last send"
+            if drained
+            else f"NOT drained within --drain-timeout {args.drain_timeout:g} s"
+        )
+    )
     for server in (box, *extra, target):
         server.stop()
     return {"latency": lat, "samples": samples, "sent_until": sent_until}
@@ -151,8 +168,10 @@ def phase_drain(args: argparse.Namespace, work: Path, servers: list) -> None:
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     pending = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
     conn.close()
-    print(f"\ndrain: preloaded {pending} pending deliveries (acks {pre['acks']}), target "
-          f"delay {args.slow_delay * 1000:.0f} ms, up to {args.drain_seconds:g} s per run")
+    print(
+        f"\ndrain: preloaded {pending} pending deliveries (acks {pre['acks']}), target "
+        f"delay {args.slow_delay * 1000:.0f} ms, up to {args.drain_seconds:g} s per run"
+    )
     print("workers  delivered  seconds  rate/s  ideal/s  ratio  idle CPU after")
     for workers in args.workers:
         db, log = work / f"drain{workers}.db", work / f"slow{workers}.log"
@@ -163,15 +182,23 @@ def phase_drain(args: argparse.Namespace, work: Path, servers: list) -> None:
         conn.execute("UPDATE instances SET target_url = ?", (target.url + "/hook",))
         conn.commit()
         conn.close()
-        box = Server("box", work, "--db", str(db), *(["--logs"] if args.logs else []),
-                     env={"INGRESS_BOX_WORKERS": str(workers)})
+        box = Server(
+            "box",
+            work,
+            "--db",
+            str(db),
+            *(["--logs"] if args.logs else []),
+            env={"INGRESS_BOX_WORKERS": str(workers)},
+        )
         servers.append(box.wait_ready())
         got = sorted(wait_received(log, pending, args.drain_seconds).values())
         idle = f"{idle_cpu(box):.1%}" if len(got) >= pending else "-"
         rate = (len(got) - 1) / (got[-1] - got[0]) if len(got) > 1 else 0.0
         ideal = workers / args.slow_delay
-        print(f"{workers:7d}  {len(got):9d}  {got[-1] - got[0] if got else 0:7.1f}  "
-              f"{rate:6.1f}  {ideal:7.0f}  {rate / ideal:5.2f}  {idle}")
+        print(
+            f"{workers:7d}  {len(got):9d}  {got[-1] - got[0] if got else 0:7.1f}  "
+            f"{rate:6.1f}  {ideal:7.0f}  {rate / ideal:5.2f}  {idle}"
+        )
         box.stop()
         target.stop()
 
@@ -179,6 +206,7 @@ def phase_drain(args: argparse.Namespace, work: Path, servers: list) -> None:
 def plot(result: dict, path: Path) -> None:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -200,26 +228,43 @@ def main() -> int:
     parser.add_argument("--e2e-duration", type=float, default=30.0)
     parser.add_argument("--flood-rate", type=float, default=1000.0)
     parser.add_argument("--flood-duration", type=float, default=15.0)
-    parser.add_argument("--drain-timeout", type=float, default=60.0,
-                        help="max seconds to wait for the flood's backlog to drain")
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=60.0,
+        help="max seconds to wait for the flood's backlog to drain",
+    )
     parser.add_argument("--connections", type=int, default=128, help="sender connections")
-    parser.add_argument("--httpx", action="store_true",
-                        help="e2e phase: send with httpx.AsyncClient instead of the raw client")
-    parser.add_argument("--extra-workers", type=int, default=0, help="e2e and flood: also run "
-                        "this many `ingress-box worker` processes (serve.py worker)")
-    parser.add_argument("--logs", action="store_true",
-                        help="box logs a line per request/attempt, as `ingress-box serve` does")
+    parser.add_argument(
+        "--httpx",
+        action="store_true",
+        help="e2e phase: send with httpx.AsyncClient instead of the raw client",
+    )
+    parser.add_argument(
+        "--extra-workers",
+        type=int,
+        default=0,
+        help="e2e and flood: also run this many `ingress-box worker` processes (serve.py worker)",
+    )
+    parser.add_argument(
+        "--logs",
+        action="store_true",
+        help="box logs a line per request/attempt, as `ingress-box serve` does",
+    )
     parser.add_argument("--preload", type=int, default=1600, help="deliveries for the drain runs")
     parser.add_argument("--slow-delay", type=float, default=0.05)
     parser.add_argument("--drain-seconds", type=float, default=20.0, help="bound per drain run")
-    parser.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")],
-                        default=[1, 4, 16])
+    parser.add_argument(
+        "--workers", type=lambda s: [int(w) for w in s.split(",")], default=[1, 4, 16]
+    )
     parser.add_argument("--skip", choices=["e2e", "drain"], help="skip a phase")
     parser.add_argument("--plot", type=Path, default=Path(__file__).parent / "out/delivery.png")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-delivery-"))
-    print(f"# delivery benchmark {datetime.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} "
-          f"cores, work dir {work}")
+    print(
+        f"# delivery benchmark {datetime.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} "
+        f"cores, work dir {work}"
+    )
     servers: list[Server] = []
     try:
         if args.skip != "e2e":

@@ -97,7 +97,7 @@ class Run:
     sent: int = 0
     codes: dict[int, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
-    cpu: float = 0.0   # server CPU seconds during the run
+    cpu: float = 0.0  # server CPU seconds during the run
     busy: float = 0.0  # fraction of all cores busy during the run
 
     @property
@@ -110,20 +110,41 @@ class Run:
 
     def show(self, name: str) -> None:
         errors = {k: v for k, v in self.errors.items() if v}
-        print(f"{name:<5} {self.rps:7.0f} rps  p50 {self.p50_us / 1000:5.1f} ms  p99 "
-              f"{self.p99_us / 1000:5.1f} ms  max {self.max_us / 1000:5.1f} ms  server CPU "
-              f"{self.cpu * 1e6 / max(1, self.requests):4.0f} us/req  machine {self.busy:4.0%} "
-              f"busy  statuses {self.codes}" + (f"  socket errors {errors}" if errors else ""))
+        print(
+            f"{name:<5} {self.rps:7.0f} rps  p50 {self.p50_us / 1000:5.1f} ms  p99 "
+            f"{self.p99_us / 1000:5.1f} ms  max {self.max_us / 1000:5.1f} ms  server CPU "
+            f"{self.cpu * 1e6 / max(1, self.requests):4.0f} us/req  machine {self.busy:4.0%} "
+            f"busy  statuses {self.codes}" + (f"  socket errors {errors}" if errors else "")
+        )
 
 
-def wrk(args: argparse.Namespace, work: Path, server: Server, name: str, seconds: float,
-        prefix: str, dup: int = 0) -> Run:
+def wrk(
+    args: argparse.Namespace,
+    work: Path,
+    server: Server,
+    name: str,
+    seconds: float,
+    prefix: str,
+    dup: int = 0,
+) -> Run:
     """One bounded wrk run against ``server``."""
     script, out = work / f"{name}.lua", work / f"{name}.result"
-    script.write_text(LUA % {"bodies": work / "bodies.lua", "path": PATH, "prefix": prefix,
-                             "dup": dup, "out": out})
-    cmd = [args.wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds:g}s",
-           "--timeout", "10s", "--latency", "-s", str(script), server.url + PATH]
+    script.write_text(
+        LUA
+        % {"bodies": work / "bodies.lua", "path": PATH, "prefix": prefix, "dup": dup, "out": out}
+    )
+    cmd = [
+        args.wrk,
+        f"-t{args.threads}",
+        f"-c{args.connections}",
+        f"-d{seconds:g}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(script),
+        server.url + PATH,
+    ]
     cpu, ticks = server.cpu_seconds(), benchlib.cpu_ticks()
     with open(work / f"{name}.wrk.txt", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -139,8 +160,9 @@ def wrk(args: argparse.Namespace, work: Path, server: Server, name: str, seconds
         if key == "code":
             run.codes[int(vals[0])] = run.codes.get(int(vals[0]), 0) + int(vals[1])
         elif key == "errors":
-            run.errors = dict(zip(("connect", "read", "write", "status", "timeout"),
-                                  map(int, vals), strict=False))
+            run.errors = dict(
+                zip(("connect", "read", "write", "status", "timeout"), map(int, vals), strict=False)
+            )
         else:
             setattr(run, key, int(vals[0]))
     return run
@@ -155,15 +177,21 @@ def main() -> int:
     parser.add_argument("--bodies", type=int, default=1000, help="distinct signed bodies")
     parser.add_argument("--body-size", type=int, default=1024)
     parser.add_argument("--dup-ids", type=int, default=1000, help="stored ids the dup run resends")
-    parser.add_argument("--logs", action="store_true", help="also run the box logging one line "
-                        "per request, as `ingress-box serve` does (serve.py box --logs)")
+    parser.add_argument(
+        "--logs",
+        action="store_true",
+        help="also run the box logging one line "
+        "per request, as `ingress-box serve` does (serve.py box --logs)",
+    )
     parser.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-ingress-"))
     write_bodies(work / "bodies.lua", args.bodies, args.body_size)
-    print(f"# ingress benchmark {datetime.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} cores, "
-          f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s "
-          f"(+{args.warmup:g}s warm-up), {args.body_size} B bodies, work dir {work}")
+    print(
+        f"# ingress benchmark {datetime.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} cores, "
+        f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s "
+        f"(+{args.warmup:g}s warm-up), {args.body_size} B bodies, work dir {work}"
+    )
     servers: list[Server] = []
     try:
         bare = Server("bare", work, "--secret", SECRET).wait_ready()
@@ -190,8 +218,9 @@ def main() -> int:
         r_log: Run | None = None
         if args.logs:
             benchlib.prepare_db(work / "log.db")
-            logged = Server("box", work, "--db", str(work / "log.db"), "--no-worker",
-                            "--logs").wait_ready()
+            logged = Server(
+                "box", work, "--db", str(work / "log.db"), "--no-worker", "--logs"
+            ).wait_ready()
             servers.append(logged)
             wrk(args, work, logged, "log-warmup", args.warmup, "lw")
             r_log = wrk(args, work, logged, "logged", args.duration, "l")
@@ -219,10 +248,14 @@ def main() -> int:
     ok = r_warm.codes.get(202, 0) + r_box.codes.get(202, 0)
     other = {c: n for r in (r_warm, r_box) for c, n in r.codes.items() if c != 202}
     inflight = r_warm.inflight + r_box.inflight
-    print(f"committed-row check: 202 responses {ok}, rows in deliveries {rows}, requests in "
-          f"flight at wrk's stop {inflight}, non-202 {other or 'none'}")
-    print(f"dup run: rows before {rows}, after {rows_after_dup} (must not change), statuses "
-          f"{r_dup.codes}")
+    print(
+        f"committed-row check: 202 responses {ok}, rows in deliveries {rows}, requests in "
+        f"flight at wrk's stop {inflight}, non-202 {other or 'none'}"
+    )
+    print(
+        f"dup run: rows before {rows}, after {rows_after_dup} (must not change), statuses "
+        f"{r_dup.codes}"
+    )
     failed = []
     if not ok <= rows <= ok + inflight:
         failed.append(f"rows ({rows}) outside [202s, 202s + in flight] = [{ok}, {ok + inflight}]")

@@ -70,16 +70,22 @@ def tree_rss_kib(pid: int) -> int:
 
 def one_run(command: list[str], workdir: Path, home: Path, idle: float) -> dict[str, float]:
     port = free_port()
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
-           "LANG": "C.UTF-8", "INGRESS_BOX_DB": str(workdir / "box.db"),
-           "INGRESS_BOX_HOST": "127.0.0.1", "INGRESS_BOX_PORT": str(port),
-           "INGRESS_BOX_ADMIN_TOKEN": "bench-admin-token"}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "INGRESS_BOX_DB": str(workdir / "box.db"),
+        "INGRESS_BOX_HOST": "127.0.0.1",
+        "INGRESS_BOX_PORT": str(port),
+        "INGRESS_BOX_ADMIN_TOKEN": "bench-admin-token",
+    }
     url = f"http://127.0.0.1:{port}/healthz"
     log = workdir / "serve.log"
     with log.open("wb") as out:
         started = time.perf_counter()
-        proc = subprocess.Popen([*command, "serve"], env=env, cwd=workdir, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [*command, "serve"], env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         while True:
             if proc.poll() is not None:
@@ -138,9 +144,11 @@ def main() -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['command']}: first /healthz {result['first_healthz_seconds']} s, "
-              f"warm median {result['warm_healthz_seconds_median']} s, idle RSS median "
-              f"{result['idle_rss_mib_median']} MiB ({len(runs)} runs)")
+        print(
+            f"{result['command']}: first /healthz {result['first_healthz_seconds']} s, "
+            f"warm median {result['warm_healthz_seconds_median']} s, idle RSS median "
+            f"{result['idle_rss_mib_median']} MiB ({len(runs)} runs)"
+        )
     return 0 if warm_median < 1.0 and rss_median < 80 else 1
 
 

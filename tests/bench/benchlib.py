@@ -3,6 +3,7 @@ bench instance through the store, build signed ~1 KB bodies, percentiles."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -30,15 +31,24 @@ def free_port() -> int:
 class Server:
     """``python serve.py KIND ...`` in its own process group; stop() always cleans up."""
 
-    def __init__(self, kind: str, workdir: Path, *args: str, env: dict[str, str] | None = None,
-                 port: int | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        workdir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
         self.kind, self.port = kind, port or free_port()
         self.out = workdir / f"{kind}-{self.port}.out"
         with open(self.out, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, str(HERE / "serve.py"), kind, "--port", str(self.port), *args],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, **(env or {})})
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 20.0) -> Server:
@@ -82,10 +92,8 @@ class Server:
                 pass
             except ProcessLookupError:
                 return
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         self.proc.wait(5)
 
 
@@ -97,17 +105,31 @@ def prepare_db(path: Path, target_url: str | None = None) -> None:
     db = Database(path, synchronous="FULL").open()
     try:
         now = time.time()
-        db.write(instances.insert(instances.Instance(
-            plugin_id="generic", instance_id="bench", secret=SECRET, target_url=target_url,
-            outbound_secret=generate_outbound_secret(), created_at=now, updated_at=now)))
+        db.write(
+            instances.insert(
+                instances.Instance(
+                    plugin_id="generic",
+                    instance_id="bench",
+                    secret=SECRET,
+                    target_url=target_url,
+                    outbound_secret=generate_outbound_secret(),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        )
     finally:
         db.close()
 
 
 def body(i: int, size: int = 1024) -> bytes:
     """A JSON body of exactly ``size`` bytes that differs per ``i``."""
-    head = {"event": "message.created", "seq": i, "account": {"id": 42, "name": "bench"},
-            "text": ""}
+    head = {
+        "event": "message.created",
+        "seq": i,
+        "account": {"id": 42, "name": "bench"},
+        "text": "",
+    }
     filler = size - len(json.dumps(head, separators=(",", ":")))
     head["text"] = hashlib.sha256(str(i).encode()).hexdigest() * (filler // 64 + 1)
     head["text"] = head["text"][:filler]

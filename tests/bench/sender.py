@@ -29,8 +29,10 @@ async def _post_raw(conns: int, port: int) -> object:
         reader = writer = None
         while (item := await queue.get()) is not None:
             raw, headers, done = item
-            request = (f"POST {PATH} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {len(raw)}"
-                       "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n")
+            request = (
+                f"POST {PATH} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {len(raw)}"
+                "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+            )
             for attempt in (1, 2):  # once more on a fresh connection if keep-alive closed it
                 try:
                     if writer is None:
@@ -64,8 +66,9 @@ async def _post_raw(conns: int, port: int) -> object:
     return post
 
 
-async def _send(url: str, rate: float, duration: float, prefix: str, conns: int,
-                use_httpx: bool = False) -> dict:
+async def _send(
+    url: str, rate: float, duration: float, prefix: str, conns: int, use_httpx: bool = False
+) -> dict:
     n, sent, acks, ack_ms, late = int(rate * duration), {}, Counter(), [], []
     limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
     client = httpx.AsyncClient(base_url=url, limits=limits, timeout=10.0)
@@ -73,8 +76,11 @@ async def _send(url: str, rate: float, duration: float, prefix: str, conns: int,
 
     async def one(i: int) -> None:
         raw, sig = BODIES[i % len(BODIES)]
-        headers = {"content-type": "application/json", "x-signature": sig,
-                   "x-delivery": f"{prefix}{i}"}
+        headers = {
+            "content-type": "application/json",
+            "x-signature": sig,
+            "x-delivery": f"{prefix}{i}",
+        }
         t = sent[f"{prefix}{i}"] = time.monotonic()
         try:
             if use_httpx:
@@ -96,8 +102,13 @@ async def _send(url: str, rate: float, duration: float, prefix: str, conns: int,
     await raw_post.close()  # type: ignore[attr-defined]
     await client.aclose()
     times = sorted(sent.values())
-    return {"sent": sent, "acks": dict(acks), "ack_ms": ack_ms, "late_p99": pct(late, 99),
-            "rate": (n - 1) / (times[-1] - times[0]) if n > 1 else 0.0}
+    return {
+        "sent": sent,
+        "acks": dict(acks),
+        "ack_ms": ack_ms,
+        "late_p99": pct(late, 99),
+        "rate": (n - 1) / (times[-1] - times[0]) if n > 1 else 0.0,
+    }
 
 
 def send(*args: object) -> dict:
@@ -106,6 +117,8 @@ def send(*args: object) -> dict:
 
 
 def show_send(name: str, s: dict, rate: float) -> None:
-    print(f"{name}: sent {len(s['sent'])} at {s['rate']:.0f}/s (asked {rate:g}/s; sender "
-          f"lateness p99 {s['late_p99']:.1f} ms), acks {s['acks']}, ack p50 "
-          f"{pct(s['ack_ms'], 50):.1f} ms p99 {pct(s['ack_ms'], 99):.1f} ms")
+    print(
+        f"{name}: sent {len(s['sent'])} at {s['rate']:.0f}/s (asked {rate:g}/s; sender "
+        f"lateness p99 {s['late_p99']:.1f} ms), acks {s['acks']}, ack p50 "
+        f"{pct(s['ack_ms'], 50):.1f} ms p99 {pct(s['ack_ms'], 99):.1f} ms"
+    )

@@ -36,8 +36,13 @@ from starlette.routing import Route
 
 
 def uvicorn_options() -> dict[str, object]:
-    return {"host": "127.0.0.1", "log_level": "warning", "access_log": False, "loop": "auto",
-            "http": "auto"}
+    return {
+        "host": "127.0.0.1",
+        "log_level": "warning",
+        "access_log": False,
+        "loop": "auto",
+        "http": "auto",
+    }
 
 
 def bare_app(secret: bytes) -> Starlette:
@@ -52,8 +57,12 @@ def bare_app(secret: bytes) -> Starlette:
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
 
-    return Starlette(routes=[Route("/ingress/{plugin}/{instance}/{route}", ingress,
-                                   methods=["POST"]), Route("/healthz", healthz)])
+    return Starlette(
+        routes=[
+            Route("/ingress/{plugin}/{instance}/{route}", ingress, methods=["POST"]),
+            Route("/healthz", healthz),
+        ]
+    )
 
 
 def run_box(args: argparse.Namespace) -> None:
@@ -61,23 +70,36 @@ def run_box(args: argparse.Namespace) -> None:
     from ingress_box.config import load_settings
 
     settings = load_settings(db_path=args.db, port=args.port)
-    shown = {k: getattr(settings, k) for k in (
-        "db_path", "synchronous", "workers", "busy_timeout_seconds", "rate_limit",
-        "max_body_bytes", "delivery_timeout_seconds")}
+    shown = {
+        k: getattr(settings, k)
+        for k in (
+            "db_path",
+            "synchronous",
+            "workers",
+            "busy_timeout_seconds",
+            "rate_limit",
+            "max_body_bytes",
+            "delivery_timeout_seconds",
+        )
+    }
     if args.logs:
         from ingress_box import logs
 
         logs.configure(settings.log_format)
-    shown.update(run_worker=not args.no_worker, box_logs=args.logs, **uvicorn_options(),
-                 uvloop=bool(importlib.util.find_spec("uvloop")),
-                 httptools=bool(importlib.util.find_spec("httptools")))
+    shown.update(
+        run_worker=not args.no_worker,
+        box_logs=args.logs,
+        **uvicorn_options(),
+        uvloop=bool(importlib.util.find_spec("uvloop")),
+        httptools=bool(importlib.util.find_spec("httptools")),
+    )
     print("settings:", json.dumps(shown, default=str), flush=True)
     app = create_app(settings, run_worker=not args.no_worker)
     uvicorn.run(app, port=args.port, **uvicorn_options())  # type: ignore[arg-type]
 
 
 async def run_target(port: int, delay: float, log_path: str) -> None:
-    log = open(log_path, "a", buffering=1)  # noqa: SIM115 (closed at exit)
+    log = open(log_path, "a", buffering=1)  # noqa: SIM115, ASYNC230 (closed at exit; once at start)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -96,8 +118,9 @@ async def run_target(port: int, delay: float, log_path: str) -> None:
                 log.write(f"{delivery}\t{time.monotonic():.6f}\n")
                 if delay:
                     await asyncio.sleep(delay)
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"
-                             b"content-length: 2\r\n\r\nok")
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
+                )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -119,8 +142,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--db", help="box: the SQLite file")
     parser.add_argument("--no-worker", action="store_true", help="box: run_worker=False")
-    parser.add_argument("--logs", action="store_true",
-                        help="box: log one line per request/attempt, as `ingress-box serve` does")
+    parser.add_argument(
+        "--logs",
+        action="store_true",
+        help="box: log one line per request/attempt, as `ingress-box serve` does",
+    )
     parser.add_argument("--secret", default="", help="bare: the HMAC secret")
     parser.add_argument("--delay", type=float, default=0.0, help="target: seconds per request")
     parser.add_argument("--log", help="target: where to append receive times")
@@ -129,8 +155,7 @@ def main() -> None:
         run_box(args)
     elif args.kind == "bare":
         print("settings:", json.dumps(uvicorn_options()), flush=True)
-        uvicorn.run(bare_app(args.secret.encode()), port=args.port,
-                    **uvicorn_options())  # type: ignore[arg-type]
+        uvicorn.run(bare_app(args.secret.encode()), port=args.port, **uvicorn_options())  # type: ignore[arg-type]
     elif args.kind == "worker":  # what `ingress-box worker` runs, without its logging set-up
         from ingress_box.config import load_settings
         from ingress_box.worker import run_standalone
