@@ -1,5 +1,5 @@
 """``python -m ingress_box``: the same program as the ``ingress-box`` console script."""
 
-from .cli import main
+from .cli.main import main
 
 main(prog_name="ingress-box")

@@ -22,13 +22,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from . import admin, dashboard
-from .auth import AdminAuth, ensure_admin_token
 from .config import Settings
 from .ingress import Inbound, Ingress
 from .metrics import Metrics
 from .plugins import Registry, load_registry
 from .store import Database
+from .web import admin, dashboard
+from .web.auth import AdminAuth, ensure_admin_token
 from .worker import IDLE_SECONDS, Worker
 
 log = logging.getLogger("ingress_box.app")

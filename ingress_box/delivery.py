@@ -32,7 +32,7 @@ from .config import Settings
 from .errors import PermanentFailure, RetryLater
 
 if TYPE_CHECKING:  # only a type here: conversations builds on the store, not the other way round
-    from .conversations import MappingAccess
+    from .mapping_rules import MappingAccess
 
 MAX_RESPONSE_BYTES = 64 * 1024  # never read more of a target's answer than this
 ERROR_EXCERPT_CHARS = 200

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl
 
-from . import conversations, extract
+from . import extract, mapping_rules
 from .config import Settings
 from .errors import StorageUnavailable
 from .plugins import Registry, Route
@@ -278,11 +278,11 @@ class Ingress:
             body=raw,
             received_at=self.clock(),
         )
-        learned = conversations.learned(route, instance, req.headers, body, new.conversation)
+        learned = mapping_rules.learned(route, instance, req.headers, body, new.conversation)
 
         def learn(conn: sqlite3.Connection) -> None:  # same transaction: no ack without it
             assert learned is not None
-            conversations.learn(conn, new.id, learned, new.received_at)
+            mapping_rules.learn(conn, new.id, learned, new.received_at)
 
         try:
             async with asyncio.timeout(self.commit_timeout):

@@ -33,7 +33,7 @@ from huey import Huey, crontab
 from huey.consumer import Consumer
 from huey.storage import SqliteStorage
 
-from . import conversations, delivery
+from . import delivery, mapping_rules
 from .config import Settings
 from .delivery import Event, HandlerContext, RetryPolicy, Target
 from .errors import PermanentFailure, StorageUnavailable
@@ -319,7 +319,7 @@ class Worker:
                 raise PermanentFailure("instance no longer exists")
             handler = delivery.resolve_handler(instance.handler)
             # Read at delivery time, so a mapping made after the event was accepted still counts.
-            mappings = conversations.MappingAccess(
+            mappings = mapping_rules.MappingAccess(
                 self.db, row.plugin_id, row.instance_id, row.conversation, self.clock
             )
             ctx = HandlerContext(
@@ -327,7 +327,7 @@ class Worker:
                 client=self.client,
                 timeout=self.settings.delivery_timeout_seconds,
                 now=self.clock,
-                extra_headers=conversations.enrichment_headers(mappings.get()),
+                extra_headers=mapping_rules.enrichment_headers(mappings.get()),
                 mappings=mappings,
                 transport=self.transport,
             )

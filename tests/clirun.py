@@ -6,7 +6,7 @@ import os
 
 from click.testing import CliRunner, Result
 
-from ingress_box.cli import main
+from ingress_box.cli.main import main
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> Result:

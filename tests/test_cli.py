@@ -20,9 +20,9 @@ from clirun import ok, run
 from conftest import MakeDeadLetters, MakeDeliveries
 
 from ingress_box import __version__
-from ingress_box.auth import ensure_admin_token
 from ingress_box.store import Database
 from ingress_box.store.dead_letters import MAX_REDRIVE_BATCH
+from ingress_box.web.auth import ensure_admin_token
 
 ROOT = Path(__file__).resolve().parent.parent
 

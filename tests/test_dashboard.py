@@ -13,9 +13,9 @@ from live import generic_headers
 from starlette.testclient import TestClient
 
 from ingress_box.app import App, Box
-from ingress_box.dashboard import COOKIE
 from ingress_box.store import Database
 from ingress_box.store.deliveries import NewDelivery, accept
+from ingress_box.web.dashboard import COOKIE
 
 UI = "/admin/ui"
 HOSTILE = '<script>alert("x")</script>'

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from starlette.testclient import TestClient
 
-from ingress_box.cli import main
+from ingress_box.cli.main import main
 from ingress_box.errors import MappingConflict, NotFound
 from ingress_box.store import Database
 from ingress_box.store import mappings as store

@@ -13,8 +13,13 @@ from typing import Any
 
 import click
 
-from . import conversations
-from .cli_common import (
+from .. import mapping_rules
+from ..config import load_settings
+from ..errors import InvalidInput
+from ..plugins import load_registry
+from ..store import mappings as store
+from ..store.mappings import STATES, ConversationMapping
+from .common import (
     _database,
     _more,
     _now,
@@ -26,11 +31,6 @@ from .cli_common import (
     limit_option,
     plugins_dir_option,
 )
-from .config import load_settings
-from .errors import InvalidInput
-from .plugins import load_registry
-from .store import mappings as store
-from .store.mappings import STATES, ConversationMapping
 
 
 def _metadata(raw: str | None) -> dict[str, Any] | None:
@@ -40,7 +40,7 @@ def _metadata(raw: str | None) -> dict[str, Any] | None:
         value = json.loads(raw)
     except ValueError as exc:
         raise InvalidInput(f"--metadata is not JSON: {exc}") from exc
-    return conversations.check_metadata(value)
+    return mapping_rules.check_metadata(value)
 
 
 def _show(mapping: ConversationMapping, as_json: bool, verb: str) -> None:
@@ -131,7 +131,7 @@ def mappings_set(
 ) -> None:
     """Bind a chat to a conversation (re-pointing the chat if it had another one)."""
     settings = load_settings(db_path=db_path, plugins_dir=plugins_dir)
-    upsert = conversations.upsert_of(
+    upsert = mapping_rules.upsert_of(
         load_registry(settings.plugins_dir),
         {
             "plugin": plugin,

@@ -11,7 +11,11 @@ from pathlib import Path
 
 import click
 
-from .cli_common import (
+from ..config import load_settings
+from ..store import dead_letters as store_dead_letters
+from ..store import deliveries as store_deliveries
+from ..store.dead_letters import MAX_REDRIVE_BATCH
+from .common import (
     _cell,
     _database,
     _more,
@@ -26,10 +30,6 @@ from .cli_common import (
     limit_option,
     progress_option,
 )
-from .config import load_settings
-from .store import dead_letters as store_dead_letters
-from .store import deliveries as store_deliveries
-from .store.dead_letters import MAX_REDRIVE_BATCH
 
 
 @click.group("deliveries")

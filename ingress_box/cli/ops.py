@@ -14,9 +14,12 @@ from typing import Any
 
 import click
 
-from . import ops
-from .auth import reset_admin_token
-from .cli_common import (
+from .. import ops
+from ..config import env_name, load_settings
+from ..plugins import load_registry
+from ..store import retention
+from ..web.auth import reset_admin_token
+from .common import (
     BadInput,
     _cell,
     _database,
@@ -30,9 +33,6 @@ from .cli_common import (
     progress_option,
     settings_options,
 )
-from .config import env_name, load_settings
-from .plugins import load_registry
-from .store import retention
 
 
 def _amount(key: str, value: Any) -> str:

@@ -20,16 +20,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import instances
-from .errors import AlreadyExists, InvalidInput, MappingConflict, NotFound, StorageUnavailable
-from .plugins import plugin_to_json
-from .store import dead_letters as store_dead_letters
-from .store import deliveries as store_deliveries
-from .store import instances as store_instances
-from .store.pages import MAX_LIMIT, Page, clamp_limit
+from .. import instance_rules
+from ..errors import AlreadyExists, InvalidInput, MappingConflict, NotFound, StorageUnavailable
+from ..plugins import plugin_to_json
+from ..store import dead_letters as store_dead_letters
+from ..store import deliveries as store_deliveries
+from ..store import instances as store_instances
+from ..store.pages import MAX_LIMIT, Page, clamp_limit
 
 if TYPE_CHECKING:
-    from .app import Box
+    from ..app import Box
 
 log = logging.getLogger("ingress_box.admin")
 
@@ -215,13 +215,13 @@ class Instances(HTTPEndpoint):
 
     async def post(self, request: Request) -> Response:
         box = _box(request)
-        body = await json_object(request, "plugin", "instance", *instances.CREATE_FIELDS)
+        body = await json_object(request, "plugin", "instance", *instance_rules.CREATE_FIELDS)
         plugin_id, instance_id = body.pop("plugin", None), body.pop("instance", None)
-        inst, shown = instances.new_instance(
+        inst, shown = instance_rules.new_instance(
             box.registry, plugin_id, instance_id, body, box.clock()
         )
         await box.db.awrite(store_instances.insert(inst))
-        created = instances.created_json(box.registry, inst, shown, base_url(request, box))
+        created = instance_rules.created_json(box.registry, inst, shown, base_url(request, box))
         return JSONResponse(created, status_code=201)
 
 
@@ -232,10 +232,10 @@ class InstanceItem(HTTPEndpoint):
 
     async def patch(self, request: Request) -> Response:
         box = _box(request)
-        body = await json_object(request, *instances.PATCH_FIELDS, "secret")
+        body = await json_object(request, *instance_rules.PATCH_FIELDS, "secret")
         if "secret" in body:  # named apart so the caller learns where secrets change
             raise InvalidInput("secret cannot be patched: POST .../rotate-secret")
-        changes = instances.changes(body)
+        changes = instance_rules.changes(body)
         key = _key(request)
         inst = await box.db.awrite(
             store_instances.update(key["plugin_id"], key["instance_id"], box.clock(), **changes)
@@ -263,7 +263,7 @@ class RotateSecret(HTTPEndpoint):
         current = await _instance(box, **_key(request))
         body = await json_object(request, "secret", "grace_seconds")
         grace = body.get("grace_seconds", box.settings.rotation_grace_hours * 3600)
-        op, secret = instances.rotation(
+        op, secret = instance_rules.rotation(
             box.registry, current, body.get("secret"), grace, box.clock()
         )
         inst = await box.db.awrite(op)
@@ -354,7 +354,7 @@ class DeadLetterItem(HTTPEndpoint):
 
 def routes() -> list[BaseRoute]:
     """The admin routes, mounted at ``/admin``; one guarded mount catches every path under it."""
-    from . import admin_mappings  # here, not at the top: it builds on this module's helpers
+    from . import mappings as admin_mappings
 
     return [
         Mount(

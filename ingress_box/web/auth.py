@@ -11,8 +11,8 @@ import hmac
 import secrets
 import sqlite3
 
-from .config import Secret
-from .store import Database
+from ..config import Secret
+from ..store import Database
 
 _KEY = "admin_token_sha256"
 

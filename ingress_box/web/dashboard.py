@@ -21,17 +21,18 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from . import instances, sparklines, templating
+from .. import instance_rules
+from ..errors import InvalidInput, NotFound, StorageUnavailable
+from ..store import activity
+from ..store import dead_letters as store_dead_letters
+from ..store import deliveries as store_deliveries
+from ..store import instances as store_instances
+from . import sparklines, templating
 from .admin import DELIVERY_STATES, base_url
-from .errors import InvalidInput, NotFound, StorageUnavailable
 from .logins import Login, Logins
-from .store import activity
-from .store import dead_letters as store_dead_letters
-from .store import deliveries as store_deliveries
-from .store import instances as store_instances
 
 if TYPE_CHECKING:
-    from .app import Box
+    from ..app import Box
 
 PREFIX = "/admin/ui"
 COOKIE = "ingress_box_session"
@@ -256,9 +257,15 @@ class Dashboard:
             box.db, visit.query("plugin"), visit.query("cursor"), PAGE_SIZE
         )
         base = base_url(visit.request, box)
-        rows = [(inst, instances.ingress_urls(box.registry, inst, base)) for inst in page.items]
+        rows = [
+            (inst, instance_rules.ingress_urls(box.registry, inst, base)) for inst in page.items
+        ]
         return self.render(
-            visit.request, "instances.html", visit.login, rows=rows, next_cursor=page.next_cursor
+            visit.request,
+            "instances.html",
+            visit.login,
+            rows=rows,
+            next_cursor=page.next_cursor,
         )
 
     async def deliveries(self, visit: Visit) -> Response:

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .config import SYNCHRONOUS_MODES, Settings, env_name
-from .errors import NotFound
-from .store import Database
+from ..config import SYNCHRONOUS_MODES, Settings, env_name
+from ..errors import NotFound
+from ..store import Database
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar

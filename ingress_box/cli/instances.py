@@ -11,8 +11,14 @@ from pathlib import Path
 
 import click
 
-from . import instances
-from .cli_common import (
+from .. import instance_rules
+from ..config import Settings, load_settings
+from ..errors import InvalidInput, NotFound
+from ..plugins import load_registry
+from ..store import Database
+from ..store import instances as store_instances
+from ..store.instances import LANE_POLICIES
+from .common import (
     _database,
     _now,
     _print_json,
@@ -23,12 +29,6 @@ from .cli_common import (
     json_option,
     plugins_dir_option,
 )
-from .config import Settings, load_settings
-from .errors import InvalidInput, NotFound
-from .plugins import load_registry
-from .store import Database
-from .store import instances as store_instances
-from .store.instances import LANE_POLICIES
 
 
 def _public_base(settings: Settings) -> str:
@@ -80,10 +80,10 @@ def instances_add(
             raise InvalidInput(f"--config is not JSON: {exc}") from exc
     if disabled:
         given["enabled"] = False
-    inst, shown = instances.new_instance(registry, plugin, instance, given, _now())
+    inst, shown = instance_rules.new_instance(registry, plugin, instance, given, _now())
     with _database(settings, create=True) as db:
         db.write(store_instances.insert(inst))
-    created = instances.created_json(registry, inst, shown, _public_base(settings))
+    created = instance_rules.created_json(registry, inst, shown, _public_base(settings))
     if as_json:
         _print_json(created)
         return
@@ -164,7 +164,7 @@ def instances_rotate(
         current = store_instances.get(db, plugin, instance)
         if current is None:
             raise NotFound(f"no instance {plugin}/{instance}")
-        op, new_secret = instances.rotation(registry, current, secret, grace, _now())
+        op, new_secret = instance_rules.rotation(registry, current, secret, grace, _now())
         inst: store_instances.Instance = db.write(op)
     if as_json:
         _print_json(

@@ -19,14 +19,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from . import conversations
+from .. import mapping_rules
+from ..errors import InvalidInput, NotFound
+from ..store import mappings as store
+from ..store.pages import clamp_limit
 from .admin import json_object
-from .errors import InvalidInput, NotFound
-from .store import mappings as store
-from .store.pages import clamp_limit
 
 if TYPE_CHECKING:
-    from .app import Box
+    from ..app import Box
 
 _FILTERS = ("plugin", "instance", "session", "chat", "conversation", "state")
 
@@ -48,7 +48,7 @@ class Mappings(HTTPEndpoint):
         query = request.query_params
         given = {name: query.get(name) or None for name in _FILTERS}
         if given["state"] is not None:
-            conversations.check_state(given["state"])
+            mapping_rules.check_state(given["state"])
         selection = store.Filter(
             plugin_id=given["plugin"],
             instance_id=given["instance"],
@@ -69,8 +69,8 @@ class Mappings(HTTPEndpoint):
 
     async def put(self, request: Request) -> Response:
         box = _box(request)
-        body = await json_object(request, *conversations.UPSERT_FIELDS)
-        upsert = conversations.upsert_of(box.registry, body)
+        body = await json_object(request, *mapping_rules.UPSERT_FIELDS)
+        upsert = mapping_rules.upsert_of(box.registry, body)
         mapping, created = await box.db.awrite(store.upsert(upsert, box.clock()))
         return JSONResponse({**mapping.to_json(), "created": created})
 
@@ -92,8 +92,8 @@ class MappingItem(HTTPEndpoint):
         mapping = await box.db.awrite(
             store.set_state(
                 _id(request),
-                conversations.check_state(body["state"]),
-                None if metadata is None else conversations.check_metadata(metadata),
+                mapping_rules.check_state(body["state"]),
+                None if metadata is None else mapping_rules.check_metadata(metadata),
                 box.clock(),
             )
         )

@@ -22,12 +22,16 @@ import click
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from . import __version__, cli_deliveries, cli_instances, cli_mappings, cli_ops, logs, worker
-from .app import create_app
-from .auth import ensure_admin_token
-from .cli_common import BadInput, Failed, _database, settings_options
-from .config import Settings, load_settings
-from .errors import ConfigError, IngressBoxError, InvalidInput, ManifestError
+from .. import __version__, logs, worker
+from ..app import create_app
+from ..config import Settings, load_settings
+from ..errors import ConfigError, IngressBoxError, InvalidInput, ManifestError
+from ..web.auth import ensure_admin_token
+from . import deliveries as cli_deliveries
+from . import instances as cli_instances
+from . import mappings as cli_mappings
+from . import ops as cli_ops
+from .common import BadInput, Failed, _database, settings_options
 
 
 class _Group(click.Group):
