@@ -1,4 +1,5 @@
-"""The exception tree. No HTTP codes here: the edges (app.py, admin.py, cli.py) translate.
+"""The exception tree, and the one JSON error body. No HTTP codes here: the edges translate
+(``web/kit.py`` holds the table of statuses, ``cli/main.py`` maps errors to exit codes).
 
 IngressBoxError
 ├── ConfigError            a setting cannot be read or makes no sense
@@ -7,10 +8,15 @@ IngressBoxError
 ├── NotFound               no such instance, delivery, dead letter or mapping
 ├── AlreadyExists          an instance with that plugin and id exists
 ├── InvalidInput           a request or command carries a bad value
+│   ├── InvalidJson        the body is not JSON at all
+│   └── BodyTooLarge       the body is larger than its endpoint accepts
 ├── MappingConflict        the conversation is already bound to another chat
+├── ClientDisconnected     the caller went away before its request was read
 └── DeliveryError          raised by a handler to say how an attempt ended
     ├── RetryLater         transient: try again (after ``delay`` seconds when given)
     └── PermanentFailure   do not retry: dead-letter now
+
+A handler's failure may carry the target's HTTP ``status_code``, recorded with the attempt.
 """
 
 from __future__ import annotations
@@ -50,6 +56,14 @@ class InvalidInput(IngressBoxError):
     pass
 
 
+class InvalidJson(InvalidInput):
+    """A distinct code, so a script can tell a body that is not JSON from a bad value."""
+
+
+class BodyTooLarge(InvalidInput):
+    pass
+
+
 class MappingConflict(IngressBoxError):
     """The conversation is bound to another chat in this plugin instance."""
 
@@ -64,17 +78,29 @@ class MappingConflict(IngressBoxError):
         self.mapping_id = mapping_id
 
 
+class ClientDisconnected(IngressBoxError):
+    pass
+
+
 class DeliveryError(IngressBoxError):
-    def __init__(self, error: str) -> None:
+    def __init__(self, error: str, status_code: int | None = None) -> None:
         super().__init__(error)
         self.error = error
+        self.status_code = status_code
 
 
 class RetryLater(DeliveryError):
-    def __init__(self, error: str, delay: float | None = None) -> None:
-        super().__init__(error)
+    def __init__(
+        self, error: str, delay: float | None = None, status_code: int | None = None
+    ) -> None:
+        super().__init__(error, status_code)
         self.delay = delay
 
 
 class PermanentFailure(DeliveryError):
     pass
+
+
+def error_document(code: str, message: str) -> dict[str, dict[str, str]]:
+    """The one error body of every HTTP answer: ``{"error": {"code", "message"}}``."""
+    return {"error": {"code": code, "message": message}}

@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 
 from . import extract, mapping_rules
 from .config import Settings
-from .errors import StorageUnavailable
+from .errors import StorageUnavailable, error_document
 from .plugins import Registry, Route
 from .ratelimit import RateLimiter
 from .signatures import SignedRequest, verify
@@ -66,7 +66,7 @@ class Answer:
 
 
 def error(status: int, code: str, message: str, **headers: str) -> Answer:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    body = json.dumps(error_document(code, message)).encode()
     return Answer(status, body, "application/json", headers, outcome=code)
 
 

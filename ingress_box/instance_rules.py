@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from .delivery import generate_outbound_secret
 from .errors import InvalidInput
 from .plugins import Plugin, Registry
 from .signatures import generate_secret
+from .signing import generate_outbound_secret
 from .store import instances as store_instances
 from .store.instances import INSTANCE_ID, LANE_POLICIES, Instance
 

@@ -20,8 +20,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .delivery import Decision
 from .ingress import Answer, Inbound
+from .retry import Decision
 from .store import Database
 from .store.deliveries import Claimed
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import signal
 import socket
 import sqlite3
 import threading
@@ -33,11 +32,10 @@ from huey import Huey, crontab
 from huey.consumer import Consumer
 from huey.storage import SqliteStorage
 
-from . import delivery, mapping_rules
+from .attempt import Attempts
 from .config import Settings
-from .delivery import Event, HandlerContext, RetryPolicy, Target
-from .errors import PermanentFailure, StorageUnavailable
-from .plugins import Registry, load_registry
+from .errors import StorageUnavailable
+from .retry import Decision
 from .store import Database, retention
 from .store import deliveries as store_deliveries
 from .store import instances as store_instances
@@ -73,7 +71,7 @@ class _Storage(SqliteStorage):  # type: ignore[misc]
 
 
 class _QuietConsumer(Consumer):  # type: ignore[misc]
-    """A consumer that leaves signal handling to its host (uvicorn, or run_standalone)."""
+    """A consumer that leaves signal handling to its host (uvicorn, or the ``worker`` command)."""
 
     def _set_signal_handlers(self) -> None:
         pass
@@ -96,7 +94,6 @@ class Worker:
         self,
         settings: Settings,
         db: Database,
-        registry: Registry,
         *,
         clock: Callable[[], float] = time.time,
         transport: httpx.BaseTransport | None = None,
@@ -107,11 +104,9 @@ class Worker:
         ends; worth it only where the ingress runs in the same process and calls wake()."""
         self.settings = settings
         self.db = db
-        self.registry = registry
         self.clock = clock
         self.rng = rng or random.Random()
         self.idle_seconds = idle_seconds
-        self.policy = RetryPolicy.from_settings(settings)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         limits = httpx.Limits(
             max_connections=settings.workers * 2, max_keepalive_connections=settings.workers * 2
@@ -124,6 +119,9 @@ class Worker:
         )
         self.huey = make_huey(settings)
         self.instances = store_instances.InstanceCache(db)
+        self.attempts = Attempts(
+            settings, db, self.instances, self.client, self.transport, clock=clock, rng=self.rng
+        )
         self._drain = self.huey.task(name="drain")(self.drain)
         self.huey.periodic_task(crontab(), name="sweep")(self.sweep)
         self.huey.periodic_task(crontab(minute="7"), name="maintenance")(self.maintenance)
@@ -136,9 +134,7 @@ class Worker:
         self._scheduled_for: float | None = None  # when the drain huey holds for later runs
         self._idle = threading.Condition()  # drains waiting for work, woken one per wake()
         self._idling = 0
-        self.observers: list[
-            Callable[[store_deliveries.Claimed, delivery.Decision, float], None]
-        ] = []
+        self.observers: list[Callable[[store_deliveries.Claimed, Decision, float], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -307,99 +303,18 @@ class Worker:
                 self._idling -= 1
         return woken and not self._stopping.is_set()
 
-    # -- one attempt -----------------------------------------------------------------------
-
     def deliver(self, row: store_deliveries.Claimed) -> None:
-        started, t0 = self.clock(), time.perf_counter()
-        error: BaseException | None = None
-        instance = None
-        try:
-            instance = self.instances.get(row.plugin_id, row.instance_id)
-            if instance is None:
-                raise PermanentFailure("instance no longer exists")
-            handler = delivery.resolve_handler(instance.handler)
-            # Read at delivery time, so a mapping made after the event was accepted still counts.
-            mappings = mapping_rules.MappingAccess(
-                self.db, row.plugin_id, row.instance_id, row.conversation, self.clock
-            )
-            ctx = HandlerContext(
-                target=Target(instance.target_url, instance.outbound_secret, instance.config),
-                client=self.client,
-                timeout=self.settings.delivery_timeout_seconds,
-                now=self.clock,
-                extra_headers=mapping_rules.enrichment_headers(mappings.get()),
-                mappings=mappings,
-                transport=self.transport,
-            )
-            handler(_event(row), ctx)
-        except Exception as exc:  # noqa: BLE001 (every failure is classified by the policy)
-            error = exc
-        duration = time.perf_counter() - t0
-        decision = delivery.decide(self.policy, row.attempt, error, self.rng)
-        strict = instance is not None and instance.lane_policy == "strict"
-        outcome = store_deliveries.Outcome(
-            seq=row.seq,
-            owner=self.owner,
-            attempt=row.attempt,
-            outcome=decision.outcome,
-            started_at=started,
-            duration_ms=duration * 1000,
-            status_code=decision.status_code,
-            error=decision.error,
-            next_attempt_at=self.clock() + decision.delay,
-            dead_letter_id="dlq_" + uuid.uuid4().hex[:24],
-            strict=strict,
-        )
+        """Make one attempt and record its outcome."""
+        outcome, decision, duration = self.attempts.make(row, self.owner)
         # Not waited for: the next claim of this thread queues behind it in the writer.
-        future = self.db.submit(store_deliveries.settle(outcome, self.clock()), durable=False)
+        future = self.db.submit(
+            store_deliveries.record_outcome(outcome, self.clock()), durable=False
+        )
         future.add_done_callback(_log_settle_failure)
         for observe in self.observers:
             observe(row, decision, duration)
 
 
-def _event(row: store_deliveries.Claimed) -> Event:
-    return Event(
-        id=row.id,
-        plugin=row.plugin_id,
-        instance=row.instance_id,
-        route=row.route,
-        provider_delivery_id=row.provider_delivery_id,
-        conversation=row.conversation,
-        method=row.method,
-        subpath=row.subpath,
-        content_type=row.content_type,
-        headers=row.headers,
-        body=row.body,
-        attempt=row.attempt,
-        received_at=row.received_at,
-    )
-
-
 def _log_settle_failure(future: Any) -> None:
     if future.exception() is not None:  # the lease expires and the row is delivered again
         log.error("could not record a delivery outcome: %s", future.exception())
-
-
-def run_standalone(settings: Settings) -> int:
-    """``ingress-box worker``: only the worker, until SIGTERM or SIGINT."""
-    registry = load_registry(settings.plugins_dir)
-    db = Database(
-        settings.db_path,
-        synchronous=settings.synchronous,
-        busy_timeout=settings.busy_timeout_seconds,
-    ).open()
-    worker = Worker(settings, db, registry)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    worker.start()
-    log.info("worker %s started on %s", worker.owner, settings.db_path)
-    while not stop.wait(1.0):
-        if not worker.alive():
-            log.error("a worker thread died; exiting so that a supervisor restarts us")
-            worker.stop()
-            db.close()
-            return 1
-    worker.stop()
-    db.close()
-    return 0

@@ -14,10 +14,11 @@ from hypothesis import settings as hypothesis_settings
 from live import Target, running_target
 from starlette.testclient import TestClient
 
-from ingress_box.app import App, Box, create_app
+from ingress_box.app import App, create_app
 from ingress_box.config import Settings, load_settings
 from ingress_box.store import Database
-from ingress_box.store.deliveries import NewDelivery, Outcome, accept, claim, settle
+from ingress_box.store.deliveries import NewDelivery, Outcome, accept, claim, record_outcome
+from ingress_box.web.box import Box
 
 ADMIN_TOKEN = "test-admin-token"
 T0 = 1_700_000_000.0  # the fake clock's start: far from 0 so no "falsy timestamp" bug hides
@@ -159,7 +160,7 @@ def make_dead_letters(make_deliveries: MakeDeliveries) -> MakeDeadLetters:
             for row in claim("tests", now, 60, 1_000_000)(conn):
                 # Other pending rows were claimed too: hand them back untouched.
                 fate = "dead" if row.id in doomed else "retry"
-                settle(
+                record_outcome(
                     Outcome(
                         seq=row.seq,
                         owner="tests",

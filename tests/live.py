@@ -15,11 +15,12 @@ from typing import Any
 
 import uvicorn
 
-from ingress_box.app import App, Box, create_app
+from ingress_box.app import App, create_app
 from ingress_box.config import Settings
-from ingress_box.delivery import generate_outbound_secret
+from ingress_box.signing import generate_outbound_secret
 from ingress_box.store import instances
 from ingress_box.store.instances import Instance
+from ingress_box.web.box import Box
 
 
 def free_port() -> int:

@@ -10,9 +10,10 @@ import pytest
 from conftest import T0, MakeDeadLetters, MakeDeliveries, Reply
 from starlette.testclient import TestClient
 
-from ingress_box.app import Box, create_app
+from ingress_box.app import create_app
 from ingress_box.config import Settings
 from ingress_box.store.instances import mask
+from ingress_box.web.box import Box
 
 Headers = dict[str, str]
 

@@ -12,9 +12,10 @@ from conftest import ADMIN_TOKEN, T0, Clock, MakeDeadLetters, MakeDeliveries, Re
 from live import generic_headers
 from starlette.testclient import TestClient
 
-from ingress_box.app import App, Box
+from ingress_box.app import App
 from ingress_box.store import Database
 from ingress_box.store.deliveries import NewDelivery, accept
+from ingress_box.web.box import Box
 from ingress_box.web.dashboard import COOKIE
 
 UI = "/admin/ui"

@@ -26,24 +26,12 @@ from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 
 from ingress_box.config import Settings
-from ingress_box.delivery import (
-    MAX_RESPONSE_BYTES,
-    Decision,
-    Event,
-    HandlerContext,
-    HttpPermanentFailure,
-    HttpRetryLater,
-    RetryPolicy,
-    Target,
-    backoff,
-    decide,
-    forward,
-    generate_outbound_secret,
-    register_handler,
-    resolve_handler,
-    sign,
-)
+from ingress_box.delivery import Event, HandlerContext, Target
 from ingress_box.errors import PermanentFailure, RetryLater
+from ingress_box.forward import MAX_RESPONSE_BYTES, forward
+from ingress_box.handlers import register_handler, resolve_handler
+from ingress_box.retry import Decision, RetryPolicy, backoff, decide
+from ingress_box.signing import generate_outbound_secret, sign
 
 # The example secret of the Standard Webhooks specification.
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -315,7 +303,7 @@ def test_forward_retryable_status_raises_retry_later_with_status(
 ) -> None:
     """408, 429 and 5xx are transient and carry their status code."""
     target.script(Reply(status, body=b"busy"))
-    with pytest.raises(HttpRetryLater) as info:
+    with pytest.raises(RetryLater) as info:
         forward(make_event(), make_ctx(client, target.url))
     assert (info.value.status_code, info.value.error, info.value.delay) == (
         status,
@@ -330,7 +318,7 @@ def test_forward_other_4xx_is_permanent(
 ) -> None:
     """A 4xx other than 408 and 429 dead-letters with its status code."""
     target.script(Reply(status, body=b"nope"))
-    with pytest.raises(HttpPermanentFailure) as info:
+    with pytest.raises(PermanentFailure) as info:
         forward(make_event(), make_ctx(client, target.url))
     assert (info.value.status_code, info.value.error) == (status, f"HTTP {status}: nope")
 
@@ -338,7 +326,7 @@ def test_forward_other_4xx_is_permanent(
 def test_forward_does_not_follow_redirects(target: FakeTarget, client: httpx.Client) -> None:
     """A 301 is a permanent failure and the Location is never requested."""
     target.script(Reply(301, headers={"location": "/elsewhere"}))
-    with pytest.raises(HttpPermanentFailure) as info:
+    with pytest.raises(PermanentFailure) as info:
         forward(make_event(), make_ctx(client, target.url))
     assert (info.value.status_code, [r.path for r in target.received]) == (301, ["/hook"])
 
@@ -346,7 +334,7 @@ def test_forward_does_not_follow_redirects(target: FakeTarget, client: httpx.Cli
 def test_forward_honours_retry_after_seconds(target: FakeTarget, client: httpx.Client) -> None:
     """A Retry-After in seconds becomes the RetryLater delay."""
     target.script(Reply(429, headers={"retry-after": "120"}))
-    with pytest.raises(HttpRetryLater) as info:
+    with pytest.raises(RetryLater) as info:
         forward(make_event(), make_ctx(client, target.url))
     assert info.value.delay == 120.0
 
@@ -356,7 +344,7 @@ def test_forward_honours_retry_after_http_date(target: FakeTarget, client: httpx
     now = 1_700_000_000.0
     when = format_datetime(datetime.fromtimestamp(now + 90, UTC), usegmt=True)
     target.script(Reply(503, headers={"retry-after": when}))
-    with pytest.raises(HttpRetryLater) as info:
+    with pytest.raises(RetryLater) as info:
         forward(make_event(), make_ctx(client, target.url, now=lambda: now))
     assert info.value.delay == 90.0
 
@@ -364,7 +352,7 @@ def test_forward_honours_retry_after_http_date(target: FakeTarget, client: httpx
 def test_forward_ignores_garbage_retry_after(target: FakeTarget, client: httpx.Client) -> None:
     """An unreadable Retry-After leaves the delay to the backoff policy."""
     target.script(Reply(503, headers={"retry-after": "soon-ish"}))
-    with pytest.raises(HttpRetryLater) as info:
+    with pytest.raises(RetryLater) as info:
         forward(make_event(), make_ctx(client, target.url))
     assert info.value.delay is None
 
@@ -374,7 +362,7 @@ def test_forward_error_excerpt_is_200_chars_decoded_with_replacement(
 ) -> None:
     """The error keeps at most 200 characters of the answer, undecodable bytes replaced."""
     target.script(Reply(500, body=b"\xff" + b"x" * 1000))
-    with pytest.raises(HttpRetryLater) as info:
+    with pytest.raises(RetryLater) as info:
         forward(make_event(), make_ctx(client, target.url))
     assert info.value.error == "HTTP 500: \ufffd" + "x" * 199
 
@@ -385,7 +373,7 @@ def test_forward_reads_at_most_64_kib_of_the_answer(
     """Sent 128 KiB of a 10 MiB answer, forward stops at the cap instead of waiting for more."""
     target.script(Reply(500, body=b"e" * (2 * MAX_RESPONSE_BYTES), declared_length=10 << 20))
     started = time.monotonic()
-    with pytest.raises(HttpRetryLater) as info:
+    with pytest.raises(RetryLater) as info:
         forward(make_event(), make_ctx(client, target.url, timeout=3.0))
     assert info.value.error.startswith("HTTP 500: eee")
     assert time.monotonic() - started < 2.0  # reading past the cap would wait for the timeout
@@ -539,7 +527,7 @@ def test_decide_success_is_delivered() -> None:
 def test_decide_retries_the_attempt_before_the_budget_edge() -> None:
     """Attempt max_attempts - 1 failing transiently is retried, keeping the status code."""
     decision = decide(
-        RetryPolicy(max_attempts=3), 2, HttpRetryLater("HTTP 503", 503), random.Random(0)
+        RetryPolicy(max_attempts=3), 2, RetryLater("HTTP 503", status_code=503), random.Random(0)
     )
     assert (decision.outcome, decision.error, decision.status_code) == ("retry", "HTTP 503", 503)
 
@@ -552,7 +540,9 @@ def test_decide_dead_letters_at_the_budget_edge() -> None:
 
 def test_decide_permanent_failure_is_dead_at_once() -> None:
     """A PermanentFailure on the first attempt dead-letters, keeping the status code."""
-    decision = decide(RetryPolicy(), 1, HttpPermanentFailure("HTTP 404", 404), random.Random(0))
+    decision = decide(
+        RetryPolicy(), 1, PermanentFailure("HTTP 404", status_code=404), random.Random(0)
+    )
     assert (decision.outcome, decision.error, decision.status_code) == ("dead", "HTTP 404", 404)
 
 

@@ -20,8 +20,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from ingress_box.app import Box, create_app
+from ingress_box.app import create_app
 from ingress_box.config import load_settings
+from ingress_box.web.box import Box
 
 Headers = dict[str, str]
 

@@ -15,8 +15,9 @@ import pytest
 from live import add_instance, generic_headers, running_box
 from starlette.testclient import TestClient
 
-from ingress_box.app import Box, create_app
+from ingress_box.app import create_app
 from ingress_box.config import Settings, load_settings
+from ingress_box.web.box import Box
 
 URL = "/ingress/generic/main/events"
 

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from live import add_instance, generic_headers
 from starlette.testclient import TestClient
 
-from ingress_box.app import Box, create_app
+from ingress_box.app import create_app
 from ingress_box.config import load_settings
+from ingress_box.web.box import Box
 
 PLUGINS = [
     "generic",

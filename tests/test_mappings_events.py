@@ -16,13 +16,14 @@ from conftest import T0, Reply
 from live import add_instance, generic_headers, running_box, running_target
 from starlette.testclient import TestClient
 
-from ingress_box.app import Box
 from ingress_box.config import Settings
-from ingress_box.delivery import Event, HandlerContext, register_handler
+from ingress_box.delivery import Event, HandlerContext
 from ingress_box.errors import ManifestError
+from ingress_box.handlers import register_handler
 from ingress_box.plugins import load_registry
 from ingress_box.store import mappings as store
 from ingress_box.store.mappings import ConversationMapping, Upsert
+from ingress_box.web.box import Box
 
 SECRET = "s3cret-value"
 

@@ -24,7 +24,7 @@ from ingress_box import ops
 from ingress_box.config import Settings
 from ingress_box.store import Database
 from ingress_box.store.dead_letters import MAX_REDRIVE_BATCH
-from ingress_box.store.deliveries import NewDelivery, Outcome, accept, claim, settle
+from ingress_box.store.deliveries import NewDelivery, Outcome, accept, claim, record_outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 _numbers = itertools.count(1)
@@ -93,7 +93,7 @@ def attempt(
     def op(conn: sqlite3.Connection) -> None:
         rows = [r for r in claim("ops-tests", at, 60, 1_000_000)(conn) if r.seq == seq]
         assert rows, f"seq {seq} was not claimable"
-        settle(
+        record_outcome(
             Outcome(
                 seq=seq,
                 owner="ops-tests",

@@ -23,8 +23,9 @@ from conftest import ADMIN_TOKEN, T0, Clock, Reply
 from starlette.testclient import TestClient
 from twilio.request_validator import RequestValidator
 
-from ingress_box.app import Box, create_app
+from ingress_box.app import create_app
 from ingress_box.config import load_settings
+from ingress_box.web.box import Box
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 SECRET = "rejections-test-secret-0123"

@@ -55,7 +55,7 @@ def add(db: Database, provider_id: str, outcome: str | None, at: float = T0) -> 
     claimed = db.write(d.claim("w", at, 60, 100))
     row = next(r for r in claimed if r.provider_delivery_id == provider_id)
     db.write(
-        d.settle(
+        d.record_outcome(
             d.Outcome(
                 seq=row.seq,
                 owner="w",

@@ -66,7 +66,7 @@ def settle(
     next_at: float = 0.0,
 ) -> bool:
     return db.write(
-        d.settle(
+        d.record_outcome(
             d.Outcome(
                 seq=row.seq,
                 owner=owner,

@@ -13,8 +13,10 @@ Exit codes: 0 success, 1 failure, 2 bad input.
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
+import threading
 from types import FrameType
 from typing import Any
 
@@ -22,16 +24,20 @@ import click
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from .. import __version__, logs, worker
+from .. import __version__, logs
 from ..app import create_app
 from ..config import Settings, load_settings
 from ..errors import ConfigError, IngressBoxError, InvalidInput, ManifestError
+from ..plugins import load_registry
 from ..web.auth import ensure_admin_token
+from ..worker import Worker
 from . import deliveries as cli_deliveries
 from . import instances as cli_instances
 from . import mappings as cli_mappings
 from . import ops as cli_ops
 from .common import BadInput, Failed, _database, settings_options
+
+log = logging.getLogger("ingress_box.worker")
 
 
 class _Group(click.Group):
@@ -118,7 +124,25 @@ def worker_command(**flags: Any) -> None:
     """Run only the outbox worker (for a split web/worker deployment)."""
     settings = load_settings(**flags)
     _configure_logging(settings)
-    sys.exit(worker.run_standalone(settings))
+    load_registry(settings.plugins_dir)  # a bad manifest stops this process as it stops serve
+    with _database(settings, create=True) as db:
+        sys.exit(_work_until_stopped(Worker(settings, db)))
+
+
+def _work_until_stopped(running: Worker) -> int:
+    """Deliver until SIGTERM or SIGINT; 1 if a worker thread died (a supervisor restarts us)."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    running.start()
+    log.info("worker %s started on %s", running.owner, running.settings.db_path)
+    while not stop.wait(1.0):
+        if not running.alive():
+            log.error("a worker thread died; exiting so that a supervisor restarts us")
+            running.stop()
+            return 1
+    running.stop()
+    return 0
 
 
 # -- the operator commands, each module owning its nouns ----------------------------------------

@@ -62,7 +62,7 @@ class _Flush:
             results.append(is_new)
         return results, version
 
-    def settle(self, done: concurrent.futures.Future[tuple[list[bool | None], str]]) -> None:
+    def resolve(self, done: concurrent.futures.Future[tuple[list[bool | None], str]]) -> None:
         """On the event loop, after the commit: answer every request of the batch."""
         error = done.exception()
         if error is not None and not self.ran:  # never reached the writer (it is closed)
@@ -100,7 +100,7 @@ class Acceptor:
             self._flush_queued = True
             flush = _Flush(self)
             self.db.submit(flush.run).add_done_callback(
-                lambda done: _call_soon(loop, flush.settle, done)
+                lambda done: _call_soon(loop, flush.resolve, done)
             )
         return await future
 

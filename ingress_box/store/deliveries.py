@@ -1,8 +1,8 @@
-"""Deliveries and their outbox: accept, claim in lane order, settle, list.
+"""Deliveries and their outbox: accept, claim in lane order, record outcomes, list.
 
 A delivery is accepted together with its outbox row (one op, so one transaction). The worker
 claims rows with a lease; only the head of each conversation lane is claimable, and only while
-no other row of that lane is leased. Settling a claim checks that the lease is still ours.
+no other row of that lane is leased. Recording an outcome checks that the lease is still ours.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Any
 from ..errors import NotFound
 from .db import Database
 from .pages import Page, decode_cursor, encode_cursor
+
+STATES = ("pending", "delivered", "dead")
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,7 @@ class Outcome:
     strict: bool = False  # for dead: park the row so its lane waits for a redrive
 
 
-def settle(o: Outcome, now: float) -> Any:
+def record_outcome(o: Outcome, now: float) -> Any:
     """An op that records an attempt's outcome; a lost lease leaves the row to its new owner."""
 
     def op(conn: sqlite3.Connection) -> bool:

@@ -3,17 +3,12 @@
 Everything under ``/admin`` passes through :class:`AdminGuard`, which checks the token before
 routing (so an unauthenticated caller cannot learn which paths exist) and turns every error into
 ``{"error": {"code": ..., "message": ...}}``. Handlers translate a request into calls on the
-store and on :mod:`ingress_box.instances`; writes go through the database's single writer.
+store and on :mod:`ingress_box.instance_rules`; writes go through the database's single writer.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from typing import TYPE_CHECKING, Any, NoReturn
-
 from starlette.endpoints import HTTPEndpoint
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -21,72 +16,25 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import instance_rules
-from ..errors import AlreadyExists, InvalidInput, MappingConflict, NotFound, StorageUnavailable
+from ..errors import InvalidInput, NotFound
 from ..plugins import plugin_to_json
 from ..store import dead_letters as store_dead_letters
 from ..store import deliveries as store_deliveries
 from ..store import instances as store_instances
-from ..store.pages import MAX_LIMIT, Page, clamp_limit
+from ..store.pages import MAX_LIMIT, clamp_limit
+from . import mappings
+from .box import Box, box_of
+from .kit import (
+    base_url,
+    error_response,
+    json_object,
+    optional_text,
+    page_args,
+    page_json,
+    translate,
+)
 
-if TYPE_CHECKING:
-    from ..app import Box
-
-log = logging.getLogger("ingress_box.admin")
-
-MAX_BODY_BYTES = 1 << 20  # admin requests are small; never buffer an unbounded body
-DELIVERY_STATES = ("pending", "delivered", "dead")
 DEFAULT_REDRIVE_LIMIT = 100
-
-
-class InvalidJson(InvalidInput):
-    """The body is not JSON (a distinct code, so a script can tell it from a bad value)."""
-
-
-class BodyTooLarge(InvalidInput):
-    pass
-
-
-# -- errors: one translator, one shape ------------------------------------------------------
-
-
-def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
-    )
-
-
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
-
-
-def translate(exc: Exception) -> JSONResponse:
-    """The response for an exception raised while handling an admin request."""
-    if isinstance(exc, HTTPException):  # the router's 404 and 405
-        return error_response(
-            exc.status_code,
-            _HTTP_CODES.get(exc.status_code, "http_error"),
-            exc.detail,
-            dict(exc.headers or {}),
-        )
-    if isinstance(exc, InvalidJson):
-        return error_response(400, "invalid_json", str(exc))
-    if isinstance(exc, BodyTooLarge):
-        return error_response(413, "body_too_large", str(exc))
-    if isinstance(exc, InvalidInput):
-        return error_response(400, "invalid_input", str(exc))
-    if isinstance(exc, NotFound):
-        return error_response(404, "not_found", str(exc))
-    if isinstance(exc, AlreadyExists):
-        return error_response(409, "already_exists", str(exc))
-    if isinstance(exc, MappingConflict):
-        return error_response(409, "mapping_conflict", str(exc))
-    if isinstance(exc, StorageUnavailable):
-        return error_response(
-            503, "storage_unavailable", str(exc), {"retry-after": str(exc.retry_after)}
-        )
-    log.error("admin request failed", exc_info=exc)
-    return error_response(500, "internal_error", "internal error (see the server log)")
 
 
 class AdminGuard:
@@ -126,70 +74,6 @@ class AdminGuard:
 # -- request helpers ------------------------------------------------------------------------
 
 
-def _box(request: Request) -> Box:
-    box: Box = request.app.state.box
-    return box
-
-
-async def json_object(request: Request, *allowed: str) -> dict[str, Any]:
-    """The body as a JSON object with only ``allowed`` keys (an empty body is ``{}``)."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise BodyTooLarge(f"the body exceeds {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        return {}
-    try:
-        # NaN and infinities are not JSON and could not be answered back (allow_nan=False).
-        data = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidJson(f"the body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InvalidInput("the body must be a JSON object")
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise InvalidInput(f"unknown field {unknown[0]!r}")
-    return data
-
-
-def _no_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not allowed")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"{text} is out of range")
-    return value
-
-
-def _optional_text(data: dict[str, Any], name: str) -> str | None:
-    value = data.get(name)
-    if value is not None and (not isinstance(value, str) or not value):
-        raise InvalidInput(f"{name} must be a non-empty string")
-    return value
-
-
-def _page_args(request: Request) -> tuple[str | None, int]:
-    return request.query_params.get("cursor") or None, clamp_limit(
-        request.query_params.get("limit")
-    )
-
-
-def _page_json(page: Page[Any], items: list[Any] | None = None) -> JSONResponse:
-    return JSONResponse(
-        {"items": page.items if items is None else items, "next_cursor": page.next_cursor}
-    )
-
-
-def base_url(request: Request, box: Box) -> str:
-    """Where providers reach this box: the configured public URL, else this request's."""
-    return box.settings.public_url or f"{request.url.scheme}://{request.url.netloc}"
-
-
 async def _instance(box: Box, plugin_id: str, instance_id: str) -> store_instances.Instance:
     inst = await store_instances.aget(box.db, plugin_id, instance_id)
     if inst is None:
@@ -202,19 +86,19 @@ async def _instance(box: Box, plugin_id: str, instance_id: str) -> store_instanc
 
 class Plugins(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
-        items = [plugin_to_json(p) for p in _box(request).registry.all()]
+        items = [plugin_to_json(p) for p in box_of(request).registry.all()]
         return JSONResponse({"items": items, "next_cursor": None})
 
 
 class Instances(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
-        cursor, limit = _page_args(request)
+        cursor, limit = page_args(request)
         plugin_id = request.query_params.get("plugin") or None
-        page = await store_instances.alist_page(_box(request).db, plugin_id, cursor, limit)
-        return _page_json(page, [inst.to_json() for inst in page.items])
+        page = await store_instances.alist_page(box_of(request).db, plugin_id, cursor, limit)
+        return page_json(page, [inst.to_json() for inst in page.items])
 
     async def post(self, request: Request) -> Response:
-        box = _box(request)
+        box = box_of(request)
         body = await json_object(request, "plugin", "instance", *instance_rules.CREATE_FIELDS)
         plugin_id, instance_id = body.pop("plugin", None), body.pop("instance", None)
         inst, shown = instance_rules.new_instance(
@@ -227,11 +111,11 @@ class Instances(HTTPEndpoint):
 
 class InstanceItem(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
-        inst = await _instance(_box(request), **_key(request))
+        inst = await _instance(box_of(request), **_key(request))
         return JSONResponse(inst.to_json())
 
     async def patch(self, request: Request) -> Response:
-        box = _box(request)
+        box = box_of(request)
         body = await json_object(request, *instance_rules.PATCH_FIELDS, "secret")
         if "secret" in body:  # named apart so the caller learns where secrets change
             raise InvalidInput("secret cannot be patched: POST .../rotate-secret")
@@ -244,7 +128,7 @@ class InstanceItem(HTTPEndpoint):
 
     async def delete(self, request: Request) -> Response:
         key = _key(request)
-        box = _box(request)
+        box = box_of(request)
         await box.db.awrite(store_instances.delete(key["plugin_id"], key["instance_id"]))
         box.ingress.forget(key["plugin_id"], key["instance_id"])
         return Response(status_code=204)
@@ -259,7 +143,7 @@ def _key(request: Request) -> dict[str, str]:
 
 class RotateSecret(HTTPEndpoint):
     async def post(self, request: Request) -> Response:
-        box = _box(request)
+        box = box_of(request)
         current = await _instance(box, **_key(request))
         body = await json_object(request, "secret", "grace_seconds")
         grace = body.get("grace_seconds", box.settings.rotation_grace_hours * 3600)
@@ -278,7 +162,7 @@ class RotateSecret(HTTPEndpoint):
 
 class Rejections(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
-        box = _box(request)
+        box = box_of(request)
         inst = await _instance(box, **_key(request))
         items = box.ingress.rejections_json(inst.plugin_id, inst.instance_id)
         return JSONResponse({"items": items, "next_cursor": None})
@@ -291,23 +175,23 @@ class Deliveries(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
         query = request.query_params
         state = query.get("state") or None
-        if state is not None and state not in DELIVERY_STATES:
-            raise InvalidInput(f"state must be one of {', '.join(DELIVERY_STATES)}")
-        cursor, limit = _page_args(request)
+        if state is not None and state not in store_deliveries.STATES:
+            raise InvalidInput(f"state must be one of {', '.join(store_deliveries.STATES)}")
+        cursor, limit = page_args(request)
         page = await store_deliveries.alist_page(
-            _box(request).db,
+            box_of(request).db,
             query.get("plugin") or None,
             query.get("instance") or None,
             state,
             cursor,
             limit,
         )
-        return _page_json(page)
+        return page_json(page)
 
 
 class DeliveryItem(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
-        found = await store_deliveries.aget(_box(request).db, request.path_params["id"])
+        found = await store_deliveries.aget(box_of(request).db, request.path_params["id"])
         return JSONResponse(found)
 
 
@@ -317,15 +201,15 @@ class DeadLetters(HTTPEndpoint):
         selection = store_dead_letters.Selection(
             query.get("plugin") or None, query.get("instance") or None
         )
-        cursor, limit = _page_args(request)
-        return _page_json(
-            await store_dead_letters.alist_page(_box(request).db, selection, cursor, limit)
+        cursor, limit = page_args(request)
+        return page_json(
+            await store_dead_letters.alist_page(box_of(request).db, selection, cursor, limit)
         )
 
 
 class Redrive(HTTPEndpoint):
     async def post(self, request: Request) -> Response:
-        box = _box(request)
+        box = box_of(request)
         body = await json_object(request, "plugin", "instance", "ids", "limit")
         ids = body.get("ids")
         if ids is not None and not (
@@ -336,25 +220,24 @@ class Redrive(HTTPEndpoint):
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise InvalidInput("limit must be a whole number")
         selection = store_dead_letters.Selection(
-            _optional_text(body, "plugin"), _optional_text(body, "instance"), ids
+            optional_text(body, "plugin"), optional_text(body, "instance"), ids
         )
         redriven, remaining = await box.db.awrite(
             store_dead_letters.redrive(selection, clamp_limit(limit), box.clock())
         )
-        if redriven and box.worker is not None:
-            box.worker.wake()
+        if redriven:
+            box.wake_worker()
         return JSONResponse({"redriven": redriven, "remaining": remaining})
 
 
 class DeadLetterItem(HTTPEndpoint):
     async def delete(self, request: Request) -> Response:
-        await _box(request).db.awrite(store_dead_letters.discard(request.path_params["id"]))
+        await box_of(request).db.awrite(store_dead_letters.discard(request.path_params["id"]))
         return Response(status_code=204)
 
 
 def routes() -> list[BaseRoute]:
     """The admin routes, mounted at ``/admin``; one guarded mount catches every path under it."""
-    from . import mappings as admin_mappings
 
     return [
         Mount(
@@ -370,13 +253,8 @@ def routes() -> list[BaseRoute]:
                 Route("/dlq", DeadLetters),
                 Route("/dlq/redrive", Redrive),
                 Route("/dlq/{id}", DeadLetterItem),
-                *admin_mappings.routes(),
+                *mappings.routes(),
             ],
             middleware=[Middleware(AdminGuard)],
         )
     ]
-
-
-def top_level_routes() -> list[BaseRoute]:
-    """Admin-guarded routes outside ``/admin`` (none yet)."""
-    return []

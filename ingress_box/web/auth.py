@@ -9,12 +9,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
 
 from ..config import Secret
-from ..store import Database
-
-_KEY = "admin_token_sha256"
+from ..store import Database, meta
 
 
 def _digest(token: str) -> str:
@@ -38,25 +35,12 @@ def ensure_admin_token(db: Database, configured: Secret | None) -> tuple[AdminAu
     if configured:
         return AdminAuth(_digest(str(configured))), None
     fresh = "ibx_" + secrets.token_urlsafe(32)
-
-    def op(conn: sqlite3.Connection) -> str:
-        conn.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (_KEY, _digest(fresh))
-        )
-        return str(conn.execute("SELECT value FROM meta WHERE key = ?", (_KEY,)).fetchone()[0])
-
-    stored = db.write(op)
+    stored = db.write(meta.put_once(meta.ADMIN_TOKEN_KEY, _digest(fresh)))
     return AdminAuth(stored), fresh if stored == _digest(fresh) else None
 
 
 def reset_admin_token(db: Database) -> str:
     """Replace the stored token with a new one and return it (the CLI prints it)."""
     fresh = "ibx_" + secrets.token_urlsafe(32)
-    db.write(
-        lambda conn: conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (_KEY, _digest(fresh)),
-        )
-    )
+    db.write(meta.put(meta.ADMIN_TOKEN_KEY, _digest(fresh)))
     return fresh

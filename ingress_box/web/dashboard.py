@@ -1,6 +1,6 @@
 """The dashboard under ``/admin/ui``: server-rendered pages over the same store calls as the API.
 
-A login with the admin token starts a session (:mod:`ingress_box.logins`); every other page
+A login with the admin token starts a session (:mod:`ingress_box.web.logins`); every other page
 needs it, and every form carries the session's CSRF token. Pages are Jinja2 templates with
 autoescaping; one CSS file and one small script (the overview's live charts) are served from the
 package, so nothing is built and nothing is fetched from elsewhere.
@@ -12,7 +12,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 from starlette.requests import Request
@@ -28,11 +28,9 @@ from ..store import dead_letters as store_dead_letters
 from ..store import deliveries as store_deliveries
 from ..store import instances as store_instances
 from . import sparklines, templating
-from .admin import DELIVERY_STATES, base_url
+from .box import Box, box_of
+from .kit import base_url, error_response
 from .logins import Login, Logins
-
-if TYPE_CHECKING:
-    from ..app import Box
 
 PREFIX = "/admin/ui"
 COOKIE = "ingress_box_session"
@@ -73,11 +71,6 @@ Page = Callable[[Visit], Awaitable[Response]]
 # -- request plumbing ------------------------------------------------------------------------
 
 
-def _box(request: Request) -> Box:
-    box: Box = request.app.state.box
-    return box
-
-
 async def _form(request: Request) -> dict[str, str]:
     """A urlencoded form, read up to a cap (anything else reads as empty, so fails its checks)."""
     if request.headers.get("content-type", "").split(";")[0].strip() != (
@@ -109,7 +102,7 @@ class Dashboard:
             env=templating.environment(
                 {
                     "prefix": PREFIX,
-                    "states": DELIVERY_STATES,
+                    "states": store_deliveries.STATES,
                     "width": sparklines.WIDTH,
                     "height": sparklines.HEIGHT,
                 }
@@ -120,7 +113,7 @@ class Dashboard:
         self, request: Request, name: str, login: Login | None, status: int = 200, **context: Any
     ) -> Response:
         context.update(login=login, flash=login.take_flash() if login else None)
-        context.setdefault("now", _box(request).clock())
+        context.setdefault("now", box_of(request).clock())
         response = self.templates.TemplateResponse(request, name, context, status_code=status)
         response.headers.update(SECURITY_HEADERS)
         return response
@@ -129,14 +122,11 @@ class Dashboard:
         """The endpoint for ``page``: a session, a CSRF-checked form for POST, errors as pages."""
 
         async def endpoint(request: Request) -> Response:
-            box = _box(request)
+            box = box_of(request)
             login = self.logins.get(request.cookies.get(COOKIE), box.clock())
             if login is None:
                 if request.url.path.startswith(PREFIX + "/api/"):
-                    return JSONResponse(
-                        {"error": {"code": "unauthorized", "message": "log in first"}},
-                        status_code=401,
-                    )
+                    return error_response(401, "unauthorized", "log in first")
                 wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return _redirect(
                     PREFIX + "/login", next=wanted if request.method == "GET" else None
@@ -167,7 +157,7 @@ class Dashboard:
     # -- login ---------------------------------------------------------------------------
 
     async def login_form(self, request: Request) -> Response:
-        box = _box(request)
+        box = box_of(request)
         if self.logins.get(request.cookies.get(COOKIE), box.clock()) is not None:
             return _redirect(PREFIX + "/")
         return self.render(
@@ -175,7 +165,7 @@ class Dashboard:
         )
 
     async def login(self, request: Request) -> Response:
-        box = _box(request)
+        box = box_of(request)
         try:
             form = await _form(request)
         except InvalidInput:  # an oversized form holds no token worth reading
@@ -271,8 +261,8 @@ class Dashboard:
     async def deliveries(self, visit: Visit) -> Response:
         db = visit.box.db
         state, search = visit.query("state"), (visit.query("q") or "").strip()
-        if state is not None and state not in DELIVERY_STATES:
-            raise InvalidInput(f"state must be one of {', '.join(DELIVERY_STATES)}")
+        if state is not None and state not in store_deliveries.STATES:
+            raise InvalidInput(f"state must be one of {', '.join(store_deliveries.STATES)}")
         filters = {
             "state": state,
             "plugin": visit.query("plugin"),
@@ -379,8 +369,8 @@ class Dashboard:
                 selection, 1 if one else store_dead_letters.MAX_REDRIVE_BATCH, box.clock()
             )
         )
-        if redriven and box.worker is not None:
-            box.worker.wake()
+        if redriven:
+            box.wake_worker()
         visit.login.flash = (
             f"Redriven {redriven}."
             if one

@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,17 +21,10 @@ from .. import mapping_rules
 from ..errors import InvalidInput, NotFound
 from ..store import mappings as store
 from ..store.pages import clamp_limit
-from .admin import json_object
-
-if TYPE_CHECKING:
-    from ..app import Box
+from .box import box_of
+from .kit import json_object
 
 _FILTERS = ("plugin", "instance", "session", "chat", "conversation", "state")
-
-
-def _box(request: Request) -> Box:
-    box: Box = request.app.state.box
-    return box
 
 
 def _id(request: Request) -> int:
@@ -58,7 +49,7 @@ class Mappings(HTTPEndpoint):
             state=given["state"],
         )
         page = await store.alist_page(
-            _box(request).db,
+            box_of(request).db,
             selection,
             query.get("cursor") or None,
             clamp_limit(query.get("limit")),
@@ -68,7 +59,7 @@ class Mappings(HTTPEndpoint):
         )
 
     async def put(self, request: Request) -> Response:
-        box = _box(request)
+        box = box_of(request)
         body = await json_object(request, *mapping_rules.UPSERT_FIELDS)
         upsert = mapping_rules.upsert_of(box.registry, body)
         mapping, created = await box.db.awrite(store.upsert(upsert, box.clock()))
@@ -78,13 +69,13 @@ class Mappings(HTTPEndpoint):
 class MappingItem(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
         mapping_id = _id(request)
-        mapping = await store.aget(_box(request).db, mapping_id)
+        mapping = await store.aget(box_of(request).db, mapping_id)
         if mapping is None:
             raise NotFound(f"no mapping {mapping_id}")
         return JSONResponse(mapping.to_json())
 
     async def patch(self, request: Request) -> Response:
-        box = _box(request)
+        box = box_of(request)
         body = await json_object(request, "state", "metadata")
         if "state" not in body:
             raise InvalidInput("state is required")
@@ -100,7 +91,7 @@ class MappingItem(HTTPEndpoint):
         return JSONResponse(mapping.to_json())
 
     async def delete(self, request: Request) -> Response:
-        await _box(request).db.awrite(store.delete(_id(request)))
+        await box_of(request).db.awrite(store.delete(_id(request)))
         return Response(status_code=204)
 
 

@@ -99,7 +99,7 @@ class Server:
 
 def prepare_db(path: Path, target_url: str | None = None) -> None:
     """A fresh database with instance generic/bench (secret SECRET), written through the store."""
-    from ingress_box.delivery import generate_outbound_secret
+    from ingress_box.signing import generate_outbound_secret
     from ingress_box.store import Database, instances
 
     db = Database(path, synchronous="FULL").open()

@@ -25,7 +25,9 @@ import hashlib
 import hmac
 import importlib.util
 import json
+import os
 import signal
+import sys
 import time
 
 import uvicorn
@@ -156,11 +158,8 @@ def main() -> None:
     elif args.kind == "bare":
         print("settings:", json.dumps(uvicorn_options()), flush=True)
         uvicorn.run(bare_app(args.secret.encode()), port=args.port, **uvicorn_options())  # type: ignore[arg-type]
-    elif args.kind == "worker":  # what `ingress-box worker` runs, without its logging set-up
-        from ingress_box.config import load_settings
-        from ingress_box.worker import run_standalone
-
-        raise SystemExit(run_standalone(load_settings(db_path=args.db)))
+    elif args.kind == "worker":  # exactly what a user runs
+        os.execv(sys.executable, [sys.executable, "-m", "ingress_box", "worker", "--db", args.db])
     else:
         asyncio.run(run_target(args.port, args.delay, args.log))
 

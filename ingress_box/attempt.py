@@ -1,0 +1,109 @@
+"""One delivery attempt: find the handler, run it with its context, classify how it ended.
+
+:class:`Attempts` is what a worker thread calls for each claimed outbox row. It never raises:
+every failure, ours or the handler's, becomes a :class:`~ingress_box.retry.Decision` and an
+:class:`~ingress_box.store.deliveries.Outcome` for the worker to record.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable
+
+import httpx
+
+from . import handlers, mapping_rules
+from .config import Settings
+from .delivery import Event, HandlerContext, Target
+from .errors import PermanentFailure
+from .retry import Decision, RetryPolicy, decide
+from .store import Database
+from .store import deliveries as store_deliveries
+from .store import instances as store_instances
+
+
+class Attempts:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        instances: store_instances.InstanceCache,
+        client: httpx.Client,
+        transport: httpx.BaseTransport,
+        *,
+        clock: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.instances = instances
+        self.client = client
+        self.transport = transport
+        self.clock = clock
+        self.rng = rng
+        self.policy = RetryPolicy.from_settings(settings)
+
+    def make(
+        self, row: store_deliveries.Claimed, owner: str
+    ) -> tuple[store_deliveries.Outcome, Decision, float]:
+        """Attempt ``row`` now: its outcome to record, the decision, and the seconds it took."""
+        started, t0 = self.clock(), time.perf_counter()
+        error: BaseException | None = None
+        instance = None
+        try:
+            instance = self.instances.get(row.plugin_id, row.instance_id)
+            if instance is None:
+                raise PermanentFailure("instance no longer exists")
+            handler = handlers.resolve_handler(instance.handler)
+            # Read at delivery time, so a mapping made after the event was accepted still counts.
+            mappings = mapping_rules.MappingAccess(
+                self.db, row.plugin_id, row.instance_id, row.conversation, self.clock
+            )
+            ctx = HandlerContext(
+                target=Target(instance.target_url, instance.outbound_secret, instance.config),
+                client=self.client,
+                timeout=self.settings.delivery_timeout_seconds,
+                now=self.clock,
+                extra_headers=mapping_rules.enrichment_headers(mappings.get()),
+                mappings=mappings,
+                transport=self.transport,
+            )
+            handler(_event(row), ctx)
+        except Exception as exc:  # noqa: BLE001 (every failure is classified by the policy)
+            error = exc
+        duration = time.perf_counter() - t0
+        decision = decide(self.policy, row.attempt, error, self.rng)
+        outcome = store_deliveries.Outcome(
+            seq=row.seq,
+            owner=owner,
+            attempt=row.attempt,
+            outcome=decision.outcome,
+            started_at=started,
+            duration_ms=duration * 1000,
+            status_code=decision.status_code,
+            error=decision.error,
+            next_attempt_at=self.clock() + decision.delay,
+            dead_letter_id="dlq_" + uuid.uuid4().hex[:24],
+            strict=instance is not None and instance.lane_policy == "strict",
+        )
+        return outcome, decision, duration
+
+
+def _event(row: store_deliveries.Claimed) -> Event:
+    return Event(
+        id=row.id,
+        plugin=row.plugin_id,
+        instance=row.instance_id,
+        route=row.route,
+        provider_delivery_id=row.provider_delivery_id,
+        conversation=row.conversation,
+        method=row.method,
+        subpath=row.subpath,
+        content_type=row.content_type,
+        headers=row.headers,
+        body=row.body,
+        attempt=row.attempt,
+        received_at=row.received_at,
+    )

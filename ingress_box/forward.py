@@ -1,0 +1,154 @@
+"""The built-in ``forward`` handler: POST the raw inbound bytes to the instance's target_url.
+
+Signed per Standard Webhooks (:mod:`ingress_box.signing`) with the CONTRACT's ``ingress-box-*``
+headers. 2xx is delivered; 408, 429 and 5xx are :class:`~ingress_box.errors.RetryLater` (with the
+target's ``Retry-After``); timeouts and connection errors too; anything else is permanent.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import importlib.metadata
+import re
+import time
+from collections.abc import Mapping
+from datetime import UTC
+from functools import cache
+from typing import Any
+
+import httpx
+
+from .delivery import ERROR_EXCERPT_CHARS, Event, HandlerContext
+from .errors import PermanentFailure, RetryLater
+from .signing import sign
+
+MAX_RESPONSE_BYTES = 64 * 1024  # never read more of a target's answer than this
+RETRYABLE_STATUSES = frozenset({408, 429})  # plus every 5xx
+
+# Framing headers belong to httpx; letting config set them would corrupt the request.
+_RESERVED_HEADERS = frozenset({"content-length", "transfer-encoding", "host", "connection"})
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 header name
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SECONDS = re.compile(r"^\d+(\.\d*)?$")
+
+
+@cache
+def _user_agent() -> str:
+    try:
+        version = importlib.metadata.version("ingress-box")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        version = "dev"
+    return f"ingress-box/{version}"
+
+
+def _header_value(value: str) -> str:
+    # Provider and conversation ids come from untrusted bodies: blanking control characters means
+    # a value can never inject a header line (non-ASCII is sent as UTF-8, see forward).
+    return _CONTROL.sub(" ", value)
+
+
+def _configured_headers(config: Mapping[str, Any]) -> dict[str, str]:
+    raw = config.get("headers") or {}
+    if not isinstance(raw, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) and _TOKEN.match(k) for k, v in raw.items()
+    ):
+        raise PermanentFailure('config "headers" must map header names to strings')
+    return {
+        k.lower(): _header_value(v) for k, v in raw.items() if k.lower() not in _RESERVED_HEADERS
+    }
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait per a ``Retry-After`` (delay-seconds or HTTP-date); None if unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if _SECONDS.match(value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000" means UTC with unknown origin (RFC 5322)
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def _read_capped(response: httpx.Response, deadline: float) -> bytes:
+    # Raw bytes, not decoded: a compressed answer could otherwise inflate far past the cap.
+    received = bytearray()
+    try:
+        for chunk in response.iter_raw():
+            received += chunk
+            if len(received) >= MAX_RESPONSE_BYTES or time.monotonic() >= deadline:
+                break
+    except httpx.TransportError:
+        pass  # the status line already decided the outcome; the body is only an excerpt
+    return bytes(received[:MAX_RESPONSE_BYTES])
+
+
+def forward(event: Event, ctx: HandlerContext) -> None:
+    """POST the raw inbound bytes to the instance's target_url, signed per Standard Webhooks."""
+    url = ctx.target.url
+    if not url:
+        raise PermanentFailure("no target_url configured")
+    timestamp = int(ctx.now())
+    try:
+        signature = sign(event.id, timestamp, event.body, ctx.target.outbound_secret)
+    except ValueError as exc:
+        raise PermanentFailure(str(exc)) from exc
+    # Later entries win: config and enrichment headers can never override the signed protocol.
+    headers: dict[str, str] = {
+        "user-agent": _user_agent(),
+        "accept-encoding": "identity",
+        **_configured_headers(ctx.target.config),
+        **{k.lower(): _header_value(v) for k, v in ctx.extra_headers.items()},
+        "content-type": event.content_type or "application/octet-stream",
+        "webhook-id": event.id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature,
+        "ingress-box-plugin": event.plugin,
+        "ingress-box-instance": event.instance,
+        "ingress-box-route": event.route,
+        "ingress-box-delivery-id": _header_value(event.provider_delivery_id),
+        "ingress-box-attempt": str(event.attempt),
+    }
+    if event.conversation is not None:
+        headers["ingress-box-conversation"] = _header_value(event.conversation)
+    # Sync httpx has no total timeout: each phase gets ctx.timeout and the body read also stops at
+    # the attempt's deadline, so only a target that stalls in several phases can exceed it.
+    deadline = time.monotonic() + ctx.timeout
+    try:
+        request = httpx.Request(
+            "POST",
+            url,
+            content=event.body,
+            # httpx would encode str values as ASCII and refuse a conversation id like "José".
+            headers=[(k.encode("ascii"), v.encode("utf-8")) for k, v in headers.items()],
+            extensions={"timeout": httpx.Timeout(ctx.timeout).as_dict()},
+        )
+        response = (
+            ctx.transport.handle_request(request)
+            if ctx.transport is not None
+            else ctx.client.send(request, stream=True, follow_redirects=False)
+        )
+        try:
+            # Reading (capped) even on success lets the connection go back to the pool.
+            body = _read_capped(response, deadline)
+        finally:
+            response.close()
+    except httpx.TimeoutException as exc:
+        raise RetryLater("timeout") from exc
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+        raise PermanentFailure(f"invalid target_url: {exc}") from exc
+    except httpx.TransportError as exc:
+        raise RetryLater(f"connection error: {str(exc) or type(exc).__name__}") from exc
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    excerpt = body.decode("utf-8", errors="replace").strip()[:ERROR_EXCERPT_CHARS]
+    error = f"HTTP {status}: {excerpt}" if excerpt else f"HTTP {status}"
+    if status in RETRYABLE_STATUSES or 500 <= status < 600:
+        delay = _retry_after(response.headers.get("retry-after"), ctx.now())
+        raise RetryLater(error, delay, status_code=status)
+    raise PermanentFailure(error, status_code=status)

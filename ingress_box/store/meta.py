@@ -1,0 +1,30 @@
+"""The ``meta`` table: a few named values of the box itself (the admin token's hash, probes)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from .db import Op
+
+ADMIN_TOKEN_KEY = "admin_token_sha256"
+
+
+def put(key: str, value: str) -> Op[None]:
+    def op(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    return op
+
+
+def put_once(key: str, value: str) -> Op[str]:
+    """Store ``value`` unless ``key`` has one already; the value kept, either way."""
+
+    def op(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        return str(conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
+    return op
