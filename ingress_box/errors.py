@@ -5,6 +5,7 @@ IngressBoxError
 ├── ConfigError            a setting cannot be read or makes no sense
 ├── ManifestError          a plugin manifest is wrong (names the file and the field)
 ├── StorageUnavailable     the database cannot commit now (locked past its timeout, disk full)
+├── SchemaTooNew           the database file was made by a newer release than this one
 ├── NotFound               no such instance, delivery, dead letter or mapping
 ├── AlreadyExists          an instance with that plugin and id exists
 ├── InvalidInput           a request or command carries a bad value
@@ -42,6 +43,19 @@ class StorageUnavailable(IngressBoxError):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class SchemaTooNew(IngressBoxError):
+    """Refused rather than guessed at: this program does not know the newer tables."""
+
+    def __init__(self, database: str, version: int, known: int) -> None:
+        super().__init__(
+            f"{database} has schema version {version}; "
+            f"this ingress-box knows up to {known}: upgrade ingress-box"
+        )
+        self.database = database
+        self.version = version
+        self.known = known
 
 
 class NotFound(IngressBoxError):

@@ -7,6 +7,10 @@ inside its own savepoint, so one failing op does not undo the others) and commit
 per batch. A caller learns its result only after the commit: nothing is acknowledged that is not
 durable.
 
+Opening brings the file to the schema this program knows (:mod:`.migrations`): an empty file
+gets ``schema.sql``, an older one the migrations it lacks, each in its own transaction, and a
+file from a newer release is refused (:class:`~ingress_box.errors.SchemaTooNew`).
+
 Reads never wait for the writer (WAL): threads read through their own connection
 (:meth:`Database.read`), coroutines through aiosqlite (:meth:`Database.aread`).
 """
@@ -27,6 +31,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from ..errors import StorageUnavailable
+from .migrations import MIGRATIONS, Migration, migrate
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], T]
@@ -68,10 +73,18 @@ class _Batch:
 
 
 class Database:
-    def __init__(self, path: Path, *, synchronous: str = "FULL", busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = 5.0,
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> None:
         self.path = Path(path)
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
+        self.migrations = migrations
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._local = threading.local()
@@ -84,14 +97,12 @@ class Database:
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> Database:
-        """Create the file and its schema if needed, and start the writer."""
+        """Create or upgrade the file's schema if needed, and start the writer."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path, self.synchronous, self.busy_timeout)
         try:
-            conn.executescript("BEGIN IMMEDIATE;\n" + schema_sql() + "\nCOMMIT;")
-        except sqlite3.Error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            migrate(conn, schema_sql(), self.migrations, name=str(self.path))
+        except BaseException:
             conn.close()
             raise
         self._writer = threading.Thread(

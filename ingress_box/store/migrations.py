@@ -1,0 +1,141 @@
+"""Schema versions: ``PRAGMA user_version`` says which migrations a file has had.
+
+``schema.sql`` is the current schema, readable in one place, and the only source of a new file:
+an empty file gets it and the latest version in one transaction. Version 1 is the 0.1.0 baseline;
+0.1.0 replayed ``schema.sql`` on every open and never set ``user_version``, so a file at 0 that
+already has our tables is recorded as 1. Every later change is a :class:`Migration`, numbered
+from 2 with no gaps, and ``schema.sql`` changes with it (a test checks that an upgraded file and a
+fresh one end up with the same schema).
+
+Each step runs in its own ``BEGIN IMMEDIATE`` transaction together with its ``user_version`` bump,
+and the version is read again once the write lock is held: when ``serve`` and ``worker`` open the
+same old file at once, the second finds the step done and goes on to the next. A step that fails
+leaves the file at the version before it, with nothing of the step applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from ..errors import SchemaTooNew
+
+log = logging.getLogger(__name__)
+
+BASELINE = 1  # the schema of release 0.1.0
+
+
+@dataclass(frozen=True)
+class Migration:
+    """Step ``version``: SQL text (one or more statements) or a function of the connection.
+
+    It runs inside the transaction, so it must not commit; SQLite cannot change
+    ``PRAGMA foreign_keys`` or ``journal_mode`` there.
+    """
+
+    version: int
+    name: str
+    step: str | Callable[[sqlite3.Connection], None]
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        if callable(self.step):
+            self.step(conn)
+        else:
+            for statement in statements(self.step):
+                conn.execute(statement)
+
+
+# The steps after the baseline, in order. None yet: 0.1.0's schema is still the current one.
+MIGRATIONS: tuple[Migration, ...] = ()
+
+
+def latest(migrations: Sequence[Migration]) -> int:
+    """The version a file has once every step of ``migrations`` is applied."""
+    numbers = [m.version for m in migrations]
+    if numbers != list(range(BASELINE + 1, BASELINE + 1 + len(numbers))):
+        raise ValueError(f"migrations must be numbered from {BASELINE + 1} without gaps: {numbers}")
+    return BASELINE + len(migrations)
+
+
+def statements(script: str) -> Iterator[str]:
+    """Split a script into statements (``executescript`` would commit the open transaction)."""
+    pieces = script.split(";")
+    pending = ""
+    for i, piece in enumerate(pieces):
+        pending += piece if i == len(pieces) - 1 else piece + ";"
+        # complete_statement knows strings, comments and trigger bodies: a ';' inside one of
+        # them does not end the statement.
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if pending.strip():
+        yield pending  # a last statement without its ';', or a trailing comment
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def _set_version(conn: sqlite3.Connection, version: int) -> None:
+    conn.execute(f"PRAGMA user_version = {int(version)}")  # a PRAGMA takes no parameters
+
+
+def _has_tables(conn: sqlite3.Connection) -> bool:
+    # huey keeps its own tables in the same file: only ours tell a 0.1.0 file from an empty one.
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'"
+    ).fetchone()
+    return row is not None
+
+
+def migrate(
+    conn: sqlite3.Connection,
+    schema: str,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    *,
+    name: str = "the database",
+) -> int:
+    """Bring the file behind ``conn`` (autocommit mode) to the latest version; return it.
+
+    Raises :class:`SchemaTooNew` for a file from a newer release, before changing anything.
+    """
+    target = latest(migrations)
+    by_version = {m.version: m for m in migrations}
+    while True:
+        version = user_version(conn)
+        if version > target:
+            raise SchemaTooNew(name, version, target)
+        if version == target:
+            return version
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = user_version(conn)  # again, under the lock: another process may be ahead
+            if version == 0 and not _has_tables(conn):
+                for statement in statements(schema):
+                    conn.execute(statement)
+                _set_version(conn, target)
+                done = f"created at schema version {target}"
+            elif version == 0:
+                _set_version(conn, BASELINE)
+                done = f"recorded the 0.1.0 schema as version {BASELINE}"
+            elif version < target:
+                step = by_version[version + 1]
+                try:
+                    step.apply(conn)
+                except Exception as exc:
+                    exc.add_note(f"{name}: migration {step.version} ({step.name}) failed")
+                    raise
+                _set_version(conn, step.version)
+                done = f"applied migration {step.version} ({step.name})"
+            else:
+                done = ""  # another process got here first; the loop checks what it left
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if done:
+            log.info("%s: %s", name, done)

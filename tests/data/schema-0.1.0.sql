@@ -1,0 +1,132 @@
+-- ingress-box: the one schema. Everything durable lives in this file.
+-- Applied at every start in one transaction; each statement is idempotent (IF NOT EXISTS).
+
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- Bumped by triggers on every change to `instances`, so that a process can tell whether its
+-- in-memory instance cache is current with one cheap read (another process may have changed it).
+INSERT OR IGNORE INTO meta (key, value) VALUES ('instances_version', '0');
+
+CREATE TABLE IF NOT EXISTS instances (
+    plugin_id              TEXT NOT NULL,
+    instance_id            TEXT NOT NULL,
+    enabled                INTEGER NOT NULL DEFAULT 1,
+    handler                TEXT NOT NULL DEFAULT 'forward',
+    target_url             TEXT,
+    secret                 TEXT NOT NULL,
+    previous_secret        TEXT,
+    previous_secret_until  REAL,          -- unix seconds; the old secret verifies until then
+    verify_token           TEXT,
+    outbound_secret        TEXT NOT NULL, -- whsec_...
+    session                TEXT,
+    lane_policy            TEXT NOT NULL DEFAULT 'progress'
+                           CHECK (lane_policy IN ('progress', 'strict')),
+    config                 TEXT NOT NULL DEFAULT '{}',   -- JSON object
+    created_at             REAL NOT NULL,
+    updated_at             REAL NOT NULL,
+    PRIMARY KEY (plugin_id, instance_id)
+) WITHOUT ROWID;
+
+CREATE TRIGGER IF NOT EXISTS instances_version_insert AFTER INSERT ON instances BEGIN
+    UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'instances_version';
+END;
+CREATE TRIGGER IF NOT EXISTS instances_version_update AFTER UPDATE ON instances BEGIN
+    UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'instances_version';
+END;
+CREATE TRIGGER IF NOT EXISTS instances_version_delete AFTER DELETE ON instances BEGIN
+    UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'instances_version';
+END;
+
+-- One row per accepted webhook. `seq` is the acceptance order; `id` is the stable webhook-id
+-- sent to targets (derived from the dedup key, so it is the same on every retry and redrive).
+CREATE TABLE IF NOT EXISTS deliveries (
+    seq                   INTEGER PRIMARY KEY,
+    id                    TEXT NOT NULL UNIQUE,
+    plugin_id             TEXT NOT NULL,
+    instance_id           TEXT NOT NULL,
+    route                 TEXT NOT NULL,
+    provider_delivery_id  TEXT NOT NULL,
+    conversation          TEXT,
+    method                TEXT NOT NULL,
+    subpath               TEXT NOT NULL DEFAULT '',   -- the {anything} after the route, with the query
+    content_type          TEXT,
+    headers               TEXT NOT NULL DEFAULT '{}', -- JSON, credentials redacted
+    body                  BLOB,                       -- NULL once pruned after delivery
+    state                 TEXT NOT NULL DEFAULT 'pending'
+                          CHECK (state IN ('pending', 'delivered', 'dead')),
+    attempts              INTEGER NOT NULL DEFAULT 0,
+    last_error            TEXT,
+    note                  TEXT,                       -- e.g. a mapping conflict met on ingress
+    received_at           REAL NOT NULL,
+    delivered_at          REAL
+);
+
+-- The dedup key: INSERT OR IGNORE on this index decides new vs duplicate, atomically.
+CREATE UNIQUE INDEX IF NOT EXISTS deliveries_dedup
+    ON deliveries (plugin_id, instance_id, provider_delivery_id);
+CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, seq);
+CREATE INDEX IF NOT EXISTS deliveries_instance ON deliveries (plugin_id, instance_id, seq);
+
+-- Work still to do. A row exists while its delivery is pending (or, in a strict lane, parked
+-- dead at the head). `lane` is NULL for events with no conversation; rows of one lane are
+-- delivered in `delivery_seq` order.
+CREATE TABLE IF NOT EXISTS outbox (
+    delivery_seq  INTEGER PRIMARY KEY REFERENCES deliveries (seq),
+    lane          TEXT,
+    available_at  REAL NOT NULL,      -- not before (backoff)
+    lease_until   REAL,               -- NULL: not leased; an expired lease is claimable again
+    lease_owner   TEXT,
+    parked        INTEGER NOT NULL DEFAULT 0   -- 1: dead head of a strict lane, waits for redrive
+);
+CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (lane, delivery_seq);
+CREATE INDEX IF NOT EXISTS outbox_available ON outbox (available_at);
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id            TEXT PRIMARY KEY,            -- dlq_...
+    delivery_seq  INTEGER NOT NULL REFERENCES deliveries (seq),
+    plugin_id     TEXT NOT NULL,
+    instance_id   TEXT NOT NULL,
+    attempts      INTEGER NOT NULL,
+    last_error    TEXT NOT NULL,
+    created_at    REAL NOT NULL,
+    redriven_at   REAL                          -- NULL while open
+);
+CREATE INDEX IF NOT EXISTS dead_letters_open
+    ON dead_letters (plugin_id, instance_id, created_at) WHERE redriven_at IS NULL;
+CREATE INDEX IF NOT EXISTS dead_letters_delivery ON dead_letters (delivery_seq);
+
+-- Each delivery attempt and its answer, for the operator.
+CREATE TABLE IF NOT EXISTS attempts (
+    id            INTEGER PRIMARY KEY,
+    delivery_seq  INTEGER NOT NULL REFERENCES deliveries (seq),
+    attempt       INTEGER NOT NULL,
+    started_at    REAL NOT NULL,
+    duration_ms   REAL NOT NULL,
+    outcome       TEXT NOT NULL CHECK (outcome IN ('delivered', 'retry', 'dead')),
+    status_code   INTEGER,
+    error         TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_seq, attempt);
+
+-- External conversation <-> WhatsApp chat. Forward key: (session, chat, plugin, instance);
+-- reverse key: (plugin, instance, conversation). Both unique.
+CREATE TABLE IF NOT EXISTS conversation_mappings (
+    id                        INTEGER PRIMARY KEY,
+    session                   TEXT NOT NULL,
+    chat                      TEXT NOT NULL,
+    plugin_id                 TEXT NOT NULL,
+    instance_id               TEXT NOT NULL,
+    provider_conversation_id  TEXT NOT NULL,
+    state                     TEXT NOT NULL DEFAULT 'bot'
+                              CHECK (state IN ('bot', 'human', 'closed')),
+    metadata                  TEXT NOT NULL DEFAULT '{}',
+    created_at                REAL NOT NULL,
+    updated_at                REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS conversation_mappings_forward
+    ON conversation_mappings (session, chat, plugin_id, instance_id);
+CREATE UNIQUE INDEX IF NOT EXISTS conversation_mappings_reverse
+    ON conversation_mappings (plugin_id, instance_id, provider_conversation_id);
