@@ -20,8 +20,8 @@ from starlette.testclient import TestClient
 
 from ingress_box.app import create_app
 from ingress_box.config import Settings
-from ingress_box.delivery import generate_outbound_secret
 from ingress_box.errors import SchemaTooNew
+from ingress_box.signing import generate_outbound_secret
 from ingress_box.store import Database
 from ingress_box.store.migrations import MIGRATIONS, Migration, latest, statements
 
