@@ -1,23 +1,33 @@
-"""Settings: one frozen object, read from the environment in one function.
+"""Settings: one frozen object, declared once, read from the environment in one function.
 
-Every setting is an ``INGRESS_BOX_*`` variable and a CLI flag of ``serve``/``worker``; the CLI
-passes the flags it was given as ``overrides`` so that a flag beats the variable.
+Each field of :class:`Settings` is declared with :func:`setting`: its default, its help text,
+the commands it is a flag of, and the values it accepts. Everything else is derived from that
+one declaration: how a value is parsed (the field's type), its variable (``INGRESS_BOX_<NAME>``),
+its flag (``--<name>``), the CLI options of ``serve`` and ``worker``, and the checks. The CLI
+passes the flags it was given as ``overrides``, so that a flag beats the variable and the
+variable beats the default.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
 ENV_PREFIX = "INGRESS_BOX_"
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+LOG_FORMATS = ("text", "json")
+
+T = TypeVar("T")
 
 
 class Secret:
@@ -42,155 +52,308 @@ class Secret:
         return hash(self._value)
 
 
+# -- the declaration --------------------------------------------------------------------------
+
+SERVE = ("serve",)
+SERVE_AND_WORKER = ("serve", "worker")
+RETENTION = ("serve", "worker", "prune")  # the worker prunes hourly; `prune` does it at once
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What one setting declares beyond its type; ``name``, ``kind`` and ``default`` are filled
+    in from the field by :func:`declarations`."""
+
+    help: str
+    commands: tuple[str, ...]
+    minimum: float | None = None  # the smallest value allowed
+    above: float | None = None  # values must be greater than this
+    maximum: float | None = None  # the largest value allowed
+    choices: tuple[str, ...] = ()
+    case_sensitive: bool = True
+    check: Callable[[Any], str | None] | None = None  # returns what is wrong, if anything
+    env: str | None = None  # the variable's name after the prefix, when not NAME
+    flag: str | None = None  # the flag's name after "--", when not the name with dashes
+    folder: bool = False  # a Path that names a folder (else a file)
+    name: str = ""
+    kind: type = str  # the field's type, without "| None"
+    default: Any = None
+
+    @property
+    def env_name(self) -> str:
+        return ENV_PREFIX + (self.env or self.name.upper())
+
+    @property
+    def flag_name(self) -> str:
+        return "--" + (self.flag or self.name.replace("_", "-"))
+
+    @property
+    def label(self) -> str:
+        """How an error names the setting: by its variable and by its flag."""
+        return f"{self.env_name} ({self.flag_name})"
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` for this setting, or None when it is allowed."""
+        if self.kind in (int, float):
+            if not math.isfinite(value):
+                return f"must be a finite number, not {value}"
+            low_ok = (self.minimum is None or value >= self.minimum) and (
+                self.above is None or value > self.above
+            )
+            if not low_ok or (self.maximum is not None and value > self.maximum):
+                return f"must be {self.range_text()}, not {_number(value)}"
+        if self.choices and value not in self.choices:
+            return f"must be one of {', '.join(self.choices)}, not {value!r}"
+        return self.check(value) if self.check is not None else None
+
+    def range_text(self) -> str:
+        """The allowed range for people (errors, the README): e.g. ``> 0 and <= 600``."""
+        parts = []
+        if self.minimum is not None:
+            parts.append(f">= {_number(self.minimum)}")
+        if self.above is not None:
+            parts.append(f"> {_number(self.above)}")
+        if self.maximum is not None:
+            parts.append(f"<= {_number(self.maximum)}")
+        return " and ".join(parts) or "any finite number"
+
+
+def setting(
+    default: T,
+    help: str,
+    *,
+    commands: tuple[str, ...] = SERVE_AND_WORKER,
+    **declared: Any,
+) -> T:
+    """Declare a field of :class:`Settings`; see :class:`Declaration` for what ``declared`` may
+    say. Typed as the default, so the dataclass reads as plain fields."""
+    declaration = Declaration(help=help, commands=commands, **declared)
+    result: T = field(default=default, metadata={"setting": declaration})
+    return result
+
+
+def _http_url(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return None
+    return "must be an http(s) URL with a host, e.g. https://hooks.example.com"
+
+
+def _number(value: float) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+DAY_HOURS = 24.0
+CENTURY_DAYS = 36_500.0  # "keep for ever" is a long window, not a number that overflows
+
+
 @dataclass(frozen=True)
 class Settings:
-    db_path: Path = Path("./data/ingress-box.db")
-    host: str = "127.0.0.1"
-    port: int = 8080
-    admin_token: Secret | None = None
-    public_url: str | None = None
-    max_body_bytes: int = 262_144
-    synchronous: str = "FULL"
-    busy_timeout_seconds: float = 5.0
-    rate_limit: float = 0.0
-    retry_max_attempts: int = 8
-    retry_base_seconds: float = 5.0
-    retry_max_seconds: float = 3600.0
-    delivery_timeout_seconds: float = 10.0
-    lease_seconds: float = 60.0
-    workers: int = 4
-    run_worker: bool = True
-    plugins_dir: Path | None = None
-    dedup_retention_days: float = 7.0
-    payload_retention_days: float = 1.0
-    dlq_retention_days: float = 90.0
-    rotation_grace_hours: float = 24.0
-    metrics_public: bool = False
-    log_format: str = "text"
-    rejections_kept: int = 50
+    """Every setting, declared once. Checked whenever one is made (``replace`` too): a value
+    out of its declared range is a ConfigError naming the setting, never a surprise later."""
+
+    db_path: Path = setting(
+        Path("./data/ingress-box.db"),
+        "the SQLite file",
+        commands=RETENTION,
+        env="DB",
+        flag="db",
+    )
+    host: str = setting("127.0.0.1", "address to listen on", commands=SERVE)
+    port: int = setting(8080, "port to listen on", commands=SERVE, minimum=1, maximum=65_535)
+    admin_token: Secret | None = setting(
+        None,
+        "bearer token of the admin API (generated and printed once if unset)",
+        commands=SERVE,
+    )
+    public_url: str | None = setting(
+        None,
+        "base URL providers call (Twilio signs it; shown in ingress URLs)",
+        commands=SERVE,
+        check=_http_url,
+    )
+    # SQLite refuses a value longer than 10^9 bytes by default, so a bigger body cannot be kept.
+    max_body_bytes: int = setting(
+        262_144,
+        "default body cap of a route",
+        commands=SERVE,
+        minimum=0,
+        maximum=1_000_000_000,
+    )
+    synchronous: str = setting(
+        "FULL",
+        "SQLite synchronous: FULL survives power loss, NORMAL process crashes",
+        choices=SYNCHRONOUS_MODES,
+        case_sensitive=False,
+    )
+    busy_timeout_seconds: float = setting(
+        5.0,
+        "how long a write waits for SQLite's lock before a request gets a 503",
+        above=0,
+        maximum=600,
+    )
+    rate_limit: float = setting(
+        0.0,
+        "verified requests per second per instance (0: off)",
+        commands=SERVE,
+        minimum=0,
+    )
+    retry_max_attempts: int = setting(
+        8, "delivery attempts before dead-lettering", minimum=1, maximum=1000
+    )
+    retry_base_seconds: float = setting(
+        5.0, "first backoff between attempts", above=0, maximum=86_400
+    )
+    retry_max_seconds: float = setting(
+        3600.0, "longest backoff between attempts", above=0, maximum=30 * 86_400
+    )
+    delivery_timeout_seconds: float = setting(
+        10.0, "one forward attempt's timeout", above=0, maximum=600
+    )
+    lease_seconds: float = setting(
+        60.0,
+        "how long a claimed delivery stays leased (longer than the delivery timeout)",
+        above=0,
+        maximum=86_400,
+    )
+    workers: int = setting(4, "concurrent deliveries", minimum=1, maximum=256)
+    run_worker: bool = setting(
+        True,
+        "deliver in this process (--no-run-worker: leave it to "
+        "`ingress-box worker` processes on the same file)",
+        commands=SERVE,
+    )
+    plugins_dir: Path | None = setting(None, "folder of plugin manifests", folder=True)
+    dedup_retention_days: float = setting(
+        7.0,
+        "how long dedup keys are kept",
+        commands=RETENTION,
+        above=0,
+        maximum=CENTURY_DAYS,
+    )
+    payload_retention_days: float = setting(
+        1.0,
+        "how long bodies of delivered events are kept (the dedup key stays)",
+        commands=RETENTION,
+        above=0,
+        maximum=CENTURY_DAYS,
+    )
+    dlq_retention_days: float = setting(
+        90.0,
+        "how long dead letters are kept",
+        commands=RETENTION,
+        above=0,
+        maximum=CENTURY_DAYS,
+    )
+    rotation_grace_hours: float = setting(
+        24.0,
+        "how long a rotated-out secret keeps verifying",
+        commands=SERVE,
+        minimum=0,
+        maximum=365 * DAY_HOURS,
+    )
+    metrics_public: bool = setting(False, "serve /metrics without the admin token", commands=SERVE)
+    log_format: str = setting("text", "log line format", choices=LOG_FORMATS)
+    rejections_kept: int = setting(
+        50,
+        "rejected requests remembered per instance (in memory)",
+        commands=SERVE,
+        minimum=0,
+        maximum=10_000,
+    )
+
+    def __post_init__(self) -> None:
+        problems = _problems(self)
+        if problems:
+            raise ConfigError("; ".join(problems))
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
 
-def _parse(name: str, raw: str, kind: Any) -> Any:
+@functools.cache
+def declarations() -> dict[str, Declaration]:
+    """Every setting by field name, in declaration order, with its name, type and default."""
+    hints = typing.get_type_hints(Settings)
+    found = {}
+    for f in dataclasses.fields(Settings):
+        kind = hints[f.name]
+        # "X | None" is parsed as X; None is the default, never a value read from text.
+        inner = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
+        found[f.name] = dataclasses.replace(
+            f.metadata["setting"], name=f.name, kind=inner[0], default=f.default
+        )
+    return found
+
+
+def for_command(command: str) -> list[Declaration]:
+    """The settings that are flags of ``command``, in declaration order."""
+    return [d for d in declarations().values() if command in d.commands]
+
+
+def env_name(field_name: str) -> str:
+    return declarations()[field_name].env_name
+
+
+def _parse(d: Declaration, raw: str) -> Any:
     try:
-        if kind is bool:
+        if d.kind is bool:
             lowered = raw.strip().lower()
             if lowered in ("1", "true", "yes", "on"):
                 return True
             if lowered in ("0", "false", "no", "off", ""):
                 return False
             raise ValueError(raw)
-        if kind is Path:
-            return Path(raw)
-        if kind is Secret:
-            return Secret(raw)
-        return kind(raw)
+        if d.kind is str and d.choices and not d.case_sensitive:
+            return next((c for c in d.choices if c.lower() == raw.lower()), raw)
+        return d.kind(raw)
     except ValueError as exc:
-        raise ConfigError(f"{ENV_PREFIX}{name.upper()}: cannot read {raw!r}") from exc
-
-
-# How each field is parsed from text; Optional fields list their inner type.
-_KINDS: dict[str, Any] = {
-    "db_path": Path,
-    "host": str,
-    "port": int,
-    "admin_token": Secret,
-    "public_url": str,
-    "max_body_bytes": int,
-    "synchronous": str,
-    "busy_timeout_seconds": float,
-    "rate_limit": float,
-    "retry_max_attempts": int,
-    "retry_base_seconds": float,
-    "retry_max_seconds": float,
-    "delivery_timeout_seconds": float,
-    "lease_seconds": float,
-    "workers": int,
-    "run_worker": bool,
-    "plugins_dir": Path,
-    "dedup_retention_days": float,
-    "payload_retention_days": float,
-    "dlq_retention_days": float,
-    "rotation_grace_hours": float,
-    "metrics_public": bool,
-    "log_format": str,
-    "rejections_kept": int,
-}
-
-# Variables whose name is not simply the upper-cased field name.
-_ENV_NAMES = {"db_path": "DB"}
-
-
-def env_name(field_name: str) -> str:
-    return ENV_PREFIX + _ENV_NAMES.get(field_name, field_name.upper())
+        raise ConfigError(f"{d.label}: cannot read {raw!r}") from exc
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build Settings from ``environ`` (default: the process environment) and explicit overrides.
 
-    Overrides whose value is None are ignored, so a CLI can pass every flag through.
+    Overrides whose value is None are ignored, so a CLI can pass every flag through. Every value
+    is checked against its declaration: a bad one is a ConfigError naming the setting.
     """
     environ = os.environ if environ is None else environ
+    known = declarations()
     values: dict[str, Any] = {}
-    for name, kind in _KINDS.items():
-        raw = environ.get(env_name(name))
+    for name, d in known.items():
+        raw = environ.get(d.env_name)
         if raw is not None and raw != "":
-            values[name] = _parse(name, raw, kind)
+            values[name] = _parse(d, raw)
     for name, value in overrides.items():
-        if name not in _KINDS:
+        if name not in known:
             raise ConfigError(f"unknown setting {name!r}")
-        if value is not None:
-            if isinstance(value, str) and _KINDS[name] is not str:
-                value = _parse(name, value, _KINDS[name])
-            values[name] = value
-    if "synchronous" in values:
-        values["synchronous"] = str(values["synchronous"]).upper()
-    settings = Settings(**values)
-    _validate(settings)
-    return settings
+        if value is None:
+            continue
+        d = known[name]
+        if isinstance(value, str):
+            value = _parse(d, value)
+        elif d.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        values[name] = value
+    return Settings(**values)
 
 
-def _validate(s: Settings) -> None:
-    problems = []
-    if s.synchronous.upper() not in SYNCHRONOUS_MODES:
-        problems.append(f"{env_name('synchronous')} must be one of {', '.join(SYNCHRONOUS_MODES)}")
-    if not 0 < s.port < 65536:
-        problems.append(f"{env_name('port')} must be a TCP port")
-    if s.max_body_bytes < 0:
-        problems.append(f"{env_name('max_body_bytes')} must be >= 0")
-    if s.workers < 1:
-        problems.append(f"{env_name('workers')} must be >= 1")
-    if s.retry_max_attempts < 1:
-        problems.append(f"{env_name('retry_max_attempts')} must be >= 1")
-    if s.rate_limit < 0:
-        problems.append(f"{env_name('rate_limit')} must be >= 0")
-    if s.lease_seconds <= s.delivery_timeout_seconds:
+def _problems(s: Settings) -> list[str]:
+    known = declarations()
+    problems, bad = [], set()
+    for name, d in known.items():
+        value = getattr(s, name)
+        problem = None if value is None else d.problem(value)
+        if problem is not None:
+            problems.append(f"{d.label} {problem}")
+            bad.add(name)
+    timing = {"lease_seconds", "delivery_timeout_seconds"}
+    if not timing & bad and s.lease_seconds <= s.delivery_timeout_seconds:
         # A lease that ends before a slow attempt does lets a second worker deliver it again.
         problems.append(
-            f"{env_name('lease_seconds')} must be longer than "
-            f"{env_name('delivery_timeout_seconds')}"
+            f"{known['lease_seconds'].label} must be longer than "
+            f"{known['delivery_timeout_seconds'].label}"
         )
-    if s.rejections_kept < 0:
-        problems.append(f"{env_name('rejections_kept')} must be >= 0")
-    if s.public_url is not None:
-        parts = urlsplit(s.public_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            problems.append(
-                f"{env_name('public_url')} must be an http(s) URL with a host, "
-                "e.g. https://hooks.example.com"
-            )
-    if s.log_format not in ("text", "json"):
-        problems.append(f"{env_name('log_format')} must be text or json")
-    for name in (
-        "retry_base_seconds",
-        "retry_max_seconds",
-        "delivery_timeout_seconds",
-        "lease_seconds",
-        "busy_timeout_seconds",
-    ):
-        if getattr(s, name) <= 0:
-            problems.append(f"{env_name(name)} must be > 0")
-    if problems:
-        raise ConfigError("; ".join(problems))
+    return problems

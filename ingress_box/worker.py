@@ -11,7 +11,8 @@ huey (SQLite storage, in the same file) only executes:
 Wake-ups: the ingress calls :meth:`Worker.wake` after a commit (cheap, any thread). A drain
 idling in this process takes the work at once; otherwise a small kicker thread turns the wake
 into a huey task. The storage wakes this process's consumer threads as soon as a task is
-enqueued here, and polls every 20 ms for tasks from other processes.
+enqueued here, and polls every 20 ms for tasks from other processes. A process without a
+worker (the CLI after a redrive) calls :func:`wake_workers`, which only enqueues a drain.
 """
 
 from __future__ import annotations
@@ -87,6 +88,32 @@ def make_huey(settings: Settings) -> Huey:
         fsync=False,
         timeout=settings.busy_timeout_seconds,
     )
+
+
+def wake_workers(settings: Settings) -> bool:
+    """Ask the workers on ``settings.db_path``, in whatever process, to drain now.
+
+    For a process that made work without a :class:`Worker` of its own (the CLI's redrive while
+    ``serve`` runs): it enqueues one ``drain`` in the file's huey queue, unless one is queued
+    already, and starts no consumer. A consumer polling the file takes it within
+    ``POLL_SECONDS``; with none running, the next one to start does (a drain finding nothing is
+    harmless). False when the queue could not be written; the minute sweep finds the work then.
+    """
+    huey = make_huey(settings)
+    try:
+        if huey.pending_count() == 0:
+            huey.task(name="drain")(_drain_elsewhere)()
+        return True
+    except sqlite3.Error as exc:
+        log.warning("could not wake the workers: %s", exc)
+        return False
+    finally:
+        huey.storage.close()
+
+
+def _drain_elsewhere() -> None:
+    """Never runs here: only the message's name (this module's ``drain``) matters, and the
+    consumer that takes it runs its own Worker's drain."""
 
 
 class Worker:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ..config import SYNCHRONOUS_MODES, Settings, env_name
+from ..config import Declaration, Settings, declarations, env_name, for_command
 from ..errors import NotFound
 from ..store import Database
 
@@ -45,75 +46,75 @@ class Failed(click.ClickException):
 
 # -- settings flags ---------------------------------------------------------------------------
 
-_FLAGS: dict[str, tuple[Any, str]] = {
-    "host": (str, "address to listen on"),
-    "run_worker": (
-        bool,
-        "deliver in this process (--no-run-worker: leave it to "
-        "`ingress-box worker` processes on the same file)",
-    ),
-    "port": (int, "port to listen on"),
-    "db_path": (click.Path(dir_okay=False, path_type=Path), "the SQLite file"),
-    "admin_token": (str, "bearer token of the admin API (generated and printed once if unset)"),
-    "public_url": (str, "base URL providers call (Twilio signs it; shown in ingress URLs)"),
-    "max_body_bytes": (int, "default body cap of a route"),
-    "synchronous": (
-        click.Choice(SYNCHRONOUS_MODES, case_sensitive=False),
-        "SQLite synchronous: FULL survives power loss, NORMAL process crashes",
-    ),
-    "rate_limit": (float, "verified requests per second per instance (0: off)"),
-    "workers": (int, "concurrent deliveries"),
-    "plugins_dir": (click.Path(file_okay=False, path_type=Path), "folder of plugin manifests"),
-    "retry_max_attempts": (int, "delivery attempts before dead-lettering"),
-    "retry_base_seconds": (float, "first backoff between attempts"),
-    "retry_max_seconds": (float, "longest backoff between attempts"),
-    "delivery_timeout_seconds": (float, "one forward attempt's timeout"),
-    "lease_seconds": (float, "how long a claimed delivery stays leased"),
-    "dedup_retention_days": (float, "how long dedup keys are kept"),
-    "dlq_retention_days": (float, "how long dead letters are kept"),
-    "log_format": (click.Choice(["text", "json"]), "log line format"),
-}
+
+def _click_type(d: Declaration) -> Any:
+    if d.choices:
+        return click.Choice(d.choices, case_sensitive=d.case_sensitive)
+    if d.kind is Path:
+        return click.Path(dir_okay=d.folder, file_okay=not d.folder, path_type=Path)
+    if d.kind in (int, float):
+        # Ranges are checked by load_settings, so a flag and its variable fail alike.
+        return d.kind
+    return str
 
 
-def _flag(name: str) -> str:
-    return "--db" if name == "db_path" else "--" + name.replace("_", "-")
+def _shown_default(d: Declaration) -> str:
+    if d.default is None:
+        return ""
+    if d.kind is bool:
+        return "; default: " + ("on" if d.default else "off")
+    if isinstance(d.default, float) and d.default.is_integer():
+        return f"; default: {int(d.default)}"
+    return f"; default: {d.default}"
 
 
 def settings_options(*names: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """Add one flag per setting; each defaults to None so the environment still applies."""
+    """Add one flag per setting, as declared in :class:`~ingress_box.config.Settings`.
+
+    Each defaults to None so the environment still applies; a yes/no setting is a --x/--no-x
+    pair. The help names the variable and the default.
+    """
+    known = declarations()
 
     def decorate(command: Callable[..., T]) -> Callable[..., T]:
         for name in reversed(names):
-            kind, text = _FLAGS[name]
-            # A yes/no setting is a --x/--no-x pair; None still means "not given".
-            flag = f"{_flag(name)}/--no-{_flag(name)[2:]}" if kind is bool else _flag(name)
+            d = known[name]
+            flag = f"{d.flag_name}/--no-{d.flag_name[2:]}" if d.kind is bool else d.flag_name
             command = click.option(
                 flag,
                 name,
-                type=None if kind is bool else kind,
+                type=None if d.kind is bool else _click_type(d),
                 default=None,
-                help=f"{text} [env: {env_name(name)}]",
+                help=f"{d.help} [env: {d.env_name}{_shown_default(d)}]",
             )(command)
         return command
 
     return decorate
 
 
+def command_options(command: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Every settings flag of ``command`` (the ``commands`` of each declaration)."""
+    return settings_options(*(d.name for d in for_command(command)))
+
+
 # -- flags of the commands on the database file -----------------------------------------------
 
-db_option = click.option(
-    "--db",
-    "db_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help=f"the SQLite file [env: {env_name('db_path')}]",
-)
-plugins_dir_option = click.option(
-    "--plugins-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help=f"folder of plugin manifests [env: {env_name('plugins_dir')}]",
-)
+
+class FiniteFloat(click.FloatRange):
+    """click's FloatRange, refusing NaN and the infinities too (a NaN compares false with any
+    bound, so a plain range lets it through)."""
+
+    name = "finite float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+db_option = settings_options("db_path")
+plugins_dir_option = settings_options("plugins_dir")
 json_option = click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
 limit_option = click.option(
     "--limit",

@@ -1,7 +1,8 @@
 """``ingress-box deliveries`` and ``ingress-box dlq``: accepted deliveries and dead letters.
 
 ``deliveries`` only reads. ``dlq redrive`` sends dead letters back to the outbox in bounded
-batches, with a progress bar on stderr.
+batches, with a progress bar on stderr. ``redrive`` and ``discard`` (which lets a strict lane
+move on) then wake the workers on the file, so a running ``serve`` delivers at once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ..config import load_settings
 from ..store import dead_letters as store_dead_letters
 from ..store import deliveries as store_deliveries
 from ..store.dead_letters import MAX_REDRIVE_BATCH
+from ..worker import wake_workers
 from .common import (
     _cell,
     _database,
@@ -185,8 +187,9 @@ def dlq_redrive(
     """Send dead letters back to the outbox, in bounded batches."""
     selection = store_dead_letters.Selection(plugin, instance, list(ids) if ids else None)
     total, remaining = 0, 0
+    settings = load_settings(db_path=db_path)
     with (
-        _database(load_settings(db_path=db_path)) as db,
+        _database(settings) as db,
         _Progress("redriving", show_progress) as bar,
     ):
         while limit is None or total < limit:
@@ -198,6 +201,8 @@ def dlq_redrive(
             # Another batch follows: the end is what is done plus what is left to do.
             left = remaining if limit is None else min(remaining, limit - total)
             bar.report(total, total + left)
+    if total:
+        wake_workers(settings)
     if as_json:
         _print_json({"redriven": total, "remaining": remaining})
     else:
@@ -209,6 +214,8 @@ def dlq_redrive(
 @db_option
 def dlq_discard(dead_letter_id: str, db_path: Path | None) -> None:
     """Drop one dead letter for good."""
-    with _database(load_settings(db_path=db_path)) as db:
+    settings = load_settings(db_path=db_path)
+    with _database(settings) as db:
         db.write(store_dead_letters.discard(dead_letter_id))
+    wake_workers(settings)  # a strict lane the dead letter held back moves on
     click.echo(f"discarded {dead_letter_id}")

@@ -19,6 +19,7 @@ from ..store import Database
 from ..store import instances as store_instances
 from ..store.instances import LANE_POLICIES
 from .common import (
+    FiniteFloat,
     _database,
     _now,
     _print_json,
@@ -140,7 +141,7 @@ def instances_list(plugin: str | None, db_path: Path | None, as_json: bool) -> N
 @click.option("--secret", help="the new secret (generated if not given)")
 @click.option(
     "--grace-seconds",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=None,
     help="how long the old secret keeps verifying (default: the rotation grace)",
 )

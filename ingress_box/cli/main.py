@@ -1,7 +1,7 @@
 """The ``ingress-box`` command: ``serve``, ``worker``, and the operator commands registered on it.
 
 Every flag of ``serve``/``worker`` is also an ``INGRESS_BOX_*`` variable (see
-:func:`~ingress_box.cli_common.settings_options`). The operator commands live in their own
+:func:`~ingress_box.cli.common.command_options`). The operator commands live in their own
 modules and open the SQLite file directly, so they work while ``serve`` runs:
 :mod:`~ingress_box.cli_instances` (``instances``), :mod:`~ingress_box.cli_deliveries`
 (``deliveries``, ``dlq``), :mod:`~ingress_box.cli_mappings` (``mappings``) and
@@ -35,7 +35,7 @@ from . import deliveries as cli_deliveries
 from . import instances as cli_instances
 from . import mappings as cli_mappings
 from . import ops as cli_ops
-from .common import BadInput, Failed, _database, settings_options
+from .common import BadInput, Failed, _database, command_options
 
 log = logging.getLogger("ingress_box.worker")
 
@@ -48,20 +48,6 @@ class _Group(click.Group):
             raise BadInput(str(exc)) from exc
         except IngressBoxError as exc:
             raise Failed(str(exc)) from exc
-
-
-_COMMON = ("db_path", "synchronous", "plugins_dir", "log_format")
-_WORKER = (
-    "workers",
-    "retry_max_attempts",
-    "retry_base_seconds",
-    "retry_max_seconds",
-    "delivery_timeout_seconds",
-    "lease_seconds",
-    "dedup_retention_days",
-    "dlq_retention_days",
-)
-_HTTP = ("host", "port", "admin_token", "public_url", "max_body_bytes", "rate_limit", "run_worker")
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -78,7 +64,7 @@ def main() -> None:
 
 
 @main.command()
-@settings_options(*_HTTP, *_COMMON, *_WORKER)
+@command_options("serve")
 def serve(**flags: Any) -> None:
     """Run the HTTP server and the outbox worker in this process."""
     settings = load_settings(**flags)
@@ -119,7 +105,7 @@ def _print_generated_token(settings: Settings) -> None:
 
 
 @main.command("worker")
-@settings_options(*_COMMON, *_WORKER)
+@command_options("worker")
 def worker_command(**flags: Any) -> None:
     """Run only the outbox worker (for a split web/worker deployment)."""
     settings = load_settings(**flags)

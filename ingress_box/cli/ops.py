@@ -21,17 +21,18 @@ from ..store import retention
 from ..web.auth import reset_admin_token
 from .common import (
     BadInput,
+    FiniteFloat,
     _cell,
     _database,
     _now,
     _print_json,
     _Progress,
     _when,
+    command_options,
     db_option,
     json_option,
     plugins_dir_option,
     progress_option,
-    settings_options,
 )
 
 
@@ -131,7 +132,7 @@ def _tail_line(event: dict[str, Any]) -> str:
 )
 @click.option(
     "--since",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=300.0,
     show_default=True,
     help="start with the events of the last SECONDS",
@@ -155,7 +156,7 @@ def tail_command(follow: bool, since: float, db_path: Path | None, as_json: bool
 @click.option("--full", is_flag=True, help="a full integrity_check instead of quick_check")
 @click.option(
     "--stuck-minutes",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=15.0,
     show_default=True,
     help="a lane head or pending event older than this is stuck",
@@ -209,7 +210,7 @@ def doctor_command(
 
 
 @click.command("prune")
-@settings_options("db_path", "dedup_retention_days", "dlq_retention_days")
+@command_options("prune")
 @progress_option
 @json_option
 def prune_command(show_progress: bool | None, as_json: bool, **flags: Any) -> None:
