@@ -30,7 +30,8 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "ingress_box.mapping_rules",
             "ingress_box.instance_rules",
             "ingress_box.metrics",
-            "ingress_box.ops",
+            "ingress_box.backup",
+            "ingress_box.doctor",
             "ingress_box.bridge",
         ),
     ),
@@ -38,6 +39,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
         1,
         (
             "ingress_box.store",
+            "ingress_box.event",
             "ingress_box.signatures",
             "ingress_box.schemes",
             "ingress_box.plugins",
