@@ -16,7 +16,7 @@ import httpx
 
 from . import handlers, mapping_rules
 from .config import Settings
-from .delivery import Event, HandlerContext, Target
+from .delivery import HandlerContext, Target
 from .errors import PermanentFailure
 from .retry import Decision, RetryPolicy, decide
 from .store import Database
@@ -49,17 +49,18 @@ class Attempts:
         self, row: store_deliveries.Claimed, owner: str
     ) -> tuple[store_deliveries.Outcome, Decision, float]:
         """Attempt ``row`` now: its outcome to record, the decision, and the seconds it took."""
+        event = row.event
         started, t0 = self.clock(), time.perf_counter()
         error: BaseException | None = None
         instance = None
         try:
-            instance = self.instances.get(row.plugin_id, row.instance_id)
+            instance = self.instances.get(event.plugin, event.instance)
             if instance is None:
                 raise PermanentFailure("instance no longer exists")
             handler = handlers.resolve_handler(instance.handler)
             # Read at delivery time, so a mapping made after the event was accepted still counts.
             mappings = mapping_rules.MappingAccess(
-                self.db, row.plugin_id, row.instance_id, row.conversation, self.clock
+                self.db, event.plugin, event.instance, event.conversation, self.clock
             )
             ctx = HandlerContext(
                 target=Target(instance.target_url, instance.outbound_secret, instance.config),
@@ -70,15 +71,15 @@ class Attempts:
                 mappings=mappings,
                 transport=self.transport,
             )
-            handler(_event(row), ctx)
+            handler(event, ctx)
         except Exception as exc:  # noqa: BLE001 (every failure is classified by the policy)
             error = exc
         duration = time.perf_counter() - t0
-        decision = decide(self.policy, row.attempt, error, self.rng)
+        decision = decide(self.policy, event.attempt, error, self.rng)
         outcome = store_deliveries.Outcome(
             seq=row.seq,
             owner=owner,
-            attempt=row.attempt,
+            attempt=event.attempt,
             outcome=decision.outcome,
             started_at=started,
             duration_ms=duration * 1000,
@@ -89,21 +90,3 @@ class Attempts:
             strict=instance is not None and instance.lane_policy == "strict",
         )
         return outcome, decision, duration
-
-
-def _event(row: store_deliveries.Claimed) -> Event:
-    return Event(
-        id=row.id,
-        plugin=row.plugin_id,
-        instance=row.instance_id,
-        route=row.route,
-        provider_delivery_id=row.provider_delivery_id,
-        conversation=row.conversation,
-        method=row.method,
-        subpath=row.subpath,
-        content_type=row.content_type,
-        headers=row.headers,
-        body=row.body,
-        attempt=row.attempt,
-        received_at=row.received_at,
-    )

@@ -15,27 +15,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
+from .event import Event as Event  # re-exported: the record a handler receives
+
 if TYPE_CHECKING:  # only a type here: mapping_rules builds on the store, not the other way round
     from .mapping_rules import MappingAccess
 
 ERROR_EXCERPT_CHARS = 200  # how much of an error's text an attempt records
-
-
-@dataclass(frozen=True)
-class Event:
-    id: str
-    plugin: str
-    instance: str
-    route: str
-    provider_delivery_id: str
-    conversation: str | None
-    method: str
-    subpath: str
-    content_type: str | None
-    headers: Mapping[str, str]
-    body: bytes
-    attempt: int
-    received_at: float
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,14 @@ Labels stay bounded: plugin and instance (operator-configured) and an outcome fr
 never a delivery or conversation id. Requests for unknown plugins/instances are counted under
 ``plugin="", instance=""`` so a scanner cannot grow the label set.
 
-Gauges that describe the database (outbox depth, oldest pending age, open dead letters, file
-sizes) are read when scraped, by a collector, so they are never stale.
+Gauges that describe the database (outbox depth, parked rows, oldest pending age, open dead
+letters, file sizes) are read when scraped, by a collector, so they are never stale; they are
+:class:`~ingress_box.store.backlog.Backlog`'s figures, the ones the dashboard and ``stats`` show.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +22,8 @@ from prometheus_client.registry import Collector
 
 from .ingress import Answer, Inbound
 from .retry import Decision
-from .store import Database
+from .store import Database, dbfile
+from .store.backlog import backlog
 from .store.deliveries import Claimed
 
 access_log = logging.getLogger("ingress_box.access")
@@ -39,34 +40,32 @@ class _DatabaseCollector(Collector):
         self.db = db
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        row = self.db.read_one(
-            "SELECT count(*), min(d.received_at) FROM outbox AS o "
-            "JOIN deliveries AS d ON d.seq = o.delivery_seq WHERE o.parked = 0"
-        )
-        depth, oldest = (row[0], row[1]) if row is not None else (0, None)
+        now = time.time()
+        b = backlog(self.db, now)
         yield GaugeMetricFamily(
-            "ingress_box_outbox_depth", "Deliveries waiting to be delivered", value=depth
+            "ingress_box_outbox_depth",
+            "Deliveries waiting in the outbox, parked ones included",
+            value=b.depth,
+        )
+        yield GaugeMetricFamily(
+            "ingress_box_outbox_parked",
+            "Dead heads of strict lanes, holding their lane until a redrive or discard",
+            value=b.parked,
         )
         yield GaugeMetricFamily(
             "ingress_box_outbox_oldest_age_seconds",
             "Age of the oldest pending delivery (0 when none)",
-            value=max(0.0, time.time() - oldest) if oldest is not None else 0.0,
+            value=b.oldest_pending_age or 0.0,
         )
-        dead = self.db.read_one("SELECT count(*) FROM dead_letters WHERE redriven_at IS NULL")
         yield GaugeMetricFamily(
-            "ingress_box_dead_letters_open",
-            "Dead letters not redriven",
-            value=dead[0] if dead is not None else 0,
+            "ingress_box_dead_letters_open", "Dead letters not redriven", value=b.dead_open
         )
+        files = dbfile.sizes(self.db)
         sizes = GaugeMetricFamily(
             "ingress_box_database_bytes", "Size of the database files", labels=["file"]
         )
-        for name, suffix in (("db", ""), ("wal", "-wal")):
-            try:
-                size = os.path.getsize(str(self.db.path) + suffix)
-            except OSError:
-                size = 0
-            sizes.add_metric([name], size)
+        sizes.add_metric(["db"], files.database_bytes)
+        sizes.add_metric(["wal"], files.wal_bytes)
         yield sizes
 
 
@@ -151,18 +150,19 @@ class Metrics:
         )
 
     def on_attempt(self, row: Claimed, decision: Decision, seconds: float) -> None:
-        self.attempts.labels(row.plugin_id, row.instance_id, decision.outcome).inc()
-        self.attempt_seconds.labels(row.plugin_id).observe(seconds)
+        event = row.event
+        self.attempts.labels(event.plugin, event.instance, decision.outcome).inc()
+        self.attempt_seconds.labels(event.plugin).observe(seconds)
         if decision.outcome == "delivered":
-            self.end_to_end.labels(row.plugin_id).observe(max(0.0, time.time() - row.received_at))
+            self.end_to_end.labels(event.plugin).observe(max(0.0, time.time() - event.received_at))
         delivery_log.info(
             "attempt",
             extra={
                 "fields": {
-                    "plugin": row.plugin_id,
-                    "instance": row.instance_id,
-                    "delivery_id": row.id,
-                    "attempt": row.attempt,
+                    "plugin": event.plugin,
+                    "instance": event.instance,
+                    "delivery_id": event.id,
+                    "attempt": event.attempt,
                     "outcome": decision.outcome,
                     "status": decision.status_code,
                     "error": decision.error,

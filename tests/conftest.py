@@ -159,24 +159,24 @@ def make_dead_letters(make_deliveries: MakeDeliveries) -> MakeDeadLetters:
             dead = []
             for row in claim("tests", now, 60, 1_000_000)(conn):
                 # Other pending rows were claimed too: hand them back untouched.
-                fate = "dead" if row.id in doomed else "retry"
+                fate = "dead" if row.event.id in doomed else "retry"
                 record_outcome(
                     Outcome(
                         seq=row.seq,
                         owner="tests",
-                        attempt=row.attempt,
+                        attempt=row.event.attempt,
                         outcome=fate,
                         started_at=now,
                         duration_ms=1.0,
                         status_code=500,
                         error="HTTP 500",
                         next_attempt_at=T0,
-                        dead_letter_id=f"dlq_{row.id}",
+                        dead_letter_id=f"dlq_{row.event.id}",
                     ),
                     now,
                 )(conn)
                 if fate == "dead":
-                    dead.append(f"dlq_{row.id}")
+                    dead.append(f"dlq_{row.event.id}")
             return dead
 
         return db.write(op)

@@ -1,4 +1,5 @@
-"""The package's imports keep their layering: no cycle, and every import points downwards.
+"""The package's imports keep their layering: no cycle, and every import points downwards; and
+every SQL statement lives in ``ingress_box.store``.
 
 Layers, top to bottom (README, "Working on it"): the command line and the wiring; the HTTP layer
 and the worker; the core that decides things; the store and the pure building blocks; settings
@@ -8,6 +9,7 @@ and errors. A module may import its own layer or a lower one, never a higher one
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import ingress_box
@@ -30,7 +32,8 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "ingress_box.mapping_rules",
             "ingress_box.instance_rules",
             "ingress_box.metrics",
-            "ingress_box.ops",
+            "ingress_box.backup",
+            "ingress_box.doctor",
             "ingress_box.bridge",
         ),
     ),
@@ -38,6 +41,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
         1,
         (
             "ingress_box.store",
+            "ingress_box.event",
             "ingress_box.signatures",
             "ingress_box.schemes",
             "ingress_box.plugins",
@@ -167,4 +171,30 @@ def test_libraries_stay_in_their_family() -> None:
         if library in LIBRARY_HOMES
         and not any(module.startswith(home) for home in LIBRARY_HOMES[library])
     ]
+    assert strays == []
+
+
+_SQL = re.compile(
+    r"\s*(SELECT\s.+\sFROM\s|INSERT\s+(OR\s+\w+\s+)?INTO\s|UPDATE\s+\w+\s+SET\s|DELETE\s+FROM\s"
+    r"|PRAGMA\s+\w+|CREATE\s+(TABLE|INDEX|TRIGGER)\s)",
+    re.DOTALL,
+)
+
+
+def test_sql_lives_in_the_store() -> None:
+    """No module outside ingress_box.store holds a SQL statement or runs one on a connection."""
+    strays = []
+    for module, path in sorted(MODULES.items()):
+        if module == "ingress_box.store" or module.startswith("ingress_box.store."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if _SQL.match(node.value):
+                    strays.append(f"{module}:{node.lineno} {node.value.strip()[:40]!r}")
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("execute", "executemany", "executescript")
+            ):
+                strays.append(f"{module}:{node.lineno} .{node.func.attr}()")
     assert strays == []

@@ -20,9 +20,9 @@ from clirun import ok, run
 from conftest import T0, MakeDeadLetters
 from live import add_instance, generic_headers, running_box
 
-from ingress_box import ops
+from ingress_box import backup
 from ingress_box.config import Settings
-from ingress_box.store import Database
+from ingress_box.store import Database, tail
 from ingress_box.store.dead_letters import MAX_REDRIVE_BATCH
 from ingress_box.store.deliveries import NewDelivery, Outcome, accept, claim, record_outcome
 
@@ -97,7 +97,7 @@ def attempt(
             Outcome(
                 seq=seq,
                 owner="ops-tests",
-                attempt=rows[0].attempt,
+                attempt=rows[0].event.attempt,
                 outcome=outcome,
                 started_at=at,
                 duration_ms=12.0,
@@ -275,7 +275,7 @@ def test_backup_reports_progress_up_to_every_page(db: Database, tmp_path: Path) 
     """The progress callback ends at done == total pages."""
     _prefill(db, 5000)  # ~1,900 pages: two steps or more
     seen: list[tuple[int, int]] = []
-    report = ops.backup(db, tmp_path / "copy.db", lambda done, total: seen.append((done, total)))
+    report = backup.backup(db, tmp_path / "copy.db", lambda done, total: seen.append((done, total)))
     assert len(seen) > 1 and seen[-1] == (report.pages, report.pages)
 
 
@@ -487,15 +487,15 @@ def test_tail_follow_yields_what_is_committed_later(db: Database) -> None:
     later: list[int] = []
 
     def sleep(seconds: float) -> None:
-        assert seconds == ops.TAIL_POLL_SECONDS
+        assert seconds == tail.POLL_SECONDS
         if later:
             raise KeyboardInterrupt  # the second idle poll: enough
         later.append(deliver(db))
 
     with pytest.raises(KeyboardInterrupt):
         events: list[dict[str, Any]] = []
-        for event in ops.tail(db, time.time() - 60, sleep=sleep):
-            events.append(event)
+        for event in tail.tail(db, time.time() - 60, sleep=sleep):
+            events.append(event.to_json())
     assert [e["event"] for e in events] == ["received"]
 
 

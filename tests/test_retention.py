@@ -53,13 +53,13 @@ def add(db: Database, provider_id: str, outcome: str | None, at: float = T0) -> 
     if outcome is None:
         return
     claimed = db.write(d.claim("w", at, 60, 100))
-    row = next(r for r in claimed if r.provider_delivery_id == provider_id)
+    row = next(r for r in claimed if r.event.provider_delivery_id == provider_id)
     db.write(
         d.record_outcome(
             d.Outcome(
                 seq=row.seq,
                 owner="w",
-                attempt=row.attempt,
+                attempt=row.event.attempt,
                 outcome=outcome,
                 started_at=at,
                 duration_ms=1,

@@ -70,7 +70,7 @@ def settle(
             d.Outcome(
                 seq=row.seq,
                 owner=owner,
-                attempt=row.attempt,
+                attempt=row.event.attempt,
                 outcome=outcome,
                 started_at=now,
                 duration_ms=1.0,
@@ -170,7 +170,7 @@ def test_claim_takes_only_the_head_of_each_lane(db: Database) -> None:
         accept(db, new(f"c{i}", conversation="chat-1"))
     accept(db, new("free"))
     rows = claim(db)
-    assert [r.provider_delivery_id for r in rows] == ["c0", "free"]
+    assert [r.event.provider_delivery_id for r in rows] == ["c0", "free"]
     assert claim(db) == []
 
 
@@ -180,7 +180,7 @@ def test_settling_the_head_releases_the_next_in_its_lane(db: Database) -> None:
         accept(db, new(f"c{i}", conversation="chat-1"))
     head = claim(db)[0]
     assert settle(db, head, "delivered")
-    assert [r.provider_delivery_id for r in claim(db)] == ["c1"]
+    assert [r.event.provider_delivery_id for r in claim(db)] == ["c1"]
 
 
 def test_a_head_in_backoff_holds_its_lane(db: Database) -> None:
@@ -191,8 +191,8 @@ def test_a_head_in_backoff_holds_its_lane(db: Database) -> None:
     settle(db, head, "retry", next_at=2100.0)
     assert claim(db, now=2050.0) == []
     again = claim(db, now=2100.0)
-    assert [r.provider_delivery_id for r in again] == ["c0"]
-    assert again[0].attempt == 2
+    assert [r.event.provider_delivery_id for r in again] == ["c0"]
+    assert again[0].event.attempt == 2
 
 
 def test_expired_lease_is_claimable_again(db: Database) -> None:
@@ -218,7 +218,7 @@ def test_dead_in_progress_lane_moves_on(db: Database) -> None:
     for i in range(2):
         accept(db, new(f"c{i}", conversation="chat-1"))
     settle(db, claim(db)[0], "dead")
-    assert [r.provider_delivery_id for r in claim(db)] == ["c1"]
+    assert [r.event.provider_delivery_id for r in claim(db)] == ["c1"]
     state = db.read_one("SELECT state FROM deliveries WHERE provider_delivery_id = 'c0'")
     assert state is not None and state[0] == "dead"
 
@@ -230,7 +230,7 @@ def test_dead_in_strict_lane_waits_for_redrive(db: Database) -> None:
     settle(db, claim(db)[0], "dead", strict=True)
     assert claim(db) == []
     assert db.write(dlq.redrive(Selection(), 100, 2001.0)) == (1, 0)
-    assert [r.provider_delivery_id for r in claim(db, now=2002.0)] == ["c0"]
+    assert [r.event.provider_delivery_id for r in claim(db, now=2002.0)] == ["c0"]
 
 
 def test_redrive_is_once(db: Database) -> None:
@@ -258,7 +258,7 @@ def test_redrive_resets_the_attempt_budget_and_keeps_the_id(db: Database) -> Non
     settle(db, first, "dead")
     db.write(dlq.redrive(Selection(), 10, 2001.0))
     again = claim(db, now=2002.0)[0]
-    assert (again.id, again.attempt) == (first.id, 1)
+    assert (again.event.id, again.event.attempt) == (first.event.id, 1)
 
 
 def test_release_gives_back_leases(db: Database) -> None:

@@ -7,6 +7,7 @@ move on) then wake the workers on the file, so a running ``serve`` delivers at o
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -15,7 +16,6 @@ import click
 from ..config import load_settings
 from ..store import dead_letters as store_dead_letters
 from ..store import deliveries as store_deliveries
-from ..store.dead_letters import MAX_REDRIVE_BATCH
 from ..worker import wake_workers
 from .common import (
     _cell,
@@ -60,20 +60,20 @@ def deliveries_list(
         lambda db: store_deliveries.alist_page(db, plugin, instance, state, None, limit),
     )
     if as_json:
-        _print_json({"items": page.items, "next_cursor": page.next_cursor})
+        _print_json({"items": [d.to_json() for d in page.items], "next_cursor": page.next_cursor})
         return
     _table(
         ["ID", "PLUGIN", "INSTANCE", "ROUTE", "STATE", "ATTEMPTS", "RECEIVED", "LAST ERROR"],
         [
             [
-                d["id"],
-                d["plugin"],
-                d["instance"],
-                d["route"],
-                d["state"],
-                d["attempts"],
-                _when(d["received_at"]),
-                d["last_error"],
+                d.id,
+                d.plugin_id,
+                d.instance_id,
+                d.route,
+                d.state,
+                d.attempts,
+                _when(d.received_at),
+                d.last_error,
             ]
             for d in page.items
         ],
@@ -87,7 +87,10 @@ def deliveries_list(
 @json_option
 def deliveries_show(delivery_id: str, db_path: Path | None, as_json: bool) -> None:
     """Show one delivery with its headers, body and attempts."""
-    data = _read(load_settings(db_path=db_path), lambda db: store_deliveries.aget(db, delivery_id))
+    detail = _read(
+        load_settings(db_path=db_path), lambda db: store_deliveries.aget(db, delivery_id)
+    )
+    data = detail.to_json()
     if as_json:
         _print_json(data)
         return
@@ -142,21 +145,21 @@ def dlq_list(
         lambda db: store_dead_letters.alist_page(db, selection, None, limit),
     )
     if as_json:
-        _print_json({"items": page.items, "next_cursor": page.next_cursor})
+        _print_json({"items": [x.to_json() for x in page.items], "next_cursor": page.next_cursor})
         return
     _table(
         ["ID", "DELIVERY", "PLUGIN", "INSTANCE", "ATTEMPTS", "CREATED", "LAST ERROR"],
         [
             [
-                d["id"],
-                d["delivery"],
-                d["plugin"],
-                d["instance"],
-                d["attempts"],
-                _when(d["created_at"]),
-                d["last_error"],
+                x.id,
+                x.delivery,
+                x.plugin_id,
+                x.instance_id,
+                x.attempts,
+                _when(x.created_at),
+                x.last_error,
             ]
-            for d in page.items
+            for x in page.items
         ],
     )
     _more(page.next_cursor)
@@ -186,21 +189,14 @@ def dlq_redrive(
 ) -> None:
     """Send dead letters back to the outbox, in bounded batches."""
     selection = store_dead_letters.Selection(plugin, instance, list(ids) if ids else None)
-    total, remaining = 0, 0
     settings = load_settings(db_path=db_path)
     with (
         _database(settings) as db,
         _Progress("redriving", show_progress) as bar,
     ):
-        while limit is None or total < limit:
-            batch = MAX_REDRIVE_BATCH if limit is None else min(MAX_REDRIVE_BATCH, limit - total)
-            redriven, remaining = db.write(store_dead_letters.redrive(selection, batch, _now()))
-            total += redriven
-            if remaining == 0 or redriven == 0:
-                break
-            # Another batch follows: the end is what is done plus what is left to do.
-            left = remaining if limit is None else min(remaining, limit - total)
-            bar.report(total, total + left)
+        total, remaining = asyncio.run(
+            store_dead_letters.aredrive(db, selection, limit, _now, bar.report)
+        )
     if total:
         wake_workers(settings)
     if as_json:

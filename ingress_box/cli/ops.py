@@ -14,10 +14,10 @@ from typing import Any
 
 import click
 
-from .. import ops
+from .. import backup, doctor
 from ..config import env_name, load_settings
 from ..plugins import load_registry
-from ..store import retention
+from ..store import retention, stats, tail
 from ..web.auth import reset_admin_token
 from .common import (
     BadInput,
@@ -72,7 +72,7 @@ def backup_command(
     if not path.parent.is_dir():
         raise BadInput(f"no folder {path.parent}")
     with _database(settings) as db, _Progress("backing up", show_progress) as bar:
-        report = ops.backup(db, path, bar.report)
+        report = backup.backup(db, path, bar.report)
     data = {
         "path": str(report.path),
         "pages": report.pages,
@@ -95,7 +95,7 @@ def backup_command(
 def stats_command(db_path: Path | None, as_json: bool) -> None:
     """Show deliveries, backlog, attempts, dead letters and file sizes at one moment."""
     with _database(load_settings(db_path=db_path)) as db:
-        data = ops.stats(db, _now())
+        data = stats.stats(db, _now()).to_json()
     if as_json:
         _print_json(data)
         return
@@ -146,8 +146,9 @@ def tail_command(follow: bool, since: float, db_path: Path | None, as_json: bool
     """
     with _database(load_settings(db_path=db_path)) as db:
         try:
-            for event in ops.tail(db, _now() - since, follow=follow):
-                click.echo(json.dumps(event, sort_keys=True) if as_json else _tail_line(event))
+            for event in tail.tail(db, _now() - since, follow=follow):
+                data = event.to_json()
+                click.echo(json.dumps(data, sort_keys=True) if as_json else _tail_line(data))
         except KeyboardInterrupt:  # Ctrl-C is how a follow ends: not an error
             pass
 
@@ -182,13 +183,13 @@ def doctor_command(
     """Check the file and the instances; exit 1 if a check fails (warnings do not)."""
     settings = load_settings(db_path=db_path, plugins_dir=plugins_dir)
     registry = load_registry(settings.plugins_dir)
-    limits = ops.Limits(stuck_attempts=stuck_attempts, stuck_seconds=stuck_minutes * 60)
+    limits = doctor.Limits(stuck_attempts=stuck_attempts, stuck_seconds=stuck_minutes * 60)
     with _database(settings) as db:
-        checks = ops.doctor(
+        checks = doctor.doctor(
             db,
             now=_now(),
             public_url=settings.public_url,
-            signing_plugins=ops.url_signing_plugins(registry),
+            signing_plugins=doctor.url_signing_plugins(registry),
             limits=limits,
             full=full,
         )

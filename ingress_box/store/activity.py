@@ -1,6 +1,7 @@
 """What the box is doing now: backlog, the last hour's flows per minute, waiting lanes.
 
-Read-only queries for the dashboard. Neither ``deliveries.received_at`` nor
+Read-only queries for the dashboard and the doctor; the backlog's figures are
+:mod:`ingress_box.store.backlog`'s. Neither ``deliveries.received_at`` nor
 ``attempts.started_at`` is indexed, but both grow with their table's rowid, so the last hour is
 found by walking the rowid down from the newest row until it is older than the window: the cost
 follows the last hour's traffic, not the table's size.
@@ -8,10 +9,13 @@ follows the last hour's traffic, not the table's size.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backlog import Backlog, abacklog
 from .db import Database
+from .deliveries import IS_LANE_HEAD
 
 MINUTES = 60
 
@@ -39,14 +43,7 @@ _REDRIVEN = """
 SELECT CAST((redriven_at - :since) / 60 AS INTEGER) AS minute, count(*) AS n
 FROM dead_letters WHERE redriven_at >= :since GROUP BY minute
 """
-_NOW = """
-SELECT (SELECT count(*) FROM outbox) AS outbox_depth,
-       (SELECT count(*) FROM deliveries WHERE state = 'pending') AS pending,
-       (SELECT count(*) FROM outbox WHERE parked = 1) AS parked,
-       (SELECT count(*) FROM dead_letters WHERE redriven_at IS NULL) AS dead_open,
-       (SELECT d.received_at FROM deliveries AS d
-        WHERE d.seq = (SELECT min(delivery_seq) FROM outbox WHERE parked = 0)) AS oldest_pending_at
-"""
+_PENDING = "SELECT count(*) FROM deliveries WHERE state = 'pending'"
 
 
 @dataclass(frozen=True)
@@ -54,23 +51,14 @@ class Activity:
     """The box now, and per-minute flows over the last hour (index 0 is the oldest minute)."""
 
     now: float
-    outbox_depth: int
-    pending: int
-    parked: int
-    dead_open: int
-    oldest_pending_at: float | None
+    backlog: Backlog
+    pending: int  # deliveries in state pending (a parked head is dead, so not among them)
     received: list[int] = field(default_factory=list)
     delivered: list[int] = field(default_factory=list)
     dead: list[int] = field(default_factory=list)
     redriven: list[int] = field(default_factory=list)
 
-    @property
-    def oldest_pending_age(self) -> float | None:
-        if self.oldest_pending_at is None:
-            return None
-        return max(0.0, self.now - self.oldest_pending_at)
-
-    def backlog(self) -> list[int]:
+    def backlog_per_minute(self) -> list[int]:
         """Pending deliveries at the end of each minute, replayed back from the count now.
 
         Pending grows by what was received or redriven and shrinks by what was delivered or
@@ -100,18 +88,15 @@ def _per_minute(rows: list[Any], outcome: str | None = None) -> list[int]:
 
 async def aactivity(db: Database, now: float) -> Activity:
     since = now - MINUTES * 60
-    counts = await db.aread_one(_NOW)
-    assert counts is not None  # an aggregate always answers one row
+    pending = await db.aread_one(_PENDING)
+    assert pending is not None  # an aggregate always answers one row
     received = await db.aread(_RECEIVED, {"since": since})
     settled = await db.aread(_SETTLED, {"since": since})
     redriven = await db.aread(_REDRIVEN, {"since": since})
     return Activity(
         now=now,
-        outbox_depth=counts["outbox_depth"],
-        pending=counts["pending"],
-        parked=counts["parked"],
-        dead_open=counts["dead_open"],
-        oldest_pending_at=counts["oldest_pending_at"],
+        backlog=await abacklog(db, now),
+        pending=pending[0],
         received=_per_minute(received),
         delivered=_per_minute(settled, "delivered"),
         dead=_per_minute(settled, "dead"),
@@ -135,23 +120,97 @@ LIMIT ?
 """
 
 
-async def awaiting_lanes(db: Database, limit: int) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Lane:
+    """A conversation lane with work queued, described by its head."""
+
+    waiting: int
+    head: str  # the head delivery's id
+    plugin_id: str
+    instance_id: str
+    conversation: str
+    attempts: int
+    last_error: str | None
+    received_at: float
+    next_attempt_at: float
+    leased: bool
+    parked: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "waiting": self.waiting,
+            "head": self.head,
+            "plugin": self.plugin_id,
+            "instance": self.instance_id,
+            "conversation": self.conversation,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "received_at": self.received_at,
+            "next_attempt_at": self.next_attempt_at,
+            "leased": self.leased,
+            "parked": self.parked,
+        }
+
+
+async def awaiting_lanes(db: Database, limit: int) -> list[Lane]:
     """Conversation lanes with work queued, parked ones first, then the longest."""
     return [
-        {
-            "waiting": r["waiting"],
-            "head": r["id"],
-            "plugin": r["plugin_id"],
-            "instance": r["instance_id"],
-            "conversation": r["conversation"],
-            "attempts": r["attempts"],
-            "last_error": r["last_error"],
-            "received_at": r["received_at"],
-            "next_attempt_at": r["available_at"],
-            "leased": r["lease_until"] is not None,
-            "parked": bool(r["parked"]),
-        }
+        Lane(
+            waiting=r["waiting"],
+            head=r["id"],
+            plugin_id=r["plugin_id"],
+            instance_id=r["instance_id"],
+            conversation=r["conversation"],
+            attempts=r["attempts"],
+            last_error=r["last_error"],
+            received_at=r["received_at"],
+            next_attempt_at=r["available_at"],
+            leased=r["lease_until"] is not None,
+            parked=bool(r["parked"]),
+        )
         for r in await db.aread(_LANES, (limit,))
+    ]
+
+
+# A lane head is stuck when it is parked, or has been tried often, or has waited long.
+_STUCK_HEADS = f"""
+SELECT d.id, d.plugin_id, d.instance_id, d.attempts, d.received_at, o.parked,
+       (SELECT count(*) FROM outbox AS w WHERE w.lane = o.lane) AS waiting
+FROM outbox AS o JOIN deliveries AS d ON d.seq = o.delivery_seq
+WHERE o.lane IS NOT NULL
+  AND {IS_LANE_HEAD}
+  AND (o.parked = 1 OR d.attempts >= ? OR d.received_at < ?)
+ORDER BY o.parked DESC, d.received_at
+"""
+
+
+@dataclass(frozen=True)
+class StuckHead:
+    id: str
+    plugin_id: str
+    instance_id: str
+    attempts: int
+    received_at: float
+    parked: bool
+    waiting: int  # rows of its lane, itself included
+
+
+def stuck_heads_in(
+    conn: sqlite3.Connection, attempts: int, received_before: float
+) -> list[StuckHead]:
+    """Lane heads parked, tried ``attempts`` times or more, or received before the cutoff;
+    parked first, then the oldest (read on ``conn``, a snapshot)."""
+    return [
+        StuckHead(
+            id=r["id"],
+            plugin_id=r["plugin_id"],
+            instance_id=r["instance_id"],
+            attempts=r["attempts"],
+            received_at=r["received_at"],
+            parked=bool(r["parked"]),
+            waiting=r["waiting"],
+        )
+        for r in conn.execute(_STUCK_HEADS, (attempts, received_before))
     ]
 
 

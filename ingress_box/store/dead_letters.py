@@ -2,21 +2,23 @@
 
 Redrive is one op per batch: the delivery goes back to the outbox and its dead letter is
 marked redriven in the same transaction, so a failed redrive leaves the row redrivable.
+:func:`aredrive` is the one way the API, the dashboard and the CLI redrive: up to a number of
+dead letters (or every one) in batches of at most :data:`MAX_REDRIVE_BATCH`.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import NotFound
 from .db import Database
 from .deliveries import LANE_SQL
-from .pages import Page, decode_cursor, encode_cursor
+from .pages import Page, decode_cursor, page_of
 
-MAX_REDRIVE_BATCH = 1000
+MAX_REDRIVE_BATCH = 1000  # dead letters redriven in one transaction
 
 
 @dataclass(frozen=True)
@@ -48,32 +50,44 @@ FROM dead_letters AS x JOIN deliveries AS d ON d.seq = x.delivery_seq
 """
 
 
-def _item(row: sqlite3.Row) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "delivery": row["delivery"],
-        "plugin": row["plugin_id"],
-        "instance": row["instance_id"],
-        "attempts": row["attempts"],
-        "last_error": row["last_error"],
-        "created_at": row["created_at"],
-        "route": row["route"],
-        "conversation": row["conversation"],
-        "provider_delivery_id": row["provider_delivery_id"],
-    }
+@dataclass(frozen=True)
+class DeadLetter:
+    pos: int  # its rowid: the listing's order and cursor
+    id: str
+    delivery: str  # the delivery's id
+    plugin_id: str
+    instance_id: str
+    attempts: int
+    last_error: str
+    created_at: float
+    route: str
+    conversation: str | None
+    provider_delivery_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "delivery": self.delivery,
+            "plugin": self.plugin_id,
+            "instance": self.instance_id,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "created_at": self.created_at,
+            "route": self.route,
+            "conversation": self.conversation,
+            "provider_delivery_id": self.provider_delivery_id,
+        }
 
 
 async def alist_page(
     db: Database, selection: Selection, cursor: str | None, limit: int
-) -> Page[dict[str, Any]]:
+) -> Page[DeadLetter]:
     where, params = selection.where()
     if cursor:
         where += " AND x.rowid > ?"
         params.append(decode_cursor(cursor, (int,))[0])
     rows = await db.aread(f"{_ITEM} WHERE {where} ORDER BY x.rowid LIMIT ?", [*params, limit + 1])
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page([_item(r) for r in rows], encode_cursor([rows[-1]["pos"]]) if more else None)
+    return page_of([DeadLetter(**dict(r)) for r in rows], limit, lambda x: [x.pos])
 
 
 def redrive(selection: Selection, limit: int, now: float) -> Any:
@@ -109,6 +123,32 @@ def redrive(selection: Selection, limit: int, now: float) -> Any:
         return len(rows), remaining
 
     return op
+
+
+async def aredrive(
+    db: Database,
+    selection: Selection,
+    limit: int | None,
+    clock: Callable[[], float],
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[int, int]:
+    """Redrive up to ``limit`` open dead letters (None: every one), a bounded batch at a time.
+
+    Returns ``(redriven, remaining)``. Each batch is its own transaction, so the writer is never
+    held for long; ``progress(done, total)`` hears of each batch that another one follows.
+    """
+    total, remaining = 0, 0
+    while limit is None or total < limit:
+        batch = MAX_REDRIVE_BATCH if limit is None else min(MAX_REDRIVE_BATCH, limit - total)
+        redriven, remaining = await db.awrite(redrive(selection, batch, clock()))
+        total += redriven
+        if remaining == 0 or redriven == 0:
+            break
+        if progress is not None:
+            # Another batch may follow: the end is what is done plus what is left to do.
+            left = remaining if limit is None else min(remaining, limit - total)
+            progress(total, total + left)
+    return total, remaining
 
 
 def discard(dead_letter_id: str) -> Any:

@@ -3,6 +3,12 @@
 A delivery is accepted together with its outbox row (one op, so one transaction). The worker
 claims rows with a lease; only the head of each conversation lane is claimable, and only while
 no other row of that lane is leased. Recording an outcome checks that the lease is still ours.
+
+Record types: :class:`NewDelivery` is what the ingress stores (its headers already redacted and
+serialised, no attempt yet); a claim hands out the handler's own
+:class:`~ingress_box.event.Event` plus the row's ``seq`` (:class:`Claimed`), so the worker makes
+no copy of it; listings return :class:`Delivery` (with :class:`DeliveryDetail` and
+:class:`Attempt` for one delivery), each with the ``to_json`` that the API and the CLI answer.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import NotFound
+from ..event import Event
 from .db import Database
-from .pages import Page, decode_cursor, encode_cursor
+from .pages import Page, decode_cursor, page_of
 
 STATES = ("pending", "delivered", "dead")
 
@@ -39,22 +46,10 @@ class NewDelivery:
 
 @dataclass(frozen=True)
 class Claimed:
-    """A leased outbox row with what a handler needs."""
+    """A leased outbox row: the event its handler gets, and the row's key to record the outcome."""
 
     seq: int
-    id: str
-    plugin_id: str
-    instance_id: str
-    route: str
-    provider_delivery_id: str
-    conversation: str | None
-    method: str
-    subpath: str
-    content_type: str | None
-    headers: dict[str, str]
-    body: bytes
-    attempt: int
-    received_at: float
+    event: Event
 
 
 # Whether outbox row ``o`` is the head (oldest row) of its lane.
@@ -175,19 +170,21 @@ def claim(owner: str, now: float, lease_seconds: float, limit: int) -> Any:
         return [
             Claimed(
                 seq=r["seq"],
-                id=r["id"],
-                plugin_id=r["plugin_id"],
-                instance_id=r["instance_id"],
-                route=r["route"],
-                provider_delivery_id=r["provider_delivery_id"],
-                conversation=r["conversation"],
-                method=r["method"],
-                subpath=r["subpath"],
-                content_type=r["content_type"],
-                headers=json.loads(r["headers"]),
-                body=bytes(r["body"] or b""),
-                attempt=r["attempts"],
-                received_at=r["received_at"],
+                event=Event(
+                    id=r["id"],
+                    plugin=r["plugin_id"],
+                    instance=r["instance_id"],
+                    route=r["route"],
+                    provider_delivery_id=r["provider_delivery_id"],
+                    conversation=r["conversation"],
+                    method=r["method"],
+                    subpath=r["subpath"],
+                    content_type=r["content_type"],
+                    headers=json.loads(r["headers"]),
+                    body=bytes(r["body"] or b""),
+                    attempt=r["attempts"],
+                    received_at=r["received_at"],
+                ),
             )
             for r in rows
         ]
@@ -333,28 +330,117 @@ FROM deliveries AS d LEFT JOIN outbox AS o ON o.delivery_seq = d.seq
 """
 
 
-def item_json(row: sqlite3.Row) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "id": row["id"],
-        "plugin": row["plugin_id"],
-        "instance": row["instance_id"],
-        "route": row["route"],
-        "provider_delivery_id": row["provider_delivery_id"],
-        "conversation": row["conversation"],
-        "state": row["state"],
-        "attempts": row["attempts"],
-        "received_at": row["received_at"],
-        "delivered_at": row["delivered_at"],
-        "last_error": row["last_error"],
-        "note": row["note"],
-        "content_type": row["content_type"],
-        "size": row["size"],
-    }
-    if row["state"] == "pending" or row["parked"]:
-        data["next_attempt_at"] = row["available_at"]
-        data["leased"] = row["lease_until"] is not None
-        data["parked"] = bool(row["parked"])
-    return data
+@dataclass(frozen=True)
+class Delivery:
+    """One delivery as listed; the outbox fields are None when it has no outbox row."""
+
+    seq: int
+    id: str
+    plugin_id: str
+    instance_id: str
+    route: str
+    provider_delivery_id: str
+    conversation: str | None
+    state: str
+    attempts: int
+    received_at: float
+    delivered_at: float | None
+    last_error: str | None
+    note: str | None
+    content_type: str | None
+    size: int | None  # None once the payload is pruned
+    next_attempt_at: float | None
+    leased: bool
+    parked: bool
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "plugin": self.plugin_id,
+            "instance": self.instance_id,
+            "route": self.route,
+            "provider_delivery_id": self.provider_delivery_id,
+            "conversation": self.conversation,
+            "state": self.state,
+            "attempts": self.attempts,
+            "received_at": self.received_at,
+            "delivered_at": self.delivered_at,
+            "last_error": self.last_error,
+            "note": self.note,
+            "content_type": self.content_type,
+            "size": self.size,
+        }
+        # Where it stands in the outbox, for what is still waiting (a parked head is dead).
+        if self.state == "pending" or self.parked:
+            data["next_attempt_at"] = self.next_attempt_at
+            data["leased"] = self.leased
+            data["parked"] = self.parked
+        return data
+
+
+def _delivery(row: sqlite3.Row) -> Delivery:
+    return Delivery(
+        seq=row["seq"],
+        id=row["id"],
+        plugin_id=row["plugin_id"],
+        instance_id=row["instance_id"],
+        route=row["route"],
+        provider_delivery_id=row["provider_delivery_id"],
+        conversation=row["conversation"],
+        state=row["state"],
+        attempts=row["attempts"],
+        received_at=row["received_at"],
+        delivered_at=row["delivered_at"],
+        last_error=row["last_error"],
+        note=row["note"],
+        content_type=row["content_type"],
+        size=row["size"],
+        next_attempt_at=row["available_at"],
+        leased=row["lease_until"] is not None,
+        parked=bool(row["parked"]),
+    )
+
+
+@dataclass(frozen=True)
+class Attempt:
+    attempt: int
+    started_at: float
+    duration_ms: float
+    outcome: str  # delivered | retry | dead
+    status_code: int | None
+    error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "started_at": self.started_at,
+            "duration_ms": self.duration_ms,
+            "outcome": self.outcome,
+            "status_code": self.status_code,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class DeliveryDetail:
+    """One delivery with its stored headers, its body (None once pruned) and its attempts."""
+
+    delivery: Delivery
+    headers: dict[str, str]
+    body: bytes | None
+    attempts: list[Attempt]
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.delivery.to_json()
+        data["headers"] = self.headers
+        data["body_pruned"] = self.body is None
+        if self.body is not None:
+            try:
+                data["body"] = self.body.decode("utf-8")
+            except UnicodeDecodeError:
+                data["body_base64"] = base64.b64encode(self.body).decode()
+        data["attempt_log"] = [a.to_json() for a in self.attempts]
+        return data
 
 
 def _list_query(
@@ -390,33 +476,9 @@ async def alist_page(
     state: str | None,
     cursor: str | None,
     limit: int,
-) -> Page[dict[str, Any]]:
+) -> Page[Delivery]:
     rows = await db.aread(*_list_query(plugin_id, instance_id, state, cursor, limit))
-    return _page(rows, limit)
-
-
-def _page(rows: list[sqlite3.Row], limit: int) -> Page[dict[str, Any]]:
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(
-        [item_json(r) for r in rows], encode_cursor([rows[-1]["seq"]]) if more and rows else None
-    )
-
-
-def _detail(
-    rows: list[sqlite3.Row], attempts: list[sqlite3.Row], body_row: sqlite3.Row
-) -> dict[str, Any]:
-    data = item_json(rows[0])
-    data["headers"] = json.loads(body_row["headers"])
-    body = body_row["body"]
-    data["body_pruned"] = body is None
-    if body is not None:
-        try:
-            data["body"] = bytes(body).decode("utf-8")
-        except UnicodeDecodeError:
-            data["body_base64"] = base64.b64encode(bytes(body)).decode()
-    data["attempt_log"] = [dict(a) for a in attempts]
-    return data
+    return page_of([_delivery(r) for r in rows], limit, lambda d: [d.seq])
 
 
 _ATTEMPTS = (
@@ -425,22 +487,30 @@ _ATTEMPTS = (
 )
 
 
-async def aitems(db: Database, ids: Sequence[str]) -> list[dict[str, Any]]:
-    """The list items of these deliveries, newest first, in one query."""
+async def aitems(db: Database, ids: Sequence[str]) -> list[Delivery]:
+    """These deliveries, newest first, in one query."""
     if not ids:
         return []
     rows = await db.aread(
         _ITEM + f" WHERE d.id IN ({','.join('?' * len(ids))}) ORDER BY d.seq DESC", list(ids)
     )
-    return [item_json(r) for r in rows]
+    return [_delivery(r) for r in rows]
 
 
-async def aget(db: Database, delivery_id: str) -> dict[str, Any]:
+async def aget(db: Database, delivery_id: str) -> DeliveryDetail:
     rows = await db.aread(_ITEM + " WHERE d.id = ?", (delivery_id,))
     if not rows:
         raise NotFound(f"no delivery {delivery_id}")
-    seq = rows[0]["seq"]
-    attempts = await db.aread(_ATTEMPTS, (seq,))
-    body_row = await db.aread_one("SELECT headers, body FROM deliveries WHERE seq = ?", (seq,))
+    delivery = _delivery(rows[0])
+    attempts = await db.aread(_ATTEMPTS, (delivery.seq,))
+    body_row = await db.aread_one(
+        "SELECT headers, body FROM deliveries WHERE seq = ?", (delivery.seq,)
+    )
     assert body_row is not None
-    return _detail(rows, attempts, body_row)
+    body = body_row["body"]
+    return DeliveryDetail(
+        delivery=delivery,
+        headers=json.loads(body_row["headers"]),
+        body=None if body is None else bytes(body),
+        attempts=[Attempt(**dict(a)) for a in attempts],
+    )

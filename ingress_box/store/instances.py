@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..errors import AlreadyExists, NotFound
 from .db import Database
-from .pages import Page, decode_cursor, encode_cursor
+from .pages import Page, decode_cursor, page_of
 
 LANE_POLICIES = ("progress", "strict")
 INSTANCE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what CONTRACT allows as an instance id
@@ -233,22 +234,41 @@ def _list_query(plugin_id: str | None, cursor: str | None, limit: int) -> tuple[
     return sql, params
 
 
-def _page(rows: list[sqlite3.Row], limit: int) -> Page[Instance]:
-    items = [_from_row(r) for r in rows[:limit]]
-    more = len(rows) > limit
-    cursor = encode_cursor([items[-1].plugin_id, items[-1].instance_id]) if more else None
-    return Page(items, cursor)
-
-
 async def alist_page(
     db: Database, plugin_id: str | None = None, cursor: str | None = None, limit: int = 100
 ) -> Page[Instance]:
-    return _page(await db.aread(*_list_query(plugin_id, cursor, limit)), limit)
+    rows = await db.aread(*_list_query(plugin_id, cursor, limit))
+    return page_of([_from_row(r) for r in rows], limit, lambda i: [i.plugin_id, i.instance_id])
 
 
 async def aget(db: Database, plugin_id: str, instance_id: str) -> Instance | None:
     row = await db.aread_one(_GET, (plugin_id, instance_id))
     return _from_row(row) if row is not None else None
+
+
+# -- what the doctor looks for -----------------------------------------------------------------
+
+_NO_TARGET = """
+SELECT plugin_id || '/' || instance_id FROM instances
+WHERE enabled = 1 AND handler = 'forward' AND coalesce(trim(target_url), '') = ''
+ORDER BY 1
+"""
+_NO_PUBLIC_URL = """
+SELECT plugin_id || '/' || instance_id FROM instances
+WHERE plugin_id IN (SELECT value FROM json_each(?))
+  AND coalesce(json_extract(config, '$.public_url'), '') = ''
+ORDER BY 1
+"""
+
+
+def without_target_in(conn: sqlite3.Connection) -> list[str]:
+    """``plugin/instance`` of enabled forward instances with no target URL (on ``conn``)."""
+    return [r[0] for r in conn.execute(_NO_TARGET)]
+
+
+def without_public_url_in(conn: sqlite3.Connection, plugin_ids: Collection[str]) -> list[str]:
+    """``plugin/instance`` of instances of these plugins with no ``public_url`` in their config."""
+    return [r[0] for r in conn.execute(_NO_PUBLIC_URL, (json.dumps(sorted(plugin_ids)),))]
 
 
 _MISSING: Any = object()

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import InvalidInput, MappingConflict, NotFound
 from .db import Database, Op
-from .pages import Page, decode_cursor, encode_cursor
+from .pages import Page, decode_cursor, page_of
 
 STATES = ("bot", "human", "closed")
 
@@ -287,9 +287,7 @@ def _list_query(f: Filter, cursor: str | None, limit: int) -> tuple[str, list[An
 
 
 def _page(rows: list[sqlite3.Row], limit: int) -> Page[ConversationMapping]:
-    items = [_from_row(r) for r in rows[:limit]]
-    more = len(rows) > limit
-    return Page(items, encode_cursor([items[-1].id]) if more and items else None)
+    return page_of([_from_row(r) for r in rows], limit, lambda m: [m.id])
 
 
 def list_page(

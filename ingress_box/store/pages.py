@@ -1,10 +1,15 @@
-"""Keyset pagination: a page of items and an opaque cursor to the next one."""
+"""Keyset pagination: a page of items and an opaque cursor to the next one.
+
+A listing fetches ``LIMIT limit + 1`` rows: the extra row only says that there is a next page,
+and :func:`page_of` turns the rows into that page.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -19,6 +24,14 @@ MAX_LIMIT = 1000
 class Page(Generic[T]):
     items: list[T]
     next_cursor: str | None
+
+
+def page_of(items: list[T], limit: int, key: Callable[[T], list[Any]]) -> Page[T]:
+    """The first ``limit`` of ``items`` (fetched with ``LIMIT limit + 1``), and when there were
+    more, the cursor that ``key`` makes of the last one shown."""
+    more = len(items) > limit
+    items = items[:limit]
+    return Page(items, encode_cursor(key(items[-1])) if more and items else None)
 
 
 def encode_cursor(key: list[Any]) -> str:

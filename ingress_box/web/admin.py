@@ -186,13 +186,13 @@ class Deliveries(HTTPEndpoint):
             cursor,
             limit,
         )
-        return page_json(page)
+        return page_json(page, [d.to_json() for d in page.items])
 
 
 class DeliveryItem(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
         found = await store_deliveries.aget(box_of(request).db, request.path_params["id"])
-        return JSONResponse(found)
+        return JSONResponse(found.to_json())
 
 
 class DeadLetters(HTTPEndpoint):
@@ -202,9 +202,8 @@ class DeadLetters(HTTPEndpoint):
             query.get("plugin") or None, query.get("instance") or None
         )
         cursor, limit = page_args(request)
-        return page_json(
-            await store_dead_letters.alist_page(box_of(request).db, selection, cursor, limit)
-        )
+        page = await store_dead_letters.alist_page(box_of(request).db, selection, cursor, limit)
+        return page_json(page, [x.to_json() for x in page.items])
 
 
 class Redrive(HTTPEndpoint):
@@ -222,8 +221,8 @@ class Redrive(HTTPEndpoint):
         selection = store_dead_letters.Selection(
             optional_text(body, "plugin"), optional_text(body, "instance"), ids
         )
-        redriven, remaining = await box.db.awrite(
-            store_dead_letters.redrive(selection, clamp_limit(limit), box.clock())
+        redriven, remaining = await store_dead_letters.aredrive(
+            box.db, selection, clamp_limit(limit), box.clock
         )
         if redriven:
             box.wake_worker()

@@ -210,11 +210,11 @@ class Dashboard:
         return {
             "now": now,
             "stats": {
-                "outbox_depth": act.outbox_depth,
+                "outbox_depth": act.backlog.depth,
                 "pending": act.pending,
-                "parked": act.parked,
-                "oldest_pending_age": templating.age(act.oldest_pending_age),
-                "dead_open": act.dead_open,
+                "parked": act.backlog.parked,
+                "oldest_pending_age": templating.age(act.backlog.oldest_pending_age),
+                "dead_open": act.backlog.dead_open,
                 "received_hour": sum(act.received),
                 "delivered_hour": sum(act.delivered),
                 "dead_hour": sum(act.dead),
@@ -226,7 +226,7 @@ class Dashboard:
                 "throughput": sparklines.chart(
                     {"received": act.received, "delivered": act.delivered}
                 ),
-                "backlog": sparklines.chart({"backlog": act.backlog()}),
+                "backlog": sparklines.chart({"backlog": act.backlog_per_minute()}),
             },
         }
 
@@ -272,12 +272,13 @@ class Dashboard:
             found = await activity.afind(db, search, PAGE_SIZE)
             if len(found) == 1:
                 return _redirect(f"{PREFIX}/deliveries/{quote(found[0], safe='')}")
-            items, next_cursor = await store_deliveries.aitems(db, found), None
+            listed, next_cursor = await store_deliveries.aitems(db, found), None
         else:
             page = await store_deliveries.alist_page(
                 db, filters["plugin"], filters["instance"], state, visit.query("cursor"), PAGE_SIZE
             )
-            items, next_cursor = page.items, page.next_cursor
+            listed, next_cursor = page.items, page.next_cursor
+        items = [d.to_json() for d in listed]
         return self.render(
             visit.request,
             "deliveries.html",
@@ -293,7 +294,8 @@ class Dashboard:
         )
 
     async def delivery(self, visit: Visit) -> Response:
-        found = await store_deliveries.aget(visit.box.db, visit.request.path_params["id"])
+        detail = await store_deliveries.aget(visit.box.db, visit.request.path_params["id"])
+        found = detail.to_json()
         body, encoding = found.get("body"), "text"
         if body is None and "body_base64" in found:
             body, encoding = found["body_base64"], "base64"
@@ -313,7 +315,9 @@ class Dashboard:
 
     async def lanes(self, visit: Visit) -> Response:
         lanes = await activity.awaiting_lanes(visit.box.db, PAGE_SIZE * 4)
-        return self.render(visit.request, "lanes.html", visit.login, lanes=lanes)
+        return self.render(
+            visit.request, "lanes.html", visit.login, lanes=[lane.to_json() for lane in lanes]
+        )
 
     async def rejections(self, visit: Visit) -> Response:
         box = visit.box
@@ -347,7 +351,7 @@ class Dashboard:
             visit.request,
             "dlq.html",
             visit.login,
-            items=page.items,
+            items=[x.to_json() for x in page.items],
             filters=filters,
             next_cursor=page.next_cursor,
             next_query=urlencode(
@@ -364,10 +368,8 @@ class Dashboard:
         else:
             selection = store_dead_letters.Selection(plugin, instance)
         # One bounded batch per click; the flash says how many remain for another click.
-        redriven, remaining = await box.db.awrite(
-            store_dead_letters.redrive(
-                selection, 1 if one else store_dead_letters.MAX_REDRIVE_BATCH, box.clock()
-            )
+        redriven, remaining = await store_dead_letters.aredrive(
+            box.db, selection, 1 if one else store_dead_letters.MAX_REDRIVE_BATCH, box.clock
         )
         if redriven:
             box.wake_worker()
