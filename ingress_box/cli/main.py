@@ -3,10 +3,9 @@
 Every flag of ``serve``/``worker`` is also an ``INGRESS_BOX_*`` variable (see
 :func:`~ingress_box.cli.common.command_options`). The operator commands live in their own
 modules and open the SQLite file directly, so they work while ``serve`` runs:
-:mod:`~ingress_box.cli_instances` (``instances``), :mod:`~ingress_box.cli_deliveries`
-(``deliveries``, ``dlq``), :mod:`~ingress_box.cli_mappings` (``mappings``) and
-:mod:`~ingress_box.cli_ops` (``backup``, ``stats``, ``tail``, ``doctor``, ``prune``,
-``admin-token``).
+:mod:`.instances` (``instances``), :mod:`.deliveries` (``deliveries``, ``dlq``),
+:mod:`.mappings` (``mappings``) and :mod:`.ops` (``backup``, ``stats``, ``tail``, ``doctor``,
+``prune``, ``admin-token``).
 
 Exit codes: 0 success, 1 failure, 2 bad input.
 """
