@@ -17,8 +17,10 @@ from standardwebhooks.webhooks import Webhook
 from waiting import eventually
 
 from ingress_box.config import Settings, load_settings
+from ingress_box.retry import Decision
 from ingress_box.store import dead_letters
 from ingress_box.store import deliveries as store_deliveries
+from ingress_box.worker import Worker
 
 URL = "/ingress/generic/main/events"
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -212,3 +214,20 @@ def test_no_target_url_is_dead_lettered(settings: Settings, target: FakeTarget) 
         add_instance(live.box, outbound_secret=SECRET)
         send(live, b'{"i":0}', **{"x-delivery": "n-0"})
         wait_state(live, "n-0", "dead")
+
+
+def test_an_outcome_in_the_database_has_been_observed(live: LiveBox, target: FakeTarget) -> None:
+    """Observers (the metrics) run before the outcome is recorded: a reader who sees the outcome
+    in the database finds it counted too, however slow the observers are."""
+    assert isinstance(live.box.worker, Worker)
+    observed: list[str] = []
+
+    def slow_observer(row: store_deliveries.Claimed, decision: Decision, seconds: float) -> None:
+        time.sleep(0.3)  # a slow observer, to widen the window an ordering bug would leave
+        observed.append(row.provider_delivery_id)
+
+    live.box.worker.observers.insert(0, slow_observer)
+    target.reply(400)
+    send(live, b'{"n":1}', **{"x-delivery": "w-1"})
+    wait_state(live, "w-1", "dead")
+    assert observed == ["w-1"]
