@@ -331,15 +331,19 @@ class Worker:
         return woken and not self._stopping.is_set()
 
     def deliver(self, row: store_deliveries.Claimed) -> None:
-        """Make one attempt and record its outcome."""
+        """Make one attempt, tell the observers, and record its outcome."""
         outcome, decision, duration = self.attempts.make(row, self.owner)
-        # Not waited for: the next claim of this thread queues behind it in the writer.
-        future = self.db.submit(
-            store_deliveries.record_outcome(outcome, self.clock()), durable=False
-        )
-        future.add_done_callback(_log_settle_failure)
-        for observe in self.observers:
-            observe(row, decision, duration)
+        # Observers first: once a reader can see the outcome in the database, the counters
+        # already show it (a done callback would run after the commit, leaving a window).
+        try:
+            for observe in self.observers:
+                observe(row, decision, duration)
+        finally:  # an observer that fails must not cost the outcome
+            # Not waited for: the next claim of this thread queues behind it in the writer.
+            future = self.db.submit(
+                store_deliveries.record_outcome(outcome, self.clock()), durable=False
+            )
+            future.add_done_callback(_log_settle_failure)
 
 
 def _log_settle_failure(future: Any) -> None:

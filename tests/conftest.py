@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from fake_target import FakeTarget, running_target
 from hypothesis import settings as hypothesis_settings
-from live import Target, running_target
 from starlette.testclient import TestClient
 
 from ingress_box.app import App, create_app
@@ -31,8 +31,9 @@ hypothesis_settings.load_profile("box")
 
 
 @pytest.fixture
-def target() -> Iterator[Target]:
-    """A real local HTTP server recording what is forwarded to it (answers 200 unless told)."""
+def target() -> Iterator[FakeTarget]:
+    """The fake target: a real local HTTP server recording what is forwarded to it (answers 200
+    unless told)."""
     with running_target() as t:
         yield t
 
@@ -50,6 +51,8 @@ class Reply(Protocol):
     def headers(self) -> Mapping[str, str]: ...
     @property
     def text(self) -> str: ...
+    @property
+    def content(self) -> bytes: ...
     def json(self, **kwargs: Any) -> Any: ...
 
 
@@ -88,10 +91,24 @@ def client(app: App) -> Iterator[TestClient]:
         yield c
 
 
+def box_of(client: TestClient) -> Box:
+    """The Box behind a TestClient of ``create_app`` (once its lifespan has opened it)."""
+    app = client.app
+    assert isinstance(app, App)
+    the_box: Box = app.state.box
+    return the_box
+
+
 @pytest.fixture
 def box(client: TestClient) -> Box:
-    the_box: Box = client.app.state.box  # type: ignore[attr-defined]
-    return the_box
+    return box_of(client)
+
+
+def scalar(db: Database, sql: str) -> Any:
+    """The one value a query like ``SELECT count(*) FROM ...`` answers."""
+    row = db.read_one(sql)
+    assert row is not None, sql
+    return row[0]
 
 
 @pytest.fixture

@@ -1,19 +1,20 @@
-"""Real servers for tests: the box under uvicorn in a thread, and a recording forward target."""
+"""The real box for tests: the app under uvicorn in a thread, and instances made through the store.
+
+The forward target is :mod:`fake_target`; request signers are :mod:`signers`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
-import http.server
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from waiting import eventually
 
 from ingress_box.app import App, create_app
 from ingress_box.config import Settings
@@ -21,6 +22,8 @@ from ingress_box.signing import generate_outbound_secret
 from ingress_box.store import instances
 from ingress_box.store.instances import Instance
 from ingress_box.web.box import Box
+
+SECRET = "s3cret-value"  # the secret add_instance gives an instance unless told
 
 
 def free_port() -> int:
@@ -49,11 +52,10 @@ def running_box(settings: Settings, **app_options: Any) -> Iterator[LiveBox]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the box did not start")
-        time.sleep(0.01)
+    # A server thread that died (a port taken, a failing lifespan) ends the wait at once.
+    eventually(lambda: server.started or not thread.is_alive(), 10, "the box to start")
+    if not server.started:
+        raise RuntimeError("the box did not start")
     try:
         yield LiveBox(f"http://127.0.0.1:{port}", app)
     finally:
@@ -65,7 +67,7 @@ def add_instance(
     box: Box,
     plugin: str = "generic",
     instance: str = "main",
-    secret: str = "s3cret-value",
+    secret: str = SECRET,
     **fields: Any,
 ) -> Instance:
     """Create an instance straight through the store (no admin API involved)."""
@@ -81,88 +83,3 @@ def add_instance(
     )
     result: Instance = box.db.write(instances.insert(inst))
     return result
-
-
-def generic_headers(body: bytes, secret: str = "s3cret-value", **extra: str) -> dict[str, str]:
-    """Headers of a request the `generic` plugin verifies."""
-    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return {"x-signature": f"sha256={digest}", "content-type": "application/json", **extra}
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    at: float
-
-
-@dataclass
-class Target:
-    """A local HTTP server that records every POST and answers what ``script`` says."""
-
-    url: str
-    received: list[Received] = field(default_factory=list)
-    # Called with the request number (0-based) and the request; returns (status, headers, body).
-    script: Callable[[int, Received], tuple[int, dict[str, str], bytes]] = lambda n, r: (
-        200,
-        {},
-        b"ok",
-    )
-    delay: float = 0.0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def wait_for(self, count: int, timeout: float = 15.0) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if len(self.received) >= count:
-                    return list(self.received)
-            time.sleep(0.01)
-        raise AssertionError(f"target got {len(self.received)} requests, wanted {count}")
-
-
-@contextlib.contextmanager
-def running_target(**options: Any) -> Iterator[Target]:
-    port = free_port()
-    target = Target(url=f"http://127.0.0.1:{port}/hook", **options)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("content-length", "0"))
-            body = self.rfile.read(length)
-            got = Received(
-                self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()
-            )
-            with target.lock:
-                n = len(target.received)
-                target.received.append(got)
-            if target.delay:
-                time.sleep(target.delay)
-            status, headers, answer = target.script(n, got)
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("content-length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    class Server(http.server.ThreadingHTTPServer):
-        daemon_threads = True
-
-        def handle_error(self, request: Any, client_address: Any) -> None:
-            pass  # a client that vanishes (a killed box) is expected in these tests
-
-    server = Server(("127.0.0.1", port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield target
-    finally:
-        server.shutdown()
-        server.server_close()

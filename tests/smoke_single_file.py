@@ -19,16 +19,14 @@ reset); ``worker`` starts and exits 0 on SIGTERM; a
 restarted ``serve`` still lists the delivery as delivered and answers a resend with the same ack
 bytes, without forwarding it again; SIGTERM exits 0.
 
-Only the standard library is used. Exit status 0 when every check passed. (Its summary line is
-worded so that CI's reader still takes pytest's closing line as the test count.)
+Only the standard library is used (and the tests' own helpers beside this file, which use only
+it too: the fake target, the wait, the signer). Exit status 0 when every check passed. (Its
+summary line is worded so that CI's reader still takes pytest's closing line as the test count.)
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
-import http.server
 import json
 import os
 import shutil
@@ -37,13 +35,17 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tomllib
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from fake_target import FakeTarget, running_target
+from signers import sign_generic
+from waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "smoke-admin-token-0123456789"
@@ -65,35 +67,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class Target:
-    """A forward target on 127.0.0.1 that records what it receives and answers 200."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        self.lock = threading.Lock()
-        target = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                with target.lock:
-                    target.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.received)
 
 
 def request(
@@ -145,17 +118,18 @@ class Program:
 
 def wait_healthy(proc: subprocess.Popen[bytes], base: str, log: Path) -> float:
     started = time.monotonic()
-    while time.monotonic() - started < 30:
+
+    def healthy() -> bool:
         if proc.poll() is not None:
             check("serve keeps running", False, log.read_text()[-3000:])
         try:
-            if request("GET", base + "/healthz")[0] == 200:
-                return time.monotonic() - started
+            return request("GET", base + "/healthz")[0] == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.02)
-    check("serve answers /healthz within 30 s", False, log.read_text()[-3000:])
-    return 0.0
+            return False
+
+    ok = wait_for(healthy, 30)
+    check("serve answers /healthz within 30 s", ok, "" if ok else log.read_text()[-3000:])
+    return time.monotonic() - started
 
 
 def stop(proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
@@ -169,13 +143,13 @@ def stop(proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
     check(f"{what} exits 0 on SIGTERM", code == 0, f"(exit {code})\n{log.read_text()[-3000:]}")
 
 
-def wait_for(condition: Any, seconds: float = 20) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
+def wait_for(condition: Callable[[], object], seconds: float = 20) -> bool:
+    """True once ``condition()`` holds; False at the deadline, for check() to report."""
+    try:
+        eventually(condition, seconds, "a smoke check")
+    except AssertionError:
+        return False
+    return True
 
 
 def every_command(program: Program, prefix: tuple[str, ...] = ()) -> list[str]:
@@ -194,23 +168,22 @@ def every_command(program: Program, prefix: tuple[str, ...] = ()) -> list[str]:
 
 
 def signed_post(base: str) -> tuple[int, dict[str, str], bytes]:
-    signature = hmac.new(SECRET.encode(), BODY, hashlib.sha256).hexdigest()
     return request(
         "POST",
         base + "/ingress/generic/smoke/events",
         BODY,
-        {
-            "x-signature": f"sha256={signature}",
-            "x-delivery": "smoke-evt-1",
-            "content-type": "application/json",
-        },
+        {"content-type": "application/json", **sign_generic(SECRET, BODY, msg_id="smoke-evt-1")},
     )
 
 
 def smoke(program: Program, work: Path) -> None:
+    with running_target() as target:
+        smoke_with(program, work, target)
+
+
+def smoke_with(program: Program, work: Path, target: FakeTarget) -> None:
     db = work / "data" / "box.db"  # the parent folder does not exist yet
     log = work / "serve.log"
-    target = Target()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {
@@ -239,8 +212,8 @@ def smoke(program: Program, work: Path) -> None:
     check("POST /admin/instances is 201", status == 201, created)
     ack = signed_post(base)
     check("a signed webhook is acked 202", ack[0] == 202, ack)
-    check("it is forwarded to the local target", wait_for(lambda: target.count() == 1))
-    headers, body = target.received[0]
+    check("it is forwarded to the local target", wait_for(lambda: len(target.received) == 1))
+    headers, body = target.received[0].headers, target.received[0].body
     check(
         "forwarded byte for byte, signed for the target",
         body == BODY
@@ -297,8 +270,12 @@ def smoke(program: Program, work: Path) -> None:
 
     worker_log = work / "worker.log"
     worker = program.start(worker_log, "worker", "--db", str(db), env={})
-    time.sleep(1.5)
-    check("worker keeps running", worker.poll() is None, worker_log.read_text()[-3000:])
+    check(
+        "worker starts and is running",
+        wait_for(lambda: " started on " in worker_log.read_text() or worker.poll() is not None)
+        and worker.poll() is None,
+        worker_log.read_text()[-3000:],
+    )
     stop(worker, "worker", worker_log)
 
     serve = program.start(log, "serve", env=env)
@@ -314,10 +291,15 @@ def smoke(program: Program, work: Path) -> None:
         (again[0], again[2]) == (ack[0], ack[2]),
         (ack, again),
     )
-    time.sleep(1.0)
-    check("the duplicate is not forwarded again", target.count() == 1, target.count())
+    # A duplicate makes no new row, so there is nothing the worker could forward again.
+    _, listing = admin("GET", base, "/admin/deliveries?plugin=generic&instance=smoke")
+    check(
+        "the duplicate is not stored again",
+        [d["id"] for d in (listing or {}).get("items", [])] == [delivery_id],
+        listing,
+    )
+    check("the duplicate is not forwarded again", len(target.received) == 1, target.received)
     stop(serve, "serve (restarted)", log)
-    target.server.shutdown()
 
 
 def offline_wrapper(args: argparse.Namespace) -> list[str] | None:

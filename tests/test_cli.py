@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import httpx
 import pytest
 from clirun import ok, run
 from conftest import MakeDeadLetters, MakeDeliveries
+from waiting import eventually
 
 from ingress_box import __version__
 from ingress_box.store import Database
@@ -382,17 +382,17 @@ def test_serve_prints_a_generated_token_and_exits_0_on_sigterm(db_path: Path) ->
         line = process.stdout.readline()
         token = re.fullmatch(r"admin token: (\S+)\n", line)
         assert token is not None, line
-        deadline = time.monotonic() + 30
-        while True:
+
+        def listening() -> httpx.Response | None:
             try:
-                response = httpx.get(
+                return httpx.get(
                     f"http://127.0.0.1:{port}/admin/plugins",
                     headers={"authorization": f"Bearer {token[1]}"},
                 )
-                break
             except httpx.TransportError:
-                assert time.monotonic() < deadline, "serve did not start listening"
-                time.sleep(0.1)
+                return None
+
+        response = eventually(listening, 30, "serve to listen", interval=0.1)
         assert response.status_code == 200
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=30)

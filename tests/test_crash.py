@@ -6,13 +6,17 @@ import collections
 import concurrent.futures
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
-from live import Target, free_port, generic_headers
+from fake_target import FakeTarget
+from live import free_port
+from signers import sign_generic
+from waiting import eventually
 
 TOKEN = "crash-test-admin-token"
 SECRET = "crash-test-secret"
@@ -48,17 +52,25 @@ class Box:
             self._wait_ready()
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+        def healthy() -> bool:
+            if self.proc.poll() is not None:  # it died: say why at once
                 raise RuntimeError(self.log.read_text())
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
+                return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("serve did not start")
+                return False
+
+        eventually(healthy, 20, f"serve on port {self.port} to answer /healthz")
+
+    def wait_started(self) -> None:
+        """Wait until the ``worker`` process says it started (it has no HTTP port to ask)."""
+
+        def started() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.log.read_text())
+            return " started on " in self.log.read_text()
+
+        eventually(started, 20, "the worker to start")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         self.proc.send_signal(sig)
@@ -85,30 +97,46 @@ class Box:
                 self.url + "/ingress/generic/main/events",
                 content=body,
                 timeout=5,
-                headers=generic_headers(body, secret=SECRET, **{"x-delivery": f"d-{n}"}),
+                headers={
+                    "content-type": "application/json",
+                    **sign_generic(SECRET, body, msg_id=f"d-{n}"),
+                },
             )
         except httpx.HTTPError:
             return False
         return 200 <= response.status_code < 300
 
 
-def delivered_ids(target: Target) -> collections.Counter[str]:
-    with target.lock:
-        return collections.Counter(r.headers["ingress-box-delivery-id"] for r in target.received)
+def delivered_ids(target: FakeTarget) -> collections.Counter[str]:
+    return collections.Counter(r.headers["ingress-box-delivery-id"] for r in target.received)
 
 
-def wait_all(target: Target, ids: set[str], timeout: float = 30) -> collections.Counter[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_all(target: FakeTarget, ids: set[str], timeout: float = 30) -> collections.Counter[str]:
+    def all_there() -> collections.Counter[str] | None:
         got = delivered_ids(target)
-        if ids <= set(got):
-            return got
-        time.sleep(0.1)
-    missing = ids - set(delivered_ids(target))
-    raise AssertionError(f"{len(missing)} acked deliveries never arrived: {sorted(missing)[:5]}")
+        return got if ids <= set(got) else None
+
+    try:
+        return eventually(all_there, timeout, f"{len(ids)} acked deliveries at the target")
+    except AssertionError as exc:
+        missing = ids - set(delivered_ids(target))
+        raise AssertionError(
+            f"{exc}; {len(missing)} never arrived: {sorted(missing)[:5]}"
+        ) from None
 
 
-def test_kill_9_under_load_loses_no_acked_delivery(tmp_path: Path, target: Target) -> None:
+def claims(db: Path) -> tuple[int, int]:
+    """(outbox rows left, the most attempts any delivery was claimed for), read from the file."""
+    conn = sqlite3.connect(db)
+    try:
+        left = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        most = conn.execute("SELECT max(attempts) FROM deliveries").fetchone()[0]
+        return int(left), int(most or 0)
+    finally:
+        conn.close()
+
+
+def test_kill_9_under_load_loses_no_acked_delivery(tmp_path: Path, target: FakeTarget) -> None:
     """Every webhook acked before a SIGKILL reaches the target after a restart."""
     db = tmp_path / "box.db"
     box = Box(db)
@@ -121,9 +149,7 @@ def test_kill_9_under_load_loses_no_acked_delivery(tmp_path: Path, target: Targe
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
         futures = [pool.submit(sender, n) for n in range(400)]
-        deadline = time.monotonic() + 20
-        while len(acked) < 150 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        eventually(lambda: len(acked) >= 150, 20, "150 acked webhooks", interval=0.005)
         box.proc.kill()
         box.proc.wait(timeout=10)
         concurrent.futures.wait(futures)
@@ -138,7 +164,7 @@ def test_kill_9_under_load_loses_no_acked_delivery(tmp_path: Path, target: Targe
 
 
 def test_sigterm_during_deliveries_exits_cleanly_and_loses_nothing(
-    tmp_path: Path, target: Target
+    tmp_path: Path, target: FakeTarget
 ) -> None:
     """SIGTERM with slow deliveries in flight: exit 0 within 15 s, all delivered after restart."""
     target.delay = 0.3
@@ -159,7 +185,7 @@ def test_sigterm_during_deliveries_exits_cleanly_and_loses_nothing(
 
 
 def test_serve_and_a_separate_worker_deliver_each_event_once(
-    tmp_path: Path, target: Target
+    tmp_path: Path, target: FakeTarget
 ) -> None:
     """Two processes draining one file never deliver one event twice in normal operation."""
     db = tmp_path / "box.db"
@@ -172,7 +198,10 @@ def test_serve_and_a_separate_worker_deliver_each_event_once(
             acked = {f"d-{n}" for n, ok in enumerate(sent) if ok}
         assert len(acked) == 200
         got = wait_all(target, acked)
-        time.sleep(0.5)
+        # A claim needs an outbox row and counts an attempt: once the outbox is empty, every
+        # claim there will be has been made, and a second claim of one event would show.
+        eventually(lambda: claims(db)[0] == 0, 10, "an empty outbox")
+        assert claims(db) == (0, 1)
         assert max(delivered_ids(target).values()) == 1, got.most_common(3)
     finally:
         assert worker.stop() == 0
@@ -180,7 +209,7 @@ def test_serve_and_a_separate_worker_deliver_each_event_once(
 
 
 def test_serve_without_its_worker_wakes_a_separate_worker_at_once(
-    tmp_path: Path, target: Target
+    tmp_path: Path, target: FakeTarget
 ) -> None:
     """Split deployment: `serve --no-run-worker` accepts, an `ingress-box worker` delivers."""
     db = tmp_path / "box.db"
@@ -188,7 +217,7 @@ def test_serve_without_its_worker_wakes_a_separate_worker_at_once(
     box.add_instance(target.url)
     worker = Box(db, command="worker")
     try:
-        time.sleep(1.0)  # the worker is up and idle
+        worker.wait_started()
         started = time.monotonic()
         assert box.send(1)
         target.wait_for(1, timeout=10)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import ADMIN_TOKEN, T0, Clock, MakeDeadLetters, MakeDeliveries, Reply
-from live import generic_headers
+from signers import sign_generic
 from starlette.testclient import TestClient
 
 from ingress_box.app import App
@@ -369,7 +369,7 @@ def test_rejections_page_shows_the_reason(ui: TestClient, admin_headers: dict[st
     rejected = ui.post(
         "/ingress/generic/shop/events",
         content=body,
-        headers=generic_headers(body, "wrong-secret-value"),
+        headers={"content-type": "application/json", **sign_generic("wrong-secret-value", body)},
     )
     assert rejected.status_code == 401
     page = ui.get(f"{UI}/rejections").text

@@ -7,15 +7,17 @@ never downloads a browser here: it drives the system's ``chromium``.
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import ADMIN_TOKEN
-from live import LiveBox, Target, add_instance, generic_headers, running_box
+from fake_target import FakeTarget, Reply
+from live import SECRET, LiveBox, add_instance, running_box
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from signers import sign_generic
+from waiting import eventually
 
 from ingress_box.config import load_settings
 
@@ -50,7 +52,7 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def live(tmp_path: Path, target: Target) -> Iterator[LiveBox]:
+def live(tmp_path: Path, target: FakeTarget) -> Iterator[LiveBox]:
     """The whole box, worker on, with instance generic/main forwarding to ``target``."""
     settings = load_settings({}, db_path=tmp_path / "box.db", admin_token=ADMIN_TOKEN)
     with running_box(settings) as box:
@@ -78,7 +80,7 @@ def page(browser: Browser, live: LiveBox) -> Iterator[Page]:
 def send(live: LiveBox, delivery: str) -> None:
     """Post one signed webhook to generic/main, as a provider would."""
     body = b'{"event": "order.paid", "delivery": "%s"}' % delivery.encode()
-    headers = generic_headers(body, **{"x-delivery": delivery})
+    headers = {"content-type": "application/json", **sign_generic(SECRET, body, msg_id=delivery)}
     with httpx.Client(timeout=10) as client:
         response = client.post(
             f"{live.url}/ingress/generic/main/events", content=body, headers=headers
@@ -88,12 +90,14 @@ def send(live: LiveBox, delivery: str) -> None:
 
 def reload_until(page: Page, selector: str, timeout: float = WAIT_MS / 1000) -> None:
     """Reload the page until ``selector`` matches (the list pages do not refresh by themselves)."""
-    deadline = time.monotonic() + timeout
-    while page.locator(selector).count() == 0:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{selector!r} never showed up on {page.url}")
-        time.sleep(0.2)
+
+    def shown() -> bool:
+        if page.locator(selector).count():
+            return True
         page.reload()
+        return False
+
+    eventually(shown, timeout, f"{selector!r} on {page.url}", interval=0.2)
 
 
 def row(provider_id: str, state: str) -> str:
@@ -101,14 +105,14 @@ def row(provider_id: str, state: str) -> str:
 
 
 def test_log_in_see_a_delivery_arrive_and_redrive_a_dead_letter(
-    page: Page, live: LiveBox, target: Target, tmp_path: Path
+    page: Page, live: LiveBox, target: FakeTarget, tmp_path: Path
 ) -> None:
     """A delivery shows up delivered, and a dead one is delivered after its Redrive button."""
     send(live, "evt-arrives")
     page.get_by_role("link", name="Deliveries").click()
     reload_until(page, row("evt-arrives", "delivered"))
 
-    target.script = lambda n, received: (400, {}, b"bad request")
+    target.reply(then=Reply(400, body=b"bad request"))
     send(live, "evt-doomed")
     reload_until(page, row("evt-doomed", "dead"))
     page.screenshot(path=tmp_path / "deliveries.png", full_page=True)
@@ -117,7 +121,7 @@ def test_log_in_see_a_delivery_arrive_and_redrive_a_dead_letter(
     dead_row = page.locator('tr[data-provider-id="evt-doomed"]')
     expect(dead_row).to_contain_text("HTTP 400")
     page.screenshot(path=tmp_path / "dead-letters.png", full_page=True)
-    target.script = lambda n, received: (200, {}, b"ok")
+    target.reply(then=Reply(200, body=b"ok"))
     dead_row.get_by_role("button", name="Redrive").click()
     expect(page.get_by_role("status")).to_have_text("Redriven 1.")
 
@@ -136,7 +140,7 @@ def test_log_in_see_a_delivery_arrive_and_redrive_a_dead_letter(
 
 
 def test_overview_updates_itself_without_a_reload(
-    page: Page, live: LiveBox, target: Target, tmp_path: Path
+    page: Page, live: LiveBox, target: FakeTarget, tmp_path: Path
 ) -> None:
     """The overview's numbers follow new deliveries through its refresh script."""
     received = page.locator('[data-stat="received_hour"]')

@@ -1,4 +1,5 @@
-"""Delivery: forward against a real local HTTP server, Standard Webhooks signing, retry policy."""
+"""Delivery: forward against the fake target (a real local HTTP server), Standard Webhooks
+signing, retry policy."""
 
 from __future__ import annotations
 
@@ -9,18 +10,16 @@ import hmac
 import random
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fake_target import FakeTarget, Reply
 from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
@@ -35,96 +34,6 @@ from ingress_box.signing import generate_outbound_secret, sign
 
 # The example secret of the Standard Webhooks specification.
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
-# --- a real target: a threaded HTTP/1.1 server that records requests and plays scripted replies ---
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    delay: float = 0.0
-    # Announce more than is sent, then stall: shows whether the client stops reading on its own.
-    declared_length: int | None = None
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-class _Server(ThreadingHTTPServer):
-    # Non-daemon threads so server_close() joins them and no socket outlives its test.
-    daemon_threads = False
-    replies: list[Reply]
-    received: list[Received]
-    stop: threading.Event
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as real targets do
-    timeout = 5  # a stuck keep-alive connection cannot hang teardown
-    server: _Server
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length", "0")))
-        # http.server decodes header bytes as latin-1; undo it to see the bytes that were sent.
-        headers = {k.lower(): v.encode("latin-1").decode("utf-8") for k, v in self.headers.items()}
-        self.server.received.append(Received(self.path, headers, body))
-        reply = self.server.replies.pop(0) if self.server.replies else Reply()
-        if reply.delay:
-            self.server.stop.wait(reply.delay)
-        try:
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            length = len(reply.body) if reply.declared_length is None else reply.declared_length
-            self.send_header("content-length", str(length))
-            self.end_headers()
-            self.wfile.write(reply.body)
-            self.wfile.flush()
-        except OSError:  # the client gave up (timeout test): nothing left to answer
-            self.close_connection = True
-            return
-        if reply.declared_length is not None:
-            self.server.stop.wait(10)
-            self.close_connection = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@dataclass
-class FakeTarget:
-    server: _Server
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    @property
-    def received(self) -> list[Received]:
-        return self.server.received
-
-    def script(self, *replies: Reply) -> None:
-        self.server.replies.extend(replies)
-
-
-@pytest.fixture
-def target() -> Iterator[FakeTarget]:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.replies, server.received, server.stop = [], [], threading.Event()
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield FakeTarget(server)
-    server.stop.set()
-    server.shutdown()
-    server.server_close()
-    thread.join()
 
 
 @pytest.fixture
@@ -293,7 +202,7 @@ def test_forward_with_invalid_secret_is_permanent(client: httpx.Client) -> None:
 @pytest.mark.parametrize("status", [200, 204])
 def test_forward_2xx_is_delivered(target: FakeTarget, client: httpx.Client, status: int) -> None:
     """A 2xx answer means delivered: forward returns normally."""
-    target.script(Reply(status))
+    target.reply(Reply(status))
     forward(make_event(), make_ctx(client, target.url))
 
 
@@ -302,7 +211,7 @@ def test_forward_retryable_status_raises_retry_later_with_status(
     target: FakeTarget, client: httpx.Client, status: int
 ) -> None:
     """408, 429 and 5xx are transient and carry their status code."""
-    target.script(Reply(status, body=b"busy"))
+    target.reply(Reply(status, body=b"busy"))
     with pytest.raises(RetryLater) as info:
         forward(make_event(), make_ctx(client, target.url))
     assert (info.value.status_code, info.value.error, info.value.delay) == (
@@ -317,7 +226,7 @@ def test_forward_other_4xx_is_permanent(
     target: FakeTarget, client: httpx.Client, status: int
 ) -> None:
     """A 4xx other than 408 and 429 dead-letters with its status code."""
-    target.script(Reply(status, body=b"nope"))
+    target.reply(Reply(status, body=b"nope"))
     with pytest.raises(PermanentFailure) as info:
         forward(make_event(), make_ctx(client, target.url))
     assert (info.value.status_code, info.value.error) == (status, f"HTTP {status}: nope")
@@ -325,7 +234,7 @@ def test_forward_other_4xx_is_permanent(
 
 def test_forward_does_not_follow_redirects(target: FakeTarget, client: httpx.Client) -> None:
     """A 301 is a permanent failure and the Location is never requested."""
-    target.script(Reply(301, headers={"location": "/elsewhere"}))
+    target.reply(Reply(301, headers={"location": "/elsewhere"}))
     with pytest.raises(PermanentFailure) as info:
         forward(make_event(), make_ctx(client, target.url))
     assert (info.value.status_code, [r.path for r in target.received]) == (301, ["/hook"])
@@ -333,7 +242,7 @@ def test_forward_does_not_follow_redirects(target: FakeTarget, client: httpx.Cli
 
 def test_forward_honours_retry_after_seconds(target: FakeTarget, client: httpx.Client) -> None:
     """A Retry-After in seconds becomes the RetryLater delay."""
-    target.script(Reply(429, headers={"retry-after": "120"}))
+    target.reply(Reply(429, headers={"retry-after": "120"}))
     with pytest.raises(RetryLater) as info:
         forward(make_event(), make_ctx(client, target.url))
     assert info.value.delay == 120.0
@@ -343,7 +252,7 @@ def test_forward_honours_retry_after_http_date(target: FakeTarget, client: httpx
     """A Retry-After HTTP-date becomes the seconds from the injected clock to that date."""
     now = 1_700_000_000.0
     when = format_datetime(datetime.fromtimestamp(now + 90, UTC), usegmt=True)
-    target.script(Reply(503, headers={"retry-after": when}))
+    target.reply(Reply(503, headers={"retry-after": when}))
     with pytest.raises(RetryLater) as info:
         forward(make_event(), make_ctx(client, target.url, now=lambda: now))
     assert info.value.delay == 90.0
@@ -351,7 +260,7 @@ def test_forward_honours_retry_after_http_date(target: FakeTarget, client: httpx
 
 def test_forward_ignores_garbage_retry_after(target: FakeTarget, client: httpx.Client) -> None:
     """An unreadable Retry-After leaves the delay to the backoff policy."""
-    target.script(Reply(503, headers={"retry-after": "soon-ish"}))
+    target.reply(Reply(503, headers={"retry-after": "soon-ish"}))
     with pytest.raises(RetryLater) as info:
         forward(make_event(), make_ctx(client, target.url))
     assert info.value.delay is None
@@ -361,7 +270,7 @@ def test_forward_error_excerpt_is_200_chars_decoded_with_replacement(
     target: FakeTarget, client: httpx.Client
 ) -> None:
     """The error keeps at most 200 characters of the answer, undecodable bytes replaced."""
-    target.script(Reply(500, body=b"\xff" + b"x" * 1000))
+    target.reply(Reply(500, body=b"\xff" + b"x" * 1000))
     with pytest.raises(RetryLater) as info:
         forward(make_event(), make_ctx(client, target.url))
     assert info.value.error == "HTTP 500: \ufffd" + "x" * 199
@@ -371,7 +280,7 @@ def test_forward_reads_at_most_64_kib_of_the_answer(
     target: FakeTarget, client: httpx.Client
 ) -> None:
     """Sent 128 KiB of a 10 MiB answer, forward stops at the cap instead of waiting for more."""
-    target.script(Reply(500, body=b"e" * (2 * MAX_RESPONSE_BYTES), declared_length=10 << 20))
+    target.reply(Reply(500, body=b"e" * (2 * MAX_RESPONSE_BYTES), declared_length=10 << 20))
     started = time.monotonic()
     with pytest.raises(RetryLater) as info:
         forward(make_event(), make_ctx(client, target.url, timeout=3.0))
@@ -383,13 +292,13 @@ def test_forward_2xx_with_a_stalled_body_is_delivered(
     target: FakeTarget, client: httpx.Client
 ) -> None:
     """Once a 2xx status arrived, a body that never completes does not turn it into a retry."""
-    target.script(Reply(200, body=b"ok", declared_length=1000))
+    target.reply(Reply(200, body=b"ok", declared_length=1000))
     forward(make_event(), make_ctx(client, target.url, timeout=0.3))
 
 
 def test_forward_timeout_is_retried(target: FakeTarget, client: httpx.Client) -> None:
     """A target slower than the attempt's timeout gives RetryLater("timeout") in about that time."""
-    target.script(Reply(200, delay=5.0))
+    target.reply(Reply(200, delay=5.0))
     started = time.monotonic()
     with pytest.raises(RetryLater) as info:
         forward(make_event(), make_ctx(client, target.url, timeout=0.3))

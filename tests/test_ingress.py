@@ -12,12 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live import add_instance, generic_headers, running_box
+from conftest import Reply, box_of
+from live import SECRET, add_instance, running_box
+from signers import sign_generic
 from starlette.testclient import TestClient
 
 from ingress_box.app import create_app
 from ingress_box.config import Settings, load_settings
-from ingress_box.web.box import Box
 
 URL = "/ingress/generic/main/events"
 
@@ -34,19 +35,21 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield c
 
 
-def box_of(client: TestClient) -> Box:
-    box: Box = client.app.state.box  # type: ignore[attr-defined]
-    return box
-
-
 def count(client: TestClient, table: str = "deliveries") -> int:
     row = box_of(client).db.read_one(f"SELECT count(*) FROM {table}")
     assert row is not None
     return int(row[0])
 
 
-def post(client: TestClient, body: bytes, url: str = URL, **extra: str) -> httpx.Response:
-    return client.post(url, content=body, headers=generic_headers(body, **extra))
+def signed(body: bytes, secret: str = SECRET, **extra: str) -> dict[str, str]:
+    return {"content-type": "application/json", **sign_generic(secret, body), **extra}
+
+
+def post(
+    client: TestClient, body: bytes, url: str = URL, secret: str = SECRET, **extra: str
+) -> Reply:
+    reply: Reply = client.post(url, content=body, headers=signed(body, secret, **extra))
+    return reply
 
 
 # -- 404 -------------------------------------------------------------------------------------
@@ -155,7 +158,7 @@ def test_bad_signature_is_401_with_a_reason_and_stores_nothing(
 
 def test_tampered_body_is_401(client: TestClient) -> None:
     """A signature over other bytes fails."""
-    headers = generic_headers(b'{"amount":1}')
+    headers = signed(b'{"amount":1}')
     assert client.post(URL, content=b'{"amount":100}', headers=headers).status_code == 401
 
 
@@ -292,7 +295,7 @@ def test_any_content_type_is_accepted(client: TestClient) -> None:
         (b"\x00\x01", "application/octet-stream"),
         (b"plain", "text/plain"),
     ):
-        headers = generic_headers(body)
+        headers = signed(body)
         headers["content-type"] = ctype
         assert client.post(URL, content=body, headers=headers).status_code == 202
     assert count(client) == 3
@@ -322,7 +325,7 @@ def test_forty_concurrent_identical_posts_store_one_row(settings: Settings) -> N
     with running_box(settings, run_worker=False) as live:
         add_instance(live.box)
         body = b'{"storm":true}'
-        headers = generic_headers(body, **{"x-delivery": "storm-1"})
+        headers = signed(body, **{"x-delivery": "storm-1"})
 
         def send(_: int) -> httpx.Response:
             return httpx.post(live.url + URL, content=body, headers=headers, timeout=10)
@@ -345,7 +348,7 @@ def test_every_202_is_a_committed_row_under_concurrency(settings: Settings) -> N
         def send(i: int) -> int:
             body = f'{{"n":{i}}}'.encode()
             return httpx.post(
-                live.url + URL, content=body, headers=generic_headers(body), timeout=10
+                live.url + URL, content=body, headers=signed(body), timeout=10
             ).status_code
 
         started = time.monotonic()

@@ -9,14 +9,15 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from conftest import box_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from live import add_instance, generic_headers
+from live import SECRET, add_instance
+from signers import sign_generic
 from starlette.testclient import TestClient
 
 from ingress_box.app import create_app
 from ingress_box.config import load_settings
-from ingress_box.web.box import Box
 
 PLUGINS = [
     "generic",
@@ -40,15 +41,14 @@ def client() -> Iterator[TestClient]:
     with tempfile.TemporaryDirectory() as folder:
         s = load_settings({}, db_path=Path(folder) / "box.db", admin_token="t", max_body_bytes=2048)
         with TestClient(create_app(s, run_worker=False), raise_server_exceptions=False) as c:
-            box: Box = c.app.state.box  # type: ignore[attr-defined]
+            box = box_of(c)
             for plugin in PLUGINS[:-1]:
                 add_instance(box, plugin=plugin, instance="main", verify_token="vt")
             yield c
 
 
 def rows(client: TestClient) -> int:
-    box: Box = client.app.state.box  # type: ignore[attr-defined]
-    row = box.db.read_one("SELECT count(*) FROM deliveries")
+    row = box_of(client).db.read_one("SELECT count(*) FROM deliveries")
     assert row is not None
     return int(row[0])
 
@@ -130,7 +130,7 @@ def test_signed_garbage_is_accepted_once_and_acked_identically(
         extra["x-delivery"] = delivery
     if conversation is not None:
         extra["x-conversation"] = conversation
-    headers = generic_headers(body, **extra)
+    headers = {"content-type": "application/json", **sign_generic(SECRET, body), **extra}
     first = client.post("/ingress/generic/main/events", content=body, headers=headers)
     again = client.post("/ingress/generic/main/events", content=body, headers=headers)
     assert first.status_code == 202, first.text
@@ -140,7 +140,7 @@ def test_signed_garbage_is_accepted_once_and_acked_identically(
 def test_oversized_header_block_is_refused_without_a_500(client: TestClient) -> None:
     """A huge header value is verified like any other and refused with a 4xx."""
     body = b"{}"
-    headers = generic_headers(body)
+    headers = {"content-type": "application/json", **sign_generic(SECRET, body)}
     headers["x-signature"] = "sha256=" + "a" * 60_000
     started = time.monotonic()
     response = client.post("/ingress/generic/main/events", content=body, headers=headers)

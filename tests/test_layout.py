@@ -87,7 +87,8 @@ def _imports(module: str) -> tuple[set[str], set[str]]:
     """The package modules and the outside libraries ``module`` imports, anywhere in its file."""
     path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    ours, libraries = set(), set()
+    ours: set[str] = set()
+    libraries: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             for alias in node.names:

@@ -3,8 +3,6 @@ and handed to deliveries (enrichment headers, and the handler context)."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
 from pathlib import Path
@@ -13,8 +11,11 @@ from typing import Any
 import httpx
 import pytest
 from conftest import T0, Reply
-from live import add_instance, generic_headers, running_box, running_target
+from fake_target import running_target
+from live import add_instance, running_box
+from signers import sign_chatwoot, sign_generic, sign_meta
 from starlette.testclient import TestClient
+from waiting import eventually
 
 from ingress_box.config import Settings
 from ingress_box.delivery import Event, HandlerContext
@@ -44,16 +45,12 @@ def chatwoot_event(delivery: str, conversation: int, source_id: str) -> bytes:
 
 
 def post_chatwoot(client: TestClient, body: bytes, delivery: str) -> Reply:
-    stamp = str(int(T0))
-    digest = hmac.new(SECRET.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
     return client.post(
         "/ingress/chatwoot/cw/events",
         content=body,
         headers={
             "content-type": "application/json",
-            "x-chatwoot-delivery": delivery,
-            "x-chatwoot-timestamp": stamp,
-            "x-chatwoot-signature": f"sha256={digest}",
+            **sign_chatwoot(SECRET, body, at=int(T0), msg_id=delivery),
         },
     )
 
@@ -145,11 +142,10 @@ def test_a_meta_event_takes_its_session_from_the_phone_number_id(
             ]
         }
     ).encode()
-    digest = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     response = client.post(
         "/ingress/meta/wa/webhook",
         content=body,
-        headers={"content-type": "application/json", "x-hub-signature-256": f"sha256={digest}"},
+        headers={"content-type": "application/json", **sign_meta(SECRET, body)},
     )
     assert response.status_code == 200
     mapping = mapping_of(box, "meta", "wa", "5511777")
@@ -175,7 +171,9 @@ CUSTOM = MANIFEST.replace(
 def test_a_custom_manifest_declares_chat_and_session_sources(tmp_path: Path) -> None:
     """A plugins-folder manifest may say where the chat and the session are."""
     (tmp_path / "bridge.toml").write_text(CUSTOM)
-    route = load_registry(tmp_path).get("bridge").routes["events"]  # type: ignore[union-attr]
+    plugin = load_registry(tmp_path).get("bridge")
+    assert plugin is not None
+    route = plugin.routes["events"]
     assert route.mapping is not None and route.mapping.chat.json_pointers == ("/chat/id",)
     assert route.mapping.session is not None and route.mapping.session.headers == ("x-session",)
 
@@ -207,7 +205,11 @@ def send_generic(url: str, conversation: str, delivery: str) -> httpx.Response:
     return httpx.post(
         url + "/ingress/generic/main/events",
         content=body,
-        headers=generic_headers(body, **{"x-delivery": delivery, "x-conversation": conversation}),
+        headers={
+            "content-type": "application/json",
+            **sign_generic(SECRET, body, msg_id=delivery),
+            "x-conversation": conversation,
+        },
     )
 
 
@@ -250,10 +252,10 @@ def test_a_plugin_handler_reads_and_writes_mappings_through_its_context(settings
     with running_box(settings) as live:
         add_instance(live.box, handler="test-handover")
         send_generic(live.url, "conv-9", "d1")
-        deadline = time.monotonic() + 10
-        while (found := mapping_of(live.box, "generic", "main", "conv-9")) is None or (
-            found.state != "human"
-        ):
-            assert time.monotonic() < deadline, "the handler did not write the mapping"
-            time.sleep(0.02)
+
+        def handed_over() -> ConversationMapping | None:
+            found = mapping_of(live.box, "generic", "main", "conv-9")
+            return found if found is not None and found.state == "human" else None
+
+        found = eventually(handed_over, 10, "the handler to write the mapping")
     assert (found.chat, found.metadata) == ("chat-conv-9", {"by": "handler"})

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from live import LiveBox, Target, add_instance, generic_headers, running_box
+from fake_target import FakeTarget, Reply
+from live import SECRET, LiveBox, add_instance, running_box
+from signers import sign_generic
 from starlette.testclient import TestClient
+from waiting import eventually
 
 from ingress_box.app import create_app
 from ingress_box.config import Settings, load_settings
@@ -47,10 +49,14 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def live(settings: Settings, target: Target) -> Iterator[LiveBox]:
+def live(settings: Settings, target: FakeTarget) -> Iterator[LiveBox]:
     with running_box(settings) as box:
         add_instance(box.box, target_url=target.url)
         yield box
+
+
+def signed(body: bytes, secret: str = SECRET, **extra: str) -> dict[str, str]:
+    return {"content-type": "application/json", **sign_generic(secret, body), **extra}
 
 
 def scrape(live: LiveBox) -> str:
@@ -70,11 +76,11 @@ def test_metrics_need_the_admin_token_unless_public(tmp_path: Path) -> None:
         assert c.get("/metrics").status_code == 200
 
 
-def test_ingress_outcomes_are_counted(live: LiveBox, target: Target) -> None:
+def test_ingress_outcomes_are_counted(live: LiveBox, target: FakeTarget) -> None:
     """Accepted, duplicate, rejected and unknown requests each move their counter."""
     body = b'{"a":1}'
     for _ in range(2):
-        httpx.post(live.url + URL, content=body, headers=generic_headers(body))
+        httpx.post(live.url + URL, content=body, headers=signed(body))
     httpx.post(live.url + URL, content=body, headers={"x-signature": "sha256=00"})
     httpx.post(live.url + "/ingress/generic/nobody/events", content=body)
     text = scrape(live)
@@ -86,20 +92,30 @@ def test_ingress_outcomes_are_counted(live: LiveBox, target: Target) -> None:
     assert sample(text, "ingress_box_commit_batch_size_count") >= 1
 
 
-def test_delivery_outcomes_and_dead_letters_are_counted(live: LiveBox, target: Target) -> None:
+def test_delivery_outcomes_and_dead_letters_are_counted(live: LiveBox, target: FakeTarget) -> None:
     """Delivered and dead attempts are counted and the open dead letters gauge rises."""
-    target.script = lambda n, r: (200, {}, b"") if n == 0 else (400, {}, b"no")
+    target.reply(200, then=Reply(400, body=b"no"))
     for i in range(2):
         body = f'{{"n":{i}}}'.encode()
-        httpx.post(live.url + URL, content=body, headers=generic_headers(body))
+        httpx.post(live.url + URL, content=body, headers=signed(body))
     target.wait_for(2)
     name = "ingress_box_delivery_attempts_total"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def counted() -> str | None:
+        # Both attempts counted (the worker counts before it records them) and both outcomes
+        # committed: one open dead letter, nothing left in the outbox.
         text = scrape(live)
-        if sample(text, "ingress_box_dead_letters_open") == 1:
-            break
-        time.sleep(0.05)
+        attempts = sum(
+            sample(text, name, plugin="generic", instance="main", outcome=outcome)
+            for outcome in ("delivered", "retry", "dead")
+        )
+        settled = (
+            sample(text, "ingress_box_dead_letters_open") == 1
+            and sample(text, "ingress_box_outbox_depth") == 0
+        )
+        return text if attempts == 2 and settled else None
+
+    text = eventually(counted, 10, "two counted attempts and one open dead letter")
     assert sample(text, name, plugin="generic", instance="main", outcome="delivered") == 1
     assert sample(text, name, plugin="generic", instance="main", outcome="dead") == 1
     assert sample(text, "ingress_box_dead_letters_open") == 1
@@ -108,13 +124,13 @@ def test_delivery_outcomes_and_dead_letters_are_counted(live: LiveBox, target: T
     assert sample(text, "ingress_box_database_bytes", file="db") > 0
 
 
-def test_no_delivery_or_conversation_id_becomes_a_label(live: LiveBox, target: Target) -> None:
+def test_no_delivery_or_conversation_id_becomes_a_label(live: LiveBox, target: FakeTarget) -> None:
     """Label values stay bounded: ids never appear in the exposition."""
     body = b'{"n":1}'
     httpx.post(
         live.url + URL,
         content=body,
-        headers=generic_headers(body, **{"x-delivery": "unique-77", "x-conversation": "c-99"}),
+        headers=signed(body, **{"x-delivery": "unique-77", "x-conversation": "c-99"}),
     )
     target.wait_for(1)
     text = scrape(live)
@@ -122,7 +138,7 @@ def test_no_delivery_or_conversation_id_becomes_a_label(live: LiveBox, target: T
 
 
 def test_logs_carry_outcomes_but_no_secret_or_body(
-    live: LiveBox, target: Target, caplog: pytest.LogCaptureFixture
+    live: LiveBox, target: FakeTarget, caplog: pytest.LogCaptureFixture
 ) -> None:
     """One line per request and per attempt; neither the secret nor the body is logged."""
     caplog.set_level(logging.INFO)
@@ -130,26 +146,27 @@ def test_logs_carry_outcomes_but_no_secret_or_body(
     httpx.post(
         live.url + URL,
         content=body,
-        headers=generic_headers(body, **{"authorization": "Bearer hunter2"}),
+        headers=signed(body, authorization="Bearer hunter2"),
     )
     target.wait_for(1)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not any(
-        r.name == "ingress_box.delivery" for r in caplog.records
-    ):
-        time.sleep(0.02)
+    eventually(
+        lambda: any(r.name == "ingress_box.delivery" for r in caplog.records),
+        5,
+        "the attempt's log line",
+    )
     lines = [r for r in caplog.records if r.name in ("ingress_box.access", "ingress_box.delivery")]
     assert {r.name for r in lines} == {"ingress_box.access", "ingress_box.delivery"}
     access = next(r for r in lines if r.name == "ingress_box.access")
-    assert access.fields["outcome"] == "accepted"  # type: ignore[attr-defined]
-    assert re.match(r"msg_[0-9a-f]{32}", access.fields["delivery_id"])  # type: ignore[attr-defined]
+    fields = access.__dict__["fields"]  # set through logging's ``extra``
+    assert fields["outcome"] == "accepted"
+    assert re.match(r"msg_[0-9a-f]{32}", fields["delivery_id"])
     everything = caplog.text + " ".join(str(getattr(r, "fields", "")) for r in caplog.records)
     for secret in ("top-secret-body-text", "hunter2", "s3cret-value"):
         assert secret not in everything
 
 
 def test_a_whole_flow_logs_no_secret_and_no_body(
-    tmp_path: Path, target: Target, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, target: FakeTarget, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Create, receive, fail, dead-letter, redrive, rotate: nothing secret reaches any log."""
     caplog.set_level(logging.DEBUG)
@@ -160,7 +177,7 @@ def test_a_whole_flow_logs_no_secret_and_no_body(
         retry_max_attempts=1,
         retry_base_seconds=0.01,
     )
-    target.script = lambda n, r: (500, {}, b"no") if n == 0 else (200, {}, b"ok")
+    target.reply(Reply(500, body=b"no"), then=Reply(200, body=b"ok"))
     secret, body = "flow-secret-0123456789", b'{"note":"private-body-marker-42"}'
     with running_box(settings) as live:
         created = httpx.post(
@@ -176,17 +193,14 @@ def test_a_whole_flow_logs_no_secret_and_no_body(
         httpx.post(
             live.url + URL,
             content=body,
-            headers=generic_headers(
-                body, secret=secret, authorization="Bearer provider-credential-7"
-            ),
+            headers=signed(body, secret, authorization="Bearer provider-credential-7"),
         )
         target.wait_for(1)
-        deadline = time.monotonic() + 10
-        while (
-            time.monotonic() < deadline
-            and not httpx.get(live.url + "/admin/dlq", headers=AUTH).json()["items"]
-        ):
-            time.sleep(0.05)
+        eventually(
+            lambda: httpx.get(live.url + "/admin/dlq", headers=AUTH).json()["items"],
+            10,
+            "the dead letter",
+        )
         httpx.post(live.url + "/admin/dlq/redrive", headers=AUTH, json={})
         target.wait_for(2)
         rotated = httpx.post(

@@ -18,7 +18,9 @@ import httpx
 import pytest
 from clirun import ok, run
 from conftest import T0, MakeDeadLetters
-from live import add_instance, generic_headers, running_box
+from live import SECRET, add_instance, running_box
+from signers import sign_generic
+from waiting import eventually
 
 from ingress_box import backup
 from ingress_box.config import Settings
@@ -179,7 +181,10 @@ def test_backup_under_load_holds_every_delivery_acked_before_it_started(
                     answer = http.post(
                         "/ingress/generic/main/events",
                         content=body,
-                        headers=generic_headers(body, **{"x-delivery": f"load-{worker}-{n}"}),
+                        headers={
+                            "content-type": "application/json",
+                            **sign_generic(SECRET, body, msg_id=f"load-{worker}-{n}"),
+                        },
                     )
                     assert answer.status_code == 202, answer.text
                     with lock:
@@ -188,8 +193,7 @@ def test_backup_under_load_holds_every_delivery_acked_before_it_started(
         posters = [threading.Thread(target=post, args=(w,), daemon=True) for w in range(4)]
         for thread in posters:
             thread.start()
-        while len(acked) < 200:
-            time.sleep(0.01)
+        eventually(lambda: len(acked) >= 200, 60, "200 acked webhooks before the backup")
         with lock:
             before = {delivery_id for _, delivery_id in acked}
         started = time.monotonic()

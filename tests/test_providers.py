@@ -1,34 +1,44 @@
 """Every built-in provider through the real app, signed the way that provider signs.
 
 Each request goes over HTTP to ``create_app`` (lifespan running, a real SQLite file), against an
-instance created through ``POST /admin/instances``. Signers use the providers' own libraries where
-they exist (twilio's RequestValidator, standardwebhooks, svix) or their documented recipe checked
-against the library (Stripe) or the documented example (GitHub). What is asserted is what the
-provider sees (status, content type, body) and what lands in the ``deliveries`` table.
+instance created through ``POST /admin/instances``, signed by ``signers.py`` (the providers' own
+libraries where they exist, else their documented recipe checked against the library or the
+documented example; svix signs its own test here). What is asserted is what the provider sees
+(status, content type, body) and what lands in the ``deliveries`` table.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import json
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 import pytest
-import standardwebhooks
 import stripe
 import svix.webhooks
 from conftest import ADMIN_TOKEN, Clock
 from conftest import Reply as TextReply
+from signers import (
+    Signer,
+    hmac_hex,
+    sign_chatwoot,
+    sign_generic,
+    sign_github,
+    sign_meta,
+    sign_standard,
+    sign_stripe,
+    sign_supabase,
+    sign_telegram,
+    sign_twilio,
+)
 from starlette.testclient import TestClient
 from twilio.request_validator import RequestValidator
 
@@ -48,99 +58,6 @@ class Reply(TextReply, Protocol):
 
     @property
     def content(self) -> bytes: ...
-
-
-# -- how each provider signs ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Signing:
-    """What a provider signs one request with."""
-
-    body: bytes
-    secret: str
-    at: int  # unix seconds the provider signed at
-    msg_id: str | None  # the provider's delivery id, for those that send one
-    url: str  # the URL the provider called (Twilio signs it)
-
-
-def hmac_hex(secret: str, message: bytes) -> str:
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-
-
-def sign_meta(s: Signing) -> dict[str, str]:
-    """X-Hub-Signature-256 over the raw body, keyed by the app secret."""
-    return {"x-hub-signature-256": "sha256=" + hmac_hex(s.secret, s.body)}
-
-
-def sign_github(s: Signing) -> dict[str, str]:
-    """GitHub's X-Hub-Signature-256, plus its per-delivery GUID."""
-    headers = {
-        "x-hub-signature-256": "sha256=" + hmac_hex(s.secret, s.body),
-        "x-github-event": "ping",
-    }
-    if s.msg_id is not None:
-        headers["x-github-delivery"] = s.msg_id
-    return headers
-
-
-def sign_chatwoot(s: Signing) -> dict[str, str]:
-    """sha256=hex(HMAC-SHA256(secret, "{timestamp}.{body}")) with the timestamp beside it."""
-    headers = {
-        "x-chatwoot-signature": "sha256=" + hmac_hex(s.secret, f"{s.at}.".encode() + s.body),
-        "x-chatwoot-timestamp": str(s.at),
-    }
-    if s.msg_id is not None:
-        headers["x-chatwoot-delivery"] = s.msg_id
-    return headers
-
-
-def sign_generic(s: Signing) -> dict[str, str]:
-    headers = {"x-signature": "sha256=" + hmac_hex(s.secret, s.body)}
-    if s.msg_id is not None:
-        headers["x-delivery"] = s.msg_id
-    return headers
-
-
-def sign_stripe(s: Signing) -> dict[str, str]:
-    """As Stripe documents it: t=<unix>,v1=hex(HMAC-SHA256(secret, "<t>.<body>"))."""
-    digest = hmac_hex(s.secret, f"{s.at}.".encode() + s.body)
-    return {"stripe-signature": f"t={s.at},v1={digest}"}
-
-
-def sign_twilio(s: Signing) -> dict[str, str]:
-    """twilio's own RequestValidator: the URL plus the form params (none for a JSON body, whose
-    hash rides in the URL as bodySHA256)."""
-    form = "bodySHA256=" not in s.url
-    params = dict(parse_qsl(s.body.decode(), keep_blank_values=True)) if form else {}
-    headers = {"x-twilio-signature": RequestValidator(s.secret).compute_signature(s.url, params)}
-    if s.msg_id is not None:
-        headers["i-twilio-idempotency-token"] = s.msg_id
-    return headers
-
-
-def sign_telegram(s: Signing) -> dict[str, str]:
-    """Telegram signs nothing: it echoes setWebhook's secret_token in a header."""
-    return {"x-telegram-bot-api-secret-token": s.secret}
-
-
-def sign_standard(s: Signing) -> dict[str, str]:
-    """The standardwebhooks library; a sender keeps one id per event (derived from the body)."""
-    msg_id = s.msg_id or "msg_" + hashlib.sha256(s.body).hexdigest()[:16]
-    stamp = datetime.fromtimestamp(s.at, tz=UTC)
-    signature = standardwebhooks.Webhook(s.secret).sign(msg_id, stamp, s.body.decode())
-    return {"webhook-id": msg_id, "webhook-timestamp": str(s.at), "webhook-signature": signature}
-
-
-def sign_supabase(s: Signing) -> dict[str, str]:
-    """Standard Webhooks with the dashboard's "v1,whsec_..." secret; every attempt gets a fresh
-    webhook-id, as Supabase's hooks do."""
-    msg_id = s.msg_id or str(uuid.uuid4())
-    stamp = datetime.fromtimestamp(s.at, tz=UTC)
-    signature = standardwebhooks.Webhook(s.secret.removeprefix("v1,")).sign(
-        msg_id, stamp, s.body.decode()
-    )
-    return {"webhook-id": msg_id, "webhook-timestamp": str(s.at), "webhook-signature": signature}
 
 
 def meta_event(kind: str, text: str = "hello") -> bytes:
@@ -224,7 +141,7 @@ class Provider:
     wrong_secret: str
     sample: bytes  # a typical event; holds b"hello" so a test can tamper with it
     content_type: str
-    sign: Callable[[Signing], dict[str, str]]
+    sign: Signer
     ack_status: int = 202
     ack_type: str = "application/json"
     ack_body: bytes | None = None  # None: the default {"status":"accepted","id":...}
@@ -382,14 +299,14 @@ class Harness:
         ``age`` seconds ago, as the provider would."""
         body = p.sample if body is None else body
         target = p.path + (f"?{query}" if query else "")
-        signing = Signing(
-            body if signed is None else signed,
+        signature = p.sign(
             secret or p.secret,
-            int(self.clock() - age),
-            msg_id,
-            signed_url or TEST_SERVER + target,
+            body if signed is None else signed,
+            at=int(self.clock() - age),
+            msg_id=msg_id,
+            url=signed_url or TEST_SERVER + target,
         )
-        sent = {"content-type": p.content_type, **p.sign(signing), **(headers or {})}
+        sent = {"content-type": p.content_type, **signature, **(headers or {})}
         reply: Reply = self.client.post(target, content=body, headers=sent)
         return reply
 
@@ -458,7 +375,7 @@ def test_signed_event_gets_the_route_ack_and_is_stored_verbatim(
 def test_stored_headers_hold_no_credential(harness: Harness, p: Provider) -> None:
     """The signature headers (and Telegram's token, which is the secret itself) are redacted."""
     harness.add(p)
-    sent = p.sign(Signing(p.sample, p.secret, int(harness.clock()), None, TEST_SERVER + p.path))
+    sent = p.sign(p.secret, p.sample, at=int(harness.clock()), url=TEST_SERVER + p.path)
     assert harness.send(p).status_code == p.ack_status
     stored = json.loads(harness.rows()[0]["headers"])
     for name in sent:
@@ -877,7 +794,7 @@ def test_twilio_json_body_verifies_through_body_sha256(open_box: OpenBox) -> Non
     query = f"bodySHA256={hashlib.sha256(body).hexdigest()}"
     url = f"{PUBLIC}{p.path}?{query}"
     # twilio's own validator agrees with the signer before the box is asked.
-    signature = sign_twilio(Signing(body, p.secret, 0, None, url))["x-twilio-signature"]
+    signature = sign_twilio(p.secret, body, at=0, url=url)["x-twilio-signature"]
     assert RequestValidator(p.secret).validate(url, body.decode(), signature)
     reply = harness.send(
         p, body, query=query, signed_url=url, headers={"content-type": "application/json"}
@@ -912,7 +829,7 @@ def test_stripe_library_accepts_the_test_signer() -> None:
     """stripe.WebhookSignature.verify_header (the oracle) accepts what sign_stripe produces."""
     p = PROVIDERS["stripe"]
     now = int(time.time())
-    header = sign_stripe(Signing(p.sample, p.secret, now, None, ""))["stripe-signature"]
+    header = sign_stripe(p.secret, p.sample, at=now)["stripe-signature"]
     assert stripe.WebhookSignature.verify_header(p.sample.decode(), header, p.secret, 300)
 
 

@@ -12,6 +12,7 @@ from conftest import ADMIN_TOKEN
 from live import LiveBox, running_box
 
 from ingress_box.config import Settings, load_settings
+from ingress_box.worker import Worker
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def test_readyz_is_200_with_a_writable_database_and_a_running_worker(live: LiveB
 
 def test_readyz_is_503_when_the_worker_is_stopped(live: LiveBox) -> None:
     """Once the worker stops, /readyz answers 503 and says why."""
-    assert live.box.worker is not None
+    assert isinstance(live.box.worker, Worker)  # the real one, which can be stopped
     live.box.worker.stop()
     answer = httpx.get(f"{live.url}/readyz")
     assert answer.status_code == 503

@@ -8,8 +8,6 @@ HTTP; instances are created through the admin API.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import json
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
@@ -19,9 +17,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from conftest import ADMIN_TOKEN, T0, Clock, Reply
+from conftest import ADMIN_TOKEN, T0, Clock, Reply, box_of
+from signers import sign_chatwoot, sign_generic, sign_stripe, sign_twilio
 from starlette.testclient import TestClient
-from twilio.request_validator import RequestValidator
 
 from ingress_box.app import create_app
 from ingress_box.config import load_settings
@@ -30,10 +28,6 @@ from ingress_box.web.box import Box
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 SECRET = "rejections-test-secret-0123"
 MARKER = "BODY-MARKER-7f3a9c"  # if this shows up in the record, a body leaked into it
-
-
-def hub(body: bytes, secret: str = SECRET) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 @dataclass
@@ -72,8 +66,7 @@ class Harness:
 
     @property
     def box(self) -> Box:
-        box: Box = self.client.app.state.box  # type: ignore[attr-defined]
-        return box
+        return box_of(self.client)
 
 
 OpenBox = Callable[..., Harness]
@@ -105,12 +98,12 @@ def missing_signature(h: Harness) -> Reply:
 
 
 def bad_signature(h: Harness) -> Reply:
-    return h.post("/ingress/generic/main/events", b"{}", **{"x-signature": hub(b"{}", "wrong")})
+    return h.post("/ingress/generic/main/events", b"{}", **sign_generic("wrong", b"{}"))
 
 
 def body_too_large(h: Harness) -> Reply:
     body = b"x" * 2000  # over the 1024-byte cap these tests run with
-    return h.post("/ingress/generic/main/events", body, **{"x-signature": hub(body)})
+    return h.post("/ingress/generic/main/events", body, **sign_generic(SECRET, body))
 
 
 def body_too_large_streamed(h: Harness) -> Reply:
@@ -127,15 +120,11 @@ def body_too_large_streamed(h: Harness) -> Reply:
 
 
 def stale_timestamp(h: Harness) -> Reply:
-    stamp = str(int(h.clock()) - 301)
     body = b'{"event":"message_created"}'
     return h.post(
         "/ingress/chatwoot/main/events",
         body,
-        **{
-            "x-chatwoot-timestamp": stamp,
-            "x-chatwoot-signature": hub(stamp.encode() + b"." + body),
-        },
+        **sign_chatwoot(SECRET, body, at=int(h.clock()) - 301),
     )
 
 
@@ -151,26 +140,21 @@ def twilio_signed_for(url: str) -> Callable[[Harness], Reply]:
     """A genuine Twilio request signed for ``url`` (the URL configured in Twilio's console)."""
 
     def send(h: Harness) -> Reply:
-        params = {"From": "whatsapp:+16505551234", "Body": "hi"}
-        signature = RequestValidator(SECRET).compute_signature(url, params)
+        body = urlencode({"From": "whatsapp:+16505551234", "Body": "hi"}).encode()
         return h.post(
             "/ingress/twilio/main/messages",
-            urlencode(params).encode(),
-            **{
-                "x-twilio-signature": signature,
-                "content-type": "application/x-www-form-urlencoded",
-            },
+            body,
+            **sign_twilio(SECRET, body, url=url),
+            **{"content-type": "application/x-www-form-urlencoded"},
         )
 
     return send
 
 
 def body_not_json(h: Harness) -> Reply:
-    at = int(h.clock())
     body = b"{not json"
-    digest = hmac.new(SECRET.encode(), f"{at}.".encode() + body, hashlib.sha256).hexdigest()
     return h.post(
-        "/ingress/stripe/main/events", body, **{"stripe-signature": f"t={at},v1={digest}"}
+        "/ingress/stripe/main/events", body, **sign_stripe(SECRET, body, at=int(h.clock()))
     )
 
 
@@ -227,12 +211,12 @@ def test_rate_limited_requests_are_listed(open_box: OpenBox) -> None:
     h.add("generic")
     body = b'{"n":1}'
     assert (
-        h.post("/ingress/generic/main/events", body, **{"x-signature": hub(body)}).status_code
+        h.post("/ingress/generic/main/events", body, **sign_generic(SECRET, body)).status_code
         == 202
     )
     body = b'{"n":2}'
     assert (
-        h.post("/ingress/generic/main/events", body, **{"x-signature": hub(body)}).status_code
+        h.post("/ingress/generic/main/events", body, **sign_generic(SECRET, body)).status_code
         == 429
     )
     assert h.reasons() == ["rate_limited"]
@@ -262,7 +246,7 @@ def test_accepted_and_duplicate_requests_are_not_rejections(open_box: OpenBox) -
     h.add("generic")
     for _ in range(2):
         assert (
-            h.post("/ingress/generic/main/events", b"{}", **{"x-signature": hub(b"{}")}).status_code
+            h.post("/ingress/generic/main/events", b"{}", **sign_generic(SECRET, b"{}")).status_code
             == 202
         )
     assert h.reasons() == []
@@ -320,7 +304,7 @@ def test_the_record_holds_no_body_and_no_header_values(open_box: OpenBox) -> Non
         **{"x-signature": "sha256=" + MARKER, "x-delivery": MARKER, "authorization": MARKER},
     )
     big = (MARKER * 200).encode()
-    h.post("/ingress/generic/main/events", big, **{"x-signature": hub(big)})
+    h.post("/ingress/generic/main/events", big, **sign_generic(SECRET, big))
     listing = h.rejections()
     assert len(listing["items"]) == 2
     assert all(

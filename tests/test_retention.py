@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import scalar
 
 from ingress_box.config import Settings, load_settings
 from ingress_box.store import Database, retention
@@ -110,10 +111,10 @@ def test_dead_letters_outlive_the_dedup_window(db: Database, settings: Settings)
     add(db, "dead", "dead")
     retention.run(db, settings, now=T0 + 30 * DAY)
     assert body_of(db, "dead") == b"payload"
-    assert db.read_one("SELECT count(*) FROM dead_letters")[0] == 1  # type: ignore[index]
+    assert scalar(db, "SELECT count(*) FROM dead_letters") == 1
     retention.run(db, settings, now=T0 + 91 * DAY)
     assert not exists(db, "dead")
-    assert db.read_one("SELECT count(*) FROM dead_letters")[0] == 0  # type: ignore[index]
+    assert scalar(db, "SELECT count(*) FROM dead_letters") == 0
 
 
 def test_pending_events_are_never_pruned(db: Database, settings: Settings) -> None:
@@ -121,7 +122,7 @@ def test_pending_events_are_never_pruned(db: Database, settings: Settings) -> No
     add(db, "waiting", None)
     retention.run(db, settings, now=T0 + 1000 * DAY)
     assert body_of(db, "waiting") == b"payload"
-    assert db.read_one("SELECT count(*) FROM outbox")[0] == 1  # type: ignore[index]
+    assert scalar(db, "SELECT count(*) FROM outbox") == 1
 
 
 def test_pruning_works_in_bounded_batches(db: Database, settings: Settings) -> None:

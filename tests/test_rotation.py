@@ -8,20 +8,17 @@ sent over HTTP. A fake clock moves the box past the grace window without waiting
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import itertools
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import standardwebhooks
 from conftest import ADMIN_TOKEN, T0, Clock
+from signers import Signer, sign_generic, sign_standard, sign_telegram
 from starlette.testclient import TestClient
 
 from ingress_box.app import create_app
@@ -31,37 +28,22 @@ ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 DAY = 24 * 3600
 
 
-def sign_hmac(body: bytes, secret: str, at: float) -> dict[str, str]:
-    return {"x-signature": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()}
-
-
-def sign_standard(body: bytes, secret: str, at: float) -> dict[str, str]:
-    msg_id = "msg_" + hashlib.sha256(body).hexdigest()[:16]
-    stamp = datetime.fromtimestamp(int(at), tz=UTC)
-    signature = standardwebhooks.Webhook(secret).sign(msg_id, stamp, body.decode())
-    return {"webhook-id": msg_id, "webhook-timestamp": str(int(at)), "webhook-signature": signature}
-
-
-def sign_token(body: bytes, secret: str, at: float) -> dict[str, str]:
-    return {"x-telegram-bot-api-secret-token": secret}
-
-
 @dataclass(frozen=True)
 class Kind:
     """One kind of secret: the plugin that uses it, its route, and how a sender signs with it."""
 
     plugin: str
     route: str
-    sign: Callable[[bytes, str, float], dict[str, str]]
+    sign: Signer
 
     def __str__(self) -> str:
         return self.plugin
 
 
 KINDS = [
-    Kind("generic", "events", sign_hmac),
+    Kind("generic", "events", sign_generic),
     Kind("standard-webhooks", "events", sign_standard),
-    Kind("telegram", "updates", sign_token),
+    Kind("telegram", "updates", sign_telegram),
 ]
 GENERIC = KINDS[0]
 
@@ -96,7 +78,10 @@ class Box:
     def status_with(self, secret: str) -> int:
         """Send a fresh event signed with ``secret`` now; the HTTP status it gets."""
         body = json.dumps({"update_id": next(self.numbers), "text": "hi"}).encode()
-        headers = {"content-type": "application/json", **self.kind.sign(body, secret, self.clock())}
+        headers = {
+            "content-type": "application/json",
+            **self.kind.sign(secret, body, at=int(self.clock())),
+        }
         status: int = self.client.post(
             f"/ingress/{self.kind.plugin}/main/{self.kind.route}", content=body, headers=headers
         ).status_code

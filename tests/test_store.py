@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import scalar
 
 from ingress_box.errors import StorageUnavailable
 from ingress_box.store import Database
@@ -19,7 +23,7 @@ from ingress_box.store.instances import version
 
 
 @pytest.fixture
-def db(tmp_path: Path):  # type: ignore[no-untyped-def]
+def db(tmp_path: Path) -> Iterator[Database]:
     database = Database(tmp_path / "box.db").open()
     yield database
     database.close()
@@ -52,8 +56,9 @@ def accept(db: Database, item: d.NewDelivery) -> bool:
     return db.write(lambda conn: d.accept(conn, item))
 
 
-def claim(db: Database, now: float = 2000.0, limit: int = 10, owner: str = "w1"):  # type: ignore[no-untyped-def]
-    return db.write(d.claim(owner, now, 60.0, limit))
+def claim(db: Database, now: float = 2000.0, limit: int = 10, owner: str = "w1") -> list[d.Claimed]:
+    claimed: list[d.Claimed] = db.write(d.claim(owner, now, 60.0, limit))
+    return claimed
 
 
 def settle(
@@ -65,7 +70,7 @@ def settle(
     owner: str = "w1",
     next_at: float = 0.0,
 ) -> bool:
-    return db.write(
+    settled: bool = db.write(
         d.record_outcome(
             d.Outcome(
                 seq=row.seq,
@@ -82,6 +87,7 @@ def settle(
             now,
         )
     )
+    return settled
 
 
 def test_schema_is_created_on_an_empty_path(tmp_path: Path) -> None:
@@ -94,7 +100,7 @@ def test_schema_is_created_on_an_empty_path(tmp_path: Path) -> None:
 
 def test_wal_and_synchronous_full_are_set(db: Database) -> None:
     """The file runs in WAL mode and the writer commits with synchronous=FULL."""
-    assert db.read_one("PRAGMA journal_mode")[0] == "wal"  # type: ignore[index]
+    assert scalar(db, "PRAGMA journal_mode") == "wal"
     assert db.write(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]) == 2
 
 
@@ -102,8 +108,8 @@ def test_same_dedup_key_is_stored_once(db: Database) -> None:
     """INSERT OR IGNORE on the unique index: the second accept reports a duplicate."""
     assert accept(db, new("a")) is True
     assert accept(db, new("a")) is False
-    assert db.read_one("SELECT count(*) FROM deliveries")[0] == 1  # type: ignore[index]
-    assert db.read_one("SELECT count(*) FROM outbox")[0] == 1  # type: ignore[index]
+    assert scalar(db, "SELECT count(*) FROM deliveries") == 1
+    assert scalar(db, "SELECT count(*) FROM outbox") == 1
 
 
 def test_same_provider_id_under_another_instance_is_new(db: Database) -> None:
@@ -129,7 +135,7 @@ def test_concurrent_writers_share_commits_and_all_land(db: Database) -> None:
         t.join()
     assert results.count(True) == 200
     assert sum(batches) == 200
-    assert db.read_one("SELECT count(*) FROM deliveries")[0] == 200  # type: ignore[index]
+    assert scalar(db, "SELECT count(*) FROM deliveries") == 200
 
 
 def test_a_failing_op_does_not_undo_its_batch_mates(db: Database) -> None:
@@ -138,7 +144,7 @@ def test_a_failing_op_does_not_undo_its_batch_mates(db: Database) -> None:
     def bad(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO deliveries (seq) VALUES (NULL)")  # violates NOT NULL
 
-    futures = [
+    futures: list[concurrent.futures.Future[Any]] = [
         db.submit(lambda conn: d.accept(conn, new("ok-1"))),
         db.submit(bad),
         db.submit(lambda conn: d.accept(conn, new("ok-2"))),
@@ -277,5 +283,5 @@ def test_an_accept_checked_against_old_configuration_is_refused(db: Database) ->
 
     current = version(db)
     assert asyncio.run(accept("stale-" + current)) == (None, current)
-    assert db.read_one("SELECT count(*) FROM deliveries")[0] == 0  # type: ignore[index]
+    assert scalar(db, "SELECT count(*) FROM deliveries") == 0
     assert asyncio.run(accept(current)) == (True, current)

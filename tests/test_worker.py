@@ -9,18 +9,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live import (
-    LiveBox,
-    Received,
-    Target,
-    add_instance,
-    generic_headers,
-    running_box,
-)
+from fake_target import FakeTarget, Reply
+from live import SECRET as INBOUND_SECRET
+from live import LiveBox, add_instance, running_box
+from signers import sign_generic
 from standardwebhooks.webhooks import Webhook
+from waiting import eventually
 
 from ingress_box.config import Settings, load_settings
+from ingress_box.retry import Decision
 from ingress_box.store import dead_letters
+from ingress_box.store import deliveries as store_deliveries
+from ingress_box.worker import Worker
 
 URL = "/ingress/generic/main/events"
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -40,14 +40,15 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def live(settings: Settings, target: Target) -> Iterator[LiveBox]:
+def live(settings: Settings, target: FakeTarget) -> Iterator[LiveBox]:
     with running_box(settings) as box:
         add_instance(box.box, target_url=target.url, outbound_secret=SECRET)
         yield box
 
 
 def send(live: LiveBox, body: bytes, **extra: str) -> httpx.Response:
-    return httpx.post(live.url + URL, content=body, headers=generic_headers(body, **extra))
+    headers = {"content-type": "application/json", **sign_generic(INBOUND_SECRET, body), **extra}
+    return httpx.post(live.url + URL, content=body, headers=headers)
 
 
 def state_of(live: LiveBox, provider_id: str) -> tuple[str, int]:
@@ -59,26 +60,23 @@ def state_of(live: LiveBox, provider_id: str) -> tuple[str, int]:
 
 
 def wait_state(live: LiveBox, provider_id: str, state: str, timeout: float = 10) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        current, attempts = state_of(live, provider_id)
-        if current == state:
-            return attempts
-        time.sleep(0.02)
-    raise AssertionError(f"{provider_id} is {state_of(live, provider_id)}, wanted {state}")
+    """The delivery's attempts, once it is in ``state``."""
+
+    def reached() -> tuple[str, int] | None:
+        found = state_of(live, provider_id)
+        return found if found[0] == state else None
+
+    return eventually(reached, timeout, f"{provider_id} to be {state}")[1]
 
 
-def statuses(*codes: int) -> object:
-    """A target script answering the given statuses in turn, then 200."""
-
-    def script(n: int, _: Received) -> tuple[int, dict[str, str], bytes]:
-        return (codes[n] if n < len(codes) else 200), {}, b"answer"
-
-    return script
+def count(live: LiveBox, sql: str) -> int:
+    row = live.box.db.read_one(sql)
+    assert row is not None
+    return int(row[0])
 
 
 def test_raw_bytes_reach_the_target_signed_per_standard_webhooks(
-    live: LiveBox, target: Target
+    live: LiveBox, target: FakeTarget
 ) -> None:
     """The target gets the exact bytes and headers any Standard Webhooks library verifies."""
     body = b'{"text":"ol\xc3\xa1", "n": 1.50}'
@@ -96,21 +94,22 @@ def test_raw_bytes_reach_the_target_signed_per_standard_webhooks(
     wait_state(live, "d-1", "delivered")
 
 
-def test_a_duplicate_storm_is_forwarded_once(live: LiveBox, target: Target) -> None:
+def test_a_duplicate_storm_is_forwarded_once(live: LiveBox, target: FakeTarget) -> None:
     """40 identical posts at once produce exactly one forward."""
     body = b'{"storm":1}'
     with concurrent.futures.ThreadPoolExecutor(max_workers=40) as pool:
         list(pool.map(lambda _: send(live, body, **{"x-delivery": "s-1"}), range(40)))
-    wait_state(live, "s-1", "delivered")
-    time.sleep(0.3)
+    assert wait_state(live, "s-1", "delivered") == 1
+    # One row, claimed once, settled: nothing is left that could be forwarded a second time.
+    assert count(live, "SELECT count(*) FROM deliveries") == 1
     assert len(target.received) == 1
 
 
 def test_two_failures_then_success_is_delivered_once_after_three_attempts(
-    live: LiveBox, target: Target
+    live: LiveBox, target: FakeTarget
 ) -> None:
     """500, 500, 200: delivered, three attempts, one webhook-id throughout."""
-    target.script = statuses(500, 500)
+    target.reply(500, 500)
     send(live, b'{"n":1}', **{"x-delivery": "r-1"})
     assert wait_state(live, "r-1", "delivered") == 3
     got = target.wait_for(3)
@@ -118,9 +117,9 @@ def test_two_failures_then_success_is_delivered_once_after_three_attempts(
     assert [r.headers["ingress-box-attempt"] for r in got] == ["1", "2", "3"]
 
 
-def test_a_400_is_dead_after_one_attempt(live: LiveBox, target: Target) -> None:
+def test_a_400_is_dead_after_one_attempt(live: LiveBox, target: FakeTarget) -> None:
     """Other 4xx are permanent: one attempt, then the dead-letter queue."""
-    target.script = statuses(400)
+    target.reply(400)
     send(live, b'{"n":1}', **{"x-delivery": "p-1"})
     assert wait_state(live, "p-1", "dead") == 1
     row = live.box.db.read_one("SELECT last_error, attempts FROM dead_letters")
@@ -128,25 +127,26 @@ def test_a_400_is_dead_after_one_attempt(live: LiveBox, target: Target) -> None:
 
 
 def test_always_503_is_dead_after_the_budget_and_redrive_delivers_once(
-    live: LiveBox, target: Target
+    live: LiveBox, target: FakeTarget
 ) -> None:
     """Exhausted retries dead-letter; a redrive after recovery delivers; a second does nothing."""
-    target.script = statuses(503, 503, 503)
+    target.reply(503, 503, 503)
     send(live, b'{"n":1}', **{"x-delivery": "b-1"})
     assert wait_state(live, "b-1", "dead") == 3
     first_id = target.wait_for(3)[0].headers["webhook-id"]
-    target.script = statuses()
+    target.reply()
     db = live.box.db
     assert db.write(dead_letters.redrive(dead_letters.Selection(), 100, time.time())) == (1, 0)
-    live.box.worker.wake()  # type: ignore[union-attr]
+    assert live.box.worker is not None
+    live.box.worker.wake()
     wait_state(live, "b-1", "delivered")
     assert target.wait_for(4)[3].headers["webhook-id"] == first_id
     assert db.write(dead_letters.redrive(dead_letters.Selection(), 100, time.time())) == (0, 0)
-    time.sleep(0.3)
+    assert count(live, "SELECT count(*) FROM outbox") == 0  # nothing left to deliver
     assert len(target.received) == 4
 
 
-def test_a_429_with_retry_after_is_waited_out(tmp_path: Path, target: Target) -> None:
+def test_a_429_with_retry_after_is_waited_out(tmp_path: Path, target: FakeTarget) -> None:
     """Retry-After is a floor on the next attempt's delay."""
     settings = load_settings(
         {},
@@ -155,7 +155,7 @@ def test_a_429_with_retry_after_is_waited_out(tmp_path: Path, target: Target) ->
         retry_base_seconds=0.01,
         retry_max_seconds=5,
     )
-    target.script = lambda n, r: (429, {"retry-after": "1"}, b"") if n == 0 else (200, {}, b"")
+    target.reply(Reply(429, retry_after=1))
     with running_box(settings) as live:
         add_instance(live.box, target_url=target.url, outbound_secret=SECRET)
         send(live, b'{"n":1}', **{"x-delivery": "l-1"})
@@ -163,9 +163,11 @@ def test_a_429_with_retry_after_is_waited_out(tmp_path: Path, target: Target) ->
         assert got[1].at - got[0].at >= 0.95
 
 
-def test_conversation_order_holds_while_the_head_is_retried(live: LiveBox, target: Target) -> None:
+def test_conversation_order_holds_while_the_head_is_retried(
+    live: LiveBox, target: FakeTarget
+) -> None:
     """A failing head keeps the rest of its conversation waiting, then all arrive in order."""
-    target.script = statuses(500, 500)
+    target.reply(500, 500)
     for i in range(5):
         send(live, f'{{"i":{i}}}'.encode(), **{"x-delivery": f"o-{i}", "x-conversation": "c1"})
     for i in range(5):
@@ -174,36 +176,58 @@ def test_conversation_order_holds_while_the_head_is_retried(live: LiveBox, targe
     assert order == ["o-0", "o-0", "o-0", "o-1", "o-2", "o-3", "o-4"]
 
 
-def test_other_conversations_are_not_held_by_a_failing_lane(live: LiveBox, target: Target) -> None:
+def test_other_conversations_are_not_held_by_a_failing_lane(
+    live: LiveBox, target: FakeTarget
+) -> None:
     """While one lane waits on retries, an independent event is delivered."""
-    target.script = lambda n, r: (
-        (503, {}, b"") if r.headers.get("ingress-box-conversation") == "slow" else (200, {}, b"")
+    target.answer_with(
+        lambda r: Reply(503 if r.headers.get("ingress-box-conversation") == "slow" else 200)
     )
     send(live, b'{"a":1}', **{"x-delivery": "slow-1", "x-conversation": "slow"})
     send(live, b'{"b":1}', **{"x-delivery": "fast-1", "x-conversation": "fast"})
     wait_state(live, "fast-1", "delivered")
 
 
-def test_strict_lane_waits_for_its_dead_head(settings: Settings, target: Target) -> None:
+def test_strict_lane_waits_for_its_dead_head(settings: Settings, target: FakeTarget) -> None:
     """Strict policy: after the head dies, the rest of the lane waits for a redrive."""
-    target.script = statuses(400)
+    target.reply(400)
     with running_box(settings) as live:
         add_instance(live.box, target_url=target.url, outbound_secret=SECRET, lane_policy="strict")
         send(live, b'{"i":0}', **{"x-delivery": "h-0", "x-conversation": "c"})
         send(live, b'{"i":1}', **{"x-delivery": "h-1", "x-conversation": "c"})
         wait_state(live, "h-0", "dead")
-        time.sleep(0.5)
+        # No worker can take h-1: the claim every worker makes finds nothing in the lane.
+        probe = store_deliveries.claim("probe", time.time(), 60, 10)
+        assert live.box.db.write(probe) == []
         assert state_of(live, "h-1") == ("pending", 0)
         live.box.db.write(dead_letters.redrive(dead_letters.Selection(), 10, time.time()))
-        live.box.worker.wake()  # type: ignore[union-attr]
+        assert live.box.worker is not None
+        live.box.worker.wake()
         wait_state(live, "h-1", "delivered")
         order = [r.headers["ingress-box-delivery-id"] for r in target.received]
         assert order == ["h-0", "h-0", "h-1"]
 
 
-def test_no_target_url_is_dead_lettered(settings: Settings, target: Target) -> None:
+def test_no_target_url_is_dead_lettered(settings: Settings, target: FakeTarget) -> None:
     """An instance without a target cannot deliver: the event is dead, visible, redrivable."""
     with running_box(settings) as live:
         add_instance(live.box, outbound_secret=SECRET)
         send(live, b'{"i":0}', **{"x-delivery": "n-0"})
         wait_state(live, "n-0", "dead")
+
+
+def test_an_outcome_in_the_database_has_been_observed(live: LiveBox, target: FakeTarget) -> None:
+    """Observers (the metrics) run before the outcome is recorded: a reader who sees the outcome
+    in the database finds it counted too, however slow the observers are."""
+    assert isinstance(live.box.worker, Worker)
+    observed: list[str] = []
+
+    def slow_observer(row: store_deliveries.Claimed, decision: Decision, seconds: float) -> None:
+        time.sleep(0.3)  # a slow observer, to widen the window an ordering bug would leave
+        observed.append(row.provider_delivery_id)
+
+    live.box.worker.observers.insert(0, slow_observer)
+    target.reply(400)
+    send(live, b'{"n":1}', **{"x-delivery": "w-1"})
+    wait_state(live, "w-1", "dead")
+    assert observed == ["w-1"]

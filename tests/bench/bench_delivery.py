@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import benchlib
 from benchlib import Server, pct
@@ -57,7 +58,7 @@ def wait_received(log: Path, ids: set[str] | int, timeout: float) -> dict[str, f
         time.sleep(0.2)
 
 
-def sample(db: Path, stop: threading.Event, into: list, every: float = 1.0) -> None:
+def sample(db: Path, stop: threading.Event, into: list[Any], every: float = 1.0) -> None:
     conn = benchlib.ro_connect(db)
     t0 = time.monotonic()
     while not stop.wait(every if into else 0):
@@ -85,7 +86,7 @@ def idle_cpu(box: Server, seconds: float = 3.0) -> float:
     return (box.cpu_seconds() - before) / seconds
 
 
-def phase_e2e_and_flood(args: argparse.Namespace, work: Path, servers: list) -> dict:
+def phase_e2e_and_flood(args: argparse.Namespace, work: Path, servers: list[Any]) -> dict[str, Any]:
     target = Server("target", work, "--log", str(work / "fast.log"))
     servers.append(target.wait_ready())
     db = work / "e2e.db"
@@ -119,7 +120,7 @@ def phase_e2e_and_flood(args: argparse.Namespace, work: Path, servers: list) -> 
         f"{'PASS' if pct(lat, 99) <= 100 else 'FAIL'}  e2e p99 <= 100 ms"
     )
 
-    samples: list = []
+    samples: list[Any] = []
     stop = threading.Event()
     sampler = threading.Thread(target=sample, args=(db, stop, samples), daemon=True)
     sampler.start()
@@ -157,7 +158,7 @@ def phase_e2e_and_flood(args: argparse.Namespace, work: Path, servers: list) -> 
     return {"latency": lat, "samples": samples, "sent_until": sent_until}
 
 
-def phase_drain(args: argparse.Namespace, work: Path, servers: list) -> None:
+def phase_drain(args: argparse.Namespace, work: Path, servers: list[Any]) -> None:
     template = work / "preload.db"
     benchlib.prepare_db(template, target_url="http://127.0.0.1:9/unused")
     box = Server("box", work, "--db", str(template), "--no-worker")
@@ -203,7 +204,7 @@ def phase_drain(args: argparse.Namespace, work: Path, servers: list) -> None:
         target.stop()
 
 
-def plot(result: dict, path: Path) -> None:
+def plot(result: dict[str, Any], path: Path) -> None:
     try:
         import matplotlib
 

@@ -131,8 +131,7 @@ def body(i: int, size: int = 1024) -> bytes:
         "text": "",
     }
     filler = size - len(json.dumps(head, separators=(",", ":")))
-    head["text"] = hashlib.sha256(str(i).encode()).hexdigest() * (filler // 64 + 1)
-    head["text"] = head["text"][:filler]
+    head["text"] = (hashlib.sha256(str(i).encode()).hexdigest() * (filler // 64 + 1))[:filler]
     return json.dumps(head, separators=(",", ":")).encode()
 
 

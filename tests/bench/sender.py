@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import benchlib
 import httpx
@@ -21,12 +23,17 @@ from benchlib import PATH, pct
 BODIES = [(raw, benchlib.sign(raw)) for raw in (benchlib.body(i) for i in range(500))]
 
 
-async def _post_raw(conns: int, port: int) -> object:
+Post = Callable[[bytes, dict[str, str]], Awaitable[object]]
+
+
+async def _post_raw(conns: int, port: int) -> tuple[Post, Callable[[], Awaitable[None]]]:
     """A minimal keep-alive HTTP/1.1 client: ``conns`` connections fed from one queue."""
-    queue: asyncio.Queue = asyncio.Queue()
+    Item = tuple[bytes, dict[str, str], asyncio.Future[object]]
+    queue: asyncio.Queue[Item | None] = asyncio.Queue()
 
     async def connection() -> None:
-        reader = writer = None
+        reader: asyncio.StreamReader | None = None
+        writer: asyncio.StreamWriter | None = None
         while (item := await queue.get()) is not None:
             raw, headers, done = item
             request = (
@@ -35,7 +42,7 @@ async def _post_raw(conns: int, port: int) -> object:
             )
             for attempt in (1, 2):  # once more on a fresh connection if keep-alive closed it
                 try:
-                    if writer is None:
+                    if reader is None or writer is None:
                         reader, writer = await asyncio.open_connection("127.0.0.1", port)
                     writer.write(request.encode() + raw)
                     head = await reader.readuntil(b"\r\n\r\n")
@@ -62,17 +69,17 @@ async def _post_raw(conns: int, port: int) -> object:
             queue.put_nowait(None)
         await asyncio.wait(workers, timeout=5)
 
-    post.close = close  # type: ignore[attr-defined]
-    return post
+    return post, close
 
 
 async def _send(
     url: str, rate: float, duration: float, prefix: str, conns: int, use_httpx: bool = False
-) -> dict:
-    n, sent, acks, ack_ms, late = int(rate * duration), {}, Counter(), [], []
+) -> dict[str, Any]:
+    n, sent, ack_ms, late = int(rate * duration), {}, [], []
+    acks: Counter[object] = Counter()
     limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
     client = httpx.AsyncClient(base_url=url, limits=limits, timeout=10.0)
-    raw_post = await _post_raw(conns, int(url.rsplit(":", 1)[1]))
+    raw_post, raw_close = await _post_raw(conns, int(url.rsplit(":", 1)[1]))
 
     async def one(i: int) -> None:
         raw, sig = BODIES[i % len(BODIES)]
@@ -86,7 +93,7 @@ async def _send(
             if use_httpx:
                 acks[(await client.post(PATH, content=raw, headers=headers)).status_code] += 1
             else:
-                acks[await raw_post(raw, headers)] += 1  # type: ignore[operator]
+                acks[await raw_post(raw, headers)] += 1
             ack_ms.append((time.monotonic() - t) * 1000)
         except httpx.HTTPError as exc:
             acks[type(exc).__name__] += 1
@@ -99,7 +106,7 @@ async def _send(
         late.append((time.monotonic() - due) * 1000)
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.wait(tasks, timeout=30)
-    await raw_post.close()  # type: ignore[attr-defined]
+    await raw_close()
     await client.aclose()
     times = sorted(sent.values())
     return {
@@ -111,12 +118,14 @@ async def _send(
     }
 
 
-def send(*args: object) -> dict:
+def send(
+    url: str, rate: float, duration: float, prefix: str, conns: int, use_httpx: bool = False
+) -> dict[str, Any]:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_send(*args))  # type: ignore[arg-type]
+        return runner.run(_send(url, rate, duration, prefix, conns, use_httpx))
 
 
-def show_send(name: str, s: dict, rate: float) -> None:
+def show_send(name: str, s: dict[str, Any], rate: float) -> None:
     print(
         f"{name}: sent {len(s['sent'])} at {s['rate']:.0f}/s (asked {rate:g}/s; sender "
         f"lateness p99 {s['late_p99']:.1f} ms), acks {s['acks']}, ack p50 "

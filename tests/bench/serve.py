@@ -29,6 +29,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -37,7 +38,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 
-def uvicorn_options() -> dict[str, object]:
+def uvicorn_options() -> dict[str, Any]:
     return {
         "host": "127.0.0.1",
         "log_level": "warning",
@@ -97,7 +98,7 @@ def run_box(args: argparse.Namespace) -> None:
     )
     print("settings:", json.dumps(shown, default=str), flush=True)
     app = create_app(settings, run_worker=not args.no_worker)
-    uvicorn.run(app, port=args.port, **uvicorn_options())  # type: ignore[arg-type]
+    uvicorn.run(app, port=args.port, **uvicorn_options())
 
 
 async def run_target(port: int, delay: float, log_path: str) -> None:
@@ -157,7 +158,7 @@ def main() -> None:
         run_box(args)
     elif args.kind == "bare":
         print("settings:", json.dumps(uvicorn_options()), flush=True)
-        uvicorn.run(bare_app(args.secret.encode()), port=args.port, **uvicorn_options())  # type: ignore[arg-type]
+        uvicorn.run(bare_app(args.secret.encode()), port=args.port, **uvicorn_options())
     elif args.kind == "worker":  # exactly what a user runs
         os.execv(sys.executable, [sys.executable, "-m", "ingress_box", "worker", "--db", args.db])
     else:
