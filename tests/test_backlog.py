@@ -9,8 +9,9 @@ from pathlib import Path
 
 from clirun import ok
 from conftest import ADMIN_TOKEN
-from live import add_instance, generic_headers
+from live import SECRET, add_instance
 from prometheus_client.parser import text_string_to_metric_families
+from signers import sign_generic
 from starlette.testclient import TestClient
 
 from ingress_box.app import create_app
@@ -80,7 +81,11 @@ def test_a_parked_lane_reads_the_same_on_the_dashboard_metrics_and_stats(tmp_pat
         add_instance(box, lane_policy="strict", target_url="http://127.0.0.1:9/hook")
         park_a_strict_head(box, received_at=time.time() - 3600)
         body = b'{"n": 2}'
-        headers = generic_headers(body, **{"x-delivery": "second", "x-conversation": "c1"})
+        headers = {
+            "content-type": "application/json",
+            **sign_generic(SECRET, body, msg_id="second"),
+            "x-conversation": "c1",
+        }
         accepted = client.post("/ingress/generic/main/events", content=body, headers=headers)
         assert accepted.status_code == 202
         login = {"token": ADMIN_TOKEN}

@@ -17,7 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
-from live import Target, free_port, generic_headers
+from fake_target import FakeTarget, Reply
+from live import free_port
+from signers import sign_generic
 
 TOKEN = "wake-test-admin-token"
 SECRET = "wake-test-secret"
@@ -100,7 +102,11 @@ class Serve:
         response = httpx.post(
             self.url + "/ingress/generic/main/events",
             content=body,
-            headers=generic_headers(body, secret=SECRET, **{"x-delivery": delivery}, **headers),
+            headers={
+                "content-type": "application/json",
+                **sign_generic(SECRET, body, msg_id=delivery),
+                **headers,
+            },
         )
         assert response.status_code == 202, response.text
 
@@ -127,20 +133,19 @@ def _dead_letters(db: Path) -> list[dict[str, Any]]:
     return items
 
 
-def _delivered(target: Target, delivery: str) -> bool:
-    with target.lock:
-        return any(
-            r.headers.get("ingress-box-delivery-id") == delivery
-            for r in target.received[1:]  # the first request is the one that failed
-        )
+def _delivered(target: FakeTarget, delivery: str) -> bool:
+    return any(
+        r.headers.get("ingress-box-delivery-id") == delivery
+        for r in target.received[1:]  # the first request is the one that failed
+    )
 
 
 def test_a_cli_redrive_is_delivered_by_a_running_serve_within_seconds(
-    tmp_path: Path, serve: Serve, target: Target
+    tmp_path: Path, serve: Serve, target: FakeTarget
 ) -> None:
     """dlq redrive from the CLI wakes serve's worker: the target has the event in seconds."""
     db = tmp_path / "box.db"
-    target.script = lambda n, r: (400, {}, b"not yet") if n == 0 else (200, {}, b"ok")
+    target.reply(Reply(400, body=b"not yet"), then=Reply(200, body=b"ok"))
     serve.add_instance(target.url)
     serve.send("d-1")
     _until(lambda: _dead_letters(db), 15, "the event to be dead-lettered")
@@ -149,11 +154,11 @@ def test_a_cli_redrive_is_delivered_by_a_running_serve_within_seconds(
 
 
 def test_a_cli_discard_lets_a_strict_lane_move_on_within_seconds(
-    tmp_path: Path, serve: Serve, target: Target
+    tmp_path: Path, serve: Serve, target: FakeTarget
 ) -> None:
     """Discarding a strict lane's dead head from the CLI wakes serve: the next event goes."""
     db = tmp_path / "box.db"
-    target.script = lambda n, r: (400, {}, b"refused") if n == 0 else (200, {}, b"ok")
+    target.reply(Reply(400, body=b"refused"), then=Reply(200, body=b"ok"))
     serve.add_instance(target.url, lane_policy="strict")
     serve.send("head", **{"x-conversation": "c"})
     (dead,) = _until(lambda: _dead_letters(db), 15, "the lane's head to be dead-lettered")

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from clirun import run
 from conftest import ADMIN_TOKEN
-from live import Target, free_port
+from fake_target import FakeTarget
+from live import free_port
 from starlette.testclient import TestClient
 
 from ingress_box.app import create_app
@@ -489,7 +490,7 @@ def fill_0_1_0_file(path: Path, target_url: str) -> dict[str, str]:
 
 
 def test_a_0_1_0_database_keeps_every_row_and_delivers_after_the_upgrade(
-    settings: Settings, target: Target, tmp_path: Path
+    settings: Settings, target: FakeTarget, tmp_path: Path
 ) -> None:
     """The real app on a 0.1.0 file: every row is there, the pending one is delivered, and the
     upgraded file's schema is a fresh file's."""

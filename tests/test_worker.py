@@ -224,7 +224,7 @@ def test_an_outcome_in_the_database_has_been_observed(live: LiveBox, target: Fak
 
     def slow_observer(row: store_deliveries.Claimed, decision: Decision, seconds: float) -> None:
         time.sleep(0.3)  # a slow observer, to widen the window an ordering bug would leave
-        observed.append(row.provider_delivery_id)
+        observed.append(row.event.provider_delivery_id)
 
     live.box.worker.observers.insert(0, slow_observer)
     target.reply(400)
