@@ -50,6 +50,7 @@ class Settings:
     admin_token: Secret | None = None
     public_url: str | None = None
     max_body_bytes: int = 262_144
+    max_header_bytes: int = 32768
     synchronous: str = "FULL"
     busy_timeout_seconds: float = 5.0
     rate_limit: float = 0.0
@@ -99,6 +100,7 @@ _KINDS: dict[str, Any] = {
     "admin_token": Secret,
     "public_url": str,
     "max_body_bytes": int,
+    "max_header_bytes": int,
     "synchronous": str,
     "busy_timeout_seconds": float,
     "rate_limit": float,
