@@ -182,6 +182,13 @@ class Settings:
         minimum=0,
         maximum=1_000_000_000,
     )
+    max_header_bytes: int = setting(
+        32_768,
+        "cap of a request's headers, all together (larger: 431); also what is stored of them",
+        commands=SERVE,
+        minimum=1024,
+        maximum=1_048_576,
+    )
     synchronous: str = setting(
         "FULL",
         "SQLite synchronous: FULL survives power loss, NORMAL process crashes",

@@ -1,7 +1,13 @@
 """What the pipeline reads out of a verified request: ids, the conversation, safe headers.
 
 All pure functions of the raw bytes and headers; nothing here can raise on hostile input except
-:class:`BodyNotJson`, which the pipeline answers with 400.
+:class:`BodyNotJson` and :class:`BadDeliveryId`, which the pipeline answers with 400.
+
+A value read out of a request (a dedup id, a conversation, a mapping field) is used only when it
+is valid text of at most :data:`MAX_VALUE_CHARS` characters: a lone UTF-16 surrogate from a JSON
+string cannot be stored or sent, and a 200 KB id would become a 200 KB forwarded header. Header
+values arrive as the edge decodes them (latin-1, one character per byte); the value read is the
+text their bytes spell in UTF-8, so it is forwarded as the same bytes.
 """
 
 from __future__ import annotations
@@ -31,10 +37,39 @@ _SECRET_HEADERS = frozenset(
 )
 # ...and any header whose name says it carries one (not "token": idempotency tokens are ids).
 _SECRET_WORDS = ("signature", "secret", "password")
+MAX_VALUE_CHARS = 512
 
 
 class BodyNotJson(ValueError):
     """A route dedups on a JSON pointer but the body is not JSON."""
+
+
+class BadDeliveryId(ValueError):
+    """The route's dedup value is there but is not valid text, or is too long."""
+
+
+def text(value: str) -> str | None:
+    """``value`` when it is valid text of at most MAX_VALUE_CHARS characters, else None."""
+    if len(value) > MAX_VALUE_CHARS:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from the JSON string "\ud800"
+        return None
+    return value
+
+
+def header_text(value: str) -> str | None:
+    """The text a header value's bytes spell in UTF-8, trimmed; None when they spell none."""
+    if len(value) > 4 * MAX_VALUE_CHARS:  # too long whatever it decodes to: skip the work
+        return None
+    try:
+        decoded = value.encode("latin-1").decode("utf-8")
+    except UnicodeEncodeError:  # not as the edge decodes headers: take it as text already
+        decoded = value
+    except UnicodeDecodeError:
+        return None
+    return text(decoded.strip())
 
 
 class Body:
@@ -114,15 +149,24 @@ def body_hash(plugin_id: str, instance_id: str, route: str, raw: bytes) -> str:
 def provider_delivery_id(
     route: Route, plugin_id: str, instance_id: str, headers: Mapping[str, str], body: Body
 ) -> str:
-    """The dedup key's third column: header, else JSON pointer, else the body hash."""
+    """The dedup key's third column: header, else JSON pointer, else the body hash.
+
+    Raises BadDeliveryId when the value found is not usable (see :func:`text`): hashing the
+    body instead would make an id the provider meant as one event into several.
+    """
     if not route.dedup_body:
         for name in route.dedup_headers:
-            value = headers.get(name, "").strip()
-            if value:
+            raw = headers.get(name, "")
+            if raw.strip():
+                value = header_text(raw)
+                if value is None:
+                    raise BadDeliveryId(name)
                 return value
         if route.dedup_json_pointer is not None:
             found = _scalar(json_pointer(body.json(), route.dedup_json_pointer))
             if found is not None:
+                if text(found) is None:
+                    raise BadDeliveryId(route.dedup_json_pointer)
                 return found
     return body_hash(plugin_id, instance_id, route.name, body.raw)
 
@@ -136,9 +180,9 @@ def webhook_id(plugin_id: str, instance_id: str, provider_id: str) -> str:
 
 
 def conversation_id(route: Route, headers: Mapping[str, str], body: Body) -> str | None:
-    """Best effort: the first declared header, JSON pointer or form field that has a value."""
+    """Best effort: the first declared header, JSON pointer or form field with a usable value."""
     for name in route.conversation_headers:
-        value = headers.get(name, "").strip()
+        value = header_text(headers.get(name, ""))
         if value:
             return value[:256]
     if route.conversation_pointers:
@@ -148,10 +192,10 @@ def conversation_id(route: Route, headers: Mapping[str, str], body: Body) -> str
             doc = None
         for pointer in route.conversation_pointers:
             found = _scalar(json_pointer(doc, pointer))
-            if found is not None:
+            if found is not None and text(found) is not None:
                 return found[:256]
     for name in route.conversation_form_fields:
-        value = body.form().get(name, "").strip()
+        value = text(body.form().get(name, "").strip())
         if value:
             return value[:256]
     return None
@@ -175,14 +219,25 @@ def redact_query(query: str) -> str:
     return "&".join(parts)
 
 
-def redact_headers(headers: Mapping[str, str], verify_header: str | None = None) -> str:
+def redact_headers(
+    headers: Mapping[str, str], verify_header: str | None = None, limit: int | None = None
+) -> str:
     """The headers as JSON with every credential replaced by a marker.
 
-    ``verify_header`` is the route's own signature or secret header, whatever its name.
+    ``verify_header`` is the route's own signature or secret header, whatever its name. With a
+    ``limit``, headers are kept in the order received while names and values together fit in
+    that many bytes (one character is one byte as the edge decodes them); a header that does
+    not fit is left out, so one huge junk header cannot crowd out the others or fill the disk.
     """
     secret = (verify_header or "").lower()
-    safe = {
-        name: REDACTED if name == secret or _is_credential(name) else value
-        for name, value in headers.items()
-    }
+    room = limit
+    safe = {}
+    for name, value in headers.items():
+        kept = REDACTED if name == secret or _is_credential(name) else value
+        if room is not None:
+            size = len(name) + len(kept)
+            if size > room:
+                continue
+            room -= size
+        safe[name] = kept
     return json.dumps(safe, separators=(",", ":"))

@@ -47,6 +47,14 @@ def _header_value(value: str) -> str:
     return _CONTROL.sub(" ", value)
 
 
+def _wire_bytes(value: str) -> bytes:
+    """A received header value's bytes again: the edge decoded them one byte per character."""
+    try:
+        return _CONTROL.sub(" ", value).encode("latin-1")
+    except UnicodeEncodeError:  # not a received value (a row written by something else)
+        return value.encode("utf-8")
+
+
 def _configured_headers(config: Mapping[str, Any]) -> dict[str, str]:
     raw = config.get("headers") or {}
     if not isinstance(raw, Mapping) or not all(
@@ -124,7 +132,11 @@ def forward(event: Event, ctx: HandlerContext) -> None:
             url,
             content=event.body,
             # httpx would encode str values as ASCII and refuse a conversation id like "José".
-            headers=[(k.encode("ascii"), v.encode("utf-8")) for k, v in headers.items()],
+            # Ids are text (UTF-8 on the wire); the content type is the provider's own bytes.
+            headers=[
+                (k.encode("ascii"), _wire_bytes(v) if k == "content-type" else v.encode("utf-8"))
+                for k, v in headers.items()
+            ],
             extensions={"timeout": httpx.Timeout(ctx.timeout).as_dict()},
         )
         response = (

@@ -110,6 +110,17 @@ _RECHECKED = frozenset({401, 403, 404, 405})
 _STALE = Answer(503, outcome="stale")  # the instances changed under this request: run again
 
 
+def _ack(route: Route, delivery_id: str, outcome: str) -> Answer:
+    ack = route.ack
+    # The id is hex: no escaping needed, and the bytes are the same for every duplicate.
+    payload = (
+        ack.body
+        if ack.body is not None
+        else (b'{"status":"accepted","id":"' + delivery_id.encode() + b'"}')
+    )
+    return Answer(ack.status, payload, ack.content_type, outcome=outcome, delivery_id=delivery_id)
+
+
 @dataclass(frozen=True)
 class Rejection:
     received_at: float
@@ -213,17 +224,21 @@ class Ingress:
         if not verdict.ok:
             return self._reject(instance, route, error(401, verdict.reason, "verification failed"))
 
+        body = extract.Body(raw)
         if once.rate_wait is None:
             once.rate_wait = self.limiter.take((instance.plugin_id, instance.instance_id))
         wait = once.rate_wait
         if wait > 0:
+            duplicate = await self._seen(req, route, instance, body)
+            if duplicate is not None:
+                return duplicate
             return self._reject(
                 instance,
                 route,
                 error(429, "rate_limited", "too many requests", **{"retry-after": str(wait)}),
             )
 
-        return await self._store(req, route, instance, raw, version)
+        return await self._store(req, route, instance, body, version)
 
     def _cap(self, route: Route) -> int:
         return (
@@ -249,10 +264,31 @@ class Ingress:
             instance, route, error(403, "challenge_failed", "verify token does not match")
         )
 
+    async def _seen(
+        self, req: Inbound, route: Route, instance: Instance, body: extract.Body
+    ) -> Answer | None:
+        """The ack of a delivery already stored, for a request the rate limit would refuse.
+
+        A duplicate's answer is the first ack whenever it comes; finding it costs one read and
+        never a write, so the limit still bounds what a flood of verified requests can store.
+        """
+        try:
+            provider_id = extract.provider_delivery_id(
+                route, instance.plugin_id, instance.instance_id, req.headers, body
+            )
+            seen = await store_deliveries.seen(
+                self.db, instance.plugin_id, instance.instance_id, provider_id
+            )
+        except (extract.BodyNotJson, extract.BadDeliveryId, StorageUnavailable):
+            return None
+        if not seen:
+            return None
+        delivery_id = extract.webhook_id(instance.plugin_id, instance.instance_id, provider_id)
+        return _ack(route, delivery_id, "duplicate")
+
     async def _store(
-        self, req: Inbound, route: Route, instance: Instance, raw: bytes, checked_at: str
+        self, req: Inbound, route: Route, instance: Instance, body: extract.Body, checked_at: str
     ) -> Answer:
-        body = extract.Body(raw)
         try:
             provider_id = extract.provider_delivery_id(
                 route, instance.plugin_id, instance.instance_id, req.headers, body
@@ -262,6 +298,16 @@ class Ingress:
                 instance,
                 route,
                 error(400, "body_not_json", "the route reads its delivery id from a JSON body"),
+            )
+        except extract.BadDeliveryId:
+            return self._reject(
+                instance,
+                route,
+                error(
+                    400,
+                    "bad_delivery_id",
+                    f"the delivery id must be text of at most {extract.MAX_VALUE_CHARS} characters",
+                ),
             )
         delivery_id = extract.webhook_id(instance.plugin_id, instance.instance_id, provider_id)
         new = store_deliveries.NewDelivery(
@@ -274,8 +320,12 @@ class Ingress:
             method=req.method,
             subpath=_stored_subpath(req.subpath),
             content_type=req.headers.get("content-type"),
-            headers=extract.redact_headers(req.headers, getattr(route.verify, "header", None)),
-            body=raw,
+            headers=extract.redact_headers(
+                req.headers,
+                getattr(route.verify, "header", None),
+                self.settings.max_header_bytes,
+            ),
+            body=body.raw,
             received_at=self.clock(),
         )
         learned = mapping_rules.learned(route, instance, req.headers, body, new.conversation)
@@ -303,20 +353,7 @@ class Ingress:
         if is_new:
             for wake in self.on_accepted:
                 wake()
-        ack = route.ack
-        # The id is hex: no escaping needed, and the bytes are the same for every duplicate.
-        payload = (
-            ack.body
-            if ack.body is not None
-            else (b'{"status":"accepted","id":"' + delivery_id.encode() + b'"}')
-        )
-        return Answer(
-            ack.status,
-            payload,
-            ack.content_type,
-            outcome="accepted" if is_new else "duplicate",
-            delivery_id=delivery_id,
-        )
+        return _ack(route, delivery_id, "accepted" if is_new else "duplicate")
 
     @staticmethod
     def _reject(instance: Instance, route: Route, answer: Answer) -> Answer:

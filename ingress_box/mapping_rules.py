@@ -100,7 +100,7 @@ def _locate(source: FieldSource, headers: Mapping[str, str], body: extract.Body)
         # Numbers are ids too (Chatwoot's are); booleans and containers are not.
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             continue
-        found = str(value).strip()
+        found = extract.text(str(value).strip())  # a lone surrogate is "not found" too
         if found:
             # A chat id cut short would name another chat: too long is "not found".
             return found if len(found) <= MAX_TEXT else None

@@ -40,9 +40,10 @@ class Reply:
 @dataclass(frozen=True)
 class Received:
     path: str
-    headers: dict[str, str]  # lower-case names, values as the bytes that were sent (UTF-8)
+    headers: dict[str, str]  # lower-case names, values decoded as UTF-8 (else replaced)
     body: bytes
     at: float  # time.time() when the request was read
+    raw_headers: dict[str, bytes] = field(default_factory=dict)  # the bytes on the wire
 
 
 Answer = Callable[[Received], Reply]
@@ -122,8 +123,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         target = self.server.target
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
         # http.server decodes header bytes as latin-1; undo it to see the bytes that were sent.
-        headers = {k.lower(): v.encode("latin-1").decode("utf-8") for k, v in self.headers.items()}
-        reply = target._take(Received(self.path, headers, body, time.time()))
+        raw = {k.lower(): v.encode("latin-1") for k, v in self.headers.items()}
+        headers = {k: v.decode("utf-8", "replace") for k, v in raw.items()}
+        reply = target._take(Received(self.path, headers, body, time.time(), raw))
         if reply.delay or target.delay:
             target.stopping.wait(reply.delay + target.delay)
         try:

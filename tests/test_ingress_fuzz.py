@@ -6,6 +6,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -146,3 +147,81 @@ def test_oversized_header_block_is_refused_without_a_500(client: TestClient) -> 
     response = client.post("/ingress/generic/main/events", content=body, headers=headers)
     assert 400 <= response.status_code < 500
     assert time.monotonic() - started < 5
+
+
+# -- the ASGI edge: what a server could hand the app, straight to its ASGI callable -----------
+
+segments = st.one_of(
+    st.sampled_from([*PLUGINS, "main", *ROUTES, "", ".", ".."]),
+    st.text(max_size=12),
+)
+raw_header_names = st.one_of(header_names.map(str.encode), st.binary(min_size=1, max_size=20))
+
+
+async def call_asgi(
+    client: TestClient, scope: dict[str, Any], chunks: list[bytes]
+) -> list[dict[str, Any]]:
+    """Run one request through the app's ASGI callable; the answer's messages."""
+    incoming = [
+        {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
+        for i, chunk in enumerate(chunks or [b""])
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await client.app(scope, receive, send)  # type: ignore[arg-type]
+    return sent
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=ONE_APP)
+@given(
+    method=st.one_of(
+        st.sampled_from(["GET", "POST", "PUT", "HEAD", "OPTIONS"]),
+        st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=10),
+    ),
+    parts=st.lists(segments, max_size=6),
+    trailing_slash=st.booleans(),
+    query=st.binary(max_size=40),
+    headers=st.lists(st.tuples(raw_header_names, st.binary(max_size=80)), max_size=8),
+    chunks=st.lists(st.binary(max_size=600), max_size=4),
+)
+def test_nothing_a_server_can_hand_over_causes_a_5xx(
+    client: TestClient,
+    method: str,
+    parts: list[str],
+    trailing_slash: bool,
+    query: bytes,
+    headers: list[tuple[bytes, bytes]],
+    chunks: list[bytes],
+) -> None:
+    """Any path under /ingress/ (short, empty segments, surrogates), method, header bytes and
+    body framing, given to the ASGI app as a server would: a 4xx at worst, nothing stored."""
+    path = "/ingress/" + "/".join(parts) + ("/" if trailing_slash else "")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": quote(path, safe="/", errors="surrogateescape").encode("ascii"),
+        "query_string": query,
+        "root_path": "",
+        "headers": [(name.lower(), value) for name, value in headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8080),
+    }
+    before = rows(client)
+    assert client.portal is not None
+    sent = client.portal.call(call_asgi, client, scope, chunks)
+    if not sent:  # the body ran out before the app was done reading: the client is gone
+        return
+    status = sent[0]["status"]
+    assert status < 500, (path, sent)
+    if status >= 400:
+        assert rows(client) == before

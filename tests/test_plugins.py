@@ -168,9 +168,17 @@ def test_telegram_uses_the_secret_token_header() -> None:
 
 
 def test_generic_uses_x_signature_x_delivery_and_x_conversation() -> None:
-    """generic: X-Signature sha256=, X-Delivery dedup, X-Conversation header."""
+    """generic: X-Signature sha256= (or sha512= over the id too), X-Delivery dedup,
+    X-Conversation header."""
     route = route_of("generic")
-    assert route.verify == HmacSpec(header="x-signature", prefix="sha256=")
+    signed_id = HmacSpec(
+        header="x-signature",
+        algorithm="sha512",
+        prefix="sha512=",
+        template="{id}\n{rawBody}",
+        id_header="x-delivery",
+    )
+    assert route.verify == HmacSpec(header="x-signature", prefix="sha256=", variant=signed_id)
     assert route.dedup_headers == ("x-delivery",)
     assert route.conversation_headers == ("x-conversation",)
 

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .base import (
@@ -54,6 +54,10 @@ class HmacSpec:
     tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS
     id_header: str | None = None
     multiple: bool = False
+    # A second form the same header may carry, told apart by its prefix (e.g. one that also
+    # signs the delivery id). Its digest differs, so neither form's signature passes for the
+    # other's: a body-only signature can never be replayed as one that covers an id, and back.
+    variant: HmacSpec | None = None
     scheme: str = field(default="hmac", init=False)
     secret_kind: str = field(default="text", init=False)
 
@@ -78,9 +82,10 @@ def parse_hmac(t: ManifestTable) -> HmacSpec:
         "tolerance_seconds",
         "id_header",
         "multiple",
+        "variant",
     )
     algorithm = t.choice("algorithm", tuple(DIGESTS), "sha256")
-    if t.data["scheme"] == "hmac-sha256" and algorithm != "sha256":
+    if t.data.get("scheme") == "hmac-sha256" and algorithm != "sha256":
         raise t.error("algorithm", "scheme hmac-sha256 means sha256")
     template = t.text("template") or "{rawBody}"
     timestamp_header = t.header("timestamp_header")
@@ -97,7 +102,7 @@ def parse_hmac(t: ManifestTable) -> HmacSpec:
     for token, header in (("timestamp", timestamp_header), ("id", id_header)):
         if token in tokens and header is None:
             raise t.error("template", f"uses {{{token}}} but {token}_header is not declared")
-    return HmacSpec(
+    spec = HmacSpec(
         header=t.required_header("header"),
         algorithm=algorithm,
         encoding=t.choice("encoding", ("hex", "base64"), "hex"),
@@ -108,9 +113,30 @@ def parse_hmac(t: ManifestTable) -> HmacSpec:
         id_header=id_header,
         multiple=bool(t.flag("multiple")),
     )
+    if "variant" not in t.data:
+        return spec
+    return replace(spec, variant=_parse_variant(t, spec))
+
+
+def _parse_variant(t: ManifestTable, main: HmacSpec) -> HmacSpec:
+    table = ManifestTable(t.data["variant"], t.file, t.path("variant"))
+    if "header" in table.data or "variant" in table.data or "scheme" in table.data:
+        raise t.error("variant", "takes neither header, scheme nor variant: it is the same header")
+    variant = parse_hmac(
+        ManifestTable({"header": main.header, **table.data}, t.file, t.path("variant"))
+    )
+    # Which form a request uses is read from its prefix: neither may start the other.
+    if variant.prefix.startswith(main.prefix) or main.prefix.startswith(variant.prefix):
+        raise t.error("variant", "needs a prefix that does not overlap the main form's")
+    if variant.algorithm == main.algorithm:
+        raise t.error("variant", "needs an algorithm other than the main form's")
+    return variant
 
 
 def verify_hmac(spec: HmacSpec, secrets: Sequence[str], req: SignedRequest, now: float) -> Verdict:
+    variant = spec.variant
+    if variant is not None and req.headers.get(spec.header, "").startswith(variant.prefix):
+        return verify_hmac(variant, secrets, req, now)
     timestamp: int | None = None
     ts_value = id_value = ""
     if spec.timestamp_header is not None:
@@ -123,6 +149,8 @@ def verify_hmac(spec: HmacSpec, secrets: Sequence[str], req: SignedRequest, now:
         id_value = req.headers.get(spec.id_header, "")
         if not id_value:
             return fail("missing_id")
+        if "\n" in id_value or "\r" in id_value:  # no server passes one; the template splits on it
+            return fail("bad_id")
     provided = req.headers.get(spec.header, "")
     if not provided:
         return fail("missing_signature")

@@ -9,24 +9,33 @@ Each request says which instances version its checks were made against; the flus
 with the version in the same transaction and refuses (``None``) a request whose instance may
 have changed meanwhile (a rotated secret, a disabled instance), so nothing is ever accepted on
 stale configuration.
+
+One request must never fail the others of its batch (they may be other instances' webhooks):
+the batch runs inside a savepoint, and if anything of it fails, that savepoint is rolled back
+and the requests run again one by one, each in its own savepoint, inside the same transaction.
+Only the one that fails again hears of its error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import sqlite3
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import StorageUnavailable
 from .db import Database
 from .deliveries import NewDelivery, accept_many
 from .instances import version_in
 
 # Extra work for a new delivery, in the same transaction (e.g. learning a mapping).
 AfterInsert = Callable[[sqlite3.Connection], None]
+# What one request of a batch learns: new, duplicate, stale configuration (None), or its error.
+Result = bool | None | BaseException
 
 
 @dataclass
@@ -45,7 +54,7 @@ class _Flush:
     taken: list[_Waiting] = field(default_factory=list)
     ran: bool = False
 
-    def run(self, conn: sqlite3.Connection) -> tuple[list[bool | None], str]:
+    def run(self, conn: sqlite3.Connection) -> tuple[list[Result], str]:
         self.ran = True
         self.acceptor._flush_queued = False  # later arrivals queue the next flush
         waiting = self.acceptor._waiting
@@ -53,16 +62,18 @@ class _Flush:
             self.taken.append(waiting.popleft())
         version = version_in(conn)
         current = [w for w in self.taken if w.version == version]
-        inserted = iter(accept_many(conn, [w.delivery for w in current]))
-        results: list[bool | None] = []
-        for item in self.taken:
-            is_new = next(inserted) if item.version == version else None
-            if is_new and item.after_insert is not None:
-                item.after_insert(conn)
-            results.append(is_new)
+        try:
+            with _savepoint(conn, "batch"):
+                accepted: list[Result] = list(_accept(conn, current))
+        except Exception:
+            if not conn.in_transaction:  # SQLite gave up the whole transaction (disk full, ...)
+                raise
+            accepted = [_accept_alone(conn, item) for item in current]
+        outcomes = iter(accepted)
+        results = [next(outcomes) if w.version == version else None for w in self.taken]
         return results, version
 
-    def resolve(self, done: concurrent.futures.Future[tuple[list[bool | None], str]]) -> None:
+    def resolve(self, done: concurrent.futures.Future[tuple[list[Result], str]]) -> None:
         """On the event loop, after the commit: answer every request of the batch."""
         error = done.exception()
         if error is not None and not self.ran:  # never reached the writer (it is closed)
@@ -75,8 +86,47 @@ class _Flush:
                 continue
             if error is not None:
                 item.future.set_exception(error)
+            elif isinstance(is_new, BaseException):
+                item.future.set_exception(is_new)
             else:
                 item.future.set_result((is_new, version))
+
+
+def _accept(conn: sqlite3.Connection, items: Sequence[_Waiting]) -> list[bool]:
+    """One multi-row insert for all of ``items``, then each new one's extra work."""
+    inserted = accept_many(conn, [w.delivery for w in items])
+    for item, is_new in zip(items, inserted, strict=True):
+        if is_new and item.after_insert is not None:
+            item.after_insert(conn)
+    return inserted
+
+
+def _accept_alone(conn: sqlite3.Connection, item: _Waiting) -> Result:
+    """One request of a batch that failed: its own savepoint, its own outcome."""
+    try:
+        with _savepoint(conn, "one"):
+            return _accept(conn, [item])[0]
+    except sqlite3.OperationalError as exc:
+        if not conn.in_transaction:
+            raise
+        return StorageUnavailable(f"database cannot commit: {exc}")
+    except Exception as exc:
+        if not conn.in_transaction:
+            raise
+        return exc
+
+
+@contextlib.contextmanager
+def _savepoint(conn: sqlite3.Connection, name: str) -> Iterator[None]:
+    conn.execute(f"SAVEPOINT {name}")  # a name of ours, never input: no parameter needed
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
+        raise
+    conn.execute(f"RELEASE {name}")
 
 
 class Acceptor:

@@ -122,6 +122,16 @@ def accept_many(conn: sqlite3.Connection, items: Sequence[NewDelivery]) -> list[
     return results
 
 
+async def seen(db: Database, plugin_id: str, instance_id: str, provider_delivery_id: str) -> bool:
+    """Whether this dedup key is stored: a read, for answering a duplicate without a write."""
+    row = await db.aread_one(
+        """SELECT 1 FROM deliveries
+        WHERE plugin_id = ? AND instance_id = ? AND provider_delivery_id = ?""",
+        (plugin_id, instance_id, provider_delivery_id),
+    )
+    return row is not None
+
+
 def accept(conn: sqlite3.Connection, d: NewDelivery) -> bool:
     """Store one delivery and its outbox row; False when the dedup key is already there."""
     return accept_many(conn, [d])[0]

@@ -8,16 +8,20 @@ routing and the request/response layers. It turns the ASGI scope into an
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 from starlette.types import Receive, Scope, Send
 
 from ..config import Settings
 from ..errors import ClientDisconnected
-from ..ingress import Inbound
+from ..ingress import Answer, Inbound, error
 from .box import Box
 
 PREFIX = "/ingress/"
+# Digits as a server would frame them: str.isdigit() also takes "²", which int() refuses.
+_LENGTH = re.compile(r"[0-9]{1,18}")
+_NOT_FOUND = error(404, "not_found", "no such plugin, instance or route")
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -34,12 +38,13 @@ def _public_url(scope: Scope, headers: dict[str, str], settings: Settings) -> st
 
     Built from the raw path and query (as the provider signed them), not re-encoded.
     """
-    tail: str = scope["raw_path"].decode("latin-1")
+    raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")  # raw_path is optional
+    tail: str = raw_path.decode("latin-1")
     if scope["query_string"]:
         tail += "?" + scope["query_string"].decode("latin-1")
     if settings.public_url:
         return settings.public_url.rstrip("/") + tail
-    return f"{scope['scheme']}://{headers.get('host', 'localhost')}{tail}"
+    return f"{scope.get('scheme', 'http')}://{headers.get('host', 'localhost')}{tail}"
 
 
 async def _body(receive: Receive) -> AsyncIterator[bytes]:
@@ -52,11 +57,27 @@ async def _body(receive: Receive) -> AsyncIterator[bytes]:
             return
 
 
+def _parts(path: str) -> tuple[str, str, str, str] | None:
+    """(plugin, instance, route, rest) of an ingress path; None when it names no route."""
+    plugin, instance, route, rest = (path[len(PREFIX) :].split("/", 3) + ["", "", ""])[:4]
+    if not (plugin and instance and route):  # /ingress/, /ingress/x, /ingress/x/y, ...
+        return None
+    try:
+        path.encode("utf-8")  # a server decodes paths to text; only a broken caller does not
+    except UnicodeEncodeError:
+        return None
+    return plugin, instance, route, rest
+
+
 async def endpoint(box: Box, scope: Scope, receive: Receive, send: Send) -> None:
     """``ANY /ingress/{plugin}/{instance}/{route}[/{anything}]``, as plain ASGI."""
-    plugin, instance, route, rest = (scope["path"][len(PREFIX) :].split("/", 3) + ["", ""])[:4]
+    parts = _parts(scope["path"])
+    if parts is None:
+        await _send(send, _NOT_FOUND)
+        return
+    plugin, instance, route, rest = parts
     headers = _headers(scope)
-    length = headers.get("content-length", "")
+    length = headers.get("content-length", "").strip()
     query = scope["query_string"].decode("latin-1")
     inbound = Inbound(
         method=scope["method"],
@@ -68,12 +89,16 @@ async def endpoint(box: Box, scope: Scope, receive: Receive, send: Send) -> None
         query_string=query,
         headers=headers,
         body=_body(receive),
-        content_length=int(length) if length.isdigit() else None,
+        content_length=int(length) if _LENGTH.fullmatch(length) else None,
     )
     try:
         answer = await box.ingress.handle(inbound)
     except ClientDisconnected:
         return
+    await _send(send, answer)
+
+
+async def _send(send: Send, answer: Answer) -> None:
     await send(
         {
             "type": "http.response.start",
