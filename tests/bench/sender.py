@@ -21,7 +21,7 @@ from benchlib import PATH, pct
 BODIES = [(raw, benchlib.sign(raw)) for raw in (benchlib.body(i) for i in range(500))]
 
 
-async def _post_raw(conns: int, port: int) -> object:
+async def _post_raw(conns: int, port: int, path: str = PATH) -> object:
     """A minimal keep-alive HTTP/1.1 client: ``conns`` connections fed from one queue."""
     queue: asyncio.Queue = asyncio.Queue()
 
@@ -30,7 +30,7 @@ async def _post_raw(conns: int, port: int) -> object:
         while (item := await queue.get()) is not None:
             raw, headers, done = item
             request = (
-                f"POST {PATH} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {len(raw)}"
+                f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {len(raw)}"
                 "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
             )
             for attempt in (1, 2):  # once more on a fresh connection if keep-alive closed it
@@ -70,6 +70,7 @@ async def _send(
     url: str, rate: float, duration: float, prefix: str, conns: int, use_httpx: bool = False
 ) -> dict:
     n, sent, acks, ack_ms, late = int(rate * duration), {}, Counter(), [], []
+    status: dict[str, object] = {}  # per id: the HTTP status, or the exception's name
     limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
     client = httpx.AsyncClient(base_url=url, limits=limits, timeout=10.0)
     raw_post = await _post_raw(conns, int(url.rsplit(":", 1)[1]))
@@ -84,12 +85,14 @@ async def _send(
         t = sent[f"{prefix}{i}"] = time.monotonic()
         try:
             if use_httpx:
-                acks[(await client.post(PATH, content=raw, headers=headers)).status_code] += 1
+                code: object = (await client.post(PATH, content=raw, headers=headers)).status_code
             else:
-                acks[await raw_post(raw, headers)] += 1  # type: ignore[operator]
+                code = await raw_post(raw, headers)  # type: ignore[operator]
             ack_ms.append((time.monotonic() - t) * 1000)
         except httpx.HTTPError as exc:
-            acks[type(exc).__name__] += 1
+            code = type(exc).__name__
+        acks[code] += 1
+        status[f"{prefix}{i}"] = code
 
     tasks, start = [], time.monotonic() + 0.1
     for i in range(n):
@@ -104,6 +107,7 @@ async def _send(
     times = sorted(sent.values())
     return {
         "sent": sent,
+        "status": status,
         "acks": dict(acks),
         "ack_ms": ack_ms,
         "late_p99": pct(late, 99),
