@@ -373,12 +373,22 @@ def memory_phase(args: argparse.Namespace, box: Box, db: Path) -> dict[str, floa
         watcher.join(5)
     after = box.rss_mib()
     rows = benchlib.count(db, "SELECT count(*) FROM outbox")
+    # Full-jitter backoff can spend all attempts of the earliest rows within the load's minutes.
+    dead = benchlib.count(db, "SELECT count(*) FROM dead_letters WHERE instance_id = 'down'")
+    accepted = codes.get(202, 0)
     print(
-        f"  backlog: {codes.get(202, 0)} webhooks accepted for generic/down (target down: "
-        f"{down}) in {loaded:.0f} s ({codes.get(202, 0) / loaded:.0f}/s, statuses "
-        f"{dict(codes)}); outbox rows now {rows}"
+        f"  backlog: {accepted} webhooks accepted for generic/down (target down: {down}) in "
+        f"{loaded:.0f} s ({accepted / loaded:.0f}/s, statuses {dict(codes)}); outbox rows now "
+        f"{rows}, dead-lettered after their last attempt {dead}"
     )
-    return {"before": before, "peak": max(peak[0], after), "after": after, "rows": rows}
+    return {
+        "before": before,
+        "peak": max(peak[0], after),
+        "after": after,
+        "rows": rows,
+        "accepted": accepted,
+        "dead": dead,
+    }
 
 
 def logs_off_flags(args: argparse.Namespace, box_cmd: list[str]) -> list[str] | None:
@@ -465,8 +475,8 @@ def verdicts(
         line(cost <= 0.10, f"log lines cost <= 10% of accepted/s ({cost:.0%})")
     line(None, "ingress alone >= 0.5 of bare: measured by bench_ingress.py, not here")
     line(idle_rss < 80, f"idle RSS < 80 MB ({idle_rss:.0f} MiB)")
-    n = int(memory["rows"])
-    label = "" if n >= 100_000 else f" (only {n} rows, not 100k)"
+    n, rows, dead = int(memory["accepted"]), int(memory["rows"]), int(memory["dead"])
+    label = f" ({n} accepted{'' if n >= 100_000 else ', not 100k'}: {rows} rows, {dead} dead)"
     line(
         memory["peak"] < 150,
         f"RSS < 150 MB with the backlog{label} (peak {memory['peak']:.0f} MiB)",
