@@ -26,7 +26,9 @@ BODIES = [(raw, benchlib.sign(raw)) for raw in (benchlib.body(i) for i in range(
 Post = Callable[[bytes, dict[str, str]], Awaitable[object]]
 
 
-async def _post_raw(conns: int, port: int) -> tuple[Post, Callable[[], Awaitable[None]]]:
+async def _post_raw(
+    conns: int, port: int, path: str = PATH
+) -> tuple[Post, Callable[[], Awaitable[None]]]:
     """A minimal keep-alive HTTP/1.1 client: ``conns`` connections fed from one queue."""
     Item = tuple[bytes, dict[str, str], asyncio.Future[object]]
     queue: asyncio.Queue[Item | None] = asyncio.Queue()
@@ -37,7 +39,7 @@ async def _post_raw(conns: int, port: int) -> tuple[Post, Callable[[], Awaitable
         while (item := await queue.get()) is not None:
             raw, headers, done = item
             request = (
-                f"POST {PATH} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {len(raw)}"
+                f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {len(raw)}"
                 "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
             )
             for attempt in (1, 2):  # once more on a fresh connection if keep-alive closed it
@@ -77,6 +79,7 @@ async def _send(
 ) -> dict[str, Any]:
     n, sent, ack_ms, late = int(rate * duration), {}, [], []
     acks: Counter[object] = Counter()
+    status: dict[str, object] = {}  # per id: the HTTP status, or the exception's name
     limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
     client = httpx.AsyncClient(base_url=url, limits=limits, timeout=10.0)
     raw_post, raw_close = await _post_raw(conns, int(url.rsplit(":", 1)[1]))
@@ -91,12 +94,14 @@ async def _send(
         t = sent[f"{prefix}{i}"] = time.monotonic()
         try:
             if use_httpx:
-                acks[(await client.post(PATH, content=raw, headers=headers)).status_code] += 1
+                code: object = (await client.post(PATH, content=raw, headers=headers)).status_code
             else:
-                acks[await raw_post(raw, headers)] += 1
+                code = await raw_post(raw, headers)
             ack_ms.append((time.monotonic() - t) * 1000)
         except httpx.HTTPError as exc:
-            acks[type(exc).__name__] += 1
+            code = type(exc).__name__
+        acks[code] += 1
+        status[f"{prefix}{i}"] = code
 
     tasks, start = [], time.monotonic() + 0.1
     for i in range(n):
@@ -111,6 +116,7 @@ async def _send(
     times = sorted(sent.values())
     return {
         "sent": sent,
+        "status": status,
         "acks": dict(acks),
         "ack_ms": ack_ms,
         "late_p99": pct(late, 99),
