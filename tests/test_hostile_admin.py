@@ -14,10 +14,10 @@ import logging
 from typing import Any
 
 import pytest
-from conftest import Reply
+from conftest import ADMIN_TOKEN, Reply
 from starlette.testclient import TestClient
 
-from ingress_box import logs
+from ingress_box import extract, logs
 from ingress_box.web.box import Box
 
 Headers = dict[str, str]
@@ -97,3 +97,57 @@ def test_a_message_with_a_newline_is_escaped_too(caplog: pytest.LogCaptureFixtur
     caplog.set_level(logging.INFO, logger="ingress_box.test")
     log.warning("cannot commit %s", "a\nb")
     assert logs.TextFormatter().format(caplog.records[-1]).endswith("cannot commit a\\nb")
+
+
+# -- 22. credentials in target URLs and stored paths ----------------------------------------
+
+
+def test_the_password_of_a_target_url_is_masked_on_read(
+    client: TestClient, admin_headers: Headers
+) -> None:
+    """http://user:pass@host shows as http://user:****@host in every answer and on the page."""
+    url = "http://hook-user:s3cr3t-pass@127.0.0.1:9/in?x=1"
+    created = client.post(
+        "/admin/instances",
+        json={"plugin": "generic", "instance": "shop", "target_url": url},
+        headers=admin_headers,
+    )
+    assert created.status_code == 201
+    masked = "http://hook-user:****@127.0.0.1:9/in?x=1"
+    answers = [
+        created.json(),
+        client.get("/admin/instances/generic/shop", headers=admin_headers).json(),
+        client.get("/admin/instances", headers=admin_headers).json()["items"][0],
+        client.patch(
+            "/admin/instances/generic/shop", json={"enabled": True}, headers=admin_headers
+        ).json(),
+    ]
+    assert [a["target_url"] for a in answers] == [masked] * 4
+    assert client.post(f"{UI}/login", data={"token": ADMIN_TOKEN}).status_code == 200
+    page = client.get(f"{UI}/instances").text
+    assert "s3cr3t-pass" not in page and "hook-user:****@127.0.0.1" in page
+
+
+def test_a_masked_target_url_still_delivers_with_its_password(
+    client: TestClient, admin_headers: Headers, box: Box
+) -> None:
+    """Masking is for reading: the stored URL keeps the password the target needs."""
+    url = "http://u:pw-kept@127.0.0.1:9/"
+    client.post(
+        "/admin/instances",
+        json={"plugin": "generic", "instance": "shop", "target_url": url},
+        headers=admin_headers,
+    )
+    assert rows(box, "SELECT target_url FROM instances") == [(url,)]
+
+
+@pytest.mark.parametrize("name", ["sig", "auth", "code", "session", "Session_Id", "oauth_code"])
+def test_credential_query_keys_are_redacted(name: str) -> None:
+    """sig=, auth=, code= and session= (and words built of them) are redacted in stored paths."""
+    assert extract.redact_query(f"a=1&{name}=hush&b=2") == f"a=1&{name}={extract.REDACTED}&b=2"
+
+
+@pytest.mark.parametrize("name", ["author", "design", "zipcode", "page"])
+def test_ordinary_query_keys_are_kept(name: str) -> None:
+    """Names that merely contain those letters are not credentials."""
+    assert extract.redact_query(f"{name}=plain") == f"{name}=plain"
