@@ -6,7 +6,7 @@ import json
 import re
 import sqlite3
 from collections.abc import Collection
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -50,7 +50,8 @@ class Instance:
 
     def to_json(self) -> dict[str, Any]:
         """The public view: secrets masked."""
-        data = asdict(self)
+        # Shallow, unlike asdict(): copying the config deeply recurses, and it is not changed.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["plugin"] = data.pop("plugin_id")
         data["instance"] = data.pop("instance_id")
         for name in ("secret", "outbound_secret", "verify_token", "previous_secret"):
