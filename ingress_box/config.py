@@ -139,6 +139,22 @@ def _http_url(value: str) -> str | None:
     return "must be an http(s) URL with a host, e.g. https://hooks.example.com"
 
 
+MIN_ADMIN_TOKEN = 16
+
+
+def _strong_token(value: Secret) -> str | None:
+    # Never echo the token. Whitespace could never arrive: the header and the form lose it.
+    token = str(value)
+    if not token:
+        return None  # not given: one is generated
+    if len(token) < MIN_ADMIN_TOKEN or not all("!" <= c <= "~" for c in token):
+        return (
+            f"must be at least {MIN_ADMIN_TOKEN} characters of visible ASCII, "
+            "with no spaces (e.g. openssl rand -hex 24)"
+        )
+    return None
+
+
 def _number(value: float) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -165,8 +181,10 @@ class Settings:
     port: int = setting(8080, "port to listen on", commands=SERVE, minimum=1, maximum=65_535)
     admin_token: Secret | None = setting(
         None,
-        "bearer token of the admin API (generated and printed once if unset)",
+        "bearer token of the admin API, 16+ visible characters (generated and printed once "
+        "if unset)",
         commands=SERVE,
+        check=_strong_token,
     )
     public_url: str | None = setting(
         None,

@@ -15,9 +15,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 from .plugins import Route
 
@@ -206,6 +207,18 @@ def _is_credential(name: str) -> bool:
     return name in _SECRET_HEADERS or any(word in name for word in _SECRET_WORDS)
 
 
+# Words that make a query parameter a credential when the name is made of them (``sig``,
+# ``oauth_code``, ``session-id``), though inside another word they mean nothing (``design``).
+_SECRET_QUERY_WORDS = frozenset({"sig", "auth", "code", "session", "sid", "pass", "pwd"})
+_WORD_SEPARATORS = re.compile(r"[^a-z0-9]+")
+
+
+def _is_credential_parameter(lowered: str) -> bool:
+    if _is_credential(lowered) or "token" in lowered or "key" in lowered:
+        return True
+    return any(word in _SECRET_QUERY_WORDS for word in _WORD_SEPARATORS.split(lowered))
+
+
 def redact_query(query: str) -> str:
     """A query string with the values of credential-looking parameters replaced."""
     if not query:
@@ -213,8 +226,7 @@ def redact_query(query: str) -> str:
     parts = []
     for pair in query.split("&"):
         name, eq, _ = pair.partition("=")
-        lowered = name.lower()
-        secret = eq and (_is_credential(lowered) or "token" in lowered or "key" in lowered)
+        secret = eq and _is_credential_parameter(unquote_plus(name).lower())
         parts.append(f"{name}={REDACTED}" if secret else pair)
     return "&".join(parts)
 

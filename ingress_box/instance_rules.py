@@ -8,6 +8,7 @@ cannot drift apart. Values arrive as ``object`` because they come from untrusted
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import secrets
@@ -25,6 +26,10 @@ from .store.instances import INSTANCE_ID, LANE_POLICIES, Instance
 # A registered handler name, or ``package.module:function`` (the rule plugins.py applies too).
 HANDLER = re.compile(r"[a-z][a-z0-9_-]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 MAX_TEXT = 4096  # no operator-given string needs more; keeps junk out of the database
+# A config is a few settings of a handler; deeper or bigger is junk, and Python's JSON and
+# dataclass code recurse, so a document nested hundreds deep fails wherever it is read.
+MAX_CONFIG_DEPTH = 32
+MAX_CONFIG_BYTES = 64 * 1024
 
 CREATE_FIELDS = frozenset(
     {
@@ -43,6 +48,45 @@ PATCH_FIELDS = frozenset(
 )
 
 
+def check_unicode(name: str, value: str) -> str:
+    """``value`` when it can be stored and shown: no lone surrogate (JSON's ``"\ud800"``)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{name} must be valid Unicode (no lone surrogates)") from exc
+    return value
+
+
+def _depth(value: object, limit: int) -> int:
+    """How deep ``value`` nests (a scalar is 0), counted without recursion, up to past ``limit``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= limit:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def check_document(name: str, value: object, max_depth: int, max_bytes: int) -> dict[str, Any]:
+    """A JSON object an operator gave, bounded in depth and size, all of its text storable."""
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{name} must be a JSON object")
+    if _depth(value, max_depth) > max_depth:
+        raise InvalidInput(f"{name} must nest at most {max_depth} levels deep")
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+        size = len(json.dumps(value))  # as stored
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{name} must be valid Unicode (no lone surrogates)") from exc
+    except (TypeError, ValueError) as exc:  # from the CLI: anything JSON cannot say
+        raise InvalidInput(f"{name} must be plain JSON: {exc}") from exc
+    if size > max_bytes:
+        raise InvalidInput(f"{name} must be at most {max_bytes} bytes of JSON")
+    return value
+
+
 def _text(name: str, value: object, *, nullable: bool = False) -> str | None:
     if value is None and nullable:
         return None
@@ -50,7 +94,7 @@ def _text(name: str, value: object, *, nullable: bool = False) -> str | None:
         raise InvalidInput(f"{name} must be a non-empty string")
     if len(value) > MAX_TEXT:
         raise InvalidInput(f"{name} must be at most {MAX_TEXT} characters")
-    return value
+    return check_unicode(name, value)
 
 
 def _target_url(value: object) -> str | None:
@@ -79,9 +123,7 @@ def _check(name: str, value: object) -> Any:
     if name == "secret":
         return _text(name, value)
     if name == "config":
-        if not isinstance(value, dict):
-            raise InvalidInput("config must be a JSON object")
-        return value
+        return check_document(name, value, MAX_CONFIG_DEPTH, MAX_CONFIG_BYTES)
     if name == "lane_policy":
         if value not in LANE_POLICIES:
             raise InvalidInput(f"lane_policy must be one of {', '.join(LANE_POLICIES)}")

@@ -18,13 +18,38 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return fields if isinstance(fields, dict) else {}
 
 
+def escape(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``), so that
+    a newline from outside (a path's ``%0A``, a target's error text) cannot forge a log line."""
+    if text.isprintable():  # the common case, and fast; the space is printable, so it stays
+        return text
+    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+
+
+def _escaped(c: str) -> str:
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c)
+    if named is not None:
+        return named
+    code = ord(c)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        # The message only (a traceback after it keeps its lines).
+        record.message = escape(record.message)
+        return super().formatMessage(record)
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        pairs = " ".join(f"{k}={v}" for k, v in _fields(record).items() if v is not None)
+        pairs = " ".join(
+            f"{escape(str(k))}={escape(str(v))}"
+            for k, v in _fields(record).items()
+            if v is not None
+        )
         return f"{line} {pairs}" if pairs else line
 
 

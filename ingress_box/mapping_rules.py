@@ -11,13 +11,13 @@ The SQL lives in :mod:`ingress_box.store.mappings`.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from . import extract
 from .errors import InvalidInput, MappingConflict, NotFound
+from .instance_rules import check_document, check_unicode
 from .plugins import FieldSource, Registry, Route
 from .store import Database
 from .store import mappings as store
@@ -26,6 +26,7 @@ from .store.mappings import STATES, ConversationMapping, Upsert
 
 MAX_TEXT = 256  # session, chat and conversation ids; a conversation id is cut to this on ingress
 MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_DEPTH = 32
 UPSERT_FIELDS = ("plugin", "instance", "session", "chat", "conversation", "state", "metadata")
 
 
@@ -37,7 +38,7 @@ def check_text(name: str, value: object) -> str:
         raise InvalidInput(f"{name} must be a non-empty string")
     if len(value) > MAX_TEXT:
         raise InvalidInput(f"{name} must be at most {MAX_TEXT} characters")
-    return value
+    return check_unicode(name, value)
 
 
 def check_state(value: object) -> str:
@@ -47,11 +48,7 @@ def check_state(value: object) -> str:
 
 
 def check_metadata(value: object) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidInput("metadata must be a JSON object")
-    if len(json.dumps(value)) > MAX_METADATA_BYTES:
-        raise InvalidInput(f"metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")
-    return value
+    return check_document("metadata", value, MAX_METADATA_DEPTH, MAX_METADATA_BYTES)
 
 
 def upsert_of(registry: Registry, data: Mapping[str, object]) -> Upsert:

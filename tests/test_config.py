@@ -36,12 +36,12 @@ def test_environment_variables_are_read() -> None:
             "INGRESS_BOX_SYNCHRONOUS": "normal",
             "INGRESS_BOX_WORKERS": "16",
             "INGRESS_BOX_METRICS_PUBLIC": "true",
-            "INGRESS_BOX_ADMIN_TOKEN": "tok",
+            "INGRESS_BOX_ADMIN_TOKEN": "tok-0123456789abcdef",
         }
     )
     assert (s.db_path, s.port, s.synchronous, s.workers) == (Path("/tmp/x.db"), 9000, "NORMAL", 16)
     assert s.metrics_public is True
-    assert s.admin_token == Secret("tok")
+    assert s.admin_token == Secret("tok-0123456789abcdef")
 
 
 def test_a_flag_beats_the_variable() -> None:

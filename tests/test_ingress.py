@@ -98,7 +98,7 @@ def test_rotated_secret_takes_effect_on_the_next_request(client: TestClient) -> 
 
 def test_declared_body_over_the_cap_is_413(tmp_path: Path) -> None:
     """A Content-Length over the cap is refused without reading the body."""
-    s = load_settings({}, db_path=tmp_path / "b.db", admin_token="t", max_body_bytes=10)
+    s = load_settings({}, db_path=tmp_path / "b.db", admin_token="t" * 16, max_body_bytes=10)
     with TestClient(create_app(s, run_worker=False)) as c:
         add_instance(box_of(c))
         body = b"x" * 11
@@ -110,7 +110,7 @@ def test_declared_body_over_the_cap_is_413(tmp_path: Path) -> None:
 
 def test_streamed_body_over_the_cap_is_413(tmp_path: Path) -> None:
     """A chunked body with no Content-Length is cut off as soon as it passes the cap."""
-    s = load_settings({}, db_path=tmp_path / "b.db", admin_token="t", max_body_bytes=1000)
+    s = load_settings({}, db_path=tmp_path / "b.db", admin_token="t" * 16, max_body_bytes=1000)
     sent = []
 
     def chunks() -> Iterator[bytes]:
@@ -127,7 +127,7 @@ def test_streamed_body_over_the_cap_is_413(tmp_path: Path) -> None:
 
 def test_cap_zero_lets_only_the_empty_body_through(tmp_path: Path) -> None:
     """max_body_bytes=0 means the empty body passes and one byte does not."""
-    s = load_settings({}, db_path=tmp_path / "b.db", admin_token="t", max_body_bytes=0)
+    s = load_settings({}, db_path=tmp_path / "b.db", admin_token="t" * 16, max_body_bytes=0)
     with TestClient(create_app(s, run_worker=False)) as c:
         add_instance(box_of(c))
         assert post(c, b"").status_code == 202
@@ -173,7 +173,7 @@ def test_empty_secret_fails_closed(client: TestClient) -> None:
 
 def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
     """Over the per-instance rate the box answers 429 and says when to come back."""
-    s = load_settings({}, db_path=tmp_path / "b.db", admin_token="t", rate_limit=2)
+    s = load_settings({}, db_path=tmp_path / "b.db", admin_token="t" * 16, rate_limit=2)
     with TestClient(create_app(s, run_worker=False)) as c:
         add_instance(box_of(c))
         statuses = [post(c, f'{{"n":{i}}}'.encode()).status_code for i in range(3)]
@@ -184,7 +184,7 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
 
 def test_rate_limit_charges_only_verified_requests(tmp_path: Path) -> None:
     """Unsigned floods do not spend the instance's budget."""
-    s = load_settings({}, db_path=tmp_path / "b.db", admin_token="t", rate_limit=1)
+    s = load_settings({}, db_path=tmp_path / "b.db", admin_token="t" * 16, rate_limit=1)
     with TestClient(create_app(s, run_worker=False)) as c:
         add_instance(box_of(c))
         for _ in range(5):
@@ -197,7 +197,7 @@ def test_rate_limit_charges_only_verified_requests(tmp_path: Path) -> None:
 
 def test_storage_that_cannot_commit_is_503_never_202(tmp_path: Path) -> None:
     """With the write lock held elsewhere past the timeout, the box answers 503 + Retry-After."""
-    s = load_settings({}, db_path=tmp_path / "b.db", admin_token="t", busy_timeout_seconds=0.2)
+    s = load_settings({}, db_path=tmp_path / "b.db", admin_token="t" * 16, busy_timeout_seconds=0.2)
     with TestClient(create_app(s, run_worker=False)) as c:
         add_instance(box_of(c))
         blocker = sqlite3.connect(tmp_path / "b.db", isolation_level=None)
@@ -375,7 +375,7 @@ def test_a_custom_verify_header_is_redacted_whatever_its_name(tmp_path: Path) ->
         'id = "gitlab"\nname = "GitLab"\n[routes.events]\n'
         '[routes.events.verify]\nscheme = "shared-secret"\nheader = "X-Gitlab-Word"\n'
     )
-    s = load_settings({}, db_path=tmp_path / "b.db", admin_token="t", plugins_dir=plugins)
+    s = load_settings({}, db_path=tmp_path / "b.db", admin_token="t" * 16, plugins_dir=plugins)
     with TestClient(create_app(s, run_worker=False)) as c:
         add_instance(box_of(c), plugin="gitlab", secret="the-shared-word-123")
         response = c.post(

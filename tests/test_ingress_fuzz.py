@@ -40,7 +40,9 @@ ONE_APP = [HealthCheck.function_scoped_fixture]  # the module-scoped app is shar
 def client() -> Iterator[TestClient]:
     # One app for all examples: hypothesis runs hundreds of them.
     with tempfile.TemporaryDirectory() as folder:
-        s = load_settings({}, db_path=Path(folder) / "box.db", admin_token="t", max_body_bytes=2048)
+        s = load_settings(
+            {}, db_path=Path(folder) / "box.db", admin_token="t" * 16, max_body_bytes=2048
+        )
         with TestClient(create_app(s, run_worker=False), raise_server_exceptions=False) as c:
             box = box_of(c)
             for plugin in PLUGINS[:-1]:

@@ -173,7 +173,7 @@ def test_twenty_processes_binding_one_conversation_to_twenty_chats_one_wins(tmp_
 @pytest.mark.parametrize("shape", ["one chat", "one conversation"])
 def test_twenty_parallel_admin_puts_answer_only_200_or_409(tmp_path: Path, shape: str) -> None:
     """Parallel PUTs to a real server never answer anything but 200 or 409."""
-    settings = load_settings({}, db_path=tmp_path / "box.db", admin_token="t")
+    settings = load_settings({}, db_path=tmp_path / "box.db", admin_token="t" * 16)
     pairs = (
         [("c1", f"v{i}") for i in range(N)]
         if shape == "one chat"
@@ -187,7 +187,7 @@ def test_twenty_parallel_admin_puts_answer_only_200_or_409(tmp_path: Path, shape
             pool.map(
                 lambda pair: httpx.put(
                     live.url + "/admin/mappings",
-                    headers={"authorization": "Bearer t"},
+                    headers={"authorization": "Bearer " + "t" * 16},
                     json={
                         "plugin": "generic",
                         "instance": "main",

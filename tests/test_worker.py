@@ -31,7 +31,7 @@ def settings(tmp_path: Path) -> Settings:
     return load_settings(
         {},
         db_path=tmp_path / "box.db",
-        admin_token="t",
+        admin_token="t" * 16,
         retry_max_attempts=3,
         retry_base_seconds=0.05,
         retry_max_seconds=0.2,
@@ -151,7 +151,7 @@ def test_a_429_with_retry_after_is_waited_out(tmp_path: Path, target: FakeTarget
     settings = load_settings(
         {},
         db_path=tmp_path / "box.db",
-        admin_token="t",
+        admin_token="t" * 16,
         retry_base_seconds=0.01,
         retry_max_seconds=5,
     )

@@ -128,7 +128,7 @@ def instances_list(plugin: str | None, db_path: Path | None, as_json: bool) -> N
                 "yes" if i.enabled else "no",
                 i.handler,
                 i.lane_policy,
-                i.target_url,
+                i.shown_target_url,
             ]
             for i in items
         ],

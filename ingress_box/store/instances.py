@@ -6,8 +6,9 @@ import json
 import re
 import sqlite3
 from collections.abc import Collection
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import AlreadyExists, NotFound
 from .db import Database
@@ -35,6 +36,11 @@ class Instance:
     lane_policy: str = "progress"
     config: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def shown_target_url(self) -> str | None:
+        """The target URL as people may see it: the password of its userinfo masked."""
+        return mask_url(self.target_url)
+
     def valid_secrets(self, now: float) -> list[str]:
         """The current secret and, within its grace window, the one it replaced."""
         secrets = [self.secret]
@@ -44,11 +50,13 @@ class Instance:
 
     def to_json(self) -> dict[str, Any]:
         """The public view: secrets masked."""
-        data = asdict(self)
+        # Shallow, unlike asdict(): copying the config deeply recurses, and it is not changed.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["plugin"] = data.pop("plugin_id")
         data["instance"] = data.pop("instance_id")
         for name in ("secret", "outbound_secret", "verify_token", "previous_secret"):
             data[name] = mask(data[name])
+        data["target_url"] = self.shown_target_url
         headers = data["config"].get("headers")
         if isinstance(headers, dict):  # extra headers sent to the target carry its credentials
             data["config"] = {
@@ -62,6 +70,23 @@ def mask(value: str | None) -> str | None:
     if not value:
         return value
     return "****" + value[-4:] if len(value) >= 16 else "****"
+
+
+def mask_url(url: str | None) -> str | None:
+    """``url`` with the password of ``user:password@`` replaced (the user name stays, to tell
+    which credential it is)."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL the rules let in: show none of it
+        return "****"
+    if password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:****@{host}"))
 
 
 _COLUMNS = (

@@ -26,11 +26,12 @@ from . import mappings
 from .box import Box, box_of
 from .kit import (
     base_url,
-    error_response,
+    item_json,
     json_object,
     optional_text,
     page_args,
     page_json,
+    refusal,
     translate,
 )
 
@@ -48,13 +49,15 @@ class AdminGuard:
             await self.app(scope, receive, send)
             return
         box: Box = scope["app"].state.box
-        if not box.auth.check(Request(scope).headers.get("authorization")):
-            await error_response(
-                401,
-                "unauthorized",
-                "a valid admin bearer token is required",
-                {"www-authenticate": "Bearer"},
-            )(scope, receive, send)
+        request = Request(scope)
+        verdict = box.auth.attempt(
+            request.headers.get("authorization"),
+            request.client.host if request.client else None,
+            box.clock(),
+            "api",
+        )
+        if not verdict.ok:
+            await refusal(verdict)(scope, receive, send)
             return
         started = False
 
@@ -95,7 +98,7 @@ class Instances(HTTPEndpoint):
         cursor, limit = page_args(request)
         plugin_id = request.query_params.get("plugin") or None
         page = await store_instances.alist_page(box_of(request).db, plugin_id, cursor, limit)
-        return page_json(page, [inst.to_json() for inst in page.items])
+        return page_json(page, store_instances.Instance.to_json)
 
     async def post(self, request: Request) -> Response:
         box = box_of(request)
@@ -104,15 +107,16 @@ class Instances(HTTPEndpoint):
         inst, shown = instance_rules.new_instance(
             box.registry, plugin_id, instance_id, body, box.clock()
         )
-        await box.db.awrite(store_instances.insert(inst))
         created = instance_rules.created_json(box.registry, inst, shown, base_url(request, box))
-        return JSONResponse(created, status_code=201)
+        answer = item_json(created, 201)  # rendered before the commit: no 500 after it
+        await box.db.awrite(store_instances.insert(inst))
+        return answer
 
 
 class InstanceItem(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
         inst = await _instance(box_of(request), **_key(request))
-        return JSONResponse(inst.to_json())
+        return item_json(inst.to_json())
 
     async def patch(self, request: Request) -> Response:
         box = box_of(request)
@@ -124,7 +128,7 @@ class InstanceItem(HTTPEndpoint):
         inst = await box.db.awrite(
             store_instances.update(key["plugin_id"], key["instance_id"], box.clock(), **changes)
         )
-        return JSONResponse(inst.to_json())
+        return item_json(inst.to_json())
 
     async def delete(self, request: Request) -> Response:
         key = _key(request)
@@ -151,7 +155,7 @@ class RotateSecret(HTTPEndpoint):
             box.registry, current, body.get("secret"), grace, box.clock()
         )
         inst = await box.db.awrite(op)
-        return JSONResponse(
+        return item_json(
             {
                 **inst.to_json(),
                 "secret": secret,
@@ -186,13 +190,13 @@ class Deliveries(HTTPEndpoint):
             cursor,
             limit,
         )
-        return page_json(page, [d.to_json() for d in page.items])
+        return page_json(page, store_deliveries.Delivery.to_json)
 
 
 class DeliveryItem(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
         found = await store_deliveries.aget(box_of(request).db, request.path_params["id"])
-        return JSONResponse(found.to_json())
+        return item_json(found.to_json())
 
 
 class DeadLetters(HTTPEndpoint):
@@ -203,7 +207,7 @@ class DeadLetters(HTTPEndpoint):
         )
         cursor, limit = page_args(request)
         page = await store_dead_letters.alist_page(box_of(request).db, selection, cursor, limit)
-        return page_json(page, [x.to_json() for x in page.items])
+        return page_json(page, store_dead_letters.DeadLetter.to_json)
 
 
 class Redrive(HTTPEndpoint):

@@ -172,7 +172,25 @@ class Dashboard:
             form = {}
         wanted = form.get("next", "")
         wanted = wanted if SAFE_NEXT.fullmatch(wanted) else PREFIX + "/"
-        if not box.auth.check("Bearer " + form.get("token", "")):
+        verdict = box.auth.attempt(
+            "Bearer " + form.get("token", ""),
+            request.client.host if request.client else None,
+            box.clock(),
+            "dashboard",
+        )
+        if verdict.retry_after:
+            response = self.render(
+                request,
+                "login.html",
+                None,
+                429,
+                next=wanted,
+                error="Too many wrong tokens from this address: "
+                f"try again in {verdict.retry_after} s.",
+            )
+            response.headers["retry-after"] = str(verdict.retry_after)
+            return response
+        if not verdict.ok:
             return self.render(
                 request, "login.html", None, 401, next=wanted, error="That is not the admin token."
             )

@@ -10,7 +10,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..store import meta
 from .box import box_of
-from .kit import error_response
+from .kit import refusal
 
 
 async def healthz(request: Request) -> Response:
@@ -33,8 +33,15 @@ async def readyz(request: Request) -> Response:
 
 async def metrics_endpoint(request: Request) -> Response:
     box = box_of(request)
-    if not box.settings.metrics_public and not box.auth.check(request.headers.get("authorization")):
-        return error_response(401, "unauthorized", "admin token required")
+    if not box.settings.metrics_public:
+        verdict = box.auth.attempt(
+            request.headers.get("authorization"),
+            request.client.host if request.client else None,
+            box.clock(),
+            "metrics",
+        )
+        if not verdict.ok:
+            return refusal(verdict)
     body = await run_in_threadpool(box.metrics.exposition)  # the collector reads the database
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 

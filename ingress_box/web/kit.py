@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from ..errors import (
     AlreadyExists,
@@ -27,9 +28,11 @@ from ..errors import (
     error_document,
 )
 from ..store.pages import Page, clamp_limit
+from .auth import Verdict
 from .box import Box
 
 log = logging.getLogger("ingress_box.web")
+T = TypeVar("T")
 
 MAX_BODY_BYTES = 1 << 20  # admin requests are small; never buffer an unbounded body
 
@@ -50,6 +53,23 @@ def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse(error_document(code, message), status_code=status, headers=headers)
+
+
+def refusal(verdict: Verdict) -> Response:
+    """The answer to a token that was refused (401) or not even looked at (429)."""
+    if verdict.retry_after:
+        return error_response(
+            429,
+            "rate_limited",
+            f"too many wrong admin tokens from this address: retry in {verdict.retry_after} s",
+            {"retry-after": str(verdict.retry_after)},
+        )
+    return error_response(
+        401,
+        "unauthorized",
+        "a valid admin bearer token is required",
+        {"www-authenticate": "Bearer"},
+    )
 
 
 def translate(exc: Exception) -> JSONResponse:
@@ -87,6 +107,14 @@ async def json_object(request: Request, *allowed: str) -> dict[str, Any]:
         data = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, RecursionError) as exc:
         raise InvalidJson(f"the body is not valid JSON: {exc}") from exc
+    try:
+        # What is stored is answered back: text that cannot be UTF-8 (a lone surrogate such as
+        # "\ud800" is a valid JSON escape) would fail SQLite or the answer, after the commit.
+        _encode(data)
+    except UnicodeEncodeError as exc:
+        raise InvalidInput("text must be valid Unicode (no lone surrogates)") from exc
+    except RecursionError as exc:
+        raise InvalidInput("the body is nested too deeply") from exc
     if not isinstance(data, dict):
         raise InvalidInput("the body must be a JSON object")
     unknown = sorted(set(data) - set(allowed))
@@ -113,6 +141,36 @@ def optional_text(data: dict[str, Any], name: str) -> str | None:
     return value
 
 
+# -- answers ------------------------------------------------------------------------------------
+
+
+def _encode(value: Any) -> bytes:
+    # What JSONResponse does, so that a value that passes here renders there.
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _encoded_item(item: dict[str, Any]) -> bytes:
+    """``item`` as JSON; a field that cannot be rendered (a row stored before today's checks:
+    nested too deep, not UTF-8) is shown as null and named in ``"unreadable"``."""
+    try:
+        return _encode(item)
+    except (ValueError, TypeError, RecursionError):
+        pass
+    bad = []
+    for name, value in item.items():
+        try:
+            _encode(value)
+        except (ValueError, TypeError, RecursionError):
+            bad.append(name)
+    log.warning("unreadable row", extra={"fields": {"fields": ",".join(bad)}})
+    return _encode({**item, **dict.fromkeys(bad), "unreadable": bad})
+
+
+def item_json(item: dict[str, Any], status_code: int = 200) -> Response:
+    """One row as JSON; see :func:`_encoded_item` for a row that cannot be shown whole."""
+    return Response(_encoded_item(item), status_code, media_type="application/json")
+
+
 # -- lists --------------------------------------------------------------------------------------
 
 
@@ -123,10 +181,11 @@ def page_args(request: Request) -> tuple[str | None, int]:
     )
 
 
-def page_json(page: Page[Any], items: list[Any] | None = None) -> JSONResponse:
-    return JSONResponse(
-        {"items": page.items if items is None else items, "next_cursor": page.next_cursor}
-    )
+def page_json(page: Page[T], render: Callable[[T], dict[str, Any]]) -> Response:
+    """A list answer, each item rendered on its own: one bad row never breaks the list."""
+    items = b",".join(_encoded_item(render(item)) for item in page.items)
+    body = b'{"items":[%s],"next_cursor":%s}' % (items, _encode(page.next_cursor))
+    return Response(body, media_type="application/json")
 
 
 def base_url(request: Request, box: Box) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from .. import mapping_rules
@@ -22,7 +22,7 @@ from ..errors import InvalidInput, NotFound
 from ..store import mappings as store
 from ..store.pages import clamp_limit
 from .box import box_of
-from .kit import json_object
+from .kit import item_json, json_object, page_json
 
 _FILTERS = ("plugin", "instance", "session", "chat", "conversation", "state")
 
@@ -54,16 +54,14 @@ class Mappings(HTTPEndpoint):
             query.get("cursor") or None,
             clamp_limit(query.get("limit")),
         )
-        return JSONResponse(
-            {"items": [m.to_json() for m in page.items], "next_cursor": page.next_cursor}
-        )
+        return page_json(page, store.ConversationMapping.to_json)
 
     async def put(self, request: Request) -> Response:
         box = box_of(request)
         body = await json_object(request, *mapping_rules.UPSERT_FIELDS)
         upsert = mapping_rules.upsert_of(box.registry, body)
         mapping, created = await box.db.awrite(store.upsert(upsert, box.clock()))
-        return JSONResponse({**mapping.to_json(), "created": created})
+        return item_json({**mapping.to_json(), "created": created})
 
 
 class MappingItem(HTTPEndpoint):
@@ -72,7 +70,7 @@ class MappingItem(HTTPEndpoint):
         mapping = await store.aget(box_of(request).db, mapping_id)
         if mapping is None:
             raise NotFound(f"no mapping {mapping_id}")
-        return JSONResponse(mapping.to_json())
+        return item_json(mapping.to_json())
 
     async def patch(self, request: Request) -> Response:
         box = box_of(request)
@@ -88,7 +86,7 @@ class MappingItem(HTTPEndpoint):
                 box.clock(),
             )
         )
-        return JSONResponse(mapping.to_json())
+        return item_json(mapping.to_json())
 
     async def delete(self, request: Request) -> Response:
         await box_of(request).db.awrite(store.delete(_id(request)))

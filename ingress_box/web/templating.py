@@ -35,9 +35,11 @@ def pretty_json(text: str | None, limit: int) -> str | None:
     if not text or len(text) >= limit:
         return None
     try:
-        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-    except ValueError:
+        pretty = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except (ValueError, RecursionError):  # thousands of nested "[" recurse past the stack
         return None
+    # Indenting grows with depth: a deep document would make a page of mostly spaces.
+    return pretty if len(pretty) <= 4 * limit else None
 
 
 def environment(globals_: Mapping[str, Any]) -> jinja2.Environment:
