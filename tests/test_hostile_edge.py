@@ -186,14 +186,22 @@ def signed_request(n: int) -> bytes:
 
 
 def status_of(sock: socket.socket, seconds: float = 5) -> int:
-    """The status of the next response on ``sock``."""
+    """The status of the next response on ``sock``, read whole (head and Content-Length body)."""
     sock.settimeout(seconds)
-    head = b""
-    while b"\r\n" not in head:
+    data = b""
+    while b"\r\n\r\n" not in data:
         chunk = sock.recv(4096)
-        assert chunk, f"closed before a status line (got {head!r})"
-        head += chunk
-    return int(head.split(b" ", 2)[1])
+        assert chunk, f"closed before a whole response head (got {data!r})"
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    fields = dict(line.lower().split(b": ", 1) for line in lines[1:])
+    length = int(fields.get(b"content-length", b"0"))
+    while len(rest) < length:
+        chunk = sock.recv(4096)
+        assert chunk, "closed in the middle of a response body"
+        rest += chunk
+    return int(lines[0].split(b" ", 2)[1])
 
 
 # -- header bytes -------------------------------------------------------------------------------
@@ -215,6 +223,17 @@ def test_headers_just_under_the_cap_are_served(box: Serve) -> None:
     with connect(box.port) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 7000 + b"\r\n\r\n")
         assert status_of(sock) == 200
+
+
+def test_a_later_request_on_a_kept_alive_connection_is_held_to_the_cap_too(box: Serve) -> None:
+    """The count starts again with each request: a small one passes, the next too large one
+    on the same connection gets 431."""
+    with connect(box.port) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert status_of(sock) == 200
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 9000 + b"\r\n\r\n")
+        answer = read_until_closed(sock, 5)
+    assert b"HTTP/1.1 431 " in answer, answer[:200]
 
 
 def push_endless_header(port: int, total: int = 30 * MiB) -> tuple[int, bytes]:
@@ -312,6 +331,19 @@ def test_an_idle_keep_alive_connection_is_closed(box: Serve) -> None:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
         assert status_of(sock) == 200
         read_until_closed(sock, READ_TIMEOUT + SLACK)
+
+
+def test_the_deadline_is_per_request_not_per_connection(box: Serve) -> None:
+    """Prompt requests on one connection for longer than the read timeout are all answered."""
+    with connect(box.port) as sock:
+        started = time.monotonic()
+        answered = 0
+        while time.monotonic() - started < READ_TIMEOUT * 2:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert status_of(sock) == 200
+            answered += 1
+            assert select.select([sock], [], [], READ_TIMEOUT / 4)[0] == []  # still open, idle
+    assert answered >= 4
 
 
 def test_a_slow_body_within_the_deadline_is_accepted(box: Serve) -> None:

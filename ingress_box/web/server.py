@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import uvicorn
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
@@ -59,6 +59,7 @@ RESERVED_FDS = 64
 RESERVED_FDS_PER_WORKER = 4
 FEWEST_CONNECTIONS = 16  # below this the box could not answer a health check and a provider
 REFUSAL_LOG_SECONDS = 60.0  # at most one "connection limit reached" line a minute
+TIMER_SLACK = 0.001  # uvloop's timers have millisecond resolution
 
 
 @dataclass(frozen=True)
@@ -68,19 +69,36 @@ class EdgeLimits:
     max_connections: int
 
 
-def _answer(status: int, code: str, message: str) -> bytes:
-    """A whole response that closes the connection, written straight to the transport."""
-    body = json.dumps(error_document(code, message)).encode()
-    head = (
-        b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-        % len(body)
-    )
-    return STATUS_LINE[status] + head + body
+class Refusal:
+    """An error answer that closes the connection: written straight to the transport when no
+    request cycle exists yet, or run as the request's ASGI app once one does."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.body = json.dumps(error_document(code, message)).encode()
+        self.headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(self.body)).encode()),
+            (b"connection", b"close"),
+        ]
+        head = b"".join(name + b": " + value + b"\r\n" for name, value in self.headers)
+        self.raw = STATUS_LINE[status] + head + b"\r\n" + self.body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+HEADERS_TOO_LARGE = Refusal(431, "headers_too_large", "the request headers are too large")
+TOO_MANY_CONNECTIONS = Refusal(
+    503, "too_many_connections", "too many open connections; try again later"
+)
 
 
 class EdgeProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a header cap, read deadlines and a connection cap;
-    a subclass made by :func:`protocol_class` carries the limits."""
+    a subclass made by :func:`protocol_class` carries the limits. Each override is on the
+    path of every request, so each does as little as it can."""
 
     limits: ClassVar[EdgeLimits]
     _last_refusal_log: ClassVar[float] = -REFUSAL_LOG_SECONDS
@@ -93,7 +111,11 @@ class EdgeProtocol(HttpToolsProtocol):
         self.timeout_keep_alive = keep_alive  # type: ignore[assignment]
         self._reading_headers = True  # the next bytes are a request line or headers
         self._header_bytes = 0
-        self._deadline: asyncio.TimerHandle | None = None
+        # One timer per connection, moved lazily: arming a deadline only notes when it ends,
+        # and a timer that fires early re-arms itself for the deadline in force then. Creating
+        # and cancelling two timers per request would cost more than the rest of this class.
+        self._deadline: float | None = None  # loop time by which the current read must end
+        self._timer: asyncio.TimerHandle | None = None
         self._refused = False
 
     # -- the connection ---------------------------------------------------------------------
@@ -102,52 +124,54 @@ class EdgeProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             self._note_refusal()
-            self._refuse(_TOO_MANY)
+            self._refuse(TOO_MANY_CONNECTIONS)
             return
         self._arm()  # the first request's headers, from the connection's opening
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
         if self._reading_headers:
+            # A request's first byte (or more of its headers): its header deadline runs from
+            # the first read that holds any of it.
             self._header_bytes += len(data)
+            if self._deadline is None:
+                self._arm()
         super().data_received(data)
         if self._reading_headers and self._header_bytes > self.limits.max_header_bytes:
-            self._refuse(_HEADERS_TOO_LARGE)
+            self._refuse(HEADERS_TOO_LARGE)
 
     # -- the parser's callbacks ---------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self._deadline is None:
-            self._arm()
-
     def on_headers_complete(self) -> None:
-        if self._refused:
-            return  # a request pipelined behind a refused one, in the same read
         self._reading_headers = False
-        self._disarm()
         # Measured here too: a header block that arrived in one read was never counted above.
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.limits.max_header_bytes:
-            self._refuse(_HEADERS_TOO_LARGE)
+            self._deadline = None
+            # uvicorn runs the refusal as this request's app, so its cycle and pipeline stay
+            # whole; the answer closes the connection.
+            app, self.app = self.app, HEADERS_TOO_LARGE
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
             return
         super().on_headers_complete()
-        if not (self.parser.should_upgrade() and self._should_upgrade()):
+        if self.parser.should_upgrade() and self._should_upgrade():
+            self._deadline = None  # the WebSocket protocol takes the connection over
+        else:
             self._arm()  # the body; a request without one completes at once and disarms it
 
-    def on_body(self, body: bytes) -> None:
-        if not self._refused:
-            super().on_body(body)
-
     def on_message_complete(self) -> None:
-        if self._refused:
-            return
-        self._disarm()
+        self._deadline = None
         self._reading_headers = True
         self._header_bytes = 0
         super().on_message_complete()
@@ -155,25 +179,27 @@ class EdgeProtocol(HttpToolsProtocol):
     # -- deadlines and refusals ---------------------------------------------------------------
 
     def _arm(self) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(self.limits.read_timeout, self._too_slow)
+        self._deadline = self.loop.time() + self.limits.read_timeout
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
 
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _too_slow(self) -> None:
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._deadline is None:
+            return  # disarmed since
+        if self._deadline - self.loop.time() > TIMER_SLACK:  # armed again since
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+            return
         self._deadline = None
         if not self.transport.is_closing():
             self.transport.close()
 
-    def _refuse(self, response: bytes) -> None:
-        """Answer ``response`` and close; nothing more of this connection is read or parsed."""
+    def _refuse(self, refusal: Refusal) -> None:
+        """Answer ``refusal`` and close; nothing more of this connection is read."""
         self._refused = True
-        self._disarm()
+        self._deadline = None
         if not self.transport.is_closing():
-            self.transport.write(response)
+            self.transport.write(refusal.raw)
             self.transport.close()
 
     @classmethod
@@ -193,10 +219,6 @@ class EdgeProtocol(HttpToolsProtocol):
             )
             cls._last_refusal_log = now
             cls._refused_since_log = 0
-
-
-_HEADERS_TOO_LARGE = _answer(431, "headers_too_large", "the request headers are too large")
-_TOO_MANY = _answer(503, "too_many_connections", "too many open connections; try again later")
 
 
 def protocol_class(limits: EdgeLimits) -> type[EdgeProtocol]:
