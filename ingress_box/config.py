@@ -200,12 +200,28 @@ class Settings:
         minimum=0,
         maximum=1_000_000_000,
     )
+    # The edge (CONTRACT, "Limits at the edge"): what one client may hold of memory, time and
+    # file descriptors. Enforced by the server, see ingress_box.web.server.
     max_header_bytes: int = setting(
         32_768,
-        "cap of a request's headers, all together (larger: 431); also what is stored of them",
+        "request line and headers of a request together (larger: 431); also what is stored of them",
         commands=SERVE,
         minimum=1024,
         maximum=1_048_576,
+    )
+    read_timeout_seconds: float = setting(
+        10.0,
+        "how long a client may take to send its headers, and then its body",
+        commands=SERVE,
+        above=0,
+        maximum=600,
+    )
+    max_connections: int = setting(
+        1000,
+        "open connections; past them a new one gets a 503 at once",
+        commands=SERVE,
+        minimum=1,
+        maximum=1_000_000,
     )
     synchronous: str = setting(
         "FULL",

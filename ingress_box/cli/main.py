@@ -21,7 +21,6 @@ from typing import Any
 
 import click
 import uvicorn
-from uvicorn.config import LOGGING_CONFIG
 
 from .. import __version__, logs
 from ..app import create_app
@@ -29,6 +28,7 @@ from ..config import Settings, load_settings
 from ..errors import ConfigError, IngressBoxError, InvalidInput, ManifestError
 from ..plugins import load_registry
 from ..web.auth import ensure_admin_token
+from ..web.server import server_config
 from ..worker import Worker
 from . import deliveries as cli_deliveries
 from . import instances as cli_instances
@@ -69,17 +69,7 @@ def serve(**flags: Any) -> None:
     settings = load_settings(**flags)
     _configure_logging(settings)
     _print_generated_token(settings)
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        lifespan="on",
-        log_level="info",
-        timeout_graceful_shutdown=10,
-        access_log=False,  # the box logs one structured line per request itself
-        # With JSON logs, uvicorn's own lines go through our handler too.
-        log_config=None if settings.log_format == "json" else LOGGING_CONFIG,
-    )
+    config = server_config(create_app(settings), settings)
     server = uvicorn.Server(config)
 
     def stop(signum: int, frame: FrameType | None) -> None:
