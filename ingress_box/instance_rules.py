@@ -9,12 +9,12 @@ cannot drift apart. Values arrive as ``object`` because they come from untrusted
 from __future__ import annotations
 
 import math
-import re
 import secrets
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from . import handlers
 from .errors import InvalidInput
 from .plugins import Plugin, Registry
 from .signatures import generate_secret
@@ -22,8 +22,6 @@ from .signing import generate_outbound_secret
 from .store import instances as store_instances
 from .store.instances import INSTANCE_ID, LANE_POLICIES, Instance
 
-# A registered handler name, or ``package.module:function`` (the rule plugins.py applies too).
-HANDLER = re.compile(r"[a-z][a-z0-9_-]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 MAX_TEXT = 4096  # no operator-given string needs more; keeps junk out of the database
 
 CREATE_FIELDS = frozenset(
@@ -86,11 +84,6 @@ def _check(name: str, value: object) -> Any:
         if value not in LANE_POLICIES:
             raise InvalidInput(f"lane_policy must be one of {', '.join(LANE_POLICIES)}")
         return value
-    if name == "handler":
-        handler = _text(name, value)
-        if handler is None or not HANDLER.fullmatch(handler):
-            raise InvalidInput("handler must be a handler name or package.module:function")
-        return handler
     if name == "enabled":
         if not isinstance(value, bool):
             raise InvalidInput("enabled must be true or false")
@@ -98,11 +91,36 @@ def _check(name: str, value: object) -> Any:
     raise AssertionError(name)  # pragma: no cover - callers check the name first
 
 
-def _fields(given: Mapping[str, object], allowed: frozenset[str], hint: str = "") -> dict[str, Any]:
+def allowed_handlers(registry: Registry) -> frozenset[str]:
+    """The registered handler names and the handlers the loaded plugins declare.
+
+    Never any importable callable: an instance's handler runs with every body it receives, so
+    whoever holds the admin token must not be able to point it at ``builtins:print`` or worse.
+    """
+    return handlers.registered() | {p.handler for p in registry.all()}
+
+
+def _handler(registry: Registry, value: object) -> str:
+    handler = _text("handler", value)
+    allowed = allowed_handlers(registry)
+    if handler is None or handler not in allowed:
+        known = ", ".join(sorted(allowed))
+        raise InvalidInput(
+            f"handler must be a registered handler or one a plugin declares ({known})"
+        )
+    return handler
+
+
+def _fields(
+    registry: Registry, given: Mapping[str, object], allowed: frozenset[str], hint: str = ""
+) -> dict[str, Any]:
     unknown = sorted(set(given) - allowed)
     if unknown:
         raise InvalidInput(f"unknown field {unknown[0]!r}{hint}")
-    return {name: _check(name, value) for name, value in given.items()}
+    return {
+        name: _handler(registry, value) if name == "handler" else _check(name, value)
+        for name, value in given.items()
+    }
 
 
 def plugin_of(registry: Registry, plugin_id: object) -> Plugin:
@@ -131,7 +149,7 @@ def new_instance(
     plugin = plugin_of(registry, plugin_id)
     if not isinstance(instance_id, str) or not INSTANCE_ID.fullmatch(instance_id):
         raise InvalidInput(f"instance must match ^{INSTANCE_ID.pattern}$")
-    values = _fields(fields, CREATE_FIELDS)
+    values = _fields(registry, fields, CREATE_FIELDS)
     shown = {
         "secret": values.pop("secret", None) or _fresh_secret(plugin),
         "verify_token": values.pop("verify_token", None) or secrets.token_urlsafe(24),
@@ -145,9 +163,9 @@ def new_instance(
     return inst, shown
 
 
-def changes(fields: Mapping[str, object]) -> dict[str, Any]:
+def changes(registry: Registry, fields: Mapping[str, object]) -> dict[str, Any]:
     """Validated PATCH changes (Instance field names); secrets change only through rotation."""
-    return _fields(fields, PATCH_FIELDS, hint=" (secrets change through rotate-secret)")
+    return _fields(registry, fields, PATCH_FIELDS, hint=" (secrets change through rotate-secret)")
 
 
 def rotation(
