@@ -13,7 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -263,12 +263,12 @@ BAD_FILE_CASES = [
 
 @pytest.mark.parametrize(("make", "command"), BAD_FILE_CASES)
 def test_a_bad_database_file_is_one_line_for_every_command(
-    tmp_path: Path, make: object, command: list[str]
+    tmp_path: Path, make: Callable[[Path], object], command: list[str]
 ) -> None:
     """Garbage, text, a truncated or damaged file: serve refuses to start and the commands
     refuse to read, each in one line (exit 1), never with a traceback."""
     path = tmp_path / "box.db"
-    make(path)  # type: ignore[operator]
+    make(path)
     port = str(free_port())
     line = _one_line_error(_cli(*command, env=_env(path, INGRESS_BOX_PORT=port)))
     assert str(path) in line or "database" in line
@@ -433,6 +433,15 @@ def test_read_only_commands_read_a_read_only_copy(backup_copy: Path, tmp_path: P
 _FULL = sqlite3.OperationalError("database or disk is full")
 
 
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 class _Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -445,9 +454,8 @@ def test_a_repeated_error_is_logged_once_then_as_a_count() -> None:
     """Hundreds of identical errors are one line, then one line per interval with the count;
     another error still gets its own line at once."""
     clock = _Clock()
-    lines: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = lines.append  # type: ignore[method-assign]
+    handler = _Collect()
+    lines = handler.records
     handler.addFilter(RepeatFilter(every=10, clock=clock))
     logger = logging.getLogger("test.repeats")
     logger.addHandler(handler)
