@@ -7,15 +7,19 @@ target's ``Retry-After``); timeouts and connection errors too; anything else is 
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import importlib.metadata
 import re
+import ssl
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC
 from functools import cache
 from typing import Any
 
+import httpcore
 import httpx
 
 from .delivery import ERROR_EXCERPT_CHARS, Event, HandlerContext
@@ -30,6 +34,106 @@ _RESERVED_HEADERS = frozenset({"content-length", "transfer-encoding", "host", "c
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 header name
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SECONDS = re.compile(r"^\d+(\.\d*)?$")
+
+
+# -- the deadline of an attempt ------------------------------------------------------------------
+
+# One attempt at a time runs on a worker thread (sync httpx), so the deadline is the thread's.
+_attempt = threading.local()
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    _attempt.deadline = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _attempt.deadline = None
+
+
+def _left(timeout: float | None, expired: type[httpcore.TimeoutException]) -> float | None:
+    """The phase's timeout cut to what is left of the attempt; ``expired`` once nothing is."""
+    deadline: float | None = getattr(_attempt, "deadline", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise expired("the delivery deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        # A target that reads slowly would let one send of a large body outlast the deadline.
+        view = memoryview(buffer)
+        while view:
+            chunk, view = view[:65536], view[65536:]
+            self._inner.write(bytes(chunk), _left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        inner = self._inner.start_tls(
+            ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout)
+        )
+        return _DeadlineStream(inner)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _left(timeout, httpcore.ConnectTimeout)
+        stream = self._inner.connect_tcp(host, port, left, local_address, socket_options)
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        left = _left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_unix_socket(path, left, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def deadline_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
+    """httpx's transport, whose sockets keep to the deadline of the attempt :func:`forward`
+    makes on this thread."""
+    transport = httpx.HTTPTransport(limits=limits)
+    # httpx takes no network backend, so ours wraps the one of the pool it built (a change of
+    # httpx's internals fails here, at start-up, not in a delivery).
+    pool = transport._pool
+    if not isinstance(pool, httpcore.ConnectionPool):  # pragma: no cover
+        raise TypeError(f"unexpected httpx pool {type(pool).__name__}")
+    pool._network_backend = _DeadlineBackend(pool._network_backend)
+    return transport
+
+
+# -- the request --------------------------------------------------------------------------------
 
 
 @cache
@@ -95,6 +199,23 @@ def _read_capped(response: httpx.Response, deadline: float) -> bytes:
     return bytes(received[:MAX_RESPONSE_BYTES])
 
 
+def _send(request: httpx.Request, ctx: HandlerContext) -> tuple[httpx.Response, bytes]:
+    """The answer and the start of its body. Sync httpx has no total timeout: the deadline
+    transport cuts every socket operation to the time left, and the body read also stops at
+    the deadline between chunks (for transports that are not ours)."""
+    deadline = time.monotonic() + ctx.timeout
+    response = (
+        ctx.transport.handle_request(request)
+        if ctx.transport is not None
+        else ctx.client.send(request, stream=True, follow_redirects=False)
+    )
+    try:
+        # Reading (capped) even on success lets the connection go back to the pool.
+        return response, _read_capped(response, deadline)
+    finally:
+        response.close()
+
+
 def forward(event: Event, ctx: HandlerContext) -> None:
     """POST the raw inbound bytes to the instance's target_url, signed per Standard Webhooks."""
     url = ctx.target.url
@@ -123,32 +244,21 @@ def forward(event: Event, ctx: HandlerContext) -> None:
     }
     if event.conversation is not None:
         headers["ingress-box-conversation"] = _header_value(event.conversation)
-    # Sync httpx has no total timeout: each phase gets ctx.timeout and the body read also stops at
-    # the attempt's deadline, so only a target that stalls in several phases can exceed it.
-    deadline = time.monotonic() + ctx.timeout
+    request = httpx.Request(
+        "POST",
+        url,
+        content=event.body,
+        # httpx would encode str values as ASCII and refuse a conversation id like "José".
+        # Ids are text (UTF-8 on the wire); the content type is the provider's own bytes.
+        headers=[
+            (k.encode("ascii"), _wire_bytes(v) if k == "content-type" else v.encode("utf-8"))
+            for k, v in headers.items()
+        ],
+        extensions={"timeout": httpx.Timeout(ctx.timeout).as_dict()},
+    )
     try:
-        request = httpx.Request(
-            "POST",
-            url,
-            content=event.body,
-            # httpx would encode str values as ASCII and refuse a conversation id like "José".
-            # Ids are text (UTF-8 on the wire); the content type is the provider's own bytes.
-            headers=[
-                (k.encode("ascii"), _wire_bytes(v) if k == "content-type" else v.encode("utf-8"))
-                for k, v in headers.items()
-            ],
-            extensions={"timeout": httpx.Timeout(ctx.timeout).as_dict()},
-        )
-        response = (
-            ctx.transport.handle_request(request)
-            if ctx.transport is not None
-            else ctx.client.send(request, stream=True, follow_redirects=False)
-        )
-        try:
-            # Reading (capped) even on success lets the connection go back to the pool.
-            body = _read_capped(response, deadline)
-        finally:
-            response.close()
+        with _deadline(ctx.timeout):
+            response, body = _send(request, ctx)
     except httpx.TimeoutException as exc:
         raise RetryLater("timeout") from exc
     except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:

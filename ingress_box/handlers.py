@@ -18,6 +18,11 @@ def register_handler(name: str, handler: Handler) -> None:
     _HANDLERS[name] = handler
 
 
+def registered() -> frozenset[str]:
+    """The names registered now (the built-ins and what plugin code registered)."""
+    return frozenset(_HANDLERS)
+
+
 def resolve_handler(name: str) -> Handler:
     """A registered handler, or ``package.module:function`` imported now; LookupError if neither."""
     if name in _HANDLERS:

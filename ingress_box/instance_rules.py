@@ -8,23 +8,21 @@ cannot drift apart. Values arrive as ``object`` because they come from untrusted
 
 from __future__ import annotations
 
-import json
 import math
-import re
 import secrets
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from . import handlers
 from .errors import InvalidInput
 from .plugins import Plugin, Registry
 from .signatures import generate_secret
 from .signing import generate_outbound_secret
 from .store import instances as store_instances
 from .store.instances import INSTANCE_ID, LANE_POLICIES, Instance
+from .values import check_document, check_unicode
 
-# A registered handler name, or ``package.module:function`` (the rule plugins.py applies too).
-HANDLER = re.compile(r"[a-z][a-z0-9_-]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 MAX_TEXT = 4096  # no operator-given string needs more; keeps junk out of the database
 # A config is a few settings of a handler; deeper or bigger is junk, and Python's JSON and
 # dataclass code recurse, so a document nested hundreds deep fails wherever it is read.
@@ -46,45 +44,6 @@ CREATE_FIELDS = frozenset(
 PATCH_FIELDS = frozenset(
     {"target_url", "session", "config", "lane_policy", "handler", "verify_token", "enabled"}
 )
-
-
-def check_unicode(name: str, value: str) -> str:
-    """``value`` when it can be stored and shown: no lone surrogate (JSON's ``"\ud800"``)."""
-    try:
-        value.encode()
-    except UnicodeEncodeError as exc:
-        raise InvalidInput(f"{name} must be valid Unicode (no lone surrogates)") from exc
-    return value
-
-
-def _depth(value: object, limit: int) -> int:
-    """How deep ``value`` nests (a scalar is 0), counted without recursion, up to past ``limit``."""
-    deepest, stack = 0, [(value, 1)]
-    while stack and deepest <= limit:
-        node, depth = stack.pop()
-        if isinstance(node, (dict, list)):
-            deepest = max(deepest, depth)
-            children = node.values() if isinstance(node, dict) else node
-            stack.extend((child, depth + 1) for child in children)
-    return deepest
-
-
-def check_document(name: str, value: object, max_depth: int, max_bytes: int) -> dict[str, Any]:
-    """A JSON object an operator gave, bounded in depth and size, all of its text storable."""
-    if not isinstance(value, dict):
-        raise InvalidInput(f"{name} must be a JSON object")
-    if _depth(value, max_depth) > max_depth:
-        raise InvalidInput(f"{name} must nest at most {max_depth} levels deep")
-    try:
-        json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
-        size = len(json.dumps(value))  # as stored
-    except UnicodeEncodeError as exc:
-        raise InvalidInput(f"{name} must be valid Unicode (no lone surrogates)") from exc
-    except (TypeError, ValueError) as exc:  # from the CLI: anything JSON cannot say
-        raise InvalidInput(f"{name} must be plain JSON: {exc}") from exc
-    if size > max_bytes:
-        raise InvalidInput(f"{name} must be at most {max_bytes} bytes of JSON")
-    return value
 
 
 def _text(name: str, value: object, *, nullable: bool = False) -> str | None:
@@ -128,11 +87,6 @@ def _check(name: str, value: object) -> Any:
         if value not in LANE_POLICIES:
             raise InvalidInput(f"lane_policy must be one of {', '.join(LANE_POLICIES)}")
         return value
-    if name == "handler":
-        handler = _text(name, value)
-        if handler is None or not HANDLER.fullmatch(handler):
-            raise InvalidInput("handler must be a handler name or package.module:function")
-        return handler
     if name == "enabled":
         if not isinstance(value, bool):
             raise InvalidInput("enabled must be true or false")
@@ -140,11 +94,36 @@ def _check(name: str, value: object) -> Any:
     raise AssertionError(name)  # pragma: no cover - callers check the name first
 
 
-def _fields(given: Mapping[str, object], allowed: frozenset[str], hint: str = "") -> dict[str, Any]:
+def allowed_handlers(registry: Registry) -> frozenset[str]:
+    """The registered handler names and the handlers the loaded plugins declare.
+
+    Never any importable callable: an instance's handler runs with every body it receives, so
+    whoever holds the admin token must not be able to point it at ``builtins:print`` or worse.
+    """
+    return handlers.registered() | {p.handler for p in registry.all()}
+
+
+def _handler(registry: Registry, value: object) -> str:
+    handler = _text("handler", value)
+    allowed = allowed_handlers(registry)
+    if handler is None or handler not in allowed:
+        known = ", ".join(sorted(allowed))
+        raise InvalidInput(
+            f"handler must be a registered handler or one a plugin declares ({known})"
+        )
+    return handler
+
+
+def _fields(
+    registry: Registry, given: Mapping[str, object], allowed: frozenset[str], hint: str = ""
+) -> dict[str, Any]:
     unknown = sorted(set(given) - allowed)
     if unknown:
         raise InvalidInput(f"unknown field {unknown[0]!r}{hint}")
-    return {name: _check(name, value) for name, value in given.items()}
+    return {
+        name: _handler(registry, value) if name == "handler" else _check(name, value)
+        for name, value in given.items()
+    }
 
 
 def plugin_of(registry: Registry, plugin_id: object) -> Plugin:
@@ -173,7 +152,7 @@ def new_instance(
     plugin = plugin_of(registry, plugin_id)
     if not isinstance(instance_id, str) or not INSTANCE_ID.fullmatch(instance_id):
         raise InvalidInput(f"instance must match ^{INSTANCE_ID.pattern}$")
-    values = _fields(fields, CREATE_FIELDS)
+    values = _fields(registry, fields, CREATE_FIELDS)
     shown = {
         "secret": values.pop("secret", None) or _fresh_secret(plugin),
         "verify_token": values.pop("verify_token", None) or secrets.token_urlsafe(24),
@@ -187,9 +166,9 @@ def new_instance(
     return inst, shown
 
 
-def changes(fields: Mapping[str, object]) -> dict[str, Any]:
+def changes(registry: Registry, fields: Mapping[str, object]) -> dict[str, Any]:
     """Validated PATCH changes (Instance field names); secrets change only through rotation."""
-    return _fields(fields, PATCH_FIELDS, hint=" (secrets change through rotate-secret)")
+    return _fields(registry, fields, PATCH_FIELDS, hint=" (secrets change through rotate-secret)")
 
 
 def rotation(

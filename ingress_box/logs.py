@@ -2,13 +2,23 @@
 
 Code logs an event name as the message and its fields as ``extra={"fields": {...}}``; the
 formatters put them on one line. Fields are ids, statuses and timings: never secrets or bodies.
+
+A failure that repeats (a full disk fails every poll of every worker thread) is logged once with
+its traceback, then as one line every :data:`REPEAT_SECONDS` saying how often it happened
+meanwhile (:class:`RepeatFilter`), so the log stays readable and the disk is not filled by it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
+
+REPEAT_SECONDS = 10.0
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -67,7 +77,50 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class RepeatFilter(logging.Filter):
+    """Hold back warnings and errors identical to one let through less than ``every`` seconds
+    ago; the next one let through says how many were held back (without a traceback: the
+    first had it). Records below WARNING always pass."""
+
+    def __init__(
+        self,
+        every: float = REPEAT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        remember: int = 1024,
+    ) -> None:
+        super().__init__()
+        self.every = every
+        self.clock = clock
+        self.remember = remember
+        # key -> [when one was last let through, how many were held back since]
+        self._seen: OrderedDict[tuple[Any, ...], list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        key = (record.name, record.levelno, record.getMessage(), repr(error))
+        now = self.clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self.every:
+                seen[1] += 1
+                return False
+            self._seen[key] = [now, 0]
+            self._seen.move_to_end(key)
+            while len(self._seen) > self.remember:
+                self._seen.popitem(last=False)
+        held = int(seen[1]) if seen is not None else 0
+        if held:
+            record.msg = f"{record.getMessage()} (and {held} more like it in {self.every:.0f}s)"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def configure(log_format: str) -> None:
     handler = logging.StreamHandler()
+    handler.addFilter(RepeatFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)

@@ -17,12 +17,12 @@ from typing import Any
 
 from . import extract
 from .errors import InvalidInput, MappingConflict, NotFound
-from .instance_rules import check_document, check_unicode
 from .plugins import FieldSource, Registry, Route
 from .store import Database
 from .store import mappings as store
 from .store.instances import INSTANCE_ID, Instance
 from .store.mappings import STATES, ConversationMapping, Upsert
+from .values import check_document, check_unicode
 
 MAX_TEXT = 256  # session, chat and conversation ids; a conversation id is cut to this on ingress
 MAX_METADATA_BYTES = 16 * 1024

@@ -36,6 +36,7 @@ from huey.storage import SqliteStorage
 from .attempt import Attempts
 from .config import Settings
 from .errors import StorageUnavailable
+from .forward import deadline_transport
 from .retry import Decision
 from .store import Database, retention
 from .store import deliveries as store_deliveries
@@ -138,7 +139,7 @@ class Worker:
         limits = httpx.Limits(
             max_connections=settings.workers * 2, max_keepalive_connections=settings.workers * 2
         )
-        self.transport = transport or httpx.HTTPTransport(limits=limits)
+        self.transport = transport or deadline_transport(limits)
         self.client = httpx.Client(
             transport=self.transport,
             follow_redirects=False,

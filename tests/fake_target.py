@@ -35,6 +35,9 @@ class Reply:
     retry_after: int | str | None = None  # sent as the Retry-After header: seconds or a date
     # Announce more than is sent, then stall: shows whether the client stops reading on its own.
     declared_length: int | None = None
+    # Seconds between bytes: the whole answer (status line, headers, body) sent one byte at a
+    # time, as a target does that keeps every single read of the client short.
+    trickle: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         reply = target._take(Received(self.path, headers, body, time.time(), raw))
         if reply.delay or target.delay:
             target.stopping.wait(reply.delay + target.delay)
+        if reply.trickle:
+            self._trickle(reply)
+            return
         try:
             self.send_response(reply.status)
             for name, value in reply.headers.items():
@@ -145,6 +151,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if reply.declared_length is not None:
             target.stopping.wait(10)
             self.close_connection = True
+
+    def _trickle(self, reply: Reply) -> None:
+        head = [f"HTTP/1.1 {reply.status} Trickling", f"content-length: {len(reply.body)}"]
+        head += [f"{name}: {value}" for name, value in reply.headers.items()]
+        answer = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + reply.body
+        self.close_connection = True
+        for i in range(len(answer)):
+            if self.server.target.stopping.wait(reply.trickle):
+                return
+            try:
+                self.wfile.write(answer[i : i + 1])
+                self.wfile.flush()
+            except OSError:  # the client gave up
+                return
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -297,7 +297,7 @@ def test_deliveries_show_of_an_unknown_id_exits_1(db_path: Path, db: Database) -
     assert run("deliveries", "show", "msg_nope", "--db", str(db_path)).exit_code == 1
 
 
-def test_admin_token_reset_prints_a_token_that_is_stored(db_path: Path) -> None:
+def test_admin_token_reset_prints_a_token_that_is_stored(db_path: Path, db: Database) -> None:
     """admin-token reset prints a new token, and the stored hash accepts it."""
     out = ok("admin-token", "reset", "--db", str(db_path)).stdout
     token = re.fullmatch(r"admin token: (\S+)\n", out)

@@ -50,6 +50,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "ingress_box.signing",
             "ingress_box.ratelimit",
             "ingress_box.logs",
+            "ingress_box.values",
         ),
     ),
     (0, ("ingress_box.config", "ingress_box.errors")),

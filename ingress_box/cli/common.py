@@ -4,8 +4,9 @@ Every settings flag is also an ``INGRESS_BOX_*`` variable: flags default to None
 :func:`~ingress_box.config.load_settings` as overrides, so a flag beats the variable and the
 variable beats the default. Commands on the database file open it with :func:`_database`, so
 they work while ``serve`` runs: writes queue behind its writer on SQLite's lock, reads never
-wait (WAL). Output goes to stdout as a table or, with ``--json``, as JSON; progress and notes go
-to stderr.
+wait (WAL). Commands that only read open the file read-only (:func:`_reading`): they create and
+migrate nothing, take no lock, and work on a read-only copy of a backup. Output goes to stdout
+as a table or, with ``--json``, as JSON; progress and notes go to stderr.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import math
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -169,24 +171,38 @@ class _Progress:
 
 
 @contextlib.contextmanager
-def _database(settings: Settings, *, create: bool = False) -> Iterator[Database]:
-    if not create and not settings.db_path.exists():
-        raise NotFound(
-            f"no database at {settings.db_path} (pass --db or set {env_name('db_path')})"
-        )
+def _database(
+    settings: Settings, *, create: bool = False, readonly: bool = False
+) -> Iterator[Database]:
+    """The file, open; ``create`` makes it when it is not there (else that is an error)."""
+    path = settings.db_path
+    if not create and not path.exists():
+        raise NotFound(f"no database at {path} (pass --db or set {env_name('db_path')})")
+    if path.is_dir():
+        raise Failed(f"{path} is a folder, not a database file")
     db = Database(
-        settings.db_path,
+        path,
         synchronous=settings.synchronous,
         busy_timeout=settings.busy_timeout_seconds,
-    ).open()
+        readonly=readonly,
+    )
+    try:
+        db.open()
+    except (sqlite3.Error, OSError) as exc:  # garbage, a read-only folder, a file as a folder
+        raise Failed(f"cannot open {path}: {exc}") from exc
     try:
         yield db
     finally:
         db.close()
 
 
+def _reading(settings: Settings) -> contextlib.AbstractContextManager[Database]:
+    """The file, open for reading only (``mode=ro``): nothing is created, migrated or locked."""
+    return _database(settings, readonly=True)
+
+
 def _read(settings: Settings, reader: Callable[[Database], Awaitable[T]]) -> T:
-    """Run one async store reader against the file."""
+    """Run one async store reader against the file (opened read-only)."""
 
     async def run(db: Database) -> T:
         await db.aopen()
@@ -195,7 +211,7 @@ def _read(settings: Settings, reader: Callable[[Database], Awaitable[T]]) -> T:
         finally:
             await db.aclose()
 
-    with _database(settings) as db:
+    with _reading(settings) as db:
         return asyncio.run(run(db))
 
 

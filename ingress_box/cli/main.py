@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 from types import FrameType
@@ -27,6 +28,7 @@ from ..app import create_app
 from ..config import Settings, load_settings
 from ..errors import ConfigError, IngressBoxError, InvalidInput, ManifestError
 from ..plugins import load_registry
+from ..store import Database, dbfile
 from ..web.auth import ensure_admin_token
 from ..web.server import server_config
 from ..worker import Worker
@@ -38,14 +40,36 @@ from .common import BadInput, Failed, _database, command_options
 
 log = logging.getLogger("ingress_box.worker")
 
+START_CHECK_SECONDS = 10.0  # quick_check at start stops here on a big file (and says so)
+
+
+def _is_text(arg: str) -> bool:
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in argv arrive as lone surrogates
+        return False
+    return True
+
 
 class _Group(click.Group):
+    """Every failure is one line on stderr and an exit status, never a traceback."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for position, arg in enumerate(args, 1):
+            if not _is_text(arg):
+                raise BadInput(f"argument {position} is not valid UTF-8 text")
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (InvalidInput, ConfigError, ManifestError) as exc:
             raise BadInput(str(exc)) from exc
         except IngressBoxError as exc:
+            raise Failed(str(exc)) from exc
+        except sqlite3.Error as exc:  # e.g. a page found damaged in the middle of a read
+            raise Failed(f"database error: {exc}") from exc
+        except OSError as exc:  # a missing folder, a read-only file system, ...
             raise Failed(str(exc)) from exc
 
 
@@ -68,6 +92,9 @@ def serve(**flags: Any) -> None:
     """Run the HTTP server and the outbox worker in this process."""
     settings = load_settings(**flags)
     _configure_logging(settings)
+    # Everything that can stop the start-up fails here, in one line, before uvicorn runs the
+    # lifespan (where it would be a traceback).
+    load_registry(settings.plugins_dir)
     _print_generated_token(settings)
     config = server_config(create_app(settings), settings)
     server = uvicorn.Server(config)
@@ -88,9 +115,21 @@ def serve(**flags: Any) -> None:
 def _print_generated_token(settings: Settings) -> None:
     # Generated here rather than in the lifespan, so the token is printed exactly once, to stdout.
     with _database(settings, create=True) as db:
+        _check_sound(db)
         _, generated = ensure_admin_token(db, settings.admin_token)
     if generated:
         click.echo(f"admin token: {generated}")
+
+
+def _check_sound(db: Database) -> None:
+    """Refuse a damaged file at start: it would fail every write and fill the log."""
+    found = dbfile.quick_check(db, START_CHECK_SECONDS)
+    if found is None:
+        log.warning(
+            "quick_check of %s did not finish in %.0fs; not checked", db.path, START_CHECK_SECONDS
+        )
+    elif found != ["ok"]:
+        raise Failed(f"{db.path} is damaged ({found[0]}): restore a backup, or see doctor --full")
 
 
 @main.command("worker")
@@ -101,6 +140,7 @@ def worker_command(**flags: Any) -> None:
     _configure_logging(settings)
     load_registry(settings.plugins_dir)  # a bad manifest stops this process as it stops serve
     with _database(settings, create=True) as db:
+        _check_sound(db)
         sys.exit(_work_until_stopped(Worker(settings, db)))
 
 

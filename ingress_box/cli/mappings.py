@@ -24,6 +24,7 @@ from .common import (
     _more,
     _now,
     _print_json,
+    _reading,
     _table,
     _when,
     db_option,
@@ -82,7 +83,7 @@ def mappings_list(
 ) -> None:
     """List mappings, oldest first."""
     selection = store.Filter(plugin, instance, session, chat, conversation, state)
-    with _database(load_settings(db_path=db_path)) as db:
+    with _reading(load_settings(db_path=db_path)) as db:
         page = store.list_page(db, selection, None, limit)
     if as_json:
         _print_json({"items": [m.to_json() for m in page.items], "next_cursor": page.next_cursor})

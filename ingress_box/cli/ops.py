@@ -27,6 +27,7 @@ from .common import (
     _now,
     _print_json,
     _Progress,
+    _reading,
     _when,
     command_options,
     db_option,
@@ -71,7 +72,7 @@ def backup_command(
         raise BadInput("PATH is the database itself")
     if not path.parent.is_dir():
         raise BadInput(f"no folder {path.parent}")
-    with _database(settings) as db, _Progress("backing up", show_progress) as bar:
+    with _reading(settings) as db, _Progress("backing up", show_progress) as bar:
         report = backup.backup(db, path, bar.report)
     data = {
         "path": str(report.path),
@@ -94,7 +95,7 @@ def backup_command(
 @json_option
 def stats_command(db_path: Path | None, as_json: bool) -> None:
     """Show deliveries, backlog, attempts, dead letters and file sizes at one moment."""
-    with _database(load_settings(db_path=db_path)) as db:
+    with _reading(load_settings(db_path=db_path)) as db:
         data = stats.stats(db, _now()).to_json()
     if as_json:
         _print_json(data)
@@ -144,7 +145,7 @@ def tail_command(follow: bool, since: float, db_path: Path | None, as_json: bool
 
     With --json, one JSON object per line.
     """
-    with _database(load_settings(db_path=db_path)) as db:
+    with _reading(load_settings(db_path=db_path)) as db:
         try:
             for event in tail.tail(db, _now() - since, follow=follow):
                 data = event.to_json()
@@ -184,7 +185,7 @@ def doctor_command(
     settings = load_settings(db_path=db_path, plugins_dir=plugins_dir)
     registry = load_registry(settings.plugins_dir)
     limits = doctor.Limits(stuck_attempts=stuck_attempts, stuck_seconds=stuck_minutes * 60)
-    with _database(settings) as db:
+    with _reading(settings) as db:
         checks = doctor.doctor(
             db,
             now=_now(),
@@ -249,7 +250,7 @@ def admin_token_group() -> None:
 def admin_token_reset(db_path: Path | None) -> None:
     """Replace the stored admin token and print the new one (restart serve to apply it)."""
     settings = load_settings(db_path=db_path)
-    with _database(settings, create=True) as db:
+    with _database(settings) as db:  # a mistyped path must not become a new, empty box
         token = reset_admin_token(db)
     click.echo(f"admin token: {token}")
     if settings.admin_token:

@@ -7,12 +7,22 @@ inside its own savepoint, so one failing op does not undo the others) and commit
 per batch. A caller learns its result only after the commit: nothing is acknowledged that is not
 durable.
 
+Every op has a deadline, ``busy_timeout`` after it was submitted: an op still waiting for the
+write lock then fails with :class:`~ingress_box.errors.StorageUnavailable`, however many
+batches were blocked ahead of it (a batch waits for the lock only until the earliest deadline
+among its ops, then fails those ops and tries again for the others). So a webhook learns that
+the file is locked within the busy timeout of its arrival, not after every write queued before
+it has waited its own. A file found damaged is remembered (:attr:`Database.damage`).
+
 Opening brings the file to the schema this program knows (:mod:`.migrations`): an empty file
 gets ``schema.sql``, an older one the migrations it lacks, each in its own transaction, and a
 file from a newer release is refused (:class:`~ingress_box.errors.SchemaTooNew`).
 
 Reads never wait for the writer (WAL): threads read through their own connection
-(:meth:`Database.read`), coroutines through aiosqlite (:meth:`Database.aread`).
+(:meth:`Database.read`), coroutines through aiosqlite (:meth:`Database.aread`). A database
+opened ``readonly`` (the CLI's pure reads) has no writer: its connections open the file with
+``mode=ro``, so it reads a read-only copy of a backup, creates and migrates nothing, and never
+takes the write lock.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -30,8 +41,8 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from ..errors import StorageUnavailable
-from .migrations import MIGRATIONS, Migration, migrate
+from ..errors import SchemaTooNew, StorageUnavailable
+from .migrations import MIGRATIONS, Migration, latest, migrate, user_version
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], T]
@@ -41,34 +52,59 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 512
 _STOP = object()
+_LOCK_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+_DAMAGE_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
 def schema_sql() -> str:
     return resources.files("ingress_box").joinpath("schema.sql").read_text(encoding="utf-8")
 
 
-def connect(path: Path, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
+def read_only_uri(path: Path) -> str:
+    """The URI that opens ``path`` for reading only (never creating it)."""
+    return f"{Path(path).absolute().as_uri()}?mode=ro"
+
+
+def connect(
+    path: Path, synchronous: str, busy_timeout: float, *, readonly: bool = False
+) -> sqlite3.Connection:
     """Open a connection with the PRAGMAs every connection of ours uses."""
     conn = sqlite3.connect(
-        str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout
+        read_only_uri(path) if readonly else str(path),
+        uri=readonly,
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=busy_timeout,
     )
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode = WAL")
+    if readonly:  # the journal mode is the file's business: setting it is a write
+        conn.execute("PRAGMA query_only = ON")
+    else:
+        conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     return conn
 
 
-def _unavailable(exc: BaseException) -> StorageUnavailable:
+def _unavailable(exc: BaseException | str) -> StorageUnavailable:
     return StorageUnavailable(f"database cannot commit: {exc}")
+
+
+def _code(exc: sqlite3.Error) -> int:
+    return int(getattr(exc, "sqlite_errorcode", 0)) & 0xFF  # the primary code, not extended
+
+
+# What the writer is handed: the caller's future, the op, whether it must be durable, and the
+# time.monotonic() after which it fails rather than wait any longer for the lock.
+_Item = tuple[concurrent.futures.Future[Any], Op[Any], bool, float]
 
 
 class _Batch:
     """The ops of one transaction and what each returned."""
 
-    def __init__(self, items: list[tuple[concurrent.futures.Future[Any], Op[Any], bool]]) -> None:
+    def __init__(self, items: list[_Item]) -> None:
         self.items = items
-        self.durable = any(durable for _, _, durable in items)
+        self.durable = any(durable for _, _, durable, _ in items)
         self.outcomes: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
 
 
@@ -80,8 +116,10 @@ class Database:
         synchronous: str = "FULL",
         busy_timeout: float = 5.0,
         migrations: Sequence[Migration] = MIGRATIONS,
+        readonly: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.readonly = readonly
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
         self.migrations = migrations
@@ -93,11 +131,17 @@ class Database:
         self._async_reader: aiosqlite.Connection | None = None
         self.on_commit: list[Callable[[int], None]] = []  # called with the batch size
         self._mode = synchronous  # the writer connection's synchronous setting right now
+        # Why the file is known to be damaged (SQLite said so to a write), else None. Damage
+        # does not heal: /readyz reports it until the process restarts on a repaired file.
+        self.damage: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> Database:
         """Create or upgrade the file's schema if needed, and start the writer."""
+        if self.readonly:
+            self._check_readable()
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path, self.synchronous, self.busy_timeout)
         try:
@@ -110,6 +154,25 @@ class Database:
         )
         self._writer.start()
         return self
+
+    def _check_readable(self) -> None:
+        """The file is one of ours, of a version this program knows; nothing is changed."""
+        known = latest(self.migrations)
+        try:
+            conn = connect(self.path, self.synchronous, self.busy_timeout, readonly=True)
+            try:
+                version = user_version(conn)
+                ours = conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'"
+                ).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"cannot read {self.path}: {exc}") from exc
+        if version > known:
+            raise SchemaTooNew(str(self.path), version, known)
+        if ours is None:
+            raise StorageUnavailable(f"{self.path} is not an ingress-box database")
 
     def close(self) -> None:
         """Finish what is queued, stop the writer and close every connection."""
@@ -125,7 +188,8 @@ class Database:
 
     async def aopen(self) -> None:
         """Open the aiosqlite reader for coroutines (call from the event loop that uses it)."""
-        reader = await aiosqlite.connect(str(self.path), isolation_level=None)
+        where = read_only_uri(self.path) if self.readonly else str(self.path)
+        reader = await aiosqlite.connect(where, uri=self.readonly, isolation_level=None)
         reader.row_factory = sqlite3.Row
         await reader.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         await reader.execute("PRAGMA query_only = ON")
@@ -150,8 +214,12 @@ class Database:
         if self._writer is None:
             future.set_exception(StorageUnavailable("database is closed"))
             return future
-        self._queue.put((future, op, durable))
+        self._queue.put((future, op, durable, time.monotonic() + self.busy_timeout))
         return future
+
+    def queued(self) -> int:
+        """How many ops wait for the writer to take them (not those of the batch it runs)."""
+        return self._queue.qsize()
 
     def write(self, op: Op[T], *, durable: bool = True) -> T:
         """Run ``op`` in the writer and wait for its commit (for threads)."""
@@ -191,21 +259,25 @@ class Database:
             if mode != self._mode:
                 conn.execute(f"PRAGMA synchronous = {mode}")
                 self._mode = mode
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:  # locked past the busy timeout, disk I/O error, ...
-            for future, _, _ in batch.items:
+            batch.items = self._begin(conn, batch.items)
+        except sqlite3.Error as exc:  # disk I/O error, a damaged file, ...
+            self._note_damage(exc)
+            for future, _, _, _ in batch.items:
                 _settle(future, None, _unavailable(exc))
             return
+        if not batch.items:  # every op's deadline passed while the file stayed locked
+            return
         try:
-            for future, op, _ in batch.items:
+            for future, op, _, _ in batch.items:
                 if not future.set_running_or_notify_cancel():
                     continue
                 batch.outcomes.append((future, *self._run_op(conn, op)))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:  # the transaction itself failed: nothing of it holds
+            self._note_damage(exc)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for future, _, _ in batch.items:  # none is settled before the commit
+            for future, _, _, _ in batch.items:  # none is settled before the commit
                 _settle(future, None, _unavailable(exc))
             return
         for future, result, error in batch.outcomes:
@@ -216,12 +288,42 @@ class Database:
             except Exception:  # an observer must never stop the writer
                 log.exception("on_commit callback failed")
 
-    @staticmethod
-    def _run_op(conn: sqlite3.Connection, op: Op[Any]) -> tuple[Any, BaseException | None]:
+    def _begin(self, conn: sqlite3.Connection, items: list[_Item]) -> list[_Item]:
+        """BEGIN IMMEDIATE, waiting for the lock no longer than the batch's earliest deadline;
+        the ops whose deadline passed fail, the others wait on. The ops left to run."""
+        locked: sqlite3.Error | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                for future, _, _, deadline in items:
+                    if deadline <= now:
+                        why = locked or "waited past the busy timeout for the writer"
+                        _settle(future, None, _unavailable(why))
+                items = [item for item in items if item[3] > now]
+                if not items:
+                    return items
+                wait = min(item[3] for item in items) - now
+                conn.execute(f"PRAGMA busy_timeout = {max(1, int(wait * 1000))}")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return items
+                except sqlite3.OperationalError as exc:
+                    if _code(exc) not in _LOCK_CODES:
+                        raise
+                    locked = exc
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+
+    def _note_damage(self, exc: BaseException) -> None:
+        if isinstance(exc, sqlite3.Error) and _code(exc) in _DAMAGE_CODES:
+            self.damage = str(exc)
+
+    def _run_op(self, conn: sqlite3.Connection, op: Op[Any]) -> tuple[Any, BaseException | None]:
         conn.execute("SAVEPOINT op")
         try:
             result = op(conn)
         except Exception as exc:
+            self._note_damage(exc)
             if not conn.in_transaction:  # SQLite rolled the whole transaction back (e.g. disk full)
                 raise sqlite3.OperationalError(str(exc)) from exc
             conn.execute("ROLLBACK TO op")
@@ -237,7 +339,7 @@ class Database:
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.path, self.synchronous, self.busy_timeout)
+            conn = connect(self.path, self.synchronous, self.busy_timeout, readonly=self.readonly)
             conn.execute("PRAGMA query_only = ON")
             self._local.conn = conn
             with self._readers_lock:

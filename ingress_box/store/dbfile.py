@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ COPY_PAGES_PER_STEP = 1024  # 4 MiB a step with 4 KiB pages: a smooth bar, few c
 @contextlib.contextmanager
 def snapshot(db: Database) -> Iterator[sqlite3.Connection]:
     """A read-only connection inside one read transaction, started now."""
-    conn = connect(db.path, db.synchronous, db.busy_timeout)
+    conn = connect(db.path, db.synchronous, db.busy_timeout, readonly=db.readonly)
     try:
         conn.execute("PRAGMA query_only = ON")
         conn.execute("BEGIN")
@@ -79,6 +80,25 @@ def integrity_in(conn: sqlite3.Connection, full: bool = False) -> tuple[str, lis
         return pragma, [r[0] for r in conn.execute(f"PRAGMA {pragma}")]
     except sqlite3.DatabaseError as exc:  # damage bad enough to stop the check itself
         return pragma, [str(exc)]
+
+
+def quick_check(db: Database, seconds: float) -> list[str] | None:
+    """What ``quick_check`` finds (``["ok"]`` for a sound file), or None when it could not finish
+    within ``seconds`` (a big file: the check is given up, not the start)."""
+    deadline = time.monotonic() + seconds
+    conn = connect(db.path, db.synchronous, db.busy_timeout, readonly=True)
+    try:
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        try:
+            return [r[0] for r in conn.execute("PRAGMA quick_check")]
+        except sqlite3.OperationalError as exc:
+            if time.monotonic() > deadline:  # interrupted by the progress handler
+                return None
+            return [str(exc)]
+        except sqlite3.DatabaseError as exc:  # damage bad enough to stop the check itself
+            return [str(exc)]
+    finally:
+        conn.close()
 
 
 @dataclass(frozen=True)

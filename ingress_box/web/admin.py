@@ -123,7 +123,7 @@ class InstanceItem(HTTPEndpoint):
         body = await json_object(request, *instance_rules.PATCH_FIELDS, "secret")
         if "secret" in body:  # named apart so the caller learns where secrets change
             raise InvalidInput("secret cannot be patched: POST .../rotate-secret")
-        changes = instance_rules.changes(body)
+        changes = instance_rules.changes(box.registry, body)
         key = _key(request)
         inst = await box.db.awrite(
             store_instances.update(key["plugin_id"], key["instance_id"], box.clock(), **changes)

@@ -12,6 +12,10 @@ from ..store import meta
 from .box import box_of
 from .kit import refusal
 
+# What /readyz commits each time: the size of a large webhook, so a file that can only take small
+# writes any more is not ready either. Cheap: a few pages, once per probe.
+PROBE_BYTES = 16 * 1024
+
 
 async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
@@ -21,9 +25,11 @@ async def readyz(request: Request) -> Response:
     box = box_of(request)
     problems = []
     try:
-        await box.db.awrite(meta.put("ready_probe", str(box.clock())))
+        await box.db.awrite(meta.probe(PROBE_BYTES))
     except Exception as exc:  # noqa: BLE001 (any failure to commit means not ready)
         problems.append(f"database not writable: {exc}")
+    if box.db.damage is not None:  # a commit of a delivery touches pages this probe may not
+        problems.append(f"database damaged: {box.db.damage}")
     if box.worker is not None and not box.worker.alive():
         problems.append("worker not running")
     if problems:

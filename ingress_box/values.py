@@ -1,0 +1,51 @@
+"""Checks of values an operator gives: text that can be stored and shown, bounded documents.
+
+Values arrive from untrusted JSON or flags; what passes here can be stored in SQLite and
+written back as UTF-8 JSON without surprises.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import InvalidInput
+
+
+def check_unicode(name: str, value: str) -> str:
+    """``value`` when it can be stored and shown: no lone surrogate (JSON's ``"\ud800"``)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{name} must be valid Unicode (no lone surrogates)") from exc
+    return value
+
+
+def _depth(value: object, limit: int) -> int:
+    """How deep ``value`` nests (a scalar is 0), counted without recursion, up to past ``limit``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= limit:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def check_document(name: str, value: object, max_depth: int, max_bytes: int) -> dict[str, Any]:
+    """A JSON object an operator gave, bounded in depth and size, all of its text storable."""
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{name} must be a JSON object")
+    if _depth(value, max_depth) > max_depth:
+        raise InvalidInput(f"{name} must nest at most {max_depth} levels deep")
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+        size = len(json.dumps(value))  # as stored
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{name} must be valid Unicode (no lone surrogates)") from exc
+    except (TypeError, ValueError) as exc:  # from the CLI: anything JSON cannot say
+        raise InvalidInput(f"{name} must be plain JSON: {exc}") from exc
+    if size > max_bytes:
+        raise InvalidInput(f"{name} must be at most {max_bytes} bytes of JSON")
+    return value
