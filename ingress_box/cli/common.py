@@ -2,9 +2,9 @@
 
 Every settings flag is also an ``INGRESS_BOX_*`` variable: flags default to None and go to
 :func:`~ingress_box.config.load_settings` as overrides, so a flag beats the variable and the
-variable beats the default. Commands on the database file open it with :func:`_database`, so
+variable beats the default. Commands on the database file open it with :func:`database`, so
 they work while ``serve`` runs: writes queue behind its writer on SQLite's lock, reads never
-wait (WAL). Commands that only read open the file read-only (:func:`_reading`): they create and
+wait (WAL). Commands that only read open the file read-only (:func:`reading`): they create and
 migrate nothing, take no lock, and work on a read-only copy of a backup. Output goes to stdout
 as a table or, with ``--json``, as JSON; progress and notes go to stderr.
 """
@@ -134,7 +134,7 @@ progress_option = click.option(
 )
 
 
-class _Progress:
+class Progress:
     """A progress bar on stderr, fed ``report(done, total)``; stdout stays clean for --json.
 
     Drawn when asked, else only when stdout is a terminal (someone is watching). It starts
@@ -146,7 +146,7 @@ class _Progress:
         self.show = sys.stdout.isatty() if show is None else show
         self._bar: ProgressBar[int] | None = None
 
-    def __enter__(self) -> _Progress:
+    def __enter__(self) -> Progress:
         return self
 
     def report(self, done: int, total: int) -> None:
@@ -171,7 +171,7 @@ class _Progress:
 
 
 @contextlib.contextmanager
-def _database(
+def database(
     settings: Settings, *, create: bool = False, readonly: bool = False
 ) -> Iterator[Database]:
     """The file, open; ``create`` makes it when it is not there (else that is an error)."""
@@ -196,12 +196,12 @@ def _database(
         db.close()
 
 
-def _reading(settings: Settings) -> contextlib.AbstractContextManager[Database]:
+def reading(settings: Settings) -> contextlib.AbstractContextManager[Database]:
     """The file, open for reading only (``mode=ro``): nothing is created, migrated or locked."""
-    return _database(settings, readonly=True)
+    return database(settings, readonly=True)
 
 
-def _read(settings: Settings, reader: Callable[[Database], Awaitable[T]]) -> T:
+def read(settings: Settings, reader: Callable[[Database], Awaitable[T]]) -> T:
     """Run one async store reader against the file (opened read-only)."""
 
     async def run(db: Database) -> T:
@@ -211,39 +211,39 @@ def _read(settings: Settings, reader: Callable[[Database], Awaitable[T]]) -> T:
         finally:
             await db.aclose()
 
-    with _reading(settings) as db:
+    with reading(settings) as db:
         return asyncio.run(run(db))
 
 
-def _now() -> float:
+def now() -> float:
     return datetime.now(UTC).timestamp()
 
 
 # -- output -----------------------------------------------------------------------------------
 
 
-def _when(seconds: float | None) -> str:
+def when(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _cell(value: Any, width: int = 60) -> str:
+def cell(value: Any, width: int = 60) -> str:
     text = "-" if value is None else str(value)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [list(header), *[[_cell(v) for v in row] for row in rows]]
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [list(header), *[[cell(v) for v in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _print_json(data: Any) -> None:
+def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
-def _more(next_cursor: str | None) -> None:
+def more(next_cursor: str | None) -> None:
     if next_cursor:
         click.echo("(more items: raise --limit or use the admin API's cursor)", err=True)

@@ -18,19 +18,19 @@ from ..store import dead_letters as store_dead_letters
 from ..store import deliveries as store_deliveries
 from ..worker import wake_workers
 from .common import (
-    _cell,
-    _database,
-    _more,
-    _now,
-    _print_json,
-    _Progress,
-    _read,
-    _table,
-    _when,
+    Progress,
+    cell,
+    database,
     db_option,
     json_option,
     limit_option,
+    more,
+    now,
+    print_json,
     progress_option,
+    read,
+    table,
+    when,
 )
 
 
@@ -55,14 +55,14 @@ def deliveries_list(
     as_json: bool,
 ) -> None:
     """List deliveries, newest first."""
-    page = _read(
+    page = read(
         load_settings(db_path=db_path),
         lambda db: store_deliveries.alist_page(db, plugin, instance, state, None, limit),
     )
     if as_json:
-        _print_json({"items": [d.to_json() for d in page.items], "next_cursor": page.next_cursor})
+        print_json({"items": [d.to_json() for d in page.items], "next_cursor": page.next_cursor})
         return
-    _table(
+    table(
         ["ID", "PLUGIN", "INSTANCE", "ROUTE", "STATE", "ATTEMPTS", "RECEIVED", "LAST ERROR"],
         [
             [
@@ -72,13 +72,13 @@ def deliveries_list(
                 d.route,
                 d.state,
                 d.attempts,
-                _when(d.received_at),
+                when(d.received_at),
                 d.last_error,
             ]
             for d in page.items
         ],
     )
-    _more(page.next_cursor)
+    more(page.next_cursor)
 
 
 @deliveries_group.command("show")
@@ -87,12 +87,10 @@ def deliveries_list(
 @json_option
 def deliveries_show(delivery_id: str, db_path: Path | None, as_json: bool) -> None:
     """Show one delivery with its headers, body and attempts."""
-    detail = _read(
-        load_settings(db_path=db_path), lambda db: store_deliveries.aget(db, delivery_id)
-    )
+    detail = read(load_settings(db_path=db_path), lambda db: store_deliveries.aget(db, delivery_id))
     data = detail.to_json()
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     for key in (
         "id",
@@ -107,13 +105,13 @@ def deliveries_show(delivery_id: str, db_path: Path | None, as_json: bool) -> No
         "content_type",
         "size",
     ):
-        click.echo(f"{key}: {_cell(data.get(key), 200)}")
-    click.echo(f"received_at: {_when(data['received_at'])}")
-    click.echo(f"delivered_at: {_when(data['delivered_at'])}")
+        click.echo(f"{key}: {cell(data.get(key), 200)}")
+    click.echo(f"received_at: {when(data['received_at'])}")
+    click.echo(f"delivered_at: {when(data['delivered_at'])}")
     for attempt in data["attempt_log"]:
         click.echo(
             f"attempt {attempt['attempt']}: {attempt['outcome']} "
-            f"status={_cell(attempt['status_code'])} error={_cell(attempt['error'])}"
+            f"status={cell(attempt['status_code'])} error={cell(attempt['error'])}"
         )
     click.echo("headers: " + json.dumps(data["headers"]))
     if "body" in data:
@@ -140,14 +138,14 @@ def dlq_list(
 ) -> None:
     """List open dead letters, oldest first."""
     selection = store_dead_letters.Selection(plugin, instance)
-    page = _read(
+    page = read(
         load_settings(db_path=db_path),
         lambda db: store_dead_letters.alist_page(db, selection, None, limit),
     )
     if as_json:
-        _print_json({"items": [x.to_json() for x in page.items], "next_cursor": page.next_cursor})
+        print_json({"items": [x.to_json() for x in page.items], "next_cursor": page.next_cursor})
         return
-    _table(
+    table(
         ["ID", "DELIVERY", "PLUGIN", "INSTANCE", "ATTEMPTS", "CREATED", "LAST ERROR"],
         [
             [
@@ -156,13 +154,13 @@ def dlq_list(
                 x.plugin_id,
                 x.instance_id,
                 x.attempts,
-                _when(x.created_at),
+                when(x.created_at),
                 x.last_error,
             ]
             for x in page.items
         ],
     )
-    _more(page.next_cursor)
+    more(page.next_cursor)
 
 
 @dlq_group.command("redrive")
@@ -191,16 +189,16 @@ def dlq_redrive(
     selection = store_dead_letters.Selection(plugin, instance, list(ids) if ids else None)
     settings = load_settings(db_path=db_path)
     with (
-        _database(settings) as db,
-        _Progress("redriving", show_progress) as bar,
+        database(settings) as db,
+        Progress("redriving", show_progress) as bar,
     ):
         total, remaining = asyncio.run(
-            store_dead_letters.aredrive(db, selection, limit, _now, bar.report)
+            store_dead_letters.aredrive(db, selection, limit, now, bar.report)
         )
     if total:
         wake_workers(settings)
     if as_json:
-        _print_json({"redriven": total, "remaining": remaining})
+        print_json({"redriven": total, "remaining": remaining})
     else:
         click.echo(f"redriven: {total}, remaining: {remaining}")
 
@@ -211,7 +209,7 @@ def dlq_redrive(
 def dlq_discard(dead_letter_id: str, db_path: Path | None) -> None:
     """Drop one dead letter for good."""
     settings = load_settings(db_path=db_path)
-    with _database(settings) as db:
+    with database(settings) as db:
         db.write(store_dead_letters.discard(dead_letter_id))
     wake_workers(settings)  # a strict lane the dead letter held back moves on
     click.echo(f"discarded {dead_letter_id}")

@@ -20,15 +20,15 @@ from ..store import instances as store_instances
 from ..store.instances import LANE_POLICIES
 from .common import (
     FiniteFloat,
-    _database,
-    _now,
-    _print_json,
-    _read,
-    _table,
-    _when,
+    database,
     db_option,
     json_option,
+    now,
     plugins_dir_option,
+    print_json,
+    read,
+    table,
+    when,
 )
 
 
@@ -81,12 +81,12 @@ def instances_add(
             raise InvalidInput(f"--config is not JSON: {exc}") from exc
     if disabled:
         given["enabled"] = False
-    inst, shown = instance_rules.new_instance(registry, plugin, instance, given, _now())
-    with _database(settings, create=True) as db:
+    inst, shown = instance_rules.new_instance(registry, plugin, instance, given, now())
+    with database(settings, create=True) as db:
         db.write(store_instances.insert(inst))
     created = instance_rules.created_json(registry, inst, shown, _public_base(settings))
     if as_json:
-        _print_json(created)
+        print_json(created)
         return
     click.echo(f"created {inst.plugin_id}/{inst.instance_id}")
     for name, url in created["ingress_urls"].items():
@@ -115,11 +115,11 @@ def instances_list(plugin: str | None, db_path: Path | None, as_json: bool) -> N
                 return found
             cursor = page.next_cursor
 
-    items = _read(settings, every)
+    items = read(settings, every)
     if as_json:
-        _print_json({"items": [inst.to_json() for inst in items]})
+        print_json({"items": [inst.to_json() for inst in items]})
         return
-    _table(
+    table(
         ["PLUGIN", "INSTANCE", "ENABLED", "HANDLER", "LANES", "TARGET"],
         [
             [
@@ -161,14 +161,14 @@ def instances_rotate(
     settings = load_settings(db_path=db_path, plugins_dir=plugins_dir)
     registry = load_registry(settings.plugins_dir)
     grace = settings.rotation_grace_hours * 3600 if grace_seconds is None else grace_seconds
-    with _database(settings) as db:
+    with database(settings) as db:
         current = store_instances.get(db, plugin, instance)
         if current is None:
             raise NotFound(f"no instance {plugin}/{instance}")
-        op, new_secret = instance_rules.rotation(registry, current, secret, grace, _now())
+        op, new_secret = instance_rules.rotation(registry, current, secret, grace, now())
         inst: store_instances.Instance = db.write(op)
     if as_json:
-        _print_json(
+        print_json(
             {
                 **inst.to_json(),
                 "secret": new_secret,
@@ -177,7 +177,7 @@ def instances_rotate(
         )
         return
     click.echo(f"secret: {new_secret}")
-    click.echo(f"previous secret valid until: {_when(inst.previous_secret_until)}")
+    click.echo(f"previous secret valid until: {when(inst.previous_secret_until)}")
     click.echo("Store it now: the secret is not shown again.", err=True)
 
 
@@ -187,6 +187,6 @@ def instances_rotate(
 @db_option
 def instances_remove(plugin: str, instance: str, db_path: Path | None) -> None:
     """Delete an instance (its ingress URL answers 404 from now on)."""
-    with _database(load_settings(db_path=db_path)) as db:
+    with database(load_settings(db_path=db_path)) as db:
         db.write(store_instances.delete(plugin, instance))
     click.echo(f"removed {plugin}/{instance}")

@@ -36,7 +36,7 @@ from . import deliveries as cli_deliveries
 from . import instances as cli_instances
 from . import mappings as cli_mappings
 from . import ops as cli_ops
-from .common import BadInput, Failed, _database, command_options
+from .common import BadInput, Failed, command_options, database
 
 log = logging.getLogger("ingress_box.worker")
 
@@ -114,7 +114,7 @@ def serve(**flags: Any) -> None:
 
 def _print_generated_token(settings: Settings) -> None:
     # Generated here rather than in the lifespan, so the token is printed exactly once, to stdout.
-    with _database(settings, create=True) as db:
+    with database(settings, create=True) as db:
         _check_sound(db)
         _, generated = ensure_admin_token(db, settings.admin_token)
     if generated:
@@ -139,7 +139,7 @@ def worker_command(**flags: Any) -> None:
     settings = load_settings(**flags)
     _configure_logging(settings)
     load_registry(settings.plugins_dir)  # a bad manifest stops this process as it stops serve
-    with _database(settings, create=True) as db:
+    with database(settings, create=True) as db:
         _check_sound(db)
         sys.exit(_work_until_stopped(Worker(settings, db)))
 

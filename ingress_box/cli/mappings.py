@@ -20,17 +20,17 @@ from ..plugins import load_registry
 from ..store import mappings as store
 from ..store.mappings import STATES, ConversationMapping
 from .common import (
-    _database,
-    _more,
-    _now,
-    _print_json,
-    _reading,
-    _table,
-    _when,
+    database,
     db_option,
     json_option,
     limit_option,
+    more,
+    now,
     plugins_dir_option,
+    print_json,
+    reading,
+    table,
+    when,
 )
 
 
@@ -46,7 +46,7 @@ def _metadata(raw: str | None) -> dict[str, Any] | None:
 
 def _show(mapping: ConversationMapping, as_json: bool, verb: str) -> None:
     if as_json:
-        _print_json(mapping.to_json())
+        print_json(mapping.to_json())
     else:
         click.echo(
             f"{verb} mapping {mapping.id}: {mapping.plugin_id}/{mapping.instance_id} "
@@ -83,12 +83,12 @@ def mappings_list(
 ) -> None:
     """List mappings, oldest first."""
     selection = store.Filter(plugin, instance, session, chat, conversation, state)
-    with _reading(load_settings(db_path=db_path)) as db:
+    with reading(load_settings(db_path=db_path)) as db:
         page = store.list_page(db, selection, None, limit)
     if as_json:
-        _print_json({"items": [m.to_json() for m in page.items], "next_cursor": page.next_cursor})
+        print_json({"items": [m.to_json() for m in page.items], "next_cursor": page.next_cursor})
         return
-    _table(
+    table(
         ["ID", "PLUGIN", "INSTANCE", "SESSION", "CHAT", "CONVERSATION", "STATE", "UPDATED"],
         [
             [
@@ -99,12 +99,12 @@ def mappings_list(
                 m.chat,
                 m.conversation,
                 m.state,
-                _when(m.updated_at),
+                when(m.updated_at),
             ]
             for m in page.items
         ],
     )
-    _more(page.next_cursor)
+    more(page.next_cursor)
 
 
 @mappings_group.command("set")
@@ -144,8 +144,8 @@ def mappings_set(
             "metadata": _metadata(metadata_json),
         },
     )
-    with _database(settings, create=True) as db:
-        mapping, created = db.write(store.upsert(upsert, _now()))
+    with database(settings, create=True) as db:
+        mapping, created = db.write(store.upsert(upsert, now()))
     _show(mapping, as_json, "created" if created else "updated")
 
 
@@ -154,7 +154,7 @@ def mappings_set(
 @db_option
 def mappings_delete(mapping_id: int, db_path: Path | None) -> None:
     """Delete a mapping, freeing its conversation."""
-    with _database(load_settings(db_path=db_path)) as db:
+    with database(load_settings(db_path=db_path)) as db:
         db.write(store.delete(mapping_id))
     click.echo(f"deleted mapping {mapping_id}")
 
@@ -169,6 +169,6 @@ def mappings_state(
     mapping_id: int, state: str, metadata_json: str | None, db_path: Path | None, as_json: bool
 ) -> None:
     """Change who answers a conversation: bot, human, or closed."""
-    with _database(load_settings(db_path=db_path)) as db:
-        mapping = db.write(store.set_state(mapping_id, state, _metadata(metadata_json), _now()))
+    with database(load_settings(db_path=db_path)) as db:
+        mapping = db.write(store.set_state(mapping_id, state, _metadata(metadata_json), now()))
     _show(mapping, as_json, "changed")

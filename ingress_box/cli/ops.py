@@ -22,18 +22,18 @@ from ..web.auth import reset_admin_token
 from .common import (
     BadInput,
     FiniteFloat,
-    _cell,
-    _database,
-    _now,
-    _print_json,
-    _Progress,
-    _reading,
-    _when,
+    Progress,
+    cell,
     command_options,
+    database,
     db_option,
     json_option,
+    now,
     plugins_dir_option,
+    print_json,
     progress_option,
+    reading,
+    when,
 )
 
 
@@ -72,7 +72,7 @@ def backup_command(
         raise BadInput("PATH is the database itself")
     if not path.parent.is_dir():
         raise BadInput(f"no folder {path.parent}")
-    with _reading(settings) as db, _Progress("backing up", show_progress) as bar:
+    with reading(settings) as db, Progress("backing up", show_progress) as bar:
         report = backup.backup(db, path, bar.report)
     data = {
         "path": str(report.path),
@@ -82,7 +82,7 @@ def backup_command(
         "seconds": round(report.seconds, 3),
     }
     if as_json:
-        _print_json(data)
+        print_json(data)
     else:
         click.echo(
             f"backup: {report.path} ({_amount('_bytes', report.bytes)}, "
@@ -95,10 +95,10 @@ def backup_command(
 @json_option
 def stats_command(db_path: Path | None, as_json: bool) -> None:
     """Show deliveries, backlog, attempts, dead letters and file sizes at one moment."""
-    with _reading(load_settings(db_path=db_path)) as db:
-        data = stats.stats(db, _now()).to_json()
+    with reading(load_settings(db_path=db_path)) as db:
+        data = stats.stats(db, now()).to_json()
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     for section, figures in data.items():
         shown = "  ".join(
@@ -113,13 +113,13 @@ def _tail_line(event: dict[str, Any]) -> str:
     if event["event"] == "received":
         extra = f"  conversation {event['conversation']}" if event["conversation"] else ""
         return (
-            f"{_when(event['at'])}  {'received':<9}  {where}  {event['id']}  "
+            f"{when(event['at'])}  {'received':<9}  {where}  {event['id']}  "
             f"provider id {event['provider_delivery_id']}{extra}"
         )
     status = f"HTTP {event['status_code']}" if event["status_code"] else "no answer"
-    error = f"  {_cell(event['error'], 120)}" if event["error"] else ""
+    error = f"  {cell(event['error'], 120)}" if event["error"] else ""
     return (
-        f"{_when(event['at'])}  {event['outcome']:<9}  {where}  {event['id']}  "
+        f"{when(event['at'])}  {event['outcome']:<9}  {where}  {event['id']}  "
         f"attempt {event['attempt']}  {status}  {event['duration_ms']} ms{error}"
     )
 
@@ -145,9 +145,9 @@ def tail_command(follow: bool, since: float, db_path: Path | None, as_json: bool
 
     With --json, one JSON object per line.
     """
-    with _reading(load_settings(db_path=db_path)) as db:
+    with reading(load_settings(db_path=db_path)) as db:
         try:
-            for event in tail.tail(db, _now() - since, follow=follow):
+            for event in tail.tail(db, now() - since, follow=follow):
                 data = event.to_json()
                 click.echo(json.dumps(data, sort_keys=True) if as_json else _tail_line(data))
         except KeyboardInterrupt:  # Ctrl-C is how a follow ends: not an error
@@ -185,10 +185,10 @@ def doctor_command(
     settings = load_settings(db_path=db_path, plugins_dir=plugins_dir)
     registry = load_registry(settings.plugins_dir)
     limits = doctor.Limits(stuck_attempts=stuck_attempts, stuck_seconds=stuck_minutes * 60)
-    with _reading(settings) as db:
+    with reading(settings) as db:
         checks = doctor.doctor(
             db,
-            now=_now(),
+            now=now(),
             public_url=settings.public_url,
             signing_plugins=doctor.url_signing_plugins(registry),
             limits=limits,
@@ -196,7 +196,7 @@ def doctor_command(
         )
     failed = any(c.status == "fail" for c in checks)
     if as_json:
-        _print_json(
+        print_json(
             {
                 "ok": not failed,
                 "checks": [
@@ -221,9 +221,9 @@ def prune_command(show_progress: bool | None, as_json: bool, **flags: Any) -> No
     The worker does this hourly; run it to reclaim space at once.
     """
     settings = load_settings(**flags)
-    now = _now()
-    with _database(settings) as db, _Progress("pruning", show_progress) as bar:
-        due = retention.due(db, settings, now) if bar.show else 0
+    at = now()
+    with database(settings) as db, Progress("pruning", show_progress) as bar:
+        due = retention.due(db, settings, at) if bar.show else 0
         done = 0
 
         def advance(rows: int) -> None:
@@ -231,9 +231,9 @@ def prune_command(show_progress: bool | None, as_json: bool, **flags: Any) -> No
             done += rows
             bar.report(done, due)
 
-        report = retention.run(db, settings, now, progress=advance)
+        report = retention.run(db, settings, at, progress=advance)
     if as_json:
-        _print_json(report)
+        print_json(report)
     else:
         click.echo(
             ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in report.items() if k != "checkpoint")
@@ -250,7 +250,7 @@ def admin_token_group() -> None:
 def admin_token_reset(db_path: Path | None) -> None:
     """Replace the stored admin token and print the new one (restart serve to apply it)."""
     settings = load_settings(db_path=db_path)
-    with _database(settings) as db:  # a mistyped path must not become a new, empty box
+    with database(settings) as db:  # a mistyped path must not become a new, empty box
         token = reset_admin_token(db)
     click.echo(f"admin token: {token}")
     if settings.admin_token:
