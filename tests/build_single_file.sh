@@ -244,7 +244,7 @@ if [ "$PYINSTALLER" = 1 ]; then
     pip_ install "${PIP_QUIET[@]}" "pyinstaller==$PYINSTALLER_VERSION"
     pip_ install "${PIP_QUIET[@]}" --no-index --find-links "$WORK/wheels" \
         --constraint "$WORK/lock.txt" ingress-box
-    printf 'from ingress_box.cli import main\n\nmain(prog_name="ingress-box")\n' \
+    printf 'from ingress_box.cli.main import main\n\nmain(prog_name="ingress-box")\n' \
         > "$WORK/entry.py"
     "$TOOLS/pyinstaller" --onefile --noconfirm --clean --log-level WARN --strip \
         --name ingress-box --collect-submodules uvicorn --collect-submodules ingress_box \

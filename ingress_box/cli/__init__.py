@@ -1,5 +1,3 @@
-"""The ``ingress-box`` command line: one module per command family over :mod:`.common`."""
-
-from .main import main
-
-__all__ = ["main"]
+"""The ``ingress-box`` command line: :mod:`.main` holds the program, one module per command
+family beside it, all over :mod:`.common`. The console script is ``ingress_box.cli.main:main``.
+"""
