@@ -10,92 +10,44 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fake_target import FakeTarget, Reply
-from live import free_port
+from serving import BoxProcess
 from signers import sign_generic
+from waiting import eventually
 
-TOKEN = "wake-test-admin-token"
 SECRET = "wake-test-secret"
 PROMPTLY = 5.0  # seconds from the CLI's exit to the delivery; the sweep would take up to 60
 
 
-def _env(**extra: str) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("INGRESS_BOX_")}
-    return {**clean, **extra}
-
-
-def _until(ready: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = ready()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def _cli(db: Path, *args: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("INGRESS_BOX_")}
     done = subprocess.run(
         [sys.executable, "-m", "ingress_box", *args, "--db", str(db)],
         capture_output=True,
         text=True,
         timeout=60,
-        env=_env(),
+        env=clean,
         check=False,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
-class Serve:
+class Serve(BoxProcess):
     """`ingress-box serve` as a child process; a delivery dies at its first failure."""
 
     def __init__(self, db: Path) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.log = db.with_name("serve.log")
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ingress_box", "serve"],
-                env=_env(
-                    INGRESS_BOX_DB=str(db),
-                    INGRESS_BOX_HOST="127.0.0.1",
-                    INGRESS_BOX_PORT=self.url.rsplit(":", 1)[1],
-                    INGRESS_BOX_ADMIN_TOKEN=TOKEN,
-                    INGRESS_BOX_RETRY_MAX_ATTEMPTS="1",
-                ),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        _until(self._healthy, 30, "serve to answer /healthz")
+        super().__init__(db, env={"INGRESS_BOX_RETRY_MAX_ATTEMPTS": "1"})
+        self.wait_ready()
 
-    def _healthy(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"serve exited: {self.log.read_text()}")
-        try:
-            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def add_instance(self, target_url: str, **fields: str) -> None:
-        response = httpx.post(
-            self.url + "/admin/instances",
-            headers={"authorization": f"Bearer {TOKEN}"},
-            json={
-                "plugin": "generic",
-                "instance": "main",
-                "target_url": target_url,
-                "secret": SECRET,
-                **fields,
-            },
-        )
-        assert response.status_code == 201, response.text
+    def add_generic(self, target_url: str, **fields: str) -> None:
+        self.add_instance(target_url=target_url, secret=SECRET, **fields)
 
     def send(self, delivery: str, **headers: str) -> None:
         body = json.dumps({"delivery": delivery}).encode()
@@ -110,14 +62,6 @@ class Serve:
         )
         assert response.status_code == 202, response.text
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Serve]:
@@ -125,7 +69,10 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
     try:
         yield box
     finally:
-        box.stop()
+        try:
+            box.stop(timeout=20)
+        finally:
+            box.kill()
 
 
 def _dead_letters(db: Path) -> list[dict[str, Any]]:
@@ -146,11 +93,11 @@ def test_a_cli_redrive_is_delivered_by_a_running_serve_within_seconds(
     """dlq redrive from the CLI wakes serve's worker: the target has the event in seconds."""
     db = tmp_path / "box.db"
     target.reply(Reply(400, body=b"not yet"), then=Reply(200, body=b"ok"))
-    serve.add_instance(target.url)
+    serve.add_generic(target.url)
     serve.send("d-1")
-    _until(lambda: _dead_letters(db), 15, "the event to be dead-lettered")
+    eventually(lambda: _dead_letters(db), 15, "the event to be dead-lettered")
     assert json.loads(_cli(db, "dlq", "redrive", "--json")) == {"redriven": 1, "remaining": 0}
-    _until(lambda: _delivered(target, "d-1"), PROMPTLY, "the redriven event at the target")
+    eventually(lambda: _delivered(target, "d-1"), PROMPTLY, "the redriven event at the target")
 
 
 def test_a_cli_discard_lets_a_strict_lane_move_on_within_seconds(
@@ -159,10 +106,10 @@ def test_a_cli_discard_lets_a_strict_lane_move_on_within_seconds(
     """Discarding a strict lane's dead head from the CLI wakes serve: the next event goes."""
     db = tmp_path / "box.db"
     target.reply(Reply(400, body=b"refused"), then=Reply(200, body=b"ok"))
-    serve.add_instance(target.url, lane_policy="strict")
+    serve.add_generic(target.url, lane_policy="strict")
     serve.send("head", **{"x-conversation": "c"})
-    (dead,) = _until(lambda: _dead_letters(db), 15, "the lane's head to be dead-lettered")
+    (dead,) = eventually(lambda: _dead_letters(db), 15, "the lane's head to be dead-lettered")
     serve.send("next", **{"x-conversation": "c"})  # held behind the parked head
     _cli(db, "dlq", "discard", dead["id"])
-    _until(lambda: _delivered(target, "next"), PROMPTLY, "the next event of the lane")
+    eventually(lambda: _delivered(target, "next"), PROMPTLY, "the next event of the lane")
     assert [r.headers["ingress-box-delivery-id"] for r in target.received] == ["head", "next"]

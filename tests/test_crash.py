@@ -4,90 +4,36 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 from fake_target import FakeTarget
-from live import free_port
+from serving import BoxProcess
 from signers import sign_generic
 from waiting import eventually
 
-TOKEN = "crash-test-admin-token"
 SECRET = "crash-test-secret"
 
 
-class Box:
-    """`ingress-box serve` (or `worker`) as a child process on one database file."""
+class Box(BoxProcess):
+    """`ingress-box serve` (or `worker`) on one file, with short leases and fast retries."""
 
     def __init__(self, db: Path, command: str = "serve", **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environ = {
-            **os.environ,
-            "INGRESS_BOX_DB": str(db),
-            "INGRESS_BOX_PORT": str(self.port),
-            "INGRESS_BOX_HOST": "127.0.0.1",
-            "INGRESS_BOX_ADMIN_TOKEN": TOKEN,
+        fast = {
             "INGRESS_BOX_LEASE_SECONDS": "2",
             "INGRESS_BOX_DELIVERY_TIMEOUT_SECONDS": "1",
             "INGRESS_BOX_RETRY_BASE_SECONDS": "0.05",
             "INGRESS_BOX_RETRY_MAX_SECONDS": "0.2",
-            **env,
         }
-        self.log = db.with_name(f"{command}-{self.port}.log")
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ingress_box", command],
-                env=environ,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        super().__init__(db, command, env={**fast, **env})
         if command == "serve":
-            self._wait_ready()
+            self.wait_ready()
 
-    def _wait_ready(self) -> None:
-        def healthy() -> bool:
-            if self.proc.poll() is not None:  # it died: say why at once
-                raise RuntimeError(self.log.read_text())
-            try:
-                return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        eventually(healthy, 20, f"serve on port {self.port} to answer /healthz")
-
-    def wait_started(self) -> None:
-        """Wait until the ``worker`` process says it started (it has no HTTP port to ask)."""
-
-        def started() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.log.read_text())
-            return " started on " in self.log.read_text()
-
-        eventually(started, 20, "the worker to start")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=timeout)
-
-    def add_instance(self, target_url: str) -> None:
-        response = httpx.post(
-            self.url + "/admin/instances",
-            headers={"authorization": f"Bearer {TOKEN}"},
-            json={
-                "plugin": "generic",
-                "instance": "main",
-                "target_url": target_url,
-                "secret": SECRET,
-            },
-        )
-        assert response.status_code == 201, response.text
+    def add_generic(self, target_url: str) -> None:
+        self.add_instance(target_url=target_url, secret=SECRET)
 
     def send(self, n: int) -> bool:
         """Post webhook ``n``; True only when the box acked it with a 2xx."""
@@ -140,7 +86,7 @@ def test_kill_9_under_load_loses_no_acked_delivery(tmp_path: Path, target: FakeT
     """Every webhook acked before a SIGKILL reaches the target after a restart."""
     db = tmp_path / "box.db"
     box = Box(db)
-    box.add_instance(target.url)
+    box.add_generic(target.url)
     acked: set[str] = set()
 
     def sender(n: int) -> None:
@@ -170,7 +116,7 @@ def test_sigterm_during_deliveries_exits_cleanly_and_loses_nothing(
     target.delay = 0.3
     db = tmp_path / "box.db"
     box = Box(db)
-    box.add_instance(target.url)
+    box.add_generic(target.url)
     acked = {f"d-{n}" for n in range(20) if box.send(n)}
     assert len(acked) == 20
     target.wait_for(2)
@@ -190,7 +136,7 @@ def test_serve_and_a_separate_worker_deliver_each_event_once(
     """Two processes draining one file never deliver one event twice in normal operation."""
     db = tmp_path / "box.db"
     box = Box(db)
-    box.add_instance(target.url)
+    box.add_generic(target.url)
     worker = Box(db, command="worker")
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
@@ -214,7 +160,7 @@ def test_serve_without_its_worker_wakes_a_separate_worker_at_once(
     """Split deployment: `serve --no-run-worker` accepts, an `ingress-box worker` delivers."""
     db = tmp_path / "box.db"
     box = Box(db, INGRESS_BOX_RUN_WORKER="0")
-    box.add_instance(target.url)
+    box.add_generic(target.url)
     worker = Box(db, command="worker")
     try:
         worker.wait_started()

@@ -9,20 +9,15 @@ socket with a deadline; every load is bounded in count and size.
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import resource
 import select
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from live import free_port
+from serving import BoxProcess
 from signers import sign_generic
 
 from ingress_box.config import load_settings
@@ -38,78 +33,21 @@ HOOK = "/ingress/generic/main/events"
 MiB = 1 << 20
 
 
-class Serve:
+class Serve(BoxProcess):
     """``ingress-box serve`` as a child process; ``nofile`` sets its open-files limit."""
 
     def __init__(self, tmp: Path, nofile: tuple[int, int] | None = None, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environ = {
-            **os.environ,
-            "INGRESS_BOX_DB": str(tmp / "box.db"),
-            "INGRESS_BOX_HOST": "127.0.0.1",
-            "INGRESS_BOX_PORT": str(self.port),
-            "INGRESS_BOX_ADMIN_TOKEN": TOKEN,
-            "INGRESS_BOX_WORKERS": "1",
-            **env,
-        }
-        self.log = tmp / f"serve-{self.port}.log"
-
-        def limit_files() -> None:
-            if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
-
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ingress_box", "serve"],
-                env=environ,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=limit_files,
-            )
-
-    def wait_ready(self) -> Serve:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited {self.proc.returncode}: {self.output()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"serve did not start: {self.output()}")
-
-    def add_instance(self) -> None:
-        response = httpx.post(
-            self.url + "/admin/instances",
-            headers={"authorization": f"Bearer {TOKEN}"},
-            json={
-                "plugin": "generic",
-                "instance": "main",
-                "target_url": "http://127.0.0.1:9/unused",
-                "secret": SECRET,
-            },
+        super().__init__(
+            tmp / "box.db", nofile=nofile, env={"INGRESS_BOX_WORKERS": "1", **env}, token=TOKEN
         )
-        assert response.status_code == 201, response.text
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+    def add_generic(self) -> None:
+        self.add_instance(target_url="http://127.0.0.1:9/unused", secret=SECRET)
 
     def rss_kib(self) -> int:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
         return int(line.split()[1])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +59,7 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
         INGRESS_BOX_MAX_HEADER_BYTES=str(MAX_HEADER_BYTES),
     )
     try:
-        served.wait_ready().add_instance()
+        served.wait_ready().add_generic()
         yield served
         assert served.proc.poll() is None, served.output()
         assert "Traceback" not in served.output()
@@ -429,7 +367,7 @@ def test_a_connection_flood_is_refused_and_healthz_comes_back(tmp_path: Path) ->
     )
     flood: list[socket.socket] = []
     try:
-        served.wait_ready().add_instance()
+        served.wait_ready().add_generic()
         lowered = [line for line in served.output().splitlines() if "open-files limit" in line]
         assert len(lowered) == 1 and f"serving at most {cap}" in lowered[0], served.output()
 

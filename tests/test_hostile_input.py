@@ -13,12 +13,9 @@ import contextlib
 import hashlib
 import hmac
 import json
-import os
 import socket
 import sqlite3
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +29,8 @@ from conftest import ADMIN_TOKEN, Reply
 from fake_target import FakeTarget
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from live import free_port, running_box
+from live import running_box
+from serving import BoxProcess
 from starlette.testclient import TestClient
 
 from ingress_box.app import create_app
@@ -352,50 +350,17 @@ def test_one_failing_after_insert_undoes_only_its_own_delivery(tmp_path: Path) -
     assert stored == ["msg_0", "msg_1", "msg_3", "msg_4"]
 
 
-class Serve:
+class Serve(BoxProcess):
     """`ingress-box serve` as a child process on 127.0.0.1."""
 
     def __init__(self, db: Path, **env: str) -> None:
-        self.db = db
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environ = {
-            **os.environ,
-            "INGRESS_BOX_DB": str(db),
-            "INGRESS_BOX_PORT": str(self.port),
-            "INGRESS_BOX_HOST": "127.0.0.1",
-            "INGRESS_BOX_ADMIN_TOKEN": ADMIN_TOKEN,
-            **env,
-        }
-        self.log = db.with_name("serve.log")
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ingress_box", "serve"],
-                env=environ,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.log.read_text())
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("serve did not start")
-            time.sleep(0.05)
+        super().__init__(db, token=ADMIN_TOKEN, env=env)
+        self.wait_ready()
 
     def add(self, plugin: str) -> None:
         payload = {"plugin": plugin, "instance": "main", "secret": SECRET}
         response = httpx.post(self.url + "/admin/instances", headers=ADMIN, json=payload)
         assert response.status_code == 201, response.text
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
 
 
 @pytest.fixture
