@@ -16,11 +16,11 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
-from .plugins import Route
+from .plugins import Pointer, Route
 
 REDACTED = "[redacted]"
 # Header names whose values are credentials wherever they appear.
@@ -127,6 +127,23 @@ def json_pointer(doc: Any, pointer: str) -> Any:
     return node
 
 
+def pointer_value(doc: Any, pointer: str | Pointer) -> Any:
+    """The value a manifest's pointer names: the JSON value, or one part of a string."""
+    if isinstance(pointer, str):
+        return json_pointer(doc, pointer)
+    found = json_pointer(doc, pointer.path)
+    if not isinstance(found, str):
+        return None
+    parts = found.split(pointer.split)
+    if not -len(parts) <= pointer.part < len(parts):
+        return None
+    return parts[pointer.part]
+
+
+def _path(pointer: str | Pointer) -> str:
+    return pointer if isinstance(pointer, str) else pointer.path
+
+
 def _scalar(value: Any) -> str | None:
     """A JSON value usable as an id: a non-empty string or a number (not a bool)."""
     if isinstance(value, bool) or value is None:
@@ -150,26 +167,49 @@ def body_hash(plugin_id: str, instance_id: str, route: str, raw: bytes) -> str:
 def provider_delivery_id(
     route: Route, plugin_id: str, instance_id: str, headers: Mapping[str, str], body: Body
 ) -> str:
-    """The dedup key's third column: header, else JSON pointer, else the body hash.
+    """The dedup key's third column: header, else JSON pointer, else fallback header, else the
+    body hash.
 
     Raises BadDeliveryId when the value found is not usable (see :func:`text`): hashing the
     body instead would make an id the provider meant as one event into several.
     """
     if not route.dedup_body:
-        for name in route.dedup_headers:
-            raw = headers.get(name, "")
-            if raw.strip():
-                value = header_text(raw)
-                if value is None:
-                    raise BadDeliveryId(name)
-                return value
-        if route.dedup_json_pointer is not None:
-            found = _scalar(json_pointer(body.json(), route.dedup_json_pointer))
-            if found is not None:
-                if text(found) is None:
-                    raise BadDeliveryId(route.dedup_json_pointer)
-                return found
+        found = _header_id(route.dedup_headers, headers)
+        if found is None and route.dedup_json_pointer is not None:
+            found = _pointer_id(route, route.dedup_json_pointer, body.json())
+        if found is None:
+            found = _header_id(route.dedup_fallback_headers, headers)
+        if found is not None:
+            return found
     return body_hash(plugin_id, instance_id, route.name, body.raw)
+
+
+def _header_id(names: tuple[str, ...], headers: Mapping[str, str]) -> str | None:
+    for name in names:
+        raw = headers.get(name, "")
+        if raw.strip():
+            value = header_text(raw)
+            if value is None:
+                raise BadDeliveryId(name)
+            return value
+    return None
+
+
+def _pointer_id(route: Route, pointer: str | Pointer, doc: Any) -> str | None:
+    when = route.dedup_when
+    if when is not None and _scalar(json_pointer(doc, when.pointer)) not in when.equals:
+        return None
+    found = _scalar(pointer_value(doc, pointer))
+    if found is None:
+        return None
+    if route.dedup_scope is not None:
+        scope = _scalar(pointer_value(doc, route.dedup_scope))
+        if scope is None:  # unscoped, two senders' equal ids would be one delivery
+            return None
+        found = f"{scope}:{found}"
+    if text(found) is None:
+        raise BadDeliveryId(_path(pointer))
+    return found
 
 
 def webhook_id(plugin_id: str, instance_id: str, provider_id: str) -> str:
@@ -181,25 +221,34 @@ def webhook_id(plugin_id: str, instance_id: str, provider_id: str) -> str:
 
 
 def conversation_id(route: Route, headers: Mapping[str, str], body: Body) -> str | None:
-    """Best effort: the first declared header, JSON pointer or form field with a usable value."""
+    """Best effort: the first declared header, JSON pointer or form field with a usable value,
+    one that does not end in an avoided suffix if there is one."""
+    avoided: str | None = None
+    for value in _conversation_candidates(route, headers, body):
+        if not value.endswith(route.conversation_avoid_suffixes):
+            return value[:256]
+        avoided = avoided or value[:256]
+    return avoided
+
+
+def _conversation_candidates(route: Route, headers: Mapping[str, str], body: Body) -> Iterator[str]:
     for name in route.conversation_headers:
         value = header_text(headers.get(name, ""))
         if value:
-            return value[:256]
+            yield value
     if route.conversation_pointers:
         try:
             doc = body.json()
         except BodyNotJson:
             doc = None
         for pointer in route.conversation_pointers:
-            found = _scalar(json_pointer(doc, pointer))
+            found = _scalar(pointer_value(doc, pointer))
             if found is not None and text(found) is not None:
-                return found[:256]
+                yield found
     for name in route.conversation_form_fields:
         value = text(body.form().get(name, "").strip())
         if value:
-            return value[:256]
-    return None
+            yield value
 
 
 @functools.lru_cache(maxsize=1024)

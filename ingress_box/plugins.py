@@ -33,6 +33,21 @@ dotted field (``routes.events.verify.tolerance_seconds``)::
 
 An unsigned route must say so: ``scheme = "none"`` with ``allow_unsigned = true``.
 
+Values built from more than one place
+-------------------------------------
+Where a JSON pointer is accepted in ``dedup.json_pointer`` and ``conversation.json_pointers``, a
+table may stand for it that keeps one part of the string found: ``{ pointer = "/payload/id",
+split = "_", part = 2 }`` is ``"c"`` for ``"a_b_c_d"`` (``part`` counts from 0, a negative one
+from the end; fewer parts means no value). ``dedup`` also takes:
+
+    scope_json_pointer = "/session"   # the id is "<scope>:<value>"; no scope means no value, so
+                                      # two senders' equal ids never meet in one dedup key
+    when = { json_pointer = "/event", equals = ["message"] }  # the pointer applies only then
+    fallback_headers = ["X-Request-Id"]  # tried after the pointer (``headers`` come before it)
+
+and ``conversation`` takes ``avoid_suffixes = ["@lid"]``: a value ending so is used only when no
+other header, pointer or field has one.
+
 Adding a scheme that needs code
 -------------------------------
 Manifests pick a scheme by name from :data:`ingress_box.signatures.SCHEMES`. To add one, write
@@ -88,27 +103,50 @@ class Challenge:
 
 
 @dataclass(frozen=True)
+class Pointer:
+    """A JSON pointer to a string of which only part ``part`` split on ``split`` is the value."""
+
+    path: str
+    split: str
+    part: int
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Holds when the value at ``pointer`` is one of ``equals``."""
+
+    pointer: str
+    equals: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Route:
     """One endpoint of a plugin.
 
-    Delivery id: the first present, non-blank ``dedup_headers``, then ``dedup_json_pointer``, then
+    Delivery id: the first present, non-blank ``dedup_headers``, then ``dedup_json_pointer``
+    (scoped by ``dedup_scope``, when ``dedup_when`` holds), then ``dedup_fallback_headers``, then
     the body hash; ``dedup_body`` means the body hash always. Conversation: headers, then JSON
-    pointers, then form fields, first found wins.
+    pointers, then form fields, first found wins, except that a value ending in one of
+    ``conversation_avoid_suffixes`` is taken only when nothing else is found.
     """
 
     name: str
     verify: VerifySpec
     dedup_headers: tuple[str, ...]
-    dedup_json_pointer: str | None
+    dedup_json_pointer: str | Pointer | None
     dedup_body: bool
     conversation_headers: tuple[str, ...]
-    conversation_pointers: tuple[str, ...]
+    conversation_pointers: tuple[str | Pointer, ...]
     conversation_form_fields: tuple[str, ...]
     challenge: Challenge | None
     max_body_bytes: int | None
     ack: Ack
     methods: tuple[str, ...] | None
     mapping: MappingSpec | None = None
+    dedup_scope: str | Pointer | None = None
+    dedup_when: Condition | None = None
+    dedup_fallback_headers: tuple[str, ...] = ()
+    conversation_avoid_suffixes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,6 +201,52 @@ def _pointers(t: ManifestTable, key: str) -> tuple[str, ...]:
     for pointer in pointers:
         _check_pointer(t, key, pointer)
     return pointers
+
+
+# A value is at most 512 characters (extract.MAX_VALUE_CHARS), so it has at most 513 parts.
+_MAX_PART = 512
+
+
+def _pointer_entry(t: ManifestTable, key: str, value: object) -> str | Pointer:
+    """A JSON pointer given as a string, or as ``{pointer, split, part}`` to keep one part."""
+    if isinstance(value, str):
+        _check_pointer(t, key, value)
+        return value
+    if not isinstance(value, dict):
+        raise t.error(key, "must be a JSON pointer or a table {pointer, split, part}")
+    entry = ManifestTable(value, t.file, t.path(key))
+    entry.only("pointer", "split", "part")
+    path = entry.required_text("pointer")
+    _check_pointer(entry, "pointer", path)
+    split = entry.required_text("split")
+    if not split:
+        raise entry.error("split", "must not be empty")
+    if "part" not in entry.data:
+        raise entry.error("part", "is required (0 is the first part, -1 the last)")
+    part = entry.integer("part", minimum=-_MAX_PART - 1)
+    assert part is not None
+    if part > _MAX_PART:
+        raise entry.error("part", f"must be <= {_MAX_PART}")
+    return Pointer(path, split, part)
+
+
+def _pointer_entries(t: ManifestTable, key: str) -> tuple[str | Pointer, ...]:
+    values = t.data.get(key, [])
+    if not isinstance(values, list):
+        raise t.error(key, "must be a list of JSON pointers or {pointer, split, part} tables")
+    return tuple(_pointer_entry(t, key, value) for value in values)
+
+
+def _condition(t: ManifestTable | None) -> Condition | None:
+    if t is None:
+        return None
+    t.only("json_pointer", "equals")
+    pointer = t.required_text("json_pointer")
+    _check_pointer(t, "json_pointer", pointer)
+    equals = t.texts("equals")
+    if not equals:
+        raise t.error("equals", "give at least one value")
+    return Condition(pointer, equals)
 
 
 def _headers(t: ManifestTable, key: str) -> tuple[str, ...]:
@@ -247,19 +331,41 @@ def _route(name: str, t: ManifestTable) -> Route:
         if not methods or not all(_METHOD.fullmatch(m) for m in methods):
             raise t.error("methods", "must be a non-empty list of HTTP methods")
     dedup = _sub(t, "dedup") or ManifestTable({}, t.file, t.path("dedup"))
-    dedup.only("header", "headers", "json_pointer", "body")
+    dedup.only(
+        "header",
+        "headers",
+        "json_pointer",
+        "body",
+        "scope_json_pointer",
+        "when",
+        "fallback_headers",
+    )
     if "header" in dedup.data and "headers" in dedup.data:
         raise dedup.error("headers", "give header or headers, not both")
     single = dedup.header("header")
     headers = (single,) if single else _headers(dedup, "headers")
-    pointer = dedup.text("json_pointer")
-    if pointer is not None:
-        _check_pointer(dedup, "json_pointer", pointer)
+    pointer = None
+    if "json_pointer" in dedup.data:
+        pointer = _pointer_entry(dedup, "json_pointer", dedup.data["json_pointer"])
+    scope = None
+    if "scope_json_pointer" in dedup.data:
+        scope = _pointer_entry(dedup, "scope_json_pointer", dedup.data["scope_json_pointer"])
+    when = _condition(_sub(dedup, "when"))
+    fallback_headers = _headers(dedup, "fallback_headers")
+    for key, given in (("scope_json_pointer", scope), ("when", when)):
+        if given is not None and pointer is None:
+            raise dedup.error(key, "qualifies json_pointer, which is not given")
     body = bool(dedup.flag("body"))
-    if body and (headers or pointer is not None):
-        raise dedup.error("body", "body = true always uses the body hash: drop header/json_pointer")
+    if body and (headers or pointer is not None or fallback_headers):
+        raise dedup.error(
+            "body",
+            "body = true always uses the body hash: drop header/json_pointer/fallback_headers",
+        )
     conversation = _sub(t, "conversation") or ManifestTable({}, t.file, t.path("conversation"))
-    conversation.only("headers", "json_pointers", "form_fields")
+    conversation.only("headers", "json_pointers", "form_fields", "avoid_suffixes")
+    avoid = conversation.texts("avoid_suffixes")
+    if not all(avoid):
+        raise conversation.error("avoid_suffixes", "must not contain an empty suffix")
     return Route(
         name=name,
         verify=spec,
@@ -267,13 +373,17 @@ def _route(name: str, t: ManifestTable) -> Route:
         dedup_json_pointer=pointer,
         dedup_body=body,
         conversation_headers=_headers(conversation, "headers"),
-        conversation_pointers=_pointers(conversation, "json_pointers"),
+        conversation_pointers=_pointer_entries(conversation, "json_pointers"),
         conversation_form_fields=conversation.texts("form_fields"),
         challenge=_challenge(_sub(t, "challenge")),
         max_body_bytes=t.integer("max_body_bytes", minimum=0),
         ack=_ack(_sub(t, "ack")),
         methods=methods,
         mapping=_mapping(_sub(t, "mapping")),
+        dedup_scope=scope,
+        dedup_when=when,
+        dedup_fallback_headers=fallback_headers,
+        conversation_avoid_suffixes=avoid,
     )
 
 
@@ -354,6 +464,12 @@ def load_registry(plugins_dir: Path | None = None) -> Registry:
     return Registry(plugins)
 
 
+def _pointer_json(pointer: str | Pointer | None) -> str | dict[str, Any] | None:
+    if isinstance(pointer, Pointer):
+        return {"pointer": pointer.path, "split": pointer.split, "part": pointer.part}
+    return pointer
+
+
 def plugin_to_json(plugin: Plugin) -> dict[str, Any]:
     """The plugin as ``GET /admin/plugins`` shows it (no secrets live in a plugin)."""
     return {
@@ -370,13 +486,22 @@ def plugin_to_json(plugin: Plugin) -> dict[str, Any]:
                 "max_body_bytes": route.max_body_bytes,
                 "dedup": {
                     "headers": list(route.dedup_headers),
-                    "json_pointer": route.dedup_json_pointer,
+                    "json_pointer": _pointer_json(route.dedup_json_pointer),
                     "body": route.dedup_body,
+                    "scope_json_pointer": _pointer_json(route.dedup_scope),
+                    "when": None
+                    if route.dedup_when is None
+                    else {
+                        "json_pointer": route.dedup_when.pointer,
+                        "equals": list(route.dedup_when.equals),
+                    },
+                    "fallback_headers": list(route.dedup_fallback_headers),
                 },
                 "conversation": {
                     "headers": list(route.conversation_headers),
-                    "json_pointers": list(route.conversation_pointers),
+                    "json_pointers": [_pointer_json(p) for p in route.conversation_pointers],
                     "form_fields": list(route.conversation_form_fields),
+                    "avoid_suffixes": list(route.conversation_avoid_suffixes),
                 },
             }
             for route in plugin.routes.values()

@@ -145,6 +145,48 @@ def sign_supabase(
     return _standard(secret.removeprefix("v1,"), body, msg_id or str(uuid.uuid4()), at)
 
 
+def sign_waha(
+    secret: str, body: bytes, *, at: int | None = None, msg_id: str | None = None, url: str = ""
+) -> dict[str, str]:
+    """WAHA's webhook hmac: X-Webhook-Hmac = hex(HMAC-SHA512(key, body)); the id in
+    X-Webhook-Request-Id, the time (milliseconds) in X-Webhook-Timestamp."""
+    digest = hmac.new(secret.encode(), body, hashlib.sha512).hexdigest()
+    headers = {
+        "x-webhook-hmac": digest,
+        "x-webhook-hmac-algorithm": "sha512",
+        "x-webhook-timestamp": str(_now(at) * 1000),
+    }
+    if msg_id is not None:
+        headers["x-webhook-request-id"] = msg_id
+    return headers
+
+
+def sign_evolution(
+    secret: str, body: bytes, *, at: int | None = None, msg_id: str | None = None, url: str = ""
+) -> dict[str, str]:
+    """Evolution signs nothing: its webhook's static headers carry the token (Evolution sends
+    no delivery id)."""
+    return {"x-ingress-token": secret}
+
+
+def sign_gowa(
+    secret: str, body: bytes, *, at: int | None = None, msg_id: str | None = None, url: str = ""
+) -> dict[str, str]:
+    """GOWA: X-Hub-Signature-256 = sha256=hex(HMAC-SHA256(secret, body)); no delivery id."""
+    return {"x-hub-signature-256": "sha256=" + hmac_hex(secret, body)}
+
+
+def sign_openwa(
+    secret: str, body: bytes, *, at: int | None = None, msg_id: str | None = None, url: str = ""
+) -> dict[str, str]:
+    """OpenWA: X-OpenWA-Signature = sha256=hex(HMAC-SHA256(secret, body)); the id in
+    X-OpenWA-Idempotency-Key."""
+    headers = {"x-openwa-signature": "sha256=" + hmac_hex(secret, body)}
+    if msg_id is not None:
+        headers["x-openwa-idempotency-key"] = msg_id
+    return headers
+
+
 SIGNERS: dict[str, Signer] = {
     "generic": sign_generic,
     "meta": sign_meta,
@@ -155,4 +197,8 @@ SIGNERS: dict[str, Signer] = {
     "telegram": sign_telegram,
     "standard-webhooks": sign_standard,
     "supabase": sign_supabase,
+    "waha": sign_waha,
+    "evolution": sign_evolution,
+    "gowa": sign_gowa,
+    "openwa": sign_openwa,
 }

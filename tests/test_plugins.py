@@ -32,6 +32,10 @@ BUILTINS = {
     "stripe": ("events", "stripe"),
     "telegram": ("updates", "shared-secret"),
     "generic": ("events", "hmac"),
+    "waha": ("events", "hmac"),
+    "evolution": ("events", "shared-secret"),
+    "gowa": ("events", "hmac"),
+    "openwa": ("events", "hmac"),
 }
 CUSTOM_TOML = """
 id = "acme"
@@ -77,8 +81,8 @@ def error_of(data: object) -> ManifestError:
 # --- built-ins ------------------------------------------------------------------------------
 
 
-def test_all_nine_builtins_load_sorted_by_id() -> None:
-    """The registry holds exactly the contract's nine plugins, sorted by id."""
+def test_all_thirteen_builtins_load_sorted_by_id() -> None:
+    """The registry holds exactly the contract's thirteen plugins, sorted by id."""
     assert [p.id for p in load_registry().all()] == sorted(BUILTINS)
 
 
@@ -196,11 +200,19 @@ def test_plugin_to_json_shape() -> None:
             "methods": ["GET", "POST"],
             "challenge": True,
             "max_body_bytes": None,
-            "dedup": {"headers": [], "json_pointer": None, "body": True},
+            "dedup": {
+                "headers": [],
+                "json_pointer": None,
+                "body": True,
+                "scope_json_pointer": None,
+                "when": None,
+                "fallback_headers": [],
+            },
             "conversation": {
                 "headers": [],
                 "form_fields": [],
                 "json_pointers": list(route_of("meta").conversation_pointers),
+                "avoid_suffixes": [],
             },
         }
     ]
