@@ -332,7 +332,7 @@ async def _load(
     port: int, path: str, n: int, prefix: str, conns: int, seconds: float
 ) -> Counter[object]:
     """Closed loop over ``conns`` raw connections until ``n`` requests or ``seconds``."""
-    post = await sender._post_raw(conns, port, path)
+    post, close = await sender._post_raw(conns, port, path)
     codes: Counter[object] = Counter()
     counter, deadline = itertools.count(), time.monotonic() + seconds
 
@@ -340,10 +340,10 @@ async def _load(
         while (i := next(counter)) < n and time.monotonic() < deadline:
             raw, sig = sender.BODIES[i % len(sender.BODIES)]
             headers = {"content-type": "application/json", "x-signature": sig}
-            codes[await post(raw, {**headers, "x-delivery": f"{prefix}{i}"})] += 1  # type: ignore[operator]
+            codes[await post(raw, {**headers, "x-delivery": f"{prefix}{i}"})] += 1
 
     await asyncio.gather(*(one_connection() for _ in range(conns)))
-    await post.close()  # type: ignore[attr-defined]
+    await close()
     return codes
 
 
