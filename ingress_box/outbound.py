@@ -34,7 +34,6 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import cast
 from urllib.parse import quote, urlsplit
 
 KEEPALIVE_SECONDS = 4.0  # under the 5 s idle timeout of common servers, to close first
@@ -64,7 +63,7 @@ class _Stale(Exception):
 @dataclass(frozen=True)
 class Answer:
     status: int
-    headers: http.client.HTTPMessage
+    headers: dict[str, str]  # lower-case names
     body: bytes  # at most the ``limit`` of the request
 
 
@@ -116,13 +115,10 @@ class _Connection:
         self.deadline = 0.0
         self.received = 0  # bytes of the current answer so far
         self.idle_since = 0.0
+        self.fp = io.BufferedReader(_DeadlineReader(self))  # every read keeps to the deadline
 
     def left(self) -> float:
         return _left(self.deadline)
-
-    def makefile(self, mode: str) -> io.BufferedReader:
-        # What http.client.HTTPResponse reads the answer from.
-        return io.BufferedReader(_DeadlineReader(self))
 
     def close(self) -> None:
         self.sock.close()
@@ -184,7 +180,8 @@ class Pool:
     ) -> Answer:
         """POST ``body`` to ``url`` and read at most ``limit`` bytes of the answer, all within
         ``timeout`` seconds. Once the status line arrived, a failure reading the body only
-        shortens it (the status decided the outcome)."""
+        shortens it (the status decided the outcome). ``headers`` go on the wire as given:
+        the caller keeps CR and LF out of them."""
         deadline = time.monotonic() + timeout
         target = _target(url)
         lines = b"".join(b"%s: %s\r\n" % pair for pair in headers)
@@ -233,16 +230,15 @@ class Pool:
                 if reused:
                     raise _Stale from exc
                 raise
-            response = http.client.HTTPResponse(cast(socket.socket, conn), method="POST")
             try:
-                response.begin()
+                status, headers, framing = _read_head(conn.fp)
             except ConnectionError as exc:  # RemoteDisconnected included
                 if reused and conn.received == 0:
                     raise _Stale from exc
                 raise
-            body = _read(response, limit)
-            keep = _complete(response) and not response.will_close
-            return Answer(response.status, response.msg, body)
+            body, complete = _read_body(conn.fp, framing, limit)
+            keep = complete and framing is not None and not _closes(headers)
+            return Answer(status, headers, body)
         finally:
             if keep:
                 self._put(conn)
@@ -284,21 +280,112 @@ class Pool:
             conn.close()
 
 
-def _complete(response: http.client.HTTPResponse) -> bool:
-    """Whether the whole answer was read (http.client closes a chunked one at its end, but
-    leaves one with a Content-Length at 0 bytes to go)."""
-    return response.isclosed() or response.length == 0
+# -- reading the answer (RFC 9112) ----------------------------------------------------------------
+
+_MAX_LINE = 65536
+_MAX_HEADERS = 100
+_CHUNKED = -1  # framing: a chunked body; None: until the connection ends; n >= 0: n bytes
 
 
-def _read(response: http.client.HTTPResponse, limit: int) -> bytes:
-    # Raw bytes, not decoded (we ask for identity): nothing can inflate past the limit.
+def _line(fp: io.BufferedIOBase) -> bytes:
+    line = fp.readline(_MAX_LINE + 1)
+    if len(line) > _MAX_LINE:
+        raise http.client.LineTooLong("header line")
+    return line
+
+
+def _read_head(fp: io.BufferedIOBase) -> tuple[int, dict[str, str], int | None]:
+    """The status, the headers (lower-case names, repeated ones joined) and the body's framing;
+    1xx answers are skipped."""
+    while True:
+        line = _line(fp)
+        if not line:
+            raise http.client.RemoteDisconnected("Remote end closed connection without response")
+        version, _, rest = line.partition(b" ")
+        code = rest[:3]
+        if (
+            not version.startswith(b"HTTP/1.")
+            or not (len(code) == 3 and code.isdigit() and code[:1] != b"0")
+            or rest[3:4] not in (b" ", b"\r", b"\n")
+        ):
+            raise http.client.BadStatusLine(repr(line[:80]))
+        headers: dict[str, str] = {}
+        name = ""
+        for _ in range(_MAX_HEADERS + 1):
+            line = _line(fp)
+            if line in (b"\r\n", b"\n", b""):
+                break
+            if line[:1] in (b" ", b"\t") and name:  # obsolete folding: a continuation
+                headers[name] += " " + line.strip().decode("latin-1")
+                continue
+            raw, colon, value = line.partition(b":")
+            if not colon:
+                raise http.client.HTTPException(f"malformed header line {line[:80]!r}")
+            name, text = raw.strip().lower().decode("latin-1"), value.strip().decode("latin-1")
+            headers[name] = f"{headers[name]}, {text}" if name in headers else text
+        else:
+            raise http.client.HTTPException(f"more than {_MAX_HEADERS} headers")
+        status = int(code)
+        if 100 <= status < 200:
+            continue  # 100 Continue, 103 Early Hints: the real answer follows
+        if version == b"HTTP/1.0":
+            headers["connection"] = "close"  # we never ask a 1.0 server to keep it alive
+        return status, headers, _framing(status, headers)
+
+
+def _framing(status: int, headers: dict[str, str]) -> int | None:
+    if status in (204, 304):
+        return 0
+    if "transfer-encoding" in headers:
+        if headers["transfer-encoding"].lower().rsplit(",", 1)[-1].strip() == "chunked":
+            return _CHUNKED
+        return None  # another coding last: the body runs until the connection ends
+    length = headers.get("content-length")
+    if length is None:
+        return None
+    if not length.isdigit():
+        raise http.client.HTTPException(f"bad Content-Length {length[:40]!r}")
+    return int(length)
+
+
+def _closes(headers: dict[str, str]) -> bool:
+    return "close" in headers.get("connection", "").lower()
+
+
+def _read_into(fp: io.BufferedIOBase, received: bytearray, size: int) -> bool:
+    """Read until ``received`` holds ``size`` bytes: True if it does, False at the end of the
+    stream. Read by read1 so that what came before a timeout stays in ``received``."""
+    while len(received) < size:
+        chunk = fp.read1(size - len(received))
+        if not chunk:
+            return False
+        received += chunk
+    return True
+
+
+def _read_body(fp: io.BufferedIOBase, framing: int | None, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of the body, and whether it was read to its end (so the
+    connection can serve another request). Raw bytes, not decoded (we asked for identity):
+    nothing can inflate past the limit. A failure here only shortens the excerpt."""
     received = bytearray()
     try:
-        while len(received) < limit and not _complete(response):
-            chunk = response.read1(limit - len(received))
-            if not chunk:
-                break
-            received += chunk
-    except (OSError, http.client.HTTPException):
-        response.will_close = True  # the rest of this answer would be read as the next one
-    return bytes(received)
+        if framing is None:
+            _read_into(fp, received, limit)
+            return bytes(received), False
+        if framing != _CHUNKED:
+            _read_into(fp, received, min(framing, limit))
+            return bytes(received), len(received) == framing
+        while True:
+            size = int(_line(fp).split(b";", 1)[0].strip() or b"x", 16)
+            if size == 0:
+                while _line(fp) not in (b"\r\n", b"\n", b""):  # trailers
+                    pass
+                return bytes(received), True
+            if len(received) + size > limit:
+                _read_into(fp, received, limit)
+                return bytes(received), False
+            whole = _read_into(fp, received, len(received) + size)
+            if not whole or _line(fp) not in (b"\r\n", b"\n"):  # the chunk's own CRLF
+                return bytes(received), False
+    except (OSError, ValueError, http.client.HTTPException):
+        return bytes(received), False

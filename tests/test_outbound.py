@@ -275,3 +275,38 @@ def test_urls_that_cannot_be_sent_to_are_invalid(pool: outbound.Pool, url: str) 
     """A scheme other than http(s), no host or a bad port: InvalidURL, before any network."""
     with pytest.raises(outbound.InvalidURL):
         post(pool, url)
+
+
+def test_an_interim_1xx_answer_is_skipped(pool: outbound.Pool) -> None:
+    """A 100 Continue before the answer is read past; the final answer's connection is reused."""
+    with raw_target(always(b"HTTP/1.1 100 Continue\r\n\r\n" + OK)) as target:
+        answer = post(pool, target.url())
+        post(pool, target.url())
+        assert (answer.status, answer.body, target.connections) == (200, b"ok", 1)
+
+
+def test_an_answer_without_length_runs_to_the_close_and_is_not_reused(
+    pool: outbound.Pool,
+) -> None:
+    """No Content-Length and not chunked: the body is what arrives until the target hangs up."""
+    with raw_target(always(b"HTTP/1.1 503 Busy\r\n\r\nlater", hang_up=True)) as target:
+        answer = post(pool, target.url())
+        assert (answer.status, answer.body, pool.idle()) == (503, b"later", 0)
+
+
+def test_header_names_are_lower_case_and_repeats_joined(pool: outbound.Pool) -> None:
+    """Headers are looked up by lower-case name; a repeated one reads as one list value."""
+    reply = b"HTTP/1.1 429 Slow\r\nRetry-After: 7\r\nVia: a\r\nvia: b\r\nContent-Length: 0\r\n\r\n"
+    with raw_target(always(reply)) as target:
+        answer = post(pool, target.url())
+        assert (answer.headers["retry-after"], answer.headers["via"]) == ("7", "a, b")
+        assert pool.idle() == 1
+
+
+@pytest.mark.parametrize("line", [b"HTTP/1.1 20 OK", b"ICY 200 OK", b"HTTP/1.1 abc Nope"])
+def test_an_answer_that_is_not_http_is_a_connection_error(pool: outbound.Pool, line: bytes) -> None:
+    """A status line that does not parse fails the attempt as a connection error."""
+    with raw_target(always(line + b"\r\nContent-Length: 0\r\n\r\n")) as target:
+        with pytest.raises(outbound.ConnectionFailed):
+            post(pool, target.url())
+        assert pool.idle() == 0
