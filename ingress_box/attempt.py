@@ -18,6 +18,7 @@ from . import handlers, mapping_rules
 from .config import Settings
 from .delivery import HandlerContext, Target
 from .errors import PermanentFailure
+from .outbound import Pool
 from .retry import Decision, RetryPolicy, decide
 from .store import Database
 from .store import deliveries as store_deliveries
@@ -31,7 +32,7 @@ class Attempts:
         db: Database,
         instances: store_instances.InstanceCache,
         client: httpx.Client,
-        transport: httpx.BaseTransport,
+        outbound: Pool,
         *,
         clock: Callable[[], float],
         rng: random.Random,
@@ -40,7 +41,7 @@ class Attempts:
         self.db = db
         self.instances = instances
         self.client = client
-        self.transport = transport
+        self.outbound = outbound
         self.clock = clock
         self.rng = rng
         self.policy = RetryPolicy.from_settings(settings)
@@ -69,7 +70,7 @@ class Attempts:
                 now=self.clock,
                 extra_headers=mapping_rules.enrichment_headers(mappings.get()),
                 mappings=mappings,
-                transport=self.transport,
+                outbound=self.outbound,
             )
             handler(event, ctx)
         except Exception as exc:  # noqa: BLE001 (every failure is classified by the policy)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 
 from .event import Event as Event  # re-exported: the record a handler receives
+from .outbound import Pool
 
 if TYPE_CHECKING:  # only a type here: mapping_rules builds on the store, not the other way round
     from .mapping_rules import MappingAccess
@@ -40,9 +41,9 @@ class HandlerContext:
     # The event's plugin instance's conversation mappings, to read and write (None in tests
     # that build a context by hand).
     mappings: MappingAccess | None = None
-    # The client's transport, for forward's fast path: a webhook needs no cookie jar, auth or
-    # redirect handling, and skipping httpx.Client's layers halves its CPU per request.
-    transport: httpx.BaseTransport | None = None
+    # forward's lean client (kept-alive connections shared by the worker's threads); the
+    # httpx client above is for other handlers. None: forward opens a connection per request.
+    outbound: Pool | None = None
 
 
 class Handler(Protocol):

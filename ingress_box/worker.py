@@ -36,7 +36,7 @@ from huey.storage import SqliteStorage
 from .attempt import Attempts
 from .config import Settings
 from .errors import StorageUnavailable
-from .forward import deadline_transport
+from .outbound import Pool
 from .retry import Decision
 from .store import Database, retention
 from .store import deliveries as store_deliveries
@@ -139,16 +139,18 @@ class Worker:
         limits = httpx.Limits(
             max_connections=settings.workers * 2, max_keepalive_connections=settings.workers * 2
         )
-        self.transport = transport or deadline_transport(limits)
+        # forward's own client; ``transport`` (a fake network in tests) is the httpx client's.
+        self.outbound = Pool(max_idle=settings.workers * 2)
         self.client = httpx.Client(
-            transport=self.transport,
+            transport=transport,
+            limits=limits,
             follow_redirects=False,
             timeout=settings.delivery_timeout_seconds,
         )
         self.huey = make_huey(settings)
         self.instances = store_instances.InstanceCache(db)
         self.attempts = Attempts(
-            settings, db, self.instances, self.client, self.transport, clock=clock, rng=self.rng
+            settings, db, self.instances, self.client, self.outbound, clock=clock, rng=self.rng
         )
         self._drain = self.huey.task(name="drain")(self.drain)
         self.huey.periodic_task(crontab(), name="sweep")(self.sweep)
@@ -207,6 +209,7 @@ class Worker:
         except StorageUnavailable as exc:  # they expire on their own after the lease time
             log.warning("could not release leases: %s", exc)
         self.client.close()
+        self.outbound.close()
 
     def alive(self) -> bool:
         if self._kicker is None or self._stopping.is_set():

@@ -48,6 +48,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "ingress_box.manifests",
             "ingress_box.extract",
             "ingress_box.signing",
+            "ingress_box.outbound",
             "ingress_box.ratelimit",
             "ingress_box.logs",
             "ingress_box.values",

@@ -1,0 +1,391 @@
+"""A lean HTTP/1.1 client for one thing: POST a webhook, within a deadline, on pooled connections.
+
+``forward`` sends thousands of small POSTs to a few targets. A general client (httpx over
+httpcore) spends more CPU per request than everything else a delivery does, so this one is only
+what a webhook needs: the standard library's connection and response parsing
+(:mod:`http.client`), connections kept alive per (scheme, host, port), no redirects, no cookies,
+no decoding of the answer.
+
+The deadline covers the whole attempt (connect, TLS, send, status line, headers, body): before
+each socket operation the socket's timeout is set to the time left, so a target that trickles
+one byte a second is cut at the deadline. Name resolution is the one step outside it.
+
+A kept-alive connection may have been closed by the target while it sat idle. Such a request is
+sent again, once, on a fresh connection, but only when the target cannot have processed it: the
+send failed, or the reused connection ended before any byte of the answer arrived (the rule of
+RFC 9112, 9.3.1, for a connection the server closed). Deliveries are at-least-once anyway, with a
+stable ``webhook-id``; this only keeps a routine idle close from costing an attempt.
+
+Errors, all :class:`OutboundError`:
+
+    OutboundError
+    ├── InvalidURL         the URL cannot be sent to (scheme, host, port)
+    ├── Timeout            the deadline passed before the status line arrived
+    └── ConnectionFailed   refused, reset, unresolvable, TLS refused, not HTTP
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import quote, urlsplit
+
+KEEPALIVE_SECONDS = 4.0  # under the 5 s idle timeout of common servers, to close first
+_UNRESERVED_OR_RESERVED = "/?#[]@!$&'()*+,;=%:-._~"  # kept as is; anything else is escaped
+
+
+class OutboundError(Exception):
+    pass
+
+
+class InvalidURL(OutboundError):
+    pass
+
+
+class Timeout(OutboundError):
+    pass
+
+
+class ConnectionFailed(OutboundError):
+    pass
+
+
+class _Stale(Exception):
+    """A reused connection the target had closed: the request was not processed."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes  # at most the ``limit`` of the request
+
+
+@dataclass(frozen=True)
+class _Target:
+    scheme: str
+    host: str
+    port: int
+    head: bytes  # the request line and the Host header
+
+    @property
+    def key(self) -> tuple[str, str, int]:  # what a kept-alive connection can serve
+        return (self.scheme, self.host, self.port)
+
+
+@lru_cache(maxsize=256)
+def _target(url: str) -> _Target:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidURL(str(exc)) from exc
+    if parts.scheme not in ("http", "https"):
+        raise InvalidURL(f"unsupported scheme {parts.scheme!r}")
+    host = parts.hostname
+    if not host:
+        raise InvalidURL("no host")
+    default = 443 if parts.scheme == "https" else 80
+    port = port or default
+    try:
+        name = host.encode("ascii").decode()
+    except UnicodeEncodeError:  # an internationalised name goes on the wire as its A-label
+        name = host.encode("idna").decode()
+    name = f"[{name}]" if ":" in name else name
+    authority = name if port == default else f"{name}:{port}"
+    path = quote(parts.path or "/", safe=_UNRESERVED_OR_RESERVED)
+    if parts.query:
+        path += "?" + quote(parts.query, safe=_UNRESERVED_OR_RESERVED)
+    head = f"POST {path} HTTP/1.1\r\nHost: {authority}\r\n"
+    return _Target(parts.scheme, host, port, head.encode("ascii"))
+
+
+class _Connection:
+    """One socket, with the deadline of the request it is serving."""
+
+    def __init__(self, target: _Target, sock: socket.socket) -> None:
+        self.key = target.key
+        self.sock = sock
+        self.deadline = 0.0
+        self.received = 0  # bytes of the current answer so far
+        self.idle_since = 0.0
+        self.fp = io.BufferedReader(_DeadlineReader(self))  # every read keeps to the deadline
+
+    def left(self) -> float:
+        return _left(self.deadline)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _DeadlineReader(io.RawIOBase):
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        conn = self._conn
+        conn.sock.settimeout(conn.left())
+        n = conn.sock.recv_into(buffer)
+        conn.received += n
+        return n
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline``, the timeout of the next socket operation; none left is a
+    timeout."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the delivery deadline passed")
+    return left
+
+
+def _connect(target: _Target, deadline: float, tls: ssl.SSLContext | None) -> _Connection:
+    sock = socket.create_connection((target.host, target.port), timeout=_left(deadline))
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname=target.host, do_handshake_on_connect=False)
+            sock.settimeout(_left(deadline))
+            sock.do_handshake()  # one timeout for the whole handshake (CPython keeps a deadline)
+    except BaseException:
+        sock.close()
+        raise
+    return _Connection(target, sock)
+
+
+class Pool:
+    """Kept-alive connections, at most ``max_idle`` of them idle (the least recently used goes
+    first); safe from any thread.
+
+    The lock guards only the idle lists: no thread holds it while it waits on the network.
+    """
+
+    def __init__(self, max_idle: int = 8, tls: ssl.SSLContext | None = None) -> None:
+        self.max_idle = max_idle
+        self._tls = tls
+        self._idle: list[_Connection] = []  # oldest first, of every target (a handful)
+        self._lock = threading.Lock()
+
+    def post(
+        self, url: str, headers: list[tuple[bytes, bytes]], body: bytes, timeout: float, limit: int
+    ) -> Answer:
+        """POST ``body`` to ``url`` and read at most ``limit`` bytes of the answer, all within
+        ``timeout`` seconds. Once the status line arrived, a failure reading the body only
+        shortens it (the status decided the outcome). ``headers`` go on the wire as given:
+        the caller keeps CR and LF out of them."""
+        deadline = time.monotonic() + timeout
+        target = _target(url)
+        lines = b"".join(b"%s: %s\r\n" % pair for pair in headers)
+        request = b"%s%sContent-Length: %d\r\n\r\n%s" % (target.head, lines, len(body), body)
+        conn = self._take(target)
+        try:
+            if conn is not None:
+                try:
+                    return self._exchange(target, conn, request, deadline, limit, reused=True)
+                except _Stale:
+                    pass
+            conn = self._open(target, deadline)
+            return self._exchange(target, conn, request, deadline, limit, reused=False)
+        except TimeoutError as exc:
+            raise Timeout("timeout") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise ConnectionFailed(str(exc) or type(exc).__name__) from exc
+
+    def _open(self, target: _Target, deadline: float) -> _Connection:
+        tls = None
+        if target.scheme == "https":
+            if self._tls is None:  # loading the CA store takes milliseconds: only when needed
+                self._tls = ssl.create_default_context()
+            tls = self._tls
+        return _connect(target, deadline, tls)
+
+    def _exchange(
+        self,
+        target: _Target,
+        conn: _Connection,
+        request: bytes,
+        deadline: float,
+        limit: int,
+        *,
+        reused: bool,
+    ) -> Answer:
+        conn.deadline, conn.received = deadline, 0
+        keep = False
+        try:
+            try:
+                conn.sock.settimeout(conn.left())
+                conn.sock.sendall(request)  # since 3.5 the timeout bounds the whole send
+            except TimeoutError:
+                raise
+            except OSError as exc:
+                if reused:
+                    raise _Stale from exc
+                raise
+            try:
+                status, headers, framing = _read_head(conn.fp)
+            except ConnectionError as exc:  # RemoteDisconnected included
+                if reused and conn.received == 0:
+                    raise _Stale from exc
+                raise
+            body, complete = _read_body(conn.fp, framing, limit)
+            keep = complete and framing is not None and not _closes(headers)
+            return Answer(status, headers, body)
+        finally:
+            if keep:
+                self._put(conn)
+            else:
+                conn.close()
+
+    def _take(self, target: _Target) -> _Connection | None:
+        key, now = target.key, time.monotonic()
+        with self._lock:
+            # Newest first: the most recently used is the least likely to have been closed.
+            for i in range(len(self._idle) - 1, -1, -1):
+                if self._idle[i].key == key:
+                    conn = self._idle.pop(i)
+                    break
+            else:
+                return None
+        if now - conn.idle_since < KEEPALIVE_SECONDS:
+            return conn
+        conn.close()  # older ones of this target are older still; they go when pushed out
+        return None
+
+    def _put(self, conn: _Connection) -> None:
+        conn.idle_since = time.monotonic()
+        with self._lock:
+            self._idle.append(conn)
+            oldest = self._idle.pop(0) if len(self._idle) > self.max_idle else None
+        if oldest is not None:
+            oldest.close()
+
+    def idle(self) -> int:
+        """How many connections wait for reuse."""
+        with self._lock:
+            return len(self._idle)
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._idle = self._idle, []
+        for conn in conns:
+            conn.close()
+
+
+# -- reading the answer (RFC 9112) ----------------------------------------------------------------
+
+_MAX_LINE = 65536
+_MAX_HEADERS = 100
+_CHUNKED = -1  # framing: a chunked body; None: until the connection ends; n >= 0: n bytes
+
+
+def _line(fp: io.BufferedIOBase) -> bytes:
+    line = fp.readline(_MAX_LINE + 1)
+    if len(line) > _MAX_LINE:
+        raise http.client.LineTooLong("header line")
+    return line
+
+
+def _read_head(fp: io.BufferedIOBase) -> tuple[int, dict[str, str], int | None]:
+    """The status, the headers (lower-case names, repeated ones joined) and the body's framing;
+    1xx answers are skipped."""
+    while True:
+        line = _line(fp)
+        if not line:
+            raise http.client.RemoteDisconnected("Remote end closed connection without response")
+        version, _, rest = line.partition(b" ")
+        code = rest[:3]
+        if (
+            not version.startswith(b"HTTP/1.")
+            or not (len(code) == 3 and code.isdigit() and code[:1] != b"0")
+            or rest[3:4] not in (b" ", b"\r", b"\n")
+        ):
+            raise http.client.BadStatusLine(repr(line[:80]))
+        headers: dict[str, str] = {}
+        name = ""
+        for _ in range(_MAX_HEADERS + 1):
+            line = _line(fp)
+            if line in (b"\r\n", b"\n", b""):
+                break
+            if line[:1] in (b" ", b"\t") and name:  # obsolete folding: a continuation
+                headers[name] += " " + line.strip().decode("latin-1")
+                continue
+            raw, colon, value = line.partition(b":")
+            if not colon:
+                raise http.client.HTTPException(f"malformed header line {line[:80]!r}")
+            name, text = raw.strip().lower().decode("latin-1"), value.strip().decode("latin-1")
+            headers[name] = f"{headers[name]}, {text}" if name in headers else text
+        else:
+            raise http.client.HTTPException(f"more than {_MAX_HEADERS} headers")
+        status = int(code)
+        if 100 <= status < 200:
+            continue  # 100 Continue, 103 Early Hints: the real answer follows
+        if version == b"HTTP/1.0":
+            headers["connection"] = "close"  # we never ask a 1.0 server to keep it alive
+        return status, headers, _framing(status, headers)
+
+
+def _framing(status: int, headers: dict[str, str]) -> int | None:
+    if status in (204, 304):
+        return 0
+    if "transfer-encoding" in headers:
+        if headers["transfer-encoding"].lower().rsplit(",", 1)[-1].strip() == "chunked":
+            return _CHUNKED
+        return None  # another coding last: the body runs until the connection ends
+    length = headers.get("content-length")
+    if length is None:
+        return None
+    if not length.isdigit():
+        raise http.client.HTTPException(f"bad Content-Length {length[:40]!r}")
+    return int(length)
+
+
+def _closes(headers: dict[str, str]) -> bool:
+    return "close" in headers.get("connection", "").lower()
+
+
+def _read_into(fp: io.BufferedIOBase, received: bytearray, size: int) -> bool:
+    """Read until ``received`` holds ``size`` bytes: True if it does, False at the end of the
+    stream. Read by read1 so that what came before a timeout stays in ``received``."""
+    while len(received) < size:
+        chunk = fp.read1(size - len(received))
+        if not chunk:
+            return False
+        received += chunk
+    return True
+
+
+def _read_body(fp: io.BufferedIOBase, framing: int | None, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of the body, and whether it was read to its end (so the
+    connection can serve another request). Raw bytes, not decoded (we asked for identity):
+    nothing can inflate past the limit. A failure here only shortens the excerpt."""
+    received = bytearray()
+    try:
+        if framing is None:
+            _read_into(fp, received, limit)
+            return bytes(received), False
+        if framing != _CHUNKED:
+            _read_into(fp, received, min(framing, limit))
+            return bytes(received), len(received) == framing
+        while True:
+            size = int(_line(fp).split(b";", 1)[0].strip() or b"x", 16)
+            if size == 0:
+                while _line(fp) not in (b"\r\n", b"\n", b""):  # trailers
+                    pass
+                return bytes(received), True
+            if len(received) + size > limit:
+                _read_into(fp, received, limit)
+                return bytes(received), False
+            whole = _read_into(fp, received, len(received) + size)
+            if not whole or _line(fp) not in (b"\r\n", b"\n"):  # the chunk's own CRLF
+                return bytes(received), False
+    except (OSError, ValueError, http.client.HTTPException):
+        return bytes(received), False
