@@ -16,7 +16,7 @@ one ``write()`` per line, logging's formatting). This script measures both for t
 
 The machine is shared and noisy: compare the ratios of one run, not figures across runs.
 
-    python tests/bench/bench_idle_logs.py [--baseline REF] [--idle 20] [--lines 40000]
+    python tests/bench/bench_idle_logs.py --baseline REF [--idle 20] [--lines 40000]
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def log_cost(tree: Path, work: Path, lines: int, log_format: str) -> dict[str, f
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", default="HEAD", help="git ref to compare with (before)")
+    parser.add_argument("--baseline", help="git ref of the code before the change (HEAD~1, say)")
     parser.add_argument("--idle", type=float, default=20.0, help="seconds of idle measured")
     parser.add_argument("--settle", type=float, default=5.0)
     parser.add_argument("--lines", type=int, default=40_000)
@@ -186,6 +186,8 @@ def main() -> int:
     if args.log_child:
         log_child(args.log_child, args.format)
         return 0
+    if not args.baseline:
+        parser.error("--baseline REF is required: the code to compare the working tree with")
     with tempfile.TemporaryDirectory(prefix="bench-idle-logs-") as tmp:
         work = Path(tmp)
         trees = {
