@@ -6,19 +6,29 @@ formatters put them on one line. Fields are ids, statuses and timings: never sec
 A failure that repeats (a full disk fails every poll of every worker thread) is logged once with
 its traceback, then as one line every :data:`REPEAT_SECONDS` saying how often it happened
 meanwhile (:class:`RepeatFilter`), so the log stays readable and the disk is not filled by it.
+
+Lines are cheap because serve logs two per webhook: a line is formatted without logging's
+``Formatter`` machinery (the timestamp prefix is built once a second), the handler takes no
+lock, and one writer thread writes what gathered in :data:`FLUSH_SECONDS` with one ``write()``
+(:class:`BufferedHandler`). Warnings and errors are written at once, and logging's exit hook
+flushes the rest, so a normal stop (SIGTERM) loses no line; a crash loses at most the last
+:data:`FLUSH_SECONDS` of info lines.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 REPEAT_SECONDS = 10.0
+FLUSH_SECONDS = 0.05  # info lines wait at most this long to be written, together
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -45,8 +55,12 @@ def _escaped(c: str) -> str:
 
 
 class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT`` and the ``key=value`` fields, control characters escaped."""
+
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
+        self._second = -1
+        self._stamp = ""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
         # The message only (a traceback after it keeps its lines).
@@ -54,13 +68,21 @@ class TextFormatter(logging.Formatter):
         return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        pairs = " ".join(
-            f"{escape(str(k))}={escape(str(v))}"
-            for k, v in _fields(record).items()
-            if v is not None
-        )
-        return f"{line} {pairs}" if pairs else line
+        pairs = " ".join(f"{k}={v}" for k, v in _fields(record).items() if v is not None)
+        if record.exc_info or record.exc_text or record.stack_info:
+            line = super().format(record)  # logging's own way: the traceback keeps its lines
+            return f"{line} {escape(pairs)}" if pairs else line
+        # Escaping is per character, so one pass over the whole line does it for every part.
+        line = f"{self._asctime(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        return escape(f"{line} {pairs}" if pairs else line)
+
+    def _asctime(self, record: logging.LogRecord) -> str:
+        """What ``formatTime`` writes (``2024-01-01 12:00:00,123``), strftime once a second."""
+        second = int(record.created)
+        if second != self._second:  # a race only builds the same text twice
+            self._stamp = time.strftime(self.default_time_format, self.converter(second))
+            self._second = second
+        return f"{self._stamp},{int(record.msecs):03d}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -119,8 +141,88 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+class BufferedHandler(logging.Handler):
+    """Format in the logging thread, write from one writer thread, at most every
+    :data:`FLUSH_SECONDS`, in one ``write()``; warnings and worse are written at once.
+
+    No handler lock: a line is a whole string appended to a deque (atomic), and only the
+    writer thread and :meth:`flush` (serialised by ``_writing``) take lines out of it. The
+    writer thread starts with the first line and sleeps while nothing is logged.
+    """
+
+    def __init__(self, stream: TextIO | None = None, every: float = FLUSH_SECONDS) -> None:
+        super().__init__()
+        self.stream = stream if stream is not None else sys.stderr
+        self.every = every
+        self._lines: collections.deque[str] = collections.deque()
+        self._pending = False  # the writer was asked for a write that has not started yet
+        self._wanted = threading.Event()
+        self._writing = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._start = threading.Lock()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # logging's handle() takes the handler lock around emit(): five threads queued on it.
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.append(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 (logging's contract: report it, never raise)
+            self.handleError(record)
+            return
+        if record.levelno >= logging.WARNING:
+            self.flush()
+        elif not self._pending:  # set back to False before the writer takes the lines
+            self._pending = True
+            self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self._writer is None:
+            with self._start:
+                if self._writer is None:
+                    self._writer = threading.Thread(
+                        target=self._write_loop, name="ingress-box-log", daemon=True
+                    )
+                    self._writer.start()
+        self._wanted.set()
+
+    def _write_loop(self) -> None:
+        while True:
+            self._wanted.wait()
+            time.sleep(self.every)  # gather the lines of this window into one write
+            self._wanted.clear()
+            self._pending = False
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every line gathered so far (logging calls it at exit, after the last line)."""
+        with self._writing:
+            lines = []
+            while True:
+                try:
+                    lines.append(self._lines.popleft())
+                except IndexError:
+                    break
+            if not lines:
+                return
+            try:
+                self.stream.write("".join(lines))
+                self.stream.flush()
+            except (OSError, ValueError):  # a closed or full stderr: nothing better to do
+                pass
+
+
 def configure(log_format: str) -> None:
-    handler = logging.StreamHandler()
+    # What no line of ours shows, and what logging looks up for every record: the caller's
+    # file and line (a walk up the stack), the thread and process names (logging's documented
+    # optimisations; it halves the cost of a line).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    handler = BufferedHandler()
     handler.addFilter(RepeatFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)

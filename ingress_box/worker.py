@@ -11,8 +11,12 @@ huey (SQLite storage, in the same file) only executes:
 Wake-ups: the ingress calls :meth:`Worker.wake` after a commit (cheap, any thread). A drain
 idling in this process takes the work at once; otherwise a small kicker thread turns the wake
 into a huey task. The storage wakes this process's consumer threads as soon as a task is
-enqueued here, and polls every 20 ms for tasks from other processes. A process without a
-worker (the CLI after a redrive) calls :func:`wake_workers`, which only enqueues a drain.
+enqueued here. For tasks from other processes one idle consumer thread, not each of them,
+reads ``PRAGMA data_version`` (a counter SQLite bumps when another connection commits; no
+table is read) every 20 ms while the file changes, up to every ``POLL_SECONDS`` (100 ms) while
+it does not, and looks at the queue only when it moved. A process
+without a worker (the CLI after a redrive) calls :func:`wake_workers`, which only enqueues a
+drain.
 """
 
 from __future__ import annotations
@@ -44,32 +48,95 @@ from .store import instances as store_instances
 
 log = logging.getLogger("ingress_box.worker")
 
-POLL_SECONDS = 0.02  # how often an idle consumer thread looks for tasks of other processes
+# How often one idle consumer thread looks for the commits of other processes: every 20 ms
+# while the file changes (a split deployment under traffic), doubling to every 100 ms while
+# nothing commits (each look wakes a thread: ~0.2 ms of CPU on a small machine).
+POLL_SECONDS = 0.1
+POLL_MIN_SECONDS = 0.02
+WAIT_SECONDS = 1.0  # the longest an idle consumer thread waits before huey's loop goes round
 SHORT_WAIT_SECONDS = 1.0  # a retry due sooner than this is waited for in the drain itself
 MAX_CLAIM = 16  # rows one drain leases at once when there is a backlog
 IDLE_SECONDS = 1.0  # with an ingress in this process: how long an idle drain waits for it
 
 
 class _Storage(SqliteStorage):  # type: ignore[misc]
-    """huey's SQLite storage, woken at once by an enqueue from this process."""
+    """huey's SQLite storage, woken at once by an enqueue from this process, and by one poller
+    thread for the enqueues of other processes.
+
+    ``_generation`` counts the enqueues seen (here, or through the poll). A thread that found
+    the queue empty waits only if the count did not move since it looked, so no enqueue falls
+    between its look and its wait.
+    """
 
     blocking = True  # dequeue() waits itself, so huey's worker loop does not sleep on top
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._enqueued = threading.Condition()
+        self._changed = threading.Condition()
+        self._generation = 0
+        self._polling = False  # one waiting thread polls the file for all of them
+        self._data_version: int | None = None
+        self._interval = POLL_MIN_SECONDS
+        self._closing = False
 
     def enqueue(self, data: bytes, priority: float | None = None) -> None:
         super().enqueue(data, priority)
-        with self._enqueued:
-            self._enqueued.notify_all()
+        self._bump()
+
+    def _bump(self) -> None:
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+
+    def close_waits(self) -> None:
+        """Let every waiting thread return now, and wait no longer than a poll from here on
+        (huey's stop flag is checked between two dequeue calls)."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
 
     def dequeue(self) -> bytes | None:
+        seen = self._generation
         data: bytes | None = super().dequeue()
-        if data is None:
-            with self._enqueued:
-                self._enqueued.wait(POLL_SECONDS)
-        return data
+        if data is not None:
+            return data
+        with self._changed:
+            if self._generation != seen:
+                return None  # an enqueue came meanwhile: look again at once
+            if self._polling or self._closing:
+                # The poller or an enqueue wakes this thread; the timeout only bounds a stop.
+                self._changed.wait(POLL_MIN_SECONDS if self._closing else WAIT_SECONDS)
+                return None
+            self._polling = True
+        try:
+            self._poll(seen)
+        finally:
+            with self._changed:
+                self._polling = False
+                self._changed.notify()  # another waiting thread takes the poll over
+        return None
+
+    def _poll(self, seen: int) -> None:
+        """Wait until something is enqueued: here (a notify) or by another process (a commit
+        that moved ``data_version`` and left a task in the queue), or ``WAIT_SECONDS`` passed
+        (huey's loop looks at its stop flag between two dequeue calls)."""
+        until = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < until:
+            with self._changed:
+                if self._generation != seen or self._closing:
+                    return
+                self._changed.wait(self._interval)
+                if self._generation != seen or self._closing:
+                    return
+            # The version is read before the queue, so a commit after this read moves it again.
+            version = self.sql("pragma data_version", results=True)[0][0]
+            if version == self._data_version:
+                self._interval = min(self._interval * 2, POLL_SECONDS)
+                continue
+            self._data_version, self._interval = version, POLL_MIN_SECONDS
+            if self.sql("select 1 from task where queue = ? limit 1", (self.name,), results=True):
+                self._bump()
+                return
 
 
 class _QuietConsumer(Consumer):  # type: ignore[misc]
@@ -178,9 +245,9 @@ class Worker:
                 workers=self.settings.workers,
                 worker_type="thread",
                 periodic=True,
-                initial_delay=POLL_SECONDS,
+                initial_delay=POLL_MIN_SECONDS,
                 backoff=1.0,
-                max_delay=POLL_SECONDS,
+                max_delay=POLL_MIN_SECONDS,
                 scheduler_interval=1,
                 check_worker_health=False,
             )
@@ -195,6 +262,7 @@ class Worker:
         """Stop taking work, let in-flight deliveries finish (bounded), release the rest."""
         self._stopping.set()
         self._kick.set()
+        self.huey.storage.close_waits()
         with self._idle:
             self._idle.notify_all()
         if self.consumer is not None:

@@ -1,0 +1,147 @@
+"""The log handler serve uses: cheap lines, written together, none lost at a stop."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from live import free_port
+from waiting import eventually
+
+from ingress_box import logs
+
+
+@pytest.fixture
+def stream() -> io.StringIO:
+    return io.StringIO()
+
+
+@pytest.fixture
+def logger(stream: io.StringIO) -> Iterator[logging.Logger]:
+    """A logger of its own writing through a BufferedHandler into ``stream``."""
+    handler = logs.BufferedHandler(stream)
+    handler.setFormatter(logs.TextFormatter())
+    log = logging.getLogger("ingress_box.test_logs")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield log
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+        handler.close()
+
+
+def test_an_info_line_is_written_without_a_flush(
+    logger: logging.Logger, stream: io.StringIO
+) -> None:
+    """The writer thread writes what gathered in its window."""
+    logger.info("request", extra={"fields": {"status": 202}})
+    line = eventually(stream.getvalue, 2.0, "the line to be written")
+    assert line.endswith(" INFO ingress_box.test_logs: request status=202\n"), line
+
+
+def test_a_warning_is_written_before_the_call_returns(
+    logger: logging.Logger, stream: io.StringIO
+) -> None:
+    """Warnings and errors are not held back: they are the lines someone is waiting for."""
+    logger.info("first")
+    logger.warning("second")
+    lines = stream.getvalue().splitlines()
+    assert lines[-2].endswith(": first") and lines[-1].endswith(": second"), lines
+
+
+def test_lines_from_four_threads_are_each_written_once_and_whole(
+    logger: logging.Logger, stream: io.StringIO
+) -> None:
+    """No handler lock, yet no line is lost, doubled or torn, and each thread's stay in order."""
+
+    def run(thread: int) -> None:
+        for i in range(2000):
+            logger.info("attempt", extra={"fields": {"thread": thread, "n": i}})
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    logger.handlers[0].flush()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 8000
+    for thread in range(4):
+        mine = [line for line in lines if f" thread={thread} " in line]
+        assert [line.rsplit("n=", 1)[1] for line in mine] == [str(i) for i in range(2000)]
+
+
+def test_the_text_line_is_logging_s_format_with_the_fields() -> None:
+    """The cheap path writes what ``logging.Formatter(TEXT_FORMAT)`` would, then the fields."""
+    record = logging.LogRecord("ingress_box.x", logging.INFO, "f.py", 1, "took %s", ("a\nb",), None)
+    record.fields = {"plugin": "generic", "error": None, "ms": 1.5}
+    expected = logging.Formatter(logs.TEXT_FORMAT).format(record).replace("\n", "\\n")
+    assert logs.TextFormatter().format(record) == f"{expected} plugin=generic ms=1.5"
+
+
+def test_a_traceback_keeps_its_lines_and_the_fields_stay_escaped() -> None:
+    """Only the slow path (an exception) writes more than one line, and only the traceback."""
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord(
+            "ingress_box.x", logging.ERROR, "f.py", 1, "failed", None, sys.exc_info()
+        )
+    record.fields = {"error": "a\nb"}
+    line = logs.TextFormatter().format(record)
+    assert "Traceback" in line and "ValueError: boom" in line
+    assert line.endswith(" error=a\\nb")
+
+
+def test_serve_writes_its_last_request_line_when_stopped_by_sigterm(tmp_path: Path) -> None:
+    """The lines still in the buffer at a SIGTERM are written before the process exits."""
+    port = free_port()
+    err = tmp_path / "serve.err"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGRESS_BOX_")}
+    with err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ingress_box", "serve"],
+            env={
+                **env,
+                "INGRESS_BOX_DB": str(tmp_path / "box.db"),
+                "INGRESS_BOX_HOST": "127.0.0.1",
+                "INGRESS_BOX_PORT": str(port),
+                "INGRESS_BOX_ADMIN_TOKEN": "sigterm-test-token-0123",
+            },
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            assert proc.poll() is None, err.read_text()
+            try:
+                return httpx.get(url + "/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        eventually(healthy, 20, "serve to answer /healthz")
+        answer = httpx.post(url + "/ingress/generic/nobody/events", content=b"{}")
+        assert answer.status_code == 404
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    requests = [line for line in err.read_text().splitlines() if ": request " in line]
+    assert len(requests) == 1, err.read_text()
+    assert "instance=nobody" in requests[0] and "status=404" in requests[0]
