@@ -21,8 +21,8 @@ from .errors import PermanentFailure
 from .outbound import Pool
 from .retry import Decision, RetryPolicy, decide
 from .store import Database
-from .store import deliveries as store_deliveries
 from .store import instances as store_instances
+from .store import outbox as store_outbox
 
 
 class Attempts:
@@ -47,8 +47,8 @@ class Attempts:
         self.policy = RetryPolicy.from_settings(settings)
 
     def make(
-        self, row: store_deliveries.Claimed, owner: str
-    ) -> tuple[store_deliveries.Outcome, Decision, float]:
+        self, row: store_outbox.Claimed, owner: str
+    ) -> tuple[store_outbox.Outcome, Decision, float]:
         """Attempt ``row`` now: its outcome to record, the decision, and the seconds it took."""
         event = row.event
         started, t0 = self.clock(), time.perf_counter()
@@ -77,7 +77,7 @@ class Attempts:
             error = exc
         duration = time.perf_counter() - t0
         decision = decide(self.policy, event.attempt, error, self.rng)
-        outcome = store_deliveries.Outcome(
+        outcome = store_outbox.Outcome(
             seq=row.seq,
             owner=owner,
             attempt=event.attempt,

@@ -24,7 +24,7 @@ from .ingress import Answer, Inbound
 from .retry import Decision
 from .store import Database, dbfile
 from .store.backlog import backlog
-from .store.deliveries import Claimed
+from .store.outbox import Claimed
 
 access_log = logging.getLogger("ingress_box.access")
 delivery_log = logging.getLogger("ingress_box.delivery")

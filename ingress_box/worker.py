@@ -43,8 +43,8 @@ from .errors import StorageUnavailable
 from .outbound import Pool
 from .retry import Decision
 from .store import Database, retention
-from .store import deliveries as store_deliveries
 from .store import instances as store_instances
+from .store import outbox as store_outbox
 
 log = logging.getLogger("ingress_box.worker")
 
@@ -231,7 +231,7 @@ class Worker:
         self._scheduled_for: float | None = None  # when the drain huey holds for later runs
         self._idle = threading.Condition()  # drains waiting for work, woken one per wake()
         self._idling = 0
-        self.observers: list[Callable[[store_deliveries.Claimed, Decision, float], None]] = []
+        self.observers: list[Callable[[store_outbox.Claimed, Decision, float], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -271,7 +271,7 @@ class Worker:
         if self._kicker is not None:
             self._kicker.join(timeout=1.0)
         try:
-            released = self.db.write(store_deliveries.release(self.owner))
+            released = self.db.write(store_outbox.release(self.owner))
             if released:
                 log.info("released %d leases", released)
         except StorageUnavailable as exc:  # they expire on their own after the lease time
@@ -335,7 +335,7 @@ class Worker:
                 self.instances.refresh()  # a changed target or secret applies from this claim on
                 now = self.clock()
                 claimed = self.db.write(
-                    store_deliveries.claim(self.owner, now, self.settings.lease_seconds, limit),
+                    store_outbox.claim(self.owner, now, self.settings.lease_seconds, limit),
                     durable=False,
                 )
                 if not claimed:
@@ -353,7 +353,7 @@ class Worker:
             with self._active_lock:
                 self._active -= 1
 
-    def _deliver_claimed(self, rows: list[store_deliveries.Claimed], lease_until: float) -> None:
+    def _deliver_claimed(self, rows: list[store_outbox.Claimed], lease_until: float) -> None:
         margin = 3 * self.settings.delivery_timeout_seconds
         attempted = 0
         try:
@@ -367,7 +367,7 @@ class Worker:
         finally:  # also when something escaped: what was not attempted goes back at once
             if attempted < len(rows):
                 self.db.submit(
-                    store_deliveries.release(self.owner, [r.seq for r in rows[attempted:]]),
+                    store_outbox.release(self.owner, [r.seq for r in rows[attempted:]]),
                     durable=False,
                 ).add_done_callback(_log_settle_failure)
 
@@ -378,7 +378,7 @@ class Worker:
         drain idles a little before it ends, so the next webhook is taken without a round trip
         through huey's queue.
         """
-        due = store_deliveries.next_due(self.db)
+        due = store_outbox.next_due(self.db)
         now = self.clock()
         if due is not None and due - now <= SHORT_WAIT_SECONDS:
             self._stopping.wait(max(due - now, 0.005))
@@ -402,7 +402,7 @@ class Worker:
                 self._idling -= 1
         return woken and not self._stopping.is_set()
 
-    def deliver(self, row: store_deliveries.Claimed) -> None:
+    def deliver(self, row: store_outbox.Claimed) -> None:
         """Make one attempt, tell the observers, and record its outcome."""
         outcome, decision, duration = self.attempts.make(row, self.owner)
         # Observers first: once a reader can see the outcome in the database, the counters
@@ -413,7 +413,7 @@ class Worker:
         finally:  # an observer that fails must not cost the outcome
             # Not waited for: the next claim of this thread queues behind it in the writer.
             future = self.db.submit(
-                store_deliveries.record_outcome(outcome, self.clock()), durable=False
+                store_outbox.record_outcome(outcome, self.clock()), durable=False
             )
             future.add_done_callback(_log_settle_failure)
 

@@ -17,7 +17,8 @@ from starlette.testclient import TestClient
 from ingress_box.app import App, create_app
 from ingress_box.config import Settings, load_settings
 from ingress_box.store import Database
-from ingress_box.store.deliveries import NewDelivery, Outcome, accept, claim, record_outcome
+from ingress_box.store.deliveries import NewDelivery, accept
+from ingress_box.store.outbox import Outcome, claim, record_outcome
 from ingress_box.web.box import Box
 
 ADMIN_TOKEN = "test-admin-token"

@@ -16,7 +16,8 @@ from starlette.testclient import TestClient
 
 from ingress_box.app import create_app
 from ingress_box.config import load_settings
-from ingress_box.store.deliveries import NewDelivery, Outcome, accept, claim, record_outcome
+from ingress_box.store.deliveries import NewDelivery, accept
+from ingress_box.store.outbox import Outcome, claim, record_outcome
 from ingress_box.web.box import Box
 
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -26,7 +26,8 @@ from ingress_box import backup
 from ingress_box.config import Settings
 from ingress_box.store import Database, tail
 from ingress_box.store.dead_letters import MAX_REDRIVE_BATCH
-from ingress_box.store.deliveries import NewDelivery, Outcome, accept, claim, record_outcome
+from ingress_box.store.deliveries import NewDelivery, accept
+from ingress_box.store.outbox import Outcome, claim, record_outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 _numbers = itertools.count(1)

@@ -9,7 +9,7 @@ import pytest
 from conftest import scalar
 
 from ingress_box.config import Settings, load_settings
-from ingress_box.store import Database, retention
+from ingress_box.store import Database, outbox, retention
 from ingress_box.store import deliveries as d
 
 DAY = 86_400.0
@@ -53,11 +53,11 @@ def add(db: Database, provider_id: str, outcome: str | None, at: float = T0) -> 
     db.write(lambda conn: d.accept(conn, new))
     if outcome is None:
         return
-    claimed = db.write(d.claim("w", at, 60, 100))
+    claimed = db.write(outbox.claim("w", at, 60, 100))
     row = next(r for r in claimed if r.event.provider_delivery_id == provider_id)
     db.write(
-        d.record_outcome(
-            d.Outcome(
+        outbox.record_outcome(
+            outbox.Outcome(
                 seq=row.seq,
                 owner="w",
                 attempt=row.event.attempt,

@@ -14,7 +14,7 @@ import pytest
 from conftest import scalar
 
 from ingress_box.errors import StorageUnavailable
-from ingress_box.store import Database
+from ingress_box.store import Database, outbox
 from ingress_box.store import dead_letters as dlq
 from ingress_box.store import deliveries as d
 from ingress_box.store.acceptor import Acceptor
@@ -56,14 +56,16 @@ def accept(db: Database, item: d.NewDelivery) -> bool:
     return db.write(lambda conn: d.accept(conn, item))
 
 
-def claim(db: Database, now: float = 2000.0, limit: int = 10, owner: str = "w1") -> list[d.Claimed]:
-    claimed: list[d.Claimed] = db.write(d.claim(owner, now, 60.0, limit))
+def claim(
+    db: Database, now: float = 2000.0, limit: int = 10, owner: str = "w1"
+) -> list[outbox.Claimed]:
+    claimed: list[outbox.Claimed] = db.write(outbox.claim(owner, now, 60.0, limit))
     return claimed
 
 
 def settle(
     db: Database,
-    row: d.Claimed,
+    row: outbox.Claimed,
     outcome: str,
     now: float = 2000.0,
     strict: bool = False,
@@ -71,8 +73,8 @@ def settle(
     next_at: float = 0.0,
 ) -> bool:
     settled: bool = db.write(
-        d.record_outcome(
-            d.Outcome(
+        outbox.record_outcome(
+            outbox.Outcome(
                 seq=row.seq,
                 owner=owner,
                 attempt=row.event.attempt,
@@ -271,7 +273,7 @@ def test_release_gives_back_leases(db: Database) -> None:
     """Graceful shutdown releases every lease of its owner, so others claim at once."""
     accept(db, new("a"))
     claim(db, owner="leaving")
-    assert db.write(d.release("leaving")) == 1
+    assert db.write(outbox.release("leaving")) == 1
     assert len(claim(db, owner="other")) == 1
 
 

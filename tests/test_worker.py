@@ -19,7 +19,7 @@ from waiting import eventually
 from ingress_box.config import Settings, load_settings
 from ingress_box.retry import Decision
 from ingress_box.store import dead_letters
-from ingress_box.store import deliveries as store_deliveries
+from ingress_box.store import outbox as store_outbox
 from ingress_box.worker import Worker
 
 URL = "/ingress/generic/main/events"
@@ -197,7 +197,7 @@ def test_strict_lane_waits_for_its_dead_head(settings: Settings, target: FakeTar
         send(live, b'{"i":1}', **{"x-delivery": "h-1", "x-conversation": "c"})
         wait_state(live, "h-0", "dead")
         # No worker can take h-1: the claim every worker makes finds nothing in the lane.
-        probe = store_deliveries.claim("probe", time.time(), 60, 10)
+        probe = store_outbox.claim("probe", time.time(), 60, 10)
         assert live.box.db.write(probe) == []
         assert state_of(live, "h-1") == ("pending", 0)
         live.box.db.write(dead_letters.redrive(dead_letters.Selection(), 10, time.time()))
@@ -222,7 +222,7 @@ def test_an_outcome_in_the_database_has_been_observed(live: LiveBox, target: Fak
     assert isinstance(live.box.worker, Worker)
     observed: list[str] = []
 
-    def slow_observer(row: store_deliveries.Claimed, decision: Decision, seconds: float) -> None:
+    def slow_observer(row: store_outbox.Claimed, decision: Decision, seconds: float) -> None:
         time.sleep(0.3)  # a slow observer, to widen the window an ordering bug would leave
         observed.append(row.event.provider_delivery_id)
 

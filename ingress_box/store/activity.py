@@ -15,7 +15,7 @@ from typing import Any
 
 from .backlog import Backlog, abacklog
 from .db import Database
-from .deliveries import IS_LANE_HEAD
+from .outbox import IS_LANE_HEAD
 
 MINUTES = 60
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import NotFound
 from .db import Database
-from .deliveries import LANE_SQL
+from .outbox import LANE_SQL
 from .pages import Page, decode_cursor, page_of
 
 MAX_REDRIVE_BATCH = 1000  # dead letters redriven in one transaction

@@ -1,0 +1,230 @@
+"""The outbox, as the worker sees it: claim lane heads with a lease, record outcomes, release.
+
+Only the head of each conversation lane is claimable, and only while no other row of that lane
+is leased: that is what keeps a conversation in order without holding a worker. Recording an
+outcome checks that the lease is still ours. A claim hands out the handler's own
+:class:`~ingress_box.event.Event` plus the row's ``seq`` (:class:`Claimed`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..event import Event
+from .db import Database
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A leased outbox row: the event its handler gets, and the row's key to record the outcome."""
+
+    seq: int
+    event: Event
+
+
+# Whether outbox row ``o`` is the head (oldest row) of its lane.
+IS_LANE_HEAD = (
+    "o.delivery_seq = (SELECT min(h.delivery_seq) FROM outbox AS h WHERE h.lane = o.lane)"
+)
+# Events of one conversation of one instance share a lane; others are independent (NULL).
+LANE_SQL = (
+    "CASE WHEN conversation IS NULL THEN NULL "
+    "ELSE plugin_id || char(0) || instance_id || char(0) || conversation END"
+)
+
+
+# -- the worker's claims and outcomes --------------------------------------------------------
+
+_CLAIM = f"""
+UPDATE outbox SET lease_until = :until, lease_owner = :owner
+WHERE delivery_seq IN (
+    SELECT o.delivery_seq FROM outbox AS o
+    WHERE o.parked = 0
+      AND o.available_at <= :now
+      AND (o.lease_until IS NULL OR o.lease_until < :now)
+      AND (o.lane IS NULL OR (
+            {IS_LANE_HEAD}
+            AND NOT EXISTS (SELECT 1 FROM outbox AS l
+                            WHERE l.lane = o.lane AND l.lease_until >= :now
+                              AND l.delivery_seq != o.delivery_seq)))
+    ORDER BY o.delivery_seq
+    LIMIT :limit)
+RETURNING delivery_seq
+"""
+_CLAIMED_ROWS = """
+SELECT seq, id, plugin_id, instance_id, route, provider_delivery_id, conversation, method,
+       subpath, content_type, headers, body, attempts, received_at
+FROM deliveries WHERE seq IN ({marks}) ORDER BY seq
+"""
+
+
+def claim(owner: str, now: float, lease_seconds: float, limit: int) -> Any:
+    """An op that leases up to ``limit`` claimable rows and counts their attempt."""
+
+    def op(conn: sqlite3.Connection) -> list[Claimed]:
+        seqs = [
+            r[0]
+            for r in conn.execute(
+                _CLAIM, {"until": now + lease_seconds, "owner": owner, "now": now, "limit": limit}
+            ).fetchall()
+        ]
+        if not seqs:
+            return []
+        marks = ",".join("?" * len(seqs))
+        conn.execute(f"UPDATE deliveries SET attempts = attempts + 1 WHERE seq IN ({marks})", seqs)
+        rows = conn.execute(_CLAIMED_ROWS.format(marks=marks), seqs).fetchall()
+        return [
+            Claimed(
+                seq=r["seq"],
+                event=Event(
+                    id=r["id"],
+                    plugin=r["plugin_id"],
+                    instance=r["instance_id"],
+                    route=r["route"],
+                    provider_delivery_id=r["provider_delivery_id"],
+                    conversation=r["conversation"],
+                    method=r["method"],
+                    subpath=r["subpath"],
+                    content_type=r["content_type"],
+                    headers=json.loads(r["headers"]),
+                    body=bytes(r["body"] or b""),
+                    attempt=r["attempts"],
+                    received_at=r["received_at"],
+                ),
+            )
+            for r in rows
+        ]
+
+    return op
+
+
+def _record_attempt(
+    conn: sqlite3.Connection,
+    seq: int,
+    attempt: int,
+    started_at: float,
+    duration_ms: float,
+    outcome: str,
+    status_code: int | None,
+    error: str | None,
+) -> None:
+    conn.execute(
+        "INSERT INTO attempts (delivery_seq, attempt, started_at, duration_ms, outcome, "
+        "status_code, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (seq, attempt, started_at, duration_ms, outcome, status_code, error),
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt ended, as the worker reports it."""
+
+    seq: int
+    owner: str
+    attempt: int
+    outcome: str  # delivered | retry | dead
+    started_at: float
+    duration_ms: float
+    status_code: int | None = None
+    error: str | None = None
+    next_attempt_at: float = 0.0  # for retry
+    dead_letter_id: str = ""  # for dead
+    strict: bool = False  # for dead: park the row so its lane waits for a redrive
+
+
+def record_outcome(o: Outcome, now: float) -> Any:
+    """An op that records an attempt's outcome; a lost lease leaves the row to its new owner."""
+
+    def op(conn: sqlite3.Connection) -> bool:
+        _record_attempt(
+            conn, o.seq, o.attempt, o.started_at, o.duration_ms, o.outcome, o.status_code, o.error
+        )
+        if o.outcome == "delivered":
+            # Delivered is the truth even if the lease expired meanwhile.
+            conn.execute("DELETE FROM outbox WHERE delivery_seq = ?", (o.seq,))
+            conn.execute(
+                "UPDATE deliveries SET state = 'delivered', delivered_at = ?, last_error = NULL "
+                "WHERE seq = ?",
+                (now, o.seq),
+            )
+            # A worker whose lease expired may have dead-lettered it meanwhile: that is moot now
+            # (and a redrive must not deliver it again).
+            conn.execute(
+                "UPDATE dead_letters SET redriven_at = ? "
+                "WHERE delivery_seq = ? AND redriven_at IS NULL",
+                (now, o.seq),
+            )
+            return True
+        ours = "delivery_seq = ? AND lease_owner = ?"
+        if o.outcome == "retry":
+            cur = conn.execute(
+                f"UPDATE outbox SET lease_until = NULL, lease_owner = NULL, available_at = ? "
+                f"WHERE {ours}",
+                (o.next_attempt_at, o.seq, o.owner),
+            )
+        elif o.strict:
+            cur = conn.execute(
+                f"UPDATE outbox SET lease_until = NULL, lease_owner = NULL, parked = 1 "
+                f"WHERE {ours}",
+                (o.seq, o.owner),
+            )
+        else:
+            cur = conn.execute(f"DELETE FROM outbox WHERE {ours}", (o.seq, o.owner))
+        if cur.rowcount == 0:
+            return False
+        conn.execute("UPDATE deliveries SET last_error = ? WHERE seq = ?", (o.error, o.seq))
+        if o.outcome == "dead":
+            conn.execute("UPDATE deliveries SET state = 'dead' WHERE seq = ?", (o.seq,))
+            conn.execute(
+                "INSERT INTO dead_letters (id, delivery_seq, plugin_id, instance_id, attempts, "
+                "last_error, created_at) SELECT ?, seq, plugin_id, instance_id, attempts, ?, ? "
+                "FROM deliveries WHERE seq = ?",
+                (o.dead_letter_id, o.error or "failed", now, o.seq),
+            )
+        return True
+
+    return op
+
+
+def release(owner: str, seqs: Sequence[int] | None = None) -> Any:
+    """An op that gives back leases ``owner`` took but did not attempt (all, or ``seqs``).
+
+    Their claim counted an attempt that was never made: it is taken back.
+    """
+
+    def op(conn: sqlite3.Connection) -> int:
+        where = "lease_owner = ?"
+        params: list[Any] = [owner]
+        if seqs is not None:
+            where += f" AND delivery_seq IN ({','.join('?' * len(seqs))})"
+            params.extend(seqs)
+        released = [
+            r[0]
+            for r in conn.execute(
+                f"UPDATE outbox SET lease_until = NULL, lease_owner = NULL WHERE {where} "
+                "RETURNING delivery_seq",
+                params,
+            )
+        ]
+        if released:
+            conn.execute(
+                f"UPDATE deliveries SET attempts = max(attempts - 1, 0) "
+                f"WHERE seq IN ({','.join('?' * len(released))})",
+                released,
+            )
+        return len(released)
+
+    return op
+
+
+def next_due(db: Database) -> float | None:
+    """When the earliest lane head (or lane-less row) is next claimable, if any is waiting."""
+    row = db.read_one(
+        "SELECT min(max(o.available_at, coalesce(o.lease_until, 0))) FROM outbox AS o "
+        f"WHERE o.parked = 0 AND (o.lane IS NULL OR {IS_LANE_HEAD})"
+    )
+    return float(row[0]) if row is not None and row[0] is not None else None
