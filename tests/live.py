@@ -19,7 +19,7 @@ from waiting import eventually
 from ingress_box.app import App, create_app
 from ingress_box.config import Settings
 from ingress_box.signing import generate_outbound_secret
-from ingress_box.store import instances
+from ingress_box.store import Database, instances
 from ingress_box.store.instances import Instance
 from ingress_box.web.box import Box
 
@@ -71,6 +71,17 @@ def add_instance(
     **fields: Any,
 ) -> Instance:
     """Create an instance straight through the store (no admin API involved)."""
+    return insert_instance(box.db, plugin, instance, secret, **fields)
+
+
+def insert_instance(
+    db: Database,
+    plugin: str = "generic",
+    instance: str = "main",
+    secret: str = SECRET,
+    **fields: Any,
+) -> Instance:
+    """Write an instance into an open database file (no app needed)."""
     now = time.time()
     fields.setdefault("outbound_secret", generate_outbound_secret())
     inst = Instance(
@@ -81,5 +92,5 @@ def add_instance(
         updated_at=now,
         **fields,
     )
-    result: Instance = box.db.write(instances.insert(inst))
+    result: Instance = db.write(instances.insert(inst))
     return result

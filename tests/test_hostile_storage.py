@@ -19,15 +19,13 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import ADMIN_TOKEN
-from live import SECRET, add_instance, free_port, running_box
+from live import SECRET, add_instance, free_port, insert_instance, running_box
 from signers import sign_generic
 from waiting import eventually
 
 from ingress_box.config import load_settings
 from ingress_box.logs import RepeatFilter
-from ingress_box.signing import generate_outbound_secret
-from ingress_box.store import Database, instances
-from ingress_box.store.instances import Instance
+from ingress_box.store import Database
 
 PAGE = 4096
 
@@ -53,20 +51,8 @@ def _box_file(path: Path) -> Path:
     it what a disk would)."""
     db = Database(path).open()
     try:
-        now = time.time()
-        db.write(
-            instances.insert(
-                Instance(
-                    plugin_id="generic",
-                    instance_id="main",
-                    secret=SECRET,
-                    created_at=now,
-                    updated_at=now,
-                    target_url="http://127.0.0.1:9/hook",  # never reached: no worker runs
-                    outbound_secret=generate_outbound_secret(),
-                )
-            )
-        )
+        # the target is never reached: no worker runs
+        insert_instance(db, target_url="http://127.0.0.1:9/hook")
     finally:
         db.close()
     return path

@@ -16,16 +16,14 @@ import httpx
 import pytest
 from conftest import ADMIN_TOKEN
 from fake_target import FakeTarget, Reply
-from live import SECRET, add_instance, free_port, running_box
+from live import SECRET, add_instance, free_port, insert_instance, running_box
 from signers import sign_generic
 from starlette.testclient import TestClient
 from waiting import eventually
 
 from ingress_box.app import create_app
 from ingress_box.config import load_settings
-from ingress_box.signing import generate_outbound_secret
-from ingress_box.store import Database, instances
-from ingress_box.store.instances import Instance
+from ingress_box.store import Database
 
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -146,7 +144,7 @@ def test_serve_stops_within_its_bound_on_sigterm_during_a_trickling_attempt(
     }
     db = Database(db_path).open()
     try:
-        _add_instance_to(db, target.url)
+        insert_instance(db, target_url=target.url)
     finally:
         db.close()
     process = subprocess.Popen(
@@ -176,20 +174,3 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def _add_instance_to(db: Database, target_url: str) -> None:
-    now = time.time()
-    db.write(
-        instances.insert(
-            Instance(
-                plugin_id="generic",
-                instance_id="main",
-                secret=SECRET,
-                created_at=now,
-                updated_at=now,
-                target_url=target_url,
-                outbound_secret=generate_outbound_secret(),
-            )
-        )
-    )
