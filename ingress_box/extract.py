@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
 from .plugins import Pointer, Route
+from .values import is_text
 
 REDACTED = "[redacted]"
 # Header names whose values are credentials wherever they appear.
@@ -51,13 +52,7 @@ class BadDeliveryId(ValueError):
 
 def text(value: str) -> str | None:
     """``value`` when it is valid text of at most MAX_VALUE_CHARS characters, else None."""
-    if len(value) > MAX_VALUE_CHARS:
-        return None
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate, e.g. from the JSON string "\ud800"
-        return None
-    return value
+    return value if len(value) <= MAX_VALUE_CHARS and is_text(value) else None
 
 
 def header_text(value: str) -> str | None:

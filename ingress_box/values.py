@@ -12,12 +12,20 @@ from typing import Any
 from .errors import InvalidInput
 
 
-def check_unicode(name: str, value: str) -> str:
-    """``value`` when it can be stored and shown: no lone surrogate (JSON's ``"\ud800"``)."""
+def is_text(value: str) -> bool:
+    """Whether ``value`` can be stored and shown: it encodes as UTF-8, so no lone surrogate
+    (a valid JSON escape such as ``"\ud800"``, which SQLite and UTF-8 answers refuse)."""
     try:
         value.encode()
-    except UnicodeEncodeError as exc:
-        raise InvalidInput(f"{name} must be valid Unicode (no lone surrogates)") from exc
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_unicode(name: str, value: str) -> str:
+    """``value`` when :func:`is_text`, else InvalidInput naming the field."""
+    if not is_text(value):
+        raise InvalidInput(f"{name} must be valid Unicode (no lone surrogates)")
     return value
 
 

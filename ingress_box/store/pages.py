@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ..errors import InvalidInput
+from ..values import is_text
 
 T = TypeVar("T")
 
@@ -58,16 +59,8 @@ def _fits(value: Any, kind: type) -> bool:
     if kind is int:  # SQLite integers are 64-bit; bool is an int to Python but not to us
         return type(value) is int and -(2**63) <= value < 2**63
     if kind is str:  # a lone surrogate ("\ud800") is valid JSON but cannot be bound in SQL
-        return type(value) is str and _encodable(value)
+        return type(value) is str and is_text(value)
     return type(value) is kind
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def clamp_limit(raw: str | int | None, default: int = 100) -> int:
