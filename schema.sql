@@ -130,3 +130,21 @@ CREATE UNIQUE INDEX IF NOT EXISTS conversation_mappings_forward
     ON conversation_mappings (session, chat, plugin_id, instance_id);
 CREATE UNIQUE INDEX IF NOT EXISTS conversation_mappings_reverse
     ON conversation_mappings (plugin_id, instance_id, provider_conversation_id);
+
+-- A bridge joins one WhatsApp gateway session to one Chatwoot API inbox (release 0.2). Its two
+-- instances, `<gateway_kind>/<id>` and `chatwoot/<id>`, hold the webhook secrets; this row holds
+-- what the bridge needs to call both APIs (the API key and token are secrets: masked on read).
+CREATE TABLE IF NOT EXISTS bridges (
+    id                   TEXT PRIMARY KEY,
+    gateway_kind         TEXT NOT NULL
+                         CHECK (gateway_kind IN ('waha', 'evolution', 'gowa', 'openwa')),
+    gateway_url          TEXT NOT NULL,
+    gateway_api_key      TEXT NOT NULL DEFAULT '',
+    gateway_session      TEXT NOT NULL,
+    chatwoot_url         TEXT NOT NULL,
+    chatwoot_account_id  INTEGER NOT NULL,
+    chatwoot_inbox_id    INTEGER NOT NULL,
+    chatwoot_api_token   TEXT NOT NULL,
+    options              TEXT NOT NULL DEFAULT '{}',   -- JSON object: the bridge's policies
+    created_at           REAL NOT NULL
+) WITHOUT ROWID;

@@ -47,8 +47,29 @@ class Migration:
                 conn.execute(statement)
 
 
-# The steps after the baseline, in order. None yet: 0.1.0's schema is still the current one.
-MIGRATIONS: tuple[Migration, ...] = ()
+# The steps after the baseline, in order. Release 0.2's steps may still change until it ships.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        2,
+        "bridges",
+        """
+        CREATE TABLE bridges (
+            id                   TEXT PRIMARY KEY,
+            gateway_kind         TEXT NOT NULL
+                                 CHECK (gateway_kind IN ('waha', 'evolution', 'gowa', 'openwa')),
+            gateway_url          TEXT NOT NULL,
+            gateway_api_key      TEXT NOT NULL DEFAULT '',
+            gateway_session      TEXT NOT NULL,
+            chatwoot_url         TEXT NOT NULL,
+            chatwoot_account_id  INTEGER NOT NULL,
+            chatwoot_inbox_id    INTEGER NOT NULL,
+            chatwoot_api_token   TEXT NOT NULL,
+            options              TEXT NOT NULL DEFAULT '{}',
+            created_at           REAL NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
+)
 
 
 def latest(migrations: Sequence[Migration]) -> int:
