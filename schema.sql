@@ -148,3 +148,35 @@ CREATE TABLE IF NOT EXISTS bridges (
     options              TEXT NOT NULL DEFAULT '{}',   -- JSON object: the bridge's policies
     created_at           REAL NOT NULL
 ) WITHOUT ROWID;
+
+-- A bridge's WhatsApp message <-> Chatwoot message links: the dedup table and the echo ledger
+-- in one. `inbound` rows are WhatsApp messages the bridge posted to Chatwoot (cw_message_id set
+-- once posted); `outbound` rows are parts of an agent's message the bridge sends to WhatsApp,
+-- written before the send (wa_id NULL: in flight) and completed with the id the gateway gave.
+CREATE TABLE IF NOT EXISTS bridge_messages (
+    id                  INTEGER PRIMARY KEY,
+    bridge_id           TEXT NOT NULL,
+    direction           TEXT NOT NULL CHECK (direction IN ('inbound', 'outbound')),
+    chat                TEXT NOT NULL,     -- the canonical chat JID
+    wa_id               TEXT,              -- the WhatsApp message key id
+    cw_message_id       INTEGER,
+    part                INTEGER NOT NULL DEFAULT 0,
+    cw_conversation_id  INTEGER,
+    created_at          REAL NOT NULL,
+    updated_at          REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS bridge_messages_wa
+    ON bridge_messages (bridge_id, wa_id, part) WHERE wa_id IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS bridge_messages_cw
+    ON bridge_messages (bridge_id, cw_message_id, part) WHERE cw_message_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS bridge_messages_chat ON bridge_messages (bridge_id, chat, created_at);
+
+-- Another JID of a chat (an @lid, or a phone JID seen later) -> the chat's canonical JID, per
+-- bridge; filled from every gateway event that carries both.
+CREATE TABLE IF NOT EXISTS bridge_aliases (
+    bridge_id   TEXT NOT NULL,
+    alias       TEXT NOT NULL,
+    chat        TEXT NOT NULL,
+    updated_at  REAL NOT NULL,
+    PRIMARY KEY (bridge_id, alias)
+) WITHOUT ROWID;

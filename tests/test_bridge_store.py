@@ -1,4 +1,4 @@
-"""The bridges table: a bridge and its two instances are stored and removed together."""
+"""The bridge tables: bridges with their two instances, message links, chat aliases."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ingress_box.errors import AlreadyExists, NotFound
-from ingress_box.store import Database, bridges, instances
+from ingress_box.store import Database, bridge_links, bridges, instances
 from ingress_box.store.instances import Instance
 
 NOW = 1_700_000_000.0
@@ -75,3 +75,34 @@ def test_delete_takes_the_bridge_and_its_instances(db: Database) -> None:
     assert instances.get(db, "chatwoot", "shop") is None
     with pytest.raises(NotFound):
         db.write(bridges.delete("shop"))
+
+
+def test_an_inbound_link_is_found_by_either_id_and_filled_in_later(db: Database) -> None:
+    db.write(bridge_links.posted("shop", "1555@c.us", "KEY1", 0, 55, None, NOW))
+    db.write(bridge_links.posted("shop", "1555@c.us", "KEY1", 0, 55, 901, NOW + 1))
+    (link,) = bridge_links.of_wa(db, "shop", "KEY1")
+    assert (link.direction, link.cw_message_id, link.cw_conversation_id) == ("inbound", 901, 55)
+    assert bridge_links.of_chatwoot(db, "shop", 901) == [link]
+    assert bridge_links.of_wa(db, "other", "KEY1") == []
+
+
+def test_an_outbound_part_is_in_flight_until_its_whatsapp_id_is_recorded(db: Database) -> None:
+    first = db.write(bridge_links.sending("shop", "1555@c.us", 902, 0, 55, NOW))
+    assert first.in_flight and first.wa_id is None
+    assert bridge_links.in_flight(db, "shop", "1555@c.us", since=NOW - 30)
+    assert not bridge_links.in_flight(db, "shop", "1555@c.us", since=NOW + 1)
+    db.write(bridge_links.sent("shop", 902, 0, "WA-OUT-1", NOW + 1))
+    again = db.write(bridge_links.sending("shop", "1555@c.us", 902, 0, 55, NOW + 2))
+    assert again.wa_id == "WA-OUT-1" and not again.in_flight  # a retry skips this part
+    assert not bridge_links.in_flight(db, "shop", "1555@c.us", since=NOW - 30)
+    assert [x.cw_message_id for x in bridge_links.of_wa(db, "shop", "WA-OUT-1")] == [902]
+
+
+def test_an_alias_resolves_to_its_chat_and_follows_a_later_change(db: Database) -> None:
+    assert bridge_links.canonical(db, "shop", "999@lid") == "999@lid"
+    db.write(bridge_links.alias("shop", "999@lid", "1555@c.us", NOW))
+    db.write(bridge_links.alias("shop", "1555@c.us", "1555@c.us", NOW))  # itself: nothing
+    assert bridge_links.canonical(db, "shop", "999@lid") == "1555@c.us"
+    assert bridge_links.canonical(db, "shop", "1555@c.us") == "1555@c.us"
+    db.write(bridge_links.alias("shop", "999@lid", "1666@c.us", NOW + 1))
+    assert bridge_links.canonical(db, "shop", "999@lid") == "1666@c.us"

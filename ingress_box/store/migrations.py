@@ -67,6 +67,30 @@ MIGRATIONS: tuple[Migration, ...] = (
             options              TEXT NOT NULL DEFAULT '{}',
             created_at           REAL NOT NULL
         ) WITHOUT ROWID;
+        CREATE TABLE bridge_messages (
+            id                  INTEGER PRIMARY KEY,
+            bridge_id           TEXT NOT NULL,
+            direction           TEXT NOT NULL CHECK (direction IN ('inbound', 'outbound')),
+            chat                TEXT NOT NULL,
+            wa_id               TEXT,
+            cw_message_id       INTEGER,
+            part                INTEGER NOT NULL DEFAULT 0,
+            cw_conversation_id  INTEGER,
+            created_at          REAL NOT NULL,
+            updated_at          REAL NOT NULL
+        );
+        CREATE UNIQUE INDEX bridge_messages_wa
+            ON bridge_messages (bridge_id, wa_id, part) WHERE wa_id IS NOT NULL;
+        CREATE UNIQUE INDEX bridge_messages_cw
+            ON bridge_messages (bridge_id, cw_message_id, part) WHERE cw_message_id IS NOT NULL;
+        CREATE INDEX bridge_messages_chat ON bridge_messages (bridge_id, chat, created_at);
+        CREATE TABLE bridge_aliases (
+            bridge_id   TEXT NOT NULL,
+            alias       TEXT NOT NULL,
+            chat        TEXT NOT NULL,
+            updated_at  REAL NOT NULL,
+            PRIMARY KEY (bridge_id, alias)
+        ) WITHOUT ROWID;
         """,
     ),
 )
