@@ -78,10 +78,11 @@ def create_app(
             worker = Worker(
                 settings, db, clock=clock, transport=transport, idle_seconds=IDLE_SECONDS
             )
-            ingress.on_accepted.append(worker.wake)
+            if settings.run_worker:  # the accept transaction hands new rows to this worker
+                ingress.acceptor.handoff = worker
+            else:  # deliveries are made by `ingress-box worker` processes: wake them
+                ingress.on_accepted.append(worker.wake)
             worker.observers.append(metrics.on_attempt)
-            # settings.run_worker False: deliveries are made by `ingress-box worker` processes;
-            # this one only wakes them when it accepts something.
             worker.start(consume=settings.run_worker)
         app.state.box = Box(
             settings, db, registry, ingress, auth, worker, metrics, clock, generated

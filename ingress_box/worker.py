@@ -8,7 +8,14 @@ huey (SQLite storage, in the same file) only executes:
   lease of a crashed process or a due retry is found again without a separate reconciler;
 - ``maintenance`` (hourly) prunes what retention allows and checkpoints the WAL.
 
-Wake-ups: the ingress calls :meth:`Worker.wake` after a commit (cheap, any thread). A drain
+Hand-off: with an ingress in the same process, the accept transaction itself leases each new
+row that is claimable at once for a drain idling here (see :mod:`ingress_box.store.acceptor`),
+and the writer thread hands it over (:meth:`Worker.take`) right after the commit: no claim
+transaction, no thread waiting on another. A drain claims from the outbox only when there may
+be work it was not handed: rows left waiting behind their lane or not wanted, the next row of a
+lane an outcome freed, a due retry, an explicit :meth:`Worker.wake`, or when huey runs it.
+
+Wake-ups: :meth:`Worker.wake` says there is new work in the outbox (cheap, any thread). A drain
 idling in this process takes the work at once; otherwise a small kicker thread turns the wake
 into a huey task. The storage wakes this process's consumer threads as soon as a task is
 enqueued here. For tasks from other processes one idle consumer thread, not each of them,
@@ -21,6 +28,7 @@ drain.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import random
@@ -231,6 +239,9 @@ class Worker:
         self._scheduled_for: float | None = None  # when the drain huey holds for later runs
         self._idle = threading.Condition()  # drains waiting for work, woken one per wake()
         self._idling = 0
+        self._handed: collections.deque[store_outbox.Claimed] = collections.deque()
+        self._more = False  # the outbox may hold claimable work no drain was handed
+        self.lease_seconds = settings.lease_seconds
         self.observers: list[Callable[[store_outbox.Claimed, Decision, float], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -288,15 +299,41 @@ class Worker:
         return all(t.is_alive() for t in threads)
 
     def wake(self) -> None:
-        """Say there is new work (cheap; safe from the event loop).
+        """Say there is new work in the outbox (cheap; safe from the event loop).
 
         A drain idling in this process takes it at once; otherwise the kicker asks huey for one.
         """
         with self._idle:
+            self._more = True
             if self._idling:
                 self._idle.notify()
                 return
         self._kick.set()
+
+    # -- the hand-off from the accept transaction (store.acceptor.Handoff) ------------------
+
+    def now(self) -> float:
+        return self.clock()
+
+    def wanted(self) -> int:
+        """Rows this worker's running drains would start next: one each, idle or busy (a
+        busy one takes its row after the attempt it is making; :meth:`take` starts another
+        drain when none idles). Read without the lock: a hint."""
+        if self._stopping.is_set() or self.consumer is None:
+            return 0
+        return max(self._active - len(self._handed), 0)
+
+    def take(self, rows: list[store_outbox.Claimed], left: int, version: str) -> None:
+        """Rows leased for this worker by an accept that committed (in the writer thread)."""
+        self.instances.reset(version)  # what the accept checked against: current as of now
+        with self._idle:
+            self._handed.extend(rows)
+            self._more = self._more or left > 0
+            wanted = len(rows) + (1 if left else 0)
+            woken = min(wanted, self._idling)
+            self._idle.notify(woken)
+        if woken < wanted:
+            self._kick.set()
 
     def _kick_loop(self) -> None:
         while not self._stopping.is_set():
@@ -330,14 +367,23 @@ class Worker:
         with self._active_lock:
             self._active += 1
         limit = 1
+        look = True  # huey runs a drain to look in the outbox: it does so first
         try:
             while not self._stopping.is_set():
+                handed = self._next_handed()
+                if handed is not None:
+                    self._deliver_claimed([handed])
+                    continue
+                if not (look or self._take_more()):
+                    if not self._wait_for_work():
+                        return
+                    continue
                 self.instances.refresh()  # a changed target or secret applies from this claim on
-                now = self.clock()
                 claimed = self.db.write(
-                    store_outbox.claim(self.owner, now, self.settings.lease_seconds, limit),
+                    store_outbox.claim(self.owner, self.clock(), self.lease_seconds, limit),
                     durable=False,
                 )
+                look = bool(claimed)  # claim again until the outbox has nothing ready
                 if not claimed:
                     if not self._wait_for_next_due():
                         return
@@ -348,19 +394,44 @@ class Worker:
                 # A full claim means a backlog: take more at once (fewer transactions per
                 # delivery); a partial one means the backlog is gone: back to one at a time.
                 limit = min(limit * 2, MAX_CLAIM) if len(claimed) == limit else 1
-                self._deliver_claimed(claimed, now + self.settings.lease_seconds)
+                self._deliver_claimed(claimed)
         finally:
             with self._active_lock:
                 self._active -= 1
 
-    def _deliver_claimed(self, rows: list[store_outbox.Claimed], lease_until: float) -> None:
+    def _next_handed(self) -> store_outbox.Claimed | None:
+        with self._idle:
+            return self._handed.popleft() if self._handed else None
+
+    def _take_more(self) -> bool:
+        with self._idle:
+            more, self._more = self._more, False
+            return more
+
+    def _wait_for_work(self) -> bool:
+        """Idle until rows are handed over or the outbox has more (False: end the drain)."""
+        if self.idle_seconds <= 0:
+            return False
+        with self._idle:
+            if not (self._handed or self._more):
+                self._idling += 1
+                try:
+                    self._idle.wait(self.idle_seconds)
+                finally:
+                    self._idling -= 1
+            # Whatever woke it (or not: a notify can meet a wait that just timed out), the
+            # state decides: work that arrived stays with this drain.
+            return bool(self._handed or self._more) and not self._stopping.is_set()
+
+    def _deliver_claimed(self, rows: list[store_outbox.Claimed]) -> None:
         margin = 3 * self.settings.delivery_timeout_seconds
         attempted = 0
         try:
             for row in rows:
                 # Never start an attempt that could outlive its lease (another worker could
                 # claim the row and deliver it twice): give the rest back. The first always goes.
-                if attempted and (self._stopping.is_set() or self.clock() + margin > lease_until):
+                late = self.clock() + margin > row.lease_until
+                if attempted and (self._stopping.is_set() or late):
                     break
                 attempted += 1
                 self.deliver(row)
@@ -382,6 +453,8 @@ class Worker:
         now = self.clock()
         if due is not None and due - now <= SHORT_WAIT_SECONDS:
             self._stopping.wait(max(due - now, 0.005))
+            with self._idle:
+                self._more = True  # it is due now
             return True
         if due is not None:
             with self._active_lock:
@@ -392,15 +465,7 @@ class Worker:
                 ):
                     self._drain.schedule(delay=due - now)
                     self._scheduled_for = due
-        if self.idle_seconds <= 0:
-            return False
-        with self._idle:
-            self._idling += 1
-            try:
-                woken = self._idle.wait(self.idle_seconds)
-            finally:
-                self._idling -= 1
-        return woken and not self._stopping.is_set()
+        return self._wait_for_work()
 
     def deliver(self, row: store_outbox.Claimed) -> None:
         """Make one attempt, tell the observers, and record its outcome."""
@@ -411,11 +476,22 @@ class Worker:
             for observe in self.observers:
                 observe(row, decision, duration)
         finally:  # an observer that fails must not cost the outcome
-            # Not waited for: the next claim of this thread queues behind it in the writer.
+            # Not waited for (lazy: it may share the next accept's transaction); the next
+            # claim of this thread queues behind it in the writer. Once it commits, the lane's
+            # next row (or this one, retried) may be claimable.
+            lane = store_outbox.lane_of(row.event)
             future = self.db.submit(
-                store_outbox.record_outcome(outcome, self.clock()), durable=False
+                store_outbox.record_outcome_and_peek(outcome, lane, self.clock()),
+                durable=False,
+                lazy=True,
             )
-            future.add_done_callback(_log_settle_failure)
+            future.add_done_callback(self._recorded)
+
+    def _recorded(self, future: Any) -> None:
+        if future.exception() is not None:  # the lease expires and the row is delivered again
+            log.error("could not record a delivery outcome: %s", future.exception())
+        elif future.result():
+            self.wake()
 
 
 def _log_settle_failure(future: Any) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import scalar
+from waiting import eventually
 
 from ingress_box.errors import StorageUnavailable
 from ingress_box.store import Database, outbox
@@ -138,6 +139,41 @@ def test_concurrent_writers_share_commits_and_all_land(db: Database) -> None:
     assert results.count(True) == 200
     assert sum(batches) == 200
     assert scalar(db, "SELECT count(*) FROM deliveries") == 200
+
+
+def test_a_lazy_write_waits_for_the_next_write_to_share_its_transaction(tmp_path: Path) -> None:
+    """An outcome (lazy) and the next accept commit together; a lone lazy write still commits."""
+    db = Database(tmp_path / "linger.db", linger=30.0).open()  # long: the test decides when
+    try:
+        batches: list[int] = []
+        db.on_commit.append(batches.append)
+        lazy = db.submit(lambda conn: d.accept(conn, new("lazy-1")), durable=False, lazy=True)
+        eventually(lambda: db.queued() == 0, 5, "the writer to take the lazy write")
+        assert not lazy.done()  # it lingers, waiting for company
+        assert accept(db, new("next-1")) is True
+        assert lazy.result(timeout=5) is True
+        assert batches == [2]  # one transaction for both
+    finally:
+        db.close()
+    short = Database(tmp_path / "short.db", linger=0.01).open()
+    try:
+        alone = short.submit(lambda conn: d.accept(conn, new("lazy-2")), durable=False, lazy=True)
+        assert alone.result(timeout=5) is True
+    finally:
+        short.close()
+
+
+def test_a_lone_op_that_fails_is_rolled_back_and_the_writer_goes_on(db: Database) -> None:
+    """Without a savepoint (it runs alone), a failing op still leaves nothing behind."""
+
+    def half_then_fail(conn: sqlite3.Connection) -> None:
+        d.accept(conn, new("half-1"))
+        raise ValueError("no")
+
+    with pytest.raises(ValueError, match="no"):
+        db.write(half_then_fail)
+    assert scalar(db, "SELECT count(*) FROM deliveries WHERE provider_delivery_id = 'half-1'") == 0
+    assert accept(db, new("after-1")) is True
 
 
 def test_a_failing_op_does_not_undo_its_batch_mates(db: Database) -> None:

@@ -14,6 +14,12 @@ One request must never fail the others of its batch (they may be other instances
 the batch runs inside a savepoint, and if anything of it fails, that savepoint is rolled back
 and the requests run again one by one, each in its own savepoint, inside the same transaction.
 Only the one that fails again hears of its error.
+
+With a :class:`Handoff` (a worker in this process with a drain waiting for work), the same
+transaction also leases the new rows that are claimable at once, and the writer hands them to
+the worker right after the commit: a webhook then costs no claim transaction and no wait for a
+wake-up. Leased here or by a claim, a row is the same leased row (same lease, same attempt
+count), so a crash before the attempt leaves it to the lease's expiry as always.
 """
 
 from __future__ import annotations
@@ -21,21 +27,43 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import StorageUnavailable
+from ..event import Event
 from .db import Database
 from .deliveries import NewDelivery, accept_many
 from .instances import version_in
+from .outbox import Claimed, lease_new
 
 # Extra work for a new delivery, in the same transaction (e.g. learning a mapping).
 AfterInsert = Callable[[sqlite3.Connection], None]
 # What one request of a batch learns: new, duplicate, stale configuration (None), or its error.
 Result = bool | None | BaseException
+
+
+class Handoff(Protocol):
+    """A worker of this process that takes newly accepted rows from the accept transaction."""
+
+    owner: str  # the lease owner, as in its claims
+    lease_seconds: float
+
+    def now(self) -> float: ...
+
+    def wanted(self) -> int:
+        """How many rows it would start on at once (0: leave them all to its claims)."""
+        ...
+
+    def take(self, rows: list[Claimed], left: int, version: str) -> None:
+        """After the commit, in the writer thread: ``rows`` leased for it, how many new rows
+        were left in the outbox for a claim (waiting behind their lane, or not wanted), and the
+        instances version the transaction saw."""
+        ...
 
 
 @dataclass
@@ -53,6 +81,8 @@ class _Flush:
     acceptor: Acceptor
     taken: list[_Waiting] = field(default_factory=list)
     ran: bool = False
+    handed: list[Claimed] = field(default_factory=list)  # leased for the Handoff
+    left: int = 0  # new rows not handed
 
     def run(self, conn: sqlite3.Connection) -> tuple[list[Result], str]:
         self.ran = True
@@ -64,14 +94,43 @@ class _Flush:
         current = [w for w in self.taken if w.version == version]
         try:
             with _savepoint(conn, "batch"):
-                accepted: list[Result] = list(_accept(conn, current))
+                accepted: list[int | None | BaseException] = list(_accept(conn, current))
         except Exception:
             if not conn.in_transaction:  # SQLite gave up the whole transaction (disk full, ...)
                 raise
             accepted = [_accept_alone(conn, item) for item in current]
+        new = [(w, seq) for w, seq in zip(current, accepted, strict=True) if isinstance(seq, int)]
+        if new and self.acceptor.handoff is not None:
+            self._hand_off(conn, self.acceptor.handoff, new)
         outcomes = iter(accepted)
-        results = [next(outcomes) if w.version == version else None for w in self.taken]
+        results = [_result(next(outcomes)) if w.version == version else None for w in self.taken]
         return results, version
+
+    def _hand_off(
+        self, conn: sqlite3.Connection, handoff: Handoff, new: list[tuple[_Waiting, int]]
+    ) -> None:
+        chosen = new[: max(handoff.wanted(), 0)]
+        self.left = len(new)
+        if not chosen:
+            return
+        now = handoff.now()
+        try:
+            with _savepoint(conn, "handoff"):  # if it fails, the rows wait for a claim
+                seqs = [seq for _, seq in chosen]
+                leased = set(lease_new(conn, seqs, handoff.owner, now, handoff.lease_seconds))
+        except Exception:
+            if not conn.in_transaction:
+                raise
+            return
+        until = now + handoff.lease_seconds
+        self.handed = [Claimed(s, _event(w.delivery), until) for w, s in chosen if s in leased]
+        self.left = len(new) - len(self.handed)
+
+    def hand_over(self, done: concurrent.futures.Future[tuple[list[Result], str]]) -> None:
+        """In the writer thread, after the commit: give the handed rows to the worker."""
+        handoff = self.acceptor.handoff
+        if handoff is not None and done.exception() is None and (self.handed or self.left):
+            handoff.take(self.handed, self.left, done.result()[1])
 
     def resolve(self, done: concurrent.futures.Future[tuple[list[Result], str]]) -> None:
         """On the event loop, after the commit: answer every request of the batch."""
@@ -92,16 +151,40 @@ class _Flush:
                 item.future.set_result((is_new, version))
 
 
-def _accept(conn: sqlite3.Connection, items: Sequence[_Waiting]) -> list[bool]:
-    """One multi-row insert for all of ``items``, then each new one's extra work."""
+def _result(seq: int | None | BaseException) -> Result:
+    return seq if isinstance(seq, BaseException) else seq is not None
+
+
+def _event(d: NewDelivery) -> Event:
+    """The event of a row just accepted, as a claim would read it back (its first attempt)."""
+    return Event(
+        id=d.id,
+        plugin=d.plugin_id,
+        instance=d.instance_id,
+        route=d.route,
+        provider_delivery_id=d.provider_delivery_id,
+        conversation=d.conversation,
+        method=d.method,
+        subpath=d.subpath,
+        content_type=d.content_type,
+        headers=json.loads(d.headers),
+        body=d.body,
+        attempt=1,
+        received_at=d.received_at,
+    )
+
+
+def _accept(conn: sqlite3.Connection, items: Sequence[_Waiting]) -> list[int | None]:
+    """One multi-row insert for all of ``items``, then each new one's extra work; the new
+    rows' seqs (None for a duplicate)."""
     inserted = accept_many(conn, [w.delivery for w in items])
-    for item, is_new in zip(items, inserted, strict=True):
-        if is_new and item.after_insert is not None:
+    for item, seq in zip(items, inserted, strict=True):
+        if seq is not None and item.after_insert is not None:
             item.after_insert(conn)
     return inserted
 
 
-def _accept_alone(conn: sqlite3.Connection, item: _Waiting) -> Result:
+def _accept_alone(conn: sqlite3.Connection, item: _Waiting) -> int | None | BaseException:
     """One request of a batch that failed: its own savepoint, its own outcome."""
     try:
         with _savepoint(conn, "one"):
@@ -134,6 +217,7 @@ class Acceptor:
         self.db = db
         self._waiting: deque[_Waiting] = deque()
         self._flush_queued = False
+        self.handoff: Handoff | None = None
 
     async def accept(
         self, delivery: NewDelivery, version: str, after_insert: AfterInsert | None = None
@@ -149,9 +233,9 @@ class Acceptor:
         if not self._flush_queued:
             self._flush_queued = True
             flush = _Flush(self)
-            self.db.submit(flush.run).add_done_callback(
-                lambda done: _call_soon(loop, flush.resolve, done)
-            )
+            committed = self.db.submit(flush.run)
+            committed.add_done_callback(flush.hand_over)  # first: the worker starts sooner
+            committed.add_done_callback(lambda done: _call_soon(loop, flush.resolve, done))
         return await future
 
 

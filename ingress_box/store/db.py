@@ -51,6 +51,11 @@ Params = Sequence[Any] | dict[str, Any]
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 512
+# How much longer than its deadline an op may wait for the write lock: the price of not setting
+# the connection's busy timeout anew for every batch (see Database._begin).
+DEADLINE_SLACK = 0.05
+# How long a batch of only lazy ops (an attempt's outcome) waits for other writes to join it.
+LINGER_SECONDS = 0.005
 _STOP = object()
 _LOCK_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 _DAMAGE_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
@@ -94,9 +99,10 @@ def _code(exc: sqlite3.Error) -> int:
     return int(getattr(exc, "sqlite_errorcode", 0)) & 0xFF  # the primary code, not extended
 
 
-# What the writer is handed: the caller's future, the op, whether it must be durable, and the
-# time.monotonic() after which it fails rather than wait any longer for the lock.
-_Item = tuple[concurrent.futures.Future[Any], Op[Any], bool, float]
+# What the writer is handed: the caller's future, the op, whether it must be durable, the
+# time.monotonic() after which it fails rather than wait any longer for the lock, and whether
+# it may linger (see Database.submit).
+_Item = tuple[concurrent.futures.Future[Any], Op[Any], bool, float, bool]
 
 
 class _Batch:
@@ -104,7 +110,7 @@ class _Batch:
 
     def __init__(self, items: list[_Item]) -> None:
         self.items = items
-        self.durable = any(durable for _, _, durable, _ in items)
+        self.durable = any(durable for _, _, durable, _, _ in items)
         self.outcomes: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
 
 
@@ -117,8 +123,10 @@ class Database:
         busy_timeout: float = 5.0,
         migrations: Sequence[Migration] = MIGRATIONS,
         readonly: bool = False,
+        linger: float = LINGER_SECONDS,
     ) -> None:
         self.path = Path(path)
+        self.linger = linger
         self.readonly = readonly
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
@@ -131,6 +139,7 @@ class Database:
         self._async_reader: aiosqlite.Connection | None = None
         self.on_commit: list[Callable[[int], None]] = []  # called with the batch size
         self._mode = synchronous  # the writer connection's synchronous setting right now
+        self._locked: sqlite3.Error | None = None  # why the last BEGIN failed, until one works
         # Why the file is known to be damaged (SQLite said so to a write), else None. Damage
         # does not heal: /readyz reports it until the process restarts on a repaired file.
         self.damage: str | None = None
@@ -202,19 +211,25 @@ class Database:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def submit(self, op: Op[T], *, durable: bool = True) -> concurrent.futures.Future[T]:
+    def submit(
+        self, op: Op[T], *, durable: bool = True, lazy: bool = False
+    ) -> concurrent.futures.Future[T]:
         """Queue ``op`` for the next batch; the future resolves after the commit.
 
         ``durable=False`` says that losing this write to a power cut costs at most a repeated
         delivery attempt (the worker's claims and outcomes): a batch of only such ops commits
         with ``synchronous=NORMAL`` (no fsync; still safe against a process crash). Anything
         acknowledged to someone outside stays durable.
+
+        ``lazy=True`` says nobody waits for the result soon (an attempt's outcome): a batch of
+        only such ops may wait up to ``linger`` seconds for other writes to share its
+        transaction, so a steady trickle of webhooks pays one transaction each, not two.
         """
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         if self._writer is None:
             future.set_exception(StorageUnavailable("database is closed"))
             return future
-        self._queue.put((future, op, durable, time.monotonic() + self.busy_timeout))
+        self._queue.put((future, op, durable, time.monotonic() + self.busy_timeout, lazy))
         return future
 
     def queued(self) -> int:
@@ -236,16 +251,25 @@ class Database:
                 if item is _STOP:
                     return
                 items = [item]
+                lazy = bool(item[4])  # only lazy ops so far: wait a little for company
+                linger_until = time.monotonic() + self.linger
                 stop = False
                 while len(items) < MAX_BATCH:
                     try:
                         item = self._queue.get_nowait()
                     except queue.Empty:
-                        break
+                        wait = linger_until - time.monotonic() if lazy else 0.0
+                        if wait <= 0:
+                            break
+                        try:
+                            item = self._queue.get(timeout=wait)
+                        except queue.Empty:
+                            break
                     if item is _STOP:
                         stop = True
                         break
                     items.append(item)
+                    lazy = lazy and bool(item[4])
                 self._commit(conn, _Batch(items))
                 if stop:
                     return
@@ -262,22 +286,25 @@ class Database:
             batch.items = self._begin(conn, batch.items)
         except sqlite3.Error as exc:  # disk I/O error, a damaged file, ...
             self._note_damage(exc)
-            for future, _, _, _ in batch.items:
+            for future, _, _, _, _ in batch.items:
                 _settle(future, None, _unavailable(exc))
             return
         if not batch.items:  # every op's deadline passed while the file stayed locked
             return
+        # A lone op needs no savepoint: if it fails, rolling back the transaction undoes it.
+        isolate = len(batch.items) > 1
         try:
-            for future, op, _, _ in batch.items:
+            for future, op, _, _, _ in batch.items:
                 if not future.set_running_or_notify_cancel():
                     continue
-                batch.outcomes.append((future, *self._run_op(conn, op)))
-            conn.execute("COMMIT")
+                batch.outcomes.append((future, *self._run_op(conn, op, isolate)))
+            if conn.in_transaction:  # not when a lone op failed and was rolled back
+                conn.execute("COMMIT")
         except sqlite3.Error as exc:  # the transaction itself failed: nothing of it holds
             self._note_damage(exc)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for future, _, _, _ in batch.items:  # none is settled before the commit
+            for future, _, _, _, _ in batch.items:  # none is settled before the commit
                 _settle(future, None, _unavailable(exc))
             return
         for future, result, error in batch.outcomes:
@@ -291,47 +318,63 @@ class Database:
     def _begin(self, conn: sqlite3.Connection, items: list[_Item]) -> list[_Item]:
         """BEGIN IMMEDIATE, waiting for the lock no longer than the batch's earliest deadline;
         the ops whose deadline passed fail, the others wait on. The ops left to run."""
-        locked: sqlite3.Error | None = None
-        try:
-            while True:
-                now = time.monotonic()
-                for future, _, _, deadline in items:
-                    if deadline <= now:
-                        why = locked or "waited past the busy timeout for the writer"
-                        _settle(future, None, _unavailable(why))
-                items = [item for item in items if item[3] > now]
-                if not items:
-                    return items
-                wait = min(item[3] for item in items) - now
-                conn.execute(f"PRAGMA busy_timeout = {max(1, int(wait * 1000))}")
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    return items
-                except sqlite3.OperationalError as exc:
-                    if _code(exc) not in _LOCK_CODES:
-                        raise
-                    locked = exc
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        # Ops whose deadline passed while a batch ahead waited for the lock failed on the lock too.
+        locked: sqlite3.Error | None = self._locked
+        while True:
+            now = time.monotonic()
+            for future, _, _, deadline, _ in items:
+                if deadline <= now:
+                    why = locked or "waited past the busy timeout for the writer"
+                    _settle(future, None, _unavailable(why))
+            items = [item for item in items if item[3] > now]
+            if not items:
+                return items
+            wait = min(item[3] for item in items) - now
+            # The connection waits up to busy_timeout for the lock. Only a batch that already
+            # waited (behind a locked file) needs a shorter wait set, and that costs two more
+            # statements, so a batch taken at once (the usual case) goes straight to BEGIN.
+            shorter = wait < self.busy_timeout - DEADLINE_SLACK
+            try:
+                if shorter:
+                    conn.execute(f"PRAGMA busy_timeout = {max(1, int(wait * 1000))}")
+                conn.execute("BEGIN IMMEDIATE")
+                self._locked = None
+                return items
+            except sqlite3.OperationalError as exc:
+                if _code(exc) not in _LOCK_CODES:
+                    raise
+                locked = self._locked = exc
+            finally:
+                if shorter:
+                    conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
 
     def _note_damage(self, exc: BaseException) -> None:
         if isinstance(exc, sqlite3.Error) and _code(exc) in _DAMAGE_CODES:
             self.damage = str(exc)
 
-    def _run_op(self, conn: sqlite3.Connection, op: Op[Any]) -> tuple[Any, BaseException | None]:
-        conn.execute("SAVEPOINT op")
+    def _run_op(
+        self, conn: sqlite3.Connection, op: Op[Any], isolate: bool
+    ) -> tuple[Any, BaseException | None]:
+        """Run ``op``; if it fails, undo it (its savepoint, or the whole transaction when it
+        runs alone) and return its error instead of its result."""
+        if isolate:
+            conn.execute("SAVEPOINT op")
         try:
             result = op(conn)
         except Exception as exc:
             self._note_damage(exc)
             if not conn.in_transaction:  # SQLite rolled the whole transaction back (e.g. disk full)
                 raise sqlite3.OperationalError(str(exc)) from exc
-            conn.execute("ROLLBACK TO op")
-            conn.execute("RELEASE op")
+            if isolate:
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+            else:
+                conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.OperationalError):
                 return None, _unavailable(exc)
             return None, exc
-        conn.execute("RELEASE op")
+        if isolate:
+            conn.execute("RELEASE op")
         return result, None
 
     # -- reads -----------------------------------------------------------------------------

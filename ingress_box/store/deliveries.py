@@ -62,13 +62,14 @@ def _rows(count: int, width: int) -> str:
     return ", ".join([one] * count)
 
 
-def accept_many(conn: sqlite3.Connection, items: Sequence[NewDelivery]) -> list[bool]:
-    """Store deliveries and their outbox rows; for each, False when its dedup key was there.
+def accept_many(conn: sqlite3.Connection, items: Sequence[NewDelivery]) -> list[int | None]:
+    """Store deliveries and their outbox rows; for each, its new ``seq``, or None when its
+    dedup key was there.
 
     One multi-row ``INSERT OR IGNORE ... RETURNING`` per chunk: the unique index decides, and
     a key repeated inside one batch is new only the first time.
     """
-    results: list[bool] = []
+    results: list[int | None] = []
     for start in range(0, len(items), _CHUNK):
         chunk = items[start : start + _CHUNK]
         params = [
@@ -98,7 +99,7 @@ def accept_many(conn: sqlite3.Connection, items: Sequence[NewDelivery]) -> list[
                 _INSERT_OUTBOX.format(seqs=",".join("?" * len(inserted))), list(inserted.values())
             )
         for d in chunk:
-            results.append(inserted.pop(d.id, None) is not None)  # popped: a repeat is a dup
+            results.append(inserted.pop(d.id, None))  # popped: a repeat is a duplicate
     return results
 
 
@@ -114,7 +115,7 @@ async def seen(db: Database, plugin_id: str, instance_id: str, provider_delivery
 
 def accept(conn: sqlite3.Connection, d: NewDelivery) -> bool:
     """Store one delivery and its outbox row; False when the dedup key is already there."""
-    return accept_many(conn, [d])[0]
+    return accept_many(conn, [d])[0] is not None
 
 
 # -- reading deliveries ----------------------------------------------------------------------

@@ -20,10 +20,12 @@ from .db import Database
 
 @dataclass(frozen=True)
 class Claimed:
-    """A leased outbox row: the event its handler gets, and the row's key to record the outcome."""
+    """A leased outbox row: the event its handler gets, the row's key to record the outcome,
+    and when the lease runs out (no attempt may start that could outlive it)."""
 
     seq: int
     event: Event
+    lease_until: float
 
 
 # Whether outbox row ``o`` is the head (oldest row) of its lane.
@@ -35,6 +37,13 @@ LANE_SQL = (
     "CASE WHEN conversation IS NULL THEN NULL "
     "ELSE plugin_id || char(0) || instance_id || char(0) || conversation END"
 )
+
+
+def lane_of(event: Event) -> str | None:
+    """The lane of ``event``'s row, as LANE_SQL computes it."""
+    if event.conversation is None:
+        return None
+    return f"{event.plugin}\0{event.instance}\0{event.conversation}"
 
 
 # -- the worker's claims and outcomes --------------------------------------------------------
@@ -79,6 +88,7 @@ def claim(owner: str, now: float, lease_seconds: float, limit: int) -> Any:
         rows = conn.execute(_CLAIMED_ROWS.format(marks=marks), seqs).fetchall()
         return [
             Claimed(
+                lease_until=now + lease_seconds,
                 seq=r["seq"],
                 event=Event(
                     id=r["id"],
@@ -100,6 +110,39 @@ def claim(owner: str, now: float, lease_seconds: float, limit: int) -> Any:
         ]
 
     return op
+
+
+# A row just inserted is claimable at once unless an older row of its lane is still there.
+_LEASE_NEW = """
+UPDATE outbox SET lease_until = ?, lease_owner = ?
+WHERE delivery_seq IN ({marks})
+  AND (lane IS NULL OR NOT EXISTS (SELECT 1 FROM outbox AS older
+                                   WHERE older.lane = outbox.lane
+                                     AND older.delivery_seq < outbox.delivery_seq))
+RETURNING delivery_seq
+"""
+
+
+def lease_new(
+    conn: sqlite3.Connection, seqs: Sequence[int], owner: str, now: float, lease_seconds: float
+) -> list[int]:
+    """Lease rows inserted in this transaction for ``owner``, as a claim would, and count their
+    first attempt; the rows that wait behind their lane are left for a claim. (For the accept
+    transaction: it hands a new row to this process's worker without a claim transaction.)"""
+    marks = ",".join("?" * len(seqs))
+    leased = [
+        r[0]
+        for r in conn.execute(
+            _LEASE_NEW.format(marks=marks),
+            [now + lease_seconds, owner, *seqs],
+        )
+    ]
+    if leased:
+        conn.execute(
+            f"UPDATE deliveries SET attempts = 1 WHERE seq IN ({','.join('?' * len(leased))})",
+            leased,
+        )
+    return leased
 
 
 def _record_attempt(
@@ -186,6 +229,23 @@ def record_outcome(o: Outcome, now: float) -> Any:
                 (o.dead_letter_id, o.error or "failed", now, o.seq),
             )
         return True
+
+    return op
+
+
+def record_outcome_and_peek(o: Outcome, lane: str | None, now: float) -> Any:
+    """:func:`record_outcome`, answering whether there may now be work to claim because of it:
+    the next row of the lane it freed, or the row itself once its retry is due."""
+    record = record_outcome(o, now)
+
+    def op(conn: sqlite3.Connection) -> bool:
+        ours: bool = record(conn)
+        if o.outcome == "retry":
+            return ours
+        if lane is None or (o.outcome == "dead" and o.strict):  # a parked head holds its lane
+            return False
+        more = conn.execute("SELECT 1 FROM outbox WHERE lane = ? LIMIT 1", (lane,)).fetchone()
+        return more is not None
 
     return op
 

@@ -205,6 +205,7 @@ class Row:
     acked: int = 0
     busy: float = float("nan")  # the machine, all cores
     wrk: Run | None = None
+    bare_us: float = float("nan")  # the bare endpoint's CPU per request at the same offered rate
 
     def ack_p(self, p: float) -> float:
         if self.wrk is not None:
@@ -417,9 +418,19 @@ def fmt(v: float, spec: str = ".0f") -> str:
     return "-" if v != v else format(v, spec)
 
 
+def bare_open_cpu(args: argparse.Namespace, bare: Server, rate: float) -> float:
+    """The bare endpoint's CPU per request under the same open-loop load as a box phase: what
+    one HTTP request costs any Python endpoint here at that rate (a box's floor)."""
+    cpu0 = bare.cpu_seconds()
+    sent = sender.send(bare.url, rate, args.duration, f"bo{rate:g}-", args.connections)
+    acked: int = sum(n for code, n in sent["acks"].items() if code == 202)
+    return float((bare.cpu_seconds() - cpu0) * 1e6 / max(acked, 1))
+
+
 def table(rows: list[Row], idle: Row) -> None:
     print(
-        f"\n{'load':<20} {'achieved':>8} {'box CPU':>8} {'CPU/webhook':>11} {'ack p50/p99':>14}"
+        f"\n{'load':<20} {'achieved':>8} {'box CPU':>8} {'CPU/webhook':>11} {'x bare':>6}"
+        f" {'ack p50/p99':>14}"
         f" {'e2e p50/p99':>14} {'backlog':>9} {'deliv/s':>8} {'drain':>7} {'lost/rep':>9}"
         f" {'machine':>7}"
     )
@@ -429,12 +440,14 @@ def table(rows: list[Row], idle: Row) -> None:
         e2e = f"{pct(r.e2e, 50):.1f}/{pct(r.e2e, 99):.1f} ms" if r.e2e else "-"
         print(
             f"{r.load:<20} {fmt(r.achieved):>6}/s {r.cores:7.2f}c {fmt(r.cpu_us):>8} us "
-            f"{ack:>14} {e2e:>14} {fmt(r.slope, '+.0f'):>7}/s {fmt(r.delivered):>8} "
+            f"{fmt(r.cpu_us / r.bare_us, '.1f'):>6} {ack:>14} {e2e:>14} "
+            f"{fmt(r.slope, '+.0f'):>7}/s {fmt(r.delivered):>8} "
             f"{fmt(r.drain, '.1f'):>5} s {r.lost:>4}/{r.repeated:<4} {r.busy:6.0%}"
         )
     print(
         "  box CPU: cores while the load ran (process and descendants); CPU/webhook: the box's\n"
         "  CPU from the first request until the backlog drained (idle included) / webhooks acked;\n"
+        "  x bare: that over the bare endpoint's CPU per request at the same open-loop rate;\n"
         "  backlog: slope of the outbox depth while sending (read-only sqlite3, each second);\n"
         "  deliv/s: target receives while sending; drain: last receive - last send; lost: acked\n"
         "  (closed loop: committed) but never received; rep: received more than once;\n"
@@ -461,7 +474,11 @@ def verdicts(
         line(None, "320/s targets: no 320/s phase in --rates")
     else:
         line(r320.cores <= 0.15, f"320/s box CPU <= 0.15 cores ({r320.cores:.2f})")
-        line(r320.cpu_us <= 450, f"320/s CPU per webhook <= 450 us ({r320.cpu_us:.0f} us)")
+        line(
+            r320.cpu_us <= 450,
+            f"320/s CPU per webhook <= 450 us ({r320.cpu_us:.0f} us; the bare endpoint's "
+            f"{r320.bare_us:.0f} us/request at 320/s)",
+        )
         p99 = pct(r320.e2e, 99)
         line(p99 <= 20, f"320/s e2e p99 <= 20 ms ({p99:.1f} ms)")
     closed = rows["closed"]
@@ -572,8 +589,13 @@ def main() -> int:
         servers.append(bare)
         run_wrk(wrk_args, work, bare, "bare-warmup", args.warmup, "bw")
         r_bare = run_wrk(wrk_args, work, bare, "bare", args.bare_duration, "b")
-        bare.stop()
         print(f"bare: {r_bare.rps:.0f} rps, p99 {r_bare.p99_us / 1000:.1f} ms, {r_bare.codes}")
+        bare_us = {rate: bare_open_cpu(args, bare, rate) for rate in args.rates}
+        print(
+            "bare, open loop:",
+            ", ".join(f"{us:.0f} us/request at {r:g}/s" for r, us in bare_us.items()),
+        )
+        bare.stop()
 
         target = Server("target", work, "--log", str(work / "target.log")).wait_ready()
         servers.append(target)
@@ -594,6 +616,7 @@ def main() -> int:
         for rate in args.rates:
             key = f"{rate:g}"
             rows[key] = open_phase(args, box, log, db, rate, args.duration, f"o{key}-")
+            rows[key].bare_us = bare_us[rate]
             if args.profile and rate == args.profile_at:
                 pyspy = profiling.find_pyspy()
                 if pyspy is None:

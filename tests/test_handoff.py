@@ -1,0 +1,204 @@
+"""The hand-off: the accept transaction leases new rows for this process's worker.
+
+A row handed over is leased exactly as a claim leases it (owner, lease, first attempt
+counted), and only when a claim could take it now: a row behind its lane is left for a claim
+once the head's outcome frees the lane. Through the real app, a steady trickle of webhooks is
+delivered without a single claim transaction, and a lane's second event still waits for the
+first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import T0, box_of
+from fake_target import FakeTarget
+from live import SECRET, add_instance
+from signers import sign_generic
+from starlette.testclient import TestClient
+from waiting import eventually
+
+from ingress_box.app import create_app
+from ingress_box.config import Settings
+from ingress_box.store import Database
+from ingress_box.store import instances as store_instances
+from ingress_box.store import outbox as store_outbox
+from ingress_box.store.acceptor import Acceptor
+from ingress_box.store.deliveries import NewDelivery
+from ingress_box.store.outbox import Claimed
+
+
+class Taker:
+    """A Handoff that records what it is given (the worker's side is tested through the app)."""
+
+    owner = "worker-1"
+    lease_seconds = 60.0
+
+    def __init__(self, wanted: int) -> None:
+        self.want = wanted
+        self.taken: list[tuple[list[Claimed], int, str]] = []
+
+    def now(self) -> float:
+        return T0
+
+    def wanted(self) -> int:
+        return self.want
+
+    def take(self, rows: list[Claimed], left: int, version: str) -> None:
+        self.taken.append((rows, left, version))
+
+
+def delivery(n: int, conversation: str | None) -> NewDelivery:
+    return NewDelivery(
+        id=f"msg_handoff{n:04d}",
+        plugin_id="generic",
+        instance_id="main",
+        route="events",
+        provider_delivery_id=f"p-{n}",
+        conversation=conversation,
+        method="POST",
+        subpath="",
+        content_type="application/json",
+        headers=json.dumps({"x-delivery": f"p-{n}"}),
+        body=b'{"n": %d}' % n,
+        received_at=T0,
+    )
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    opened = Database(tmp_path / "box.db").open()
+    yield opened
+    opened.close()
+
+
+def accept_in_one_batch(db: Database, taker: Taker | None, items: list[NewDelivery]) -> list[Any]:
+    """Accept ``items`` concurrently, all in one writer batch (the writer is held meanwhile)."""
+    acceptor = Acceptor(db)
+    acceptor.handoff = taker
+    version = store_instances.version(db)
+    release = threading.Event()
+    db.submit(lambda conn: release.wait(10))  # the writer waits: every accept joins one flush
+
+    async def main() -> list[Any]:
+        pending = [asyncio.ensure_future(acceptor.accept(d, version)) for d in items]
+        await asyncio.sleep(0)  # let each one queue itself
+        release.set()
+        return [await p for p in pending]
+
+    return asyncio.run(main())
+
+
+def leases(db: Database) -> dict[int, tuple[str | None, int]]:
+    rows = db.read(
+        "SELECT o.delivery_seq, o.lease_owner, d.attempts FROM outbox AS o "
+        "JOIN deliveries AS d ON d.seq = o.delivery_seq"
+    )
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def test_new_rows_claimable_now_are_leased_and_handed_over_after_the_commit(
+    db: Database,
+) -> None:
+    taker = Taker(wanted=8)
+    items = [delivery(1, "chat-a"), delivery(2, "chat-a"), delivery(3, None)]
+    results = accept_in_one_batch(db, taker, items)
+    assert [is_new for is_new, _ in results] == [True, True, True]
+    [(rows, left, version)] = taker.taken
+    assert [r.event.id for r in rows] == ["msg_handoff0001", "msg_handoff0003"]
+    assert left == 1  # the second of chat-a waits for the first
+    assert version == store_instances.version(db)
+    first = rows[0]
+    assert first.lease_until == T0 + 60 and first.event.attempt == 1
+    assert first.event.headers == {"x-delivery": "p-1"} and first.event.body == b'{"n": 1}'
+    by_seq = leases(db)
+    assert by_seq[rows[0].seq] == ("worker-1", 1) and by_seq[rows[1].seq] == ("worker-1", 1)
+    [waiting] = [seq for seq in by_seq if seq not in {r.seq for r in rows}]
+    assert by_seq[waiting] == (None, 0)
+
+
+def test_a_row_handed_over_is_what_a_claim_would_have_leased(db: Database) -> None:
+    """Same lease, same attempt count, same event: the rest of the worker cannot tell."""
+    handed = Taker(wanted=1)
+    accept_in_one_batch(db, handed, [delivery(1, "chat-a")])
+    [([row], _, _)] = handed.taken
+    db.write(store_outbox.release("worker-1"))  # give it back, then claim it the usual way
+    [claimed] = db.write(store_outbox.claim("worker-1", T0, 60, 10))
+    assert replace(claimed, lease_until=row.lease_until) == row
+
+
+def test_without_a_wanting_worker_every_row_is_left_for_a_claim(db: Database) -> None:
+    taker = Taker(wanted=0)
+    accept_in_one_batch(db, taker, [delivery(1, None), delivery(2, "chat-b")])
+    assert [(rows, left) for rows, left, _ in taker.taken] == [([], 2)]
+    assert set(leases(db).values()) == {(None, 0)}
+
+
+def test_a_worker_wanting_one_row_gets_one(db: Database) -> None:
+    taker = Taker(wanted=1)
+    accept_in_one_batch(db, taker, [delivery(1, None), delivery(2, None)])
+    [(rows, left, _)] = taker.taken
+    assert len(rows) == 1 and left == 1
+
+
+def test_a_duplicate_is_neither_handed_over_nor_counted(db: Database) -> None:
+    taker = Taker(wanted=8)
+    accept_in_one_batch(db, taker, [delivery(1, None)])
+    accept_in_one_batch(db, taker, [delivery(1, None)])
+    assert [(len(rows), left) for rows, left, _ in taker.taken] == [(1, 0)]
+
+
+def test_a_row_whose_accept_fails_is_not_handed_over(db: Database) -> None:
+    taker = Taker(wanted=8)
+    db.write(
+        lambda conn: conn.execute(
+            "CREATE TRIGGER no_commit AFTER INSERT ON outbox "
+            "BEGIN SELECT RAISE(FAIL, 'disk says no'); END"
+        )
+    )
+    with pytest.raises(sqlite3.Error):
+        accept_in_one_batch(db, taker, [delivery(1, None)])
+    assert taker.taken == []
+
+
+# -- through the app -------------------------------------------------------------------------
+
+
+def test_a_trickle_is_delivered_without_claim_transactions_and_lanes_keep_order(
+    settings: Settings, target: FakeTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claims: list[int] = []
+    real_claim = store_outbox.claim
+
+    def counted(*args: Any) -> Any:
+        op = real_claim(*args)
+
+        def run(conn: sqlite3.Connection) -> Any:
+            found = op(conn)
+            claims.append(len(found))
+            return found
+
+        return run
+
+    monkeypatch.setattr(store_outbox, "claim", counted)
+    settings = replace(settings, workers=1)
+    with TestClient(create_app(settings)) as client:
+        add_instance(box_of(client), target_url=target.url)
+        eventually(lambda: claims, 5, "the first drain's look in the outbox")
+        looked = len(claims)
+        for n in range(5):  # one at a time, each delivered before the next is sent
+            body = b'{"n": %d}' % n
+            headers = sign_generic(SECRET, body, msg_id=f"t-{n}")
+            answer = client.post("/ingress/generic/main/events", content=body, headers=headers)
+            assert answer.status_code == 202
+            target.wait_for(n + 1)
+        assert claims[looked:] == []  # every one was handed over by its accept
+        assert [json.loads(r.body)["n"] for r in target.received] == [0, 1, 2, 3, 4]
