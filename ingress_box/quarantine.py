@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 from . import extract
 from .config import Settings
+from .errors import NotFound, StillRejected
 from .ingress import Answer, Inbound, Ingress
 from .plugins import Registry, Route
 from .ratelimit import RateLimiter
@@ -173,11 +174,24 @@ def inbound(kept: store_rejections.Rejection, public_url: str | None) -> Inbound
     )
 
 
+async def find(
+    db: Database, plugin_id: str, instance_id: str, rejection_id: str
+) -> store_rejections.Rejection:
+    """The kept request an admin URL names (an id that is not a number names none)."""
+    if not rejection_id.isascii() or not rejection_id.isdigit():
+        raise NotFound(f"no kept rejection {rejection_id!r}")
+    return await store_rejections.aget(db, plugin_id, instance_id, int(rejection_id))
+
+
 async def admit(ingress: Ingress, kept: store_rejections.Rejection) -> Answer:
-    """Run ``kept`` through the pipeline again; once it is accepted (or found a duplicate),
-    drop it from the quarantine. The pipeline's answer either way."""
+    """Run ``kept`` through the pipeline again. Accepted (or found a duplicate), it leaves the
+    quarantine and the ack is returned; refused for its signature or timestamp again, it stays
+    and :class:`StillRejected` says why; any other answer (the instance disabled meanwhile, the
+    rate limit, storage) is returned as a provider would hear it."""
     req = inbound(kept, ingress.settings.public_url)
     answer = await ingress.handle(req, arrived_at=kept.received_at)
+    if answer.status == 401:
+        raise StillRejected(answer.outcome)
     if answer.outcome in ADMITTED:
         await ingress.db.awrite(store_rejections.remove(kept.plugin_id, kept.instance_id, kept.id))
     return answer

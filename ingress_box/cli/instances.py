@@ -17,7 +17,7 @@ import click
 
 from .. import instance_rules, quarantine
 from ..config import Settings, load_settings
-from ..errors import InvalidInput, NotFound, StillRejected
+from ..errors import InvalidInput, NotFound
 from ..ingress import Ingress
 from ..plugins import load_registry
 from ..store import Database
@@ -215,7 +215,7 @@ def instances_rejections(
     """List the requests an instance refused for their signature or timestamp, newest first."""
     settings = load_settings(db_path=db_path)
 
-    async def kept(db: Database) -> Page[store_rejections.Rejection]:
+    async def kept(db: Database) -> Page[store_rejections.Listed]:
         if await store_instances.aget(db, plugin, instance) is None:
             raise NotFound(f"no instance {plugin}/{instance}")
         return await store_rejections.alist_page(db, plugin, instance, None, limit)
@@ -256,8 +256,6 @@ def instances_admit(
             kept = await store_rejections.aget(db, plugin, instance, rejection_id)
             answer = await quarantine.admit(Ingress(settings, db, registry, clock=now), kept)
             if answer.outcome not in quarantine.ADMITTED:
-                if answer.status == 401:
-                    raise StillRejected(answer.outcome)
                 raise Failed(f"not admitted: {answer.status} {answer.outcome}")
             assert answer.delivery_id is not None
             delivery = await store_deliveries.aget(db, answer.delivery_id)

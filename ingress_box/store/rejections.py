@@ -41,16 +41,13 @@ class NewRejection:
 
 
 @dataclass(frozen=True)
-class Rejection:
+class Listed:
+    """A kept request as lists show it (no body: a page of them stays small)."""
+
     id: int
     plugin_id: str
     instance_id: str
     route: str
-    method: str
-    subpath: str
-    url: str
-    headers: dict[str, str]
-    body: bytes
     received_at: float
     status: int
     reason: str
@@ -63,6 +60,17 @@ class Rejection:
             "status": self.status,
             "reason": self.reason,
         }
+
+
+@dataclass(frozen=True)
+class Rejection(Listed):
+    """A kept request whole, as admission needs it."""
+
+    method: str
+    subpath: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
 
 
 _INSERT = """
@@ -144,19 +152,28 @@ def _from_row(row: sqlite3.Row) -> Rejection:
     return Rejection(**fields)
 
 
+_LISTED = "id, plugin_id, instance_id, route, received_at, status, reason"
+
+
 async def alist_page(
     db: Database, plugin_id: str, instance_id: str, cursor: str | None, limit: int
-) -> Page[Rejection]:
+) -> Page[Listed]:
     """An instance's kept requests, newest first."""
     where, params = "plugin_id = ? AND instance_id = ?", [plugin_id, instance_id]
     if cursor:
         where += " AND id < ?"
         params.append(decode_cursor(cursor, (int,))[0])
     rows = await db.aread(
-        f"SELECT {_COLUMNS} FROM rejections WHERE {where} ORDER BY id DESC LIMIT ?",
+        f"SELECT {_LISTED} FROM rejections WHERE {where} ORDER BY id DESC LIMIT ?",
         [*params, limit + 1],
     )
-    return page_of([_from_row(r) for r in rows], limit, lambda r: [r.id])
+    return page_of([Listed(**dict(r)) for r in rows], limit, lambda r: [r.id])
+
+
+async def anewest(db: Database, limit: int) -> list[Listed]:
+    """The newest kept requests over all instances."""
+    rows = await db.aread(f"SELECT {_LISTED} FROM rejections ORDER BY id DESC LIMIT ?", (limit,))
+    return [Listed(**dict(r)) for r in rows]
 
 
 async def aget(db: Database, plugin_id: str, instance_id: str, rejection_id: int) -> Rejection:

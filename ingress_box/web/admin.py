@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import instance_rules, quarantine
-from ..errors import InvalidInput, NotFound, StillRejected
+from ..errors import InvalidInput, NotFound
 from ..plugins import plugin_to_json
 from ..store import dead_letters as store_dead_letters
 from ..store import deliveries as store_deliveries
@@ -186,12 +186,8 @@ class Rejections(HTTPEndpoint):
 
 async def _kept(request: Request) -> store_rejections.Rejection:
     key = _key(request)
-    try:
-        rejection_id = int(request.path_params["id"])
-    except ValueError as exc:
-        raise NotFound(f"no kept rejection {request.path_params['id']!r}") from exc
-    return await store_rejections.aget(
-        box_of(request).db, key["plugin_id"], key["instance_id"], rejection_id
+    return await quarantine.find(
+        box_of(request).db, key["plugin_id"], key["instance_id"], request.path_params["id"]
     )
 
 
@@ -215,8 +211,6 @@ class Admit(HTTPEndpoint):
                     "delivery": delivery.to_json(),
                 }
             )
-        if answer.status == 401:
-            raise StillRejected(answer.outcome)
         # Refused for something else now (instance disabled, rate limit, storage): as a
         # provider would hear it.
         return Response(answer.body, answer.status, answer.headers, answer.content_type)
