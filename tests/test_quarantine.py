@@ -18,12 +18,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from clirun import ok, run
 from conftest import ADMIN_TOKEN, T0, Clock, Reply, box_of
 from fake_target import FakeTarget
-from signers import sign_generic, sign_stripe
+from signers import sign_generic, sign_stripe, sign_telegram, sign_twilio
 from starlette.testclient import TestClient
 
 from ingress_box.app import create_app
@@ -265,6 +266,23 @@ def test_a_request_larger_than_the_byte_cap_is_not_kept(open_box: OpenBox) -> No
     assert h.count("rejections") == 0
 
 
+def test_the_refusal_does_not_wait_for_a_file_it_cannot_write(open_box: OpenBox) -> None:
+    """Another process holds the write lock: the 401 comes at once (not after the busy
+    timeout), and once the lock is gone the box keeps refusing and accepting as ever."""
+    h = open_box(busy_timeout_seconds=3)
+    h.add()
+    h.settle()
+    with contextlib.closing(sqlite3.connect(h.db_path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        h.wrong()
+        assert time.monotonic() - started < 1.5
+        other.execute("ROLLBACK")
+    h.wrong(b'{"n":2}')
+    body = b'{"ok":1}'
+    assert h.post(EVENTS, body, **sign_generic(SECRET, body)).status_code == 202
+
+
 def test_quarantine_kept_0_keeps_nothing(open_box: OpenBox) -> None:
     """The switch off: refusals are answered and remembered in memory, and nothing is written."""
     h = open_box(quarantine_kept=0)
@@ -443,6 +461,59 @@ def test_a_request_stale_at_arrival_stays_rejected(open_box: OpenBox) -> None:
     reply = h.admit(item["id"], plugin="stripe")
     assert reply.status_code == 409
     assert reply.json()["error"]["message"].startswith("stale_timestamp")
+
+
+def test_a_shared_secret_provider_is_admitted_with_its_token_kept(open_box: OpenBox) -> None:
+    """Telegram's token header is the verification input: kept (never shown), so once the box
+    has that secret the kept update verifies."""
+    h = open_box()
+    h.add("telegram")
+    body = b'{"update_id":5,"message":{"chat":{"id":1}}}'
+    sent = h.post("/ingress/telegram/main/updates", body, **sign_telegram(PROVIDER, body))
+    assert sent.status_code == 401
+    [item] = h.kept("telegram")["items"]
+    shown = h.client.get(
+        f"/admin/instances/telegram/main/rejections/{item['id']}", headers=ADMIN
+    ).text
+    assert PROVIDER not in shown
+    h.rotate(PROVIDER, plugin="telegram")
+    reply = h.admit(item["id"], plugin="telegram")
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["delivery"]["provider_delivery_id"] == "5"
+
+
+def test_a_twilio_request_refused_for_the_public_url_is_admitted_once_it_is_set(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """Twilio signs the URL it calls: refused behind a proxy without INGRESS_BOX_PUBLIC_URL,
+    kept, and admitted after a restart with the public URL set."""
+    public = "https://hooks.example.com"
+    db_path = tmp_path / "box.db"
+    body = urlencode({"From": "whatsapp:+16505551234", "Body": "hi"}).encode()
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    signed = sign_twilio(SECRET, body, url=public + "/ingress/twilio/main/messages")
+    settings = load_settings({}, db_path=db_path, admin_token=ADMIN_TOKEN)
+    with TestClient(create_app(settings, clock=clock, run_worker=False)) as client:
+        h = Harness(client, clock, db_path)
+        h.add("twilio")
+        assert h.post("/ingress/twilio/main/messages", body, **signed, **form).status_code == 401
+        [item] = h.kept("twilio")["items"]
+        assert h.admit(item["id"], plugin="twilio").status_code == 409
+    fixed = settings.replace(public_url=public)
+    with TestClient(create_app(fixed, clock=clock, run_worker=False)) as client:
+        reply = Harness(client, clock, db_path).admit(item["id"], plugin="twilio")
+        assert reply.status_code == 200, reply.text
+
+
+def test_a_bad_cursor_on_the_kept_list_is_400(open_box: OpenBox) -> None:
+    """The list's cursor is checked like the other lists' cursors."""
+    h = open_box()
+    h.add()
+    response = h.client.get(
+        "/admin/instances/generic/main/rejections", headers=ADMIN, params={"cursor": "!!!"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_input"
 
 
 # -- the CLI ---------------------------------------------------------------------------------
