@@ -153,7 +153,7 @@ class Ingress:
         self.acceptor = Acceptor(db)
         self.limiter = RateLimiter(settings.rate_limit, clock=time.monotonic)
         # The last few rejections per instance, in memory: bounded, and a flood of bad
-        # requests never turns into disk writes.
+        # requests never turns into disk writes (what on_refused keeps on disk is its own cap).
         self.rejections: dict[tuple[str, str], deque[Rejection]] = {}
         self.on_accepted: list[Callable[[], None]] = []
         self.on_refused: list[Refused] = []
