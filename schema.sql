@@ -180,3 +180,26 @@ CREATE TABLE IF NOT EXISTS bridge_aliases (
     updated_at  REAL NOT NULL,
     PRIMARY KEY (bridge_id, alias)
 ) WITHOUT ROWID;
+
+-- Requests a known instance refused for their signature or timestamp, kept (bounded per
+-- instance and in bytes; see store/rejections.py) so they can be admitted once the secret is
+-- fixed. Headers are JSON without the credentials that are not the verification input.
+CREATE TABLE IF NOT EXISTS rejections (
+    id           INTEGER PRIMARY KEY,
+    plugin_id    TEXT NOT NULL,
+    instance_id  TEXT NOT NULL,
+    route        TEXT NOT NULL,
+    method       TEXT NOT NULL,
+    subpath      TEXT NOT NULL,
+    url          TEXT NOT NULL,
+    headers      TEXT NOT NULL,
+    body         BLOB NOT NULL,
+    received_at  REAL NOT NULL,
+    status       INTEGER NOT NULL,
+    reason       TEXT NOT NULL,
+    size         INTEGER NOT NULL CHECK (size >= 0)
+);
+CREATE INDEX IF NOT EXISTS rejections_instance ON rejections (plugin_id, instance_id, id);
+CREATE TRIGGER IF NOT EXISTS rejections_of_deleted_instance AFTER DELETE ON instances BEGIN
+    DELETE FROM rejections WHERE plugin_id = OLD.plugin_id AND instance_id = OLD.instance_id;
+END;

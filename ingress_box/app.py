@@ -20,6 +20,7 @@ from .config import Settings
 from .ingress import Ingress
 from .metrics import Metrics
 from .plugins import load_registry
+from .quarantine import Quarantine
 from .store import Database
 from .web import admin, dashboard, health, provider
 from .web.auth import ensure_admin_token
@@ -70,6 +71,7 @@ def create_app(
         await db.aopen()
         auth, generated = ensure_admin_token(db, settings.admin_token)
         ingress = Ingress(settings, db, registry, clock=clock)
+        ingress.on_refused.append(Quarantine(settings, db, clock=clock).keep)
         metrics = Metrics(db)
         db.on_commit.append(metrics.on_commit)
         ingress.observers.append(metrics.on_request)

@@ -304,6 +304,20 @@ class Settings:
         minimum=0,
         maximum=10_000,
     )
+    quarantine_kept: int = setting(
+        100,
+        "requests refused for their signature or timestamp kept per instance (0: none)",
+        commands=SERVE,
+        minimum=0,
+        maximum=10_000,
+    )
+    quarantine_bytes: int = setting(
+        10_485_760,
+        "bytes of kept refused requests, over all instances",
+        commands=SERVE,
+        minimum=0,
+        maximum=10**10,
+    )
 
     def __post_init__(self) -> None:
         problems = _problems(self)

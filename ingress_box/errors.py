@@ -12,6 +12,7 @@ IngressBoxError
 │   ├── InvalidJson        the body is not JSON at all
 │   └── BodyTooLarge       the body is larger than its endpoint accepts
 ├── MappingConflict        the conversation is already bound to another chat
+├── StillRejected          a kept request does not verify with the instance's secrets now
 ├── ClientDisconnected     the caller went away before its request was read
 └── DeliveryError          raised by a handler to say how an attempt ended
     ├── RetryLater         transient: try again (after ``delay`` seconds when given)
@@ -90,6 +91,14 @@ class MappingConflict(IngressBoxError):
         self.session = session
         self.chat = chat
         self.mapping_id = mapping_id
+
+
+class StillRejected(IngressBoxError):
+    """Admission verified a kept request again, and it failed again for ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}: the request does not verify with the instance's secrets now")
+        self.reason = reason
 
 
 class ClientDisconnected(IngressBoxError):

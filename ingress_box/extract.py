@@ -16,7 +16,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
@@ -276,11 +276,15 @@ def redact_query(query: str) -> str:
 
 
 def redact_headers(
-    headers: Mapping[str, str], verify_header: str | None = None, limit: int | None = None
+    headers: Mapping[str, str],
+    verify_header: str | None = None,
+    limit: int | None = None,
+    keep: Collection[str] = (),
 ) -> str:
     """The headers as JSON with every credential replaced by a marker.
 
-    ``verify_header`` is the route's own signature or secret header, whatever its name. With a
+    ``verify_header`` is the route's own signature or secret header, whatever its name; the
+    names in ``keep`` (lower-case) keep their values whatever they look like. With a
     ``limit``, headers are kept in the order received while names and values together fit in
     that many bytes (one character is one byte as the edge decodes them); a header that does
     not fit is left out, so one huge junk header cannot crowd out the others or fill the disk.
@@ -289,7 +293,8 @@ def redact_headers(
     room = limit
     safe = {}
     for name, value in headers.items():
-        kept = REDACTED if name == secret or _is_credential(name) else value
+        redacted = name not in keep and (name == secret or _is_credential(name))
+        kept = REDACTED if redacted else value
         if room is not None:
             size = len(name) + len(kept)
             if size > room:

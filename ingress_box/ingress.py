@@ -80,6 +80,11 @@ class _Once:
         self._raw: bytes | None = None
         self.rate_wait: int | None = None
 
+    @property
+    def raw(self) -> bytes | None:
+        """The body, once read whole within its cap."""
+        return self._raw
+
     async def read_capped(self, cap: int) -> bytes | None:
         """The whole body, or None as soon as it is known to exceed ``cap``."""
         if not self._read:
@@ -104,6 +109,9 @@ def _stored_subpath(subpath: str) -> str:
     path, mark, query = subpath.partition("?")
     return path + mark + extract.redact_query(query)
 
+
+# What hears of a final refusal of a known instance's request whose body was read whole.
+Refused = Callable[[Inbound, Route, bytes, Answer], None]
 
 # Answers that depend on instance data without a write to check it: re-checked before sent.
 _RECHECKED = frozenset({401, 403, 404, 405})
@@ -145,18 +153,25 @@ class Ingress:
         self.acceptor = Acceptor(db)
         self.limiter = RateLimiter(settings.rate_limit, clock=time.monotonic)
         # The last few rejections per instance, in memory: bounded, and a flood of bad
-        # requests never turns into disk writes.
+        # requests never turns into disk writes (what on_refused keeps on disk is its own cap).
         self.rejections: dict[tuple[str, str], deque[Rejection]] = {}
         self.on_accepted: list[Callable[[], None]] = []
+        self.on_refused: list[Refused] = []
         self.observers: list[Callable[[Inbound, Answer, float], None]] = []
         self.commit_timeout = settings.busy_timeout_seconds + 5.0
 
-    async def handle(self, inbound: Inbound) -> Answer:
+    async def handle(self, inbound: Inbound, *, arrived_at: float | None = None) -> Answer:
+        """Answer a provider request; with ``arrived_at``, admit a kept one instead.
+
+        Admission runs the same pipeline (with the instance's secrets of now, and the timestamp
+        tolerance measured from ``arrived_at``), but is no provider request: nothing of it is
+        remembered, kept again or counted.
+        """
         started = time.perf_counter()
         once = _Once(inbound)
         for _ in range(3):
             try:
-                answer = await self._pipeline(inbound, once)
+                answer = await self._pipeline(inbound, once, arrived_at)
             except StorageUnavailable as exc:  # a cache miss or re-check could not read
                 log.warning("cannot read the configuration: %s", exc)
                 answer = error(
@@ -178,12 +193,29 @@ class Ingress:
                 "configuration is changing; retry",
                 **{"retry-after": "1"},
             )
+        if arrived_at is not None:
+            return answer
         self._remember(answer)
+        if answer.rejected is not None and once.raw is not None:
+            self._refused(inbound, answer, once.raw)
         for observe in self.observers:
             observe(inbound, answer, time.perf_counter() - started)
         return answer
 
-    async def _pipeline(self, req: Inbound, once: _Once) -> Answer:
+    def _refused(self, inbound: Inbound, answer: Answer, raw: bytes) -> None:
+        assert answer.rejected is not None
+        plugin_id, _, route_name = answer.rejected
+        plugin = self.registry.get(plugin_id)
+        route = plugin.routes.get(route_name) if plugin is not None else None
+        if route is None:
+            return
+        for hear in self.on_refused:
+            try:
+                hear(inbound, route, raw, answer)
+            except Exception:  # keeping a refusal must never change or fail the answer
+                log.exception("a refusal hook failed")
+
+    async def _pipeline(self, req: Inbound, once: _Once, arrived_at: float | None) -> Answer:
         # The configuration version this request is checked against: taken before the lookup,
         # so a change made while the body streams in makes the commit refuse it (see _store).
         version = self.instances.version
@@ -220,7 +252,13 @@ class Ingress:
             )
 
         signed = SignedRequest(req.method, req.url, req.headers, raw)
-        verdict = verify(route.verify, instance.valid_secrets(self.clock()), signed, self.clock())
+        now = self.clock()
+        verdict = verify(
+            route.verify,
+            instance.valid_secrets(now),
+            signed,
+            now if arrived_at is None else arrived_at,
+        )
         if not verdict.ok:
             return self._reject(instance, route, error(401, verdict.reason, "verification failed"))
 

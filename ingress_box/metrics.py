@@ -2,7 +2,8 @@
 
 Labels stay bounded: plugin and instance (operator-configured) and an outcome from a fixed set;
 never a delivery or conversation id. Requests for unknown plugins/instances are counted under
-``plugin="", instance=""`` so a scanner cannot grow the label set.
+``plugin="", instance=""`` so a scanner cannot grow the label set; where they were sent is
+counted apart, per ``/ingress/<plugin>/<instance>`` prefix (:class:`Unmatched`), in memory.
 
 Gauges that describe the database (outbox depth, parked rows, oldest pending age, open dead
 letters, file sizes) are read when scraped, by a collector, so they are never stale; they are
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .ingress import Answer, Inbound
@@ -69,9 +70,45 @@ class _DatabaseCollector(Collector):
         yield sizes
 
 
+class Unmatched(Collector):
+    """Calls under ``/ingress/`` that named no enabled instance's route, per path prefix.
+
+    A prefix is ``/ingress/<plugin>/<instance>``, each part cut to 64 characters; past
+    :data:`MAX_PREFIXES` distinct ones, new prefixes count under ``other``, so a scanner
+    trying names costs a bounded amount of memory and of label sets.
+    """
+
+    MAX_PREFIXES = 100
+    OTHER = "other"
+    PART_CHARS = 64
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def note(self, plugin: str, instance: str) -> None:
+        parts = [part[: self.PART_CHARS] for part in (plugin, instance) if part]
+        # A path that is not valid text (a lone surrogate) is shown escaped, never refused.
+        prefix = ("/ingress/" + "/".join(parts)).encode("utf-8", "backslashreplace").decode()
+        if prefix not in self.counts and len(self.counts) >= self.MAX_PREFIXES:
+            prefix = self.OTHER
+        self.counts[prefix] = self.counts.get(prefix, 0) + 1
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "ingress_box_unmatched_requests",
+            "Calls under /ingress/ naming no enabled instance's route, by path prefix",
+            labels=["prefix"],
+        )
+        for prefix, count in list(self.counts.items()):
+            family.add_metric([prefix], count)
+        yield family
+
+
 class Metrics:
     def __init__(self, db: Database) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.unmatched = Unmatched()
+        self.registry.register(self.unmatched)
         self.requests = Counter(
             "ingress_box_ingress_requests",
             "Provider requests by outcome",
@@ -131,6 +168,8 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+        if not known:
+            self.unmatched.note(req.plugin, req.instance)
         if not access_log.isEnabledFor(logging.INFO):
             return
         access_log.info(

@@ -406,7 +406,7 @@ def test_rejections_show_recent_failed_requests(client: TestClient, admin_header
     created(client, admin_headers)
     assert client.post("/ingress/generic/shop/events", content=b"{}").status_code == 401
     data = client.get("/admin/instances/generic/shop/rejections", headers=admin_headers).json()
-    assert [(r["route"], r["status"]) for r in data["items"]] == [("events", 401)]
+    assert [(r["route"], r["status"]) for r in data["recent"]] == [("events", 401)]
     assert data["next_cursor"] is None
 
 

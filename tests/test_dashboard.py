@@ -376,6 +376,42 @@ def test_rejections_page_shows_the_reason(ui: TestClient, admin_headers: dict[st
     assert "generic / shop" in page and rejected.json()["error"]["code"] in page
 
 
+def test_a_kept_request_is_admitted_from_the_rejections_page(
+    ui: TestClient, admin_headers: dict[str, str], box: Box
+) -> None:
+    """A wrong-secret request is listed with an Admit form; after the secret is fixed, the form
+    (with the CSRF token) admits it as a delivery and the page says so."""
+    ui.post(
+        "/admin/instances",
+        headers=admin_headers,
+        json={"plugin": "generic", "instance": "shop", "secret": "not-the-provider-one"},
+    )
+    body = b'{"a": 1}'
+    signed = sign_generic("the-provider-secret", body)
+    assert ui.post("/ingress/generic/shop/events", content=body, headers=signed).status_code == 401
+    box.db.write(lambda conn: None)  # the kept row is written after the answer: let it commit
+    page = ui.get(f"{UI}/rejections").text
+    [kept] = re.findall(r'data-kept="(\d+)"', page)
+    action = f"{UI}/rejections/generic/shop/{kept}/admit"
+    assert f'action="{action}"' in page and ">Admit</button>" in page
+
+    refused = ui.post(action, data={"csrf": "forged"})
+    assert refused.status_code == 403
+    still = ui.post(action, data={"csrf": csrf_of(ui)})
+    assert "Still rejected: bad_signature." in still.text
+    rotated = ui.post(
+        "/admin/instances/generic/shop/rotate-secret",
+        headers=admin_headers,
+        json={"secret": "the-provider-secret", "grace_seconds": 0},
+    )
+    assert rotated.status_code == 200
+    admitted = ui.post(action, data={"csrf": csrf_of(ui)})
+    assert "Admitted as delivery msg_" in admitted.text
+    assert f'data-kept="{kept}"' not in admitted.text
+    row = box.db.read_one("SELECT count(*) FROM deliveries")
+    assert row is not None and row[0] == 1
+
+
 def test_instances_page_shows_urls_but_no_secret(
     ui: TestClient, admin_headers: dict[str, str]
 ) -> None:

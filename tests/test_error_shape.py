@@ -35,6 +35,8 @@ ENDPOINTS = [
     ("DELETE", "/admin/instances/generic/shop"),
     ("POST", "/admin/instances/generic/shop/rotate-secret"),
     ("GET", "/admin/instances/generic/shop/rejections"),
+    ("GET", "/admin/instances/generic/shop/rejections/1"),
+    ("GET", "/admin/unmatched"),
     ("GET", "/admin/deliveries"),
     ("GET", "/admin/deliveries/msg_x"),
     ("GET", "/admin/dlq"),
@@ -42,7 +44,13 @@ ENDPOINTS = [
     ("DELETE", "/admin/dlq/dlq_x"),
 ]
 JSON_ENDPOINTS = [(m, p) for m, p in ENDPOINTS if m in ("POST", "PATCH")]
-LIST_ENDPOINTS = ["/admin/instances", "/admin/deliveries", "/admin/dlq"]
+LIST_ENDPOINTS = [
+    "/admin/instances",
+    "/admin/deliveries",
+    "/admin/dlq",
+    "/admin/instances/generic/shop/rejections",
+    "/admin/unmatched",
+]
 
 
 def assert_error(response: Reply, status: int, code: str | None = None) -> None:

@@ -24,6 +24,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
         2,
         (
             "ingress_box.ingress",
+            "ingress_box.quarantine",
             "ingress_box.attempt",
             "ingress_box.handlers",
             "ingress_box.forward",

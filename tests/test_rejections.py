@@ -1,7 +1,8 @@
 """The rejected-request record: why a provider's calls fail, kept in memory, bounded, bodiless.
 
-``GET /admin/instances/{plugin}/{instance}/rejections`` lists the instance's last N rejections
-newest first, each with a machine-readable reason. Everything goes through the real app over
+``GET /admin/instances/{plugin}/{instance}/rejections`` lists, under ``recent``, the instance's
+last N rejections newest first, each with a machine-readable reason (its ``items`` are the
+quarantine of test_quarantine.py, kept on disk). Everything goes through the real app over
 HTTP; instances are created through the admin API.
 """
 
@@ -56,7 +57,7 @@ class Harness:
         return response.json()
 
     def reasons(self, plugin: str = "generic", instance: str = "main") -> list[str]:
-        return [item["reason"] for item in self.rejections(plugin, instance)["items"]]
+        return [item["reason"] for item in self.rejections(plugin, instance)["recent"]]
 
     def count(self, table: str) -> int:
         """Rows in ``table``, read from the file by a connection of our own."""
@@ -200,7 +201,7 @@ def test_each_rejection_is_listed_with_its_machine_readable_reason(
     reply = cause(h)
     assert reply.status_code == status
     assert reply.json()["error"]["code"] == reason
-    [item] = h.rejections(plugin)["items"]
+    [item] = h.rejections(plugin)["recent"]
     route = {"meta": "webhook", "twilio": "messages"}.get(plugin, "events")
     assert item == {"received_at": T0, "route": route, "status": status, "reason": reason}
 
@@ -229,7 +230,7 @@ def test_rejections_are_listed_newest_first(open_box: OpenBox) -> None:
     for cause in (missing_signature, bad_signature, body_too_large, method_not_allowed):
         cause(h)
         h.clock.advance(1)
-    items = h.rejections()["items"]
+    items = h.rejections()["recent"]
     assert [i["reason"] for i in items] == [
         "method_not_allowed",
         "body_too_large",
@@ -272,7 +273,7 @@ def test_the_record_keeps_exactly_the_last_n(open_box: OpenBox) -> None:
     for _ in range(8):
         missing_signature(h)
         h.clock.advance(1)
-    assert [i["received_at"] for i in h.rejections()["items"]] == [T0 + n for n in (7, 6, 5, 4, 3)]
+    assert [i["received_at"] for i in h.rejections()["recent"]] == [T0 + n for n in (7, 6, 5, 4, 3)]
 
 
 def test_the_default_cap_is_50(open_box: OpenBox) -> None:
@@ -281,7 +282,7 @@ def test_the_default_cap_is_50(open_box: OpenBox) -> None:
     h.add("generic")
     for _ in range(60):
         missing_signature(h)
-    assert len(h.rejections()["items"]) == 50
+    assert len(h.rejections()["recent"]) == 50
 
 
 def test_the_cap_is_read_from_the_environment(open_box: OpenBox) -> None:
@@ -290,7 +291,7 @@ def test_the_cap_is_read_from_the_environment(open_box: OpenBox) -> None:
     h.add("generic")
     for _ in range(10):
         missing_signature(h)
-    assert len(h.rejections()["items"]) == 3
+    assert len(h.rejections()["recent"]) == 3
 
 
 def test_the_record_holds_no_body_and_no_header_values(open_box: OpenBox) -> None:
@@ -306,16 +307,17 @@ def test_the_record_holds_no_body_and_no_header_values(open_box: OpenBox) -> Non
     big = (MARKER * 200).encode()
     h.post("/ingress/generic/main/events", big, **sign_generic(SECRET, big))
     listing = h.rejections()
-    assert len(listing["items"]) == 2
+    assert len(listing["recent"]) == 2
     assert all(
-        set(item) == {"received_at", "route", "status", "reason"} for item in listing["items"]
+        set(item) == {"received_at", "route", "status", "reason"} for item in listing["recent"]
     )
     assert MARKER not in json.dumps(listing)
 
 
 def test_a_flood_of_bad_requests_writes_nothing_to_disk(open_box: OpenBox) -> None:
-    """Hundreds of refused requests leave the deliveries table empty and the file unchanged."""
-    h = open_box(max_body_bytes=1024)
+    """With the quarantine off, hundreds of refused requests leave the deliveries table empty
+    and the file unchanged (with it on, test_quarantine.py bounds what a flood stores)."""
+    h = open_box(max_body_bytes=1024, quarantine_kept=0)
     h.add("generic")
     h.add("chatwoot")
     files = [h.db_path, h.db_path.with_name(h.db_path.name + "-wal")]
@@ -330,7 +332,7 @@ def test_a_flood_of_bad_requests_writes_nothing_to_disk(open_box: OpenBox) -> No
         )
     assert (h.count("deliveries"), h.count("outbox")) == (0, 0)
     assert [f.stat().st_size if f.exists() else 0 for f in files] == sizes
-    assert len(h.rejections()["items"]) == 50
+    assert len(h.rejections()["recent"]) == 50
 
 
 def test_unknown_instances_add_nothing_to_the_record(open_box: OpenBox) -> None:

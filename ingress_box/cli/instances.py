@@ -1,28 +1,39 @@
-"""``ingress-box instances``: add, list, rotate and remove plugin instances on the database file.
+"""``ingress-box instances``: add, list, rotate and remove plugin instances on the database file,
+and list and admit the requests each one refused for their signature or timestamp.
 
 ``add`` and ``rotate`` print the secrets they make, once: to stdout, with a reminder on stderr
-that they are not shown again. ``list`` masks them.
+that they are not shown again. ``list`` masks them. ``admit`` runs the same pipeline as the
+server, in this process, on the file (a worker notices the delivery it commits).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
-from .. import instance_rules
+from .. import instance_rules, quarantine
 from ..config import Settings, load_settings
 from ..errors import InvalidInput, NotFound
+from ..ingress import Ingress
 from ..plugins import load_registry
 from ..store import Database
+from ..store import deliveries as store_deliveries
 from ..store import instances as store_instances
+from ..store import rejections as store_rejections
 from ..store.instances import LANE_POLICIES
+from ..store.pages import Page
 from .common import (
+    Failed,
     FiniteFloat,
     database,
     db_option,
     json_option,
+    limit_option,
+    more,
     now,
     plugins_dir_option,
     print_json,
@@ -190,3 +201,77 @@ def instances_remove(plugin: str, instance: str, db_path: Path | None) -> None:
     with database(load_settings(db_path=db_path)) as db:
         db.write(store_instances.delete(plugin, instance))
     click.echo(f"removed {plugin}/{instance}")
+
+
+@instances_group.command("rejections")
+@click.argument("plugin")
+@click.argument("instance")
+@limit_option
+@db_option
+@json_option
+def instances_rejections(
+    plugin: str, instance: str, limit: int, db_path: Path | None, as_json: bool
+) -> None:
+    """List the requests an instance refused for their signature or timestamp, newest first."""
+    settings = load_settings(db_path=db_path)
+
+    async def kept(db: Database) -> Page[store_rejections.Listed]:
+        if await store_instances.aget(db, plugin, instance) is None:
+            raise NotFound(f"no instance {plugin}/{instance}")
+        return await store_rejections.alist_page(db, plugin, instance, None, limit)
+
+    page = read(settings, kept)
+    if as_json:
+        print_json({"items": [r.to_json() for r in page.items], "next_cursor": page.next_cursor})
+        return
+    table(
+        ["ID", "RECEIVED", "ROUTE", "STATUS", "REASON"],
+        [[r.id, when(r.received_at), r.route, r.status, r.reason] for r in page.items],
+    )
+    more(page.next_cursor)
+
+
+@instances_group.command("admit")
+@click.argument("plugin")
+@click.argument("instance")
+@click.argument("rejection_id", type=int)
+@db_option
+@plugins_dir_option
+@json_option
+def instances_admit(
+    plugin: str,
+    instance: str,
+    rejection_id: int,
+    db_path: Path | None,
+    plugins_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Verify a kept request again with the instance's secrets now, and accept it if it passes."""
+    settings = load_settings(db_path=db_path, plugins_dir=plugins_dir)
+    registry = load_registry(settings.plugins_dir)
+
+    async def run(db: Database) -> dict[str, Any]:
+        await db.aopen()
+        try:
+            kept = await store_rejections.aget(db, plugin, instance, rejection_id)
+            answer = await quarantine.admit(Ingress(settings, db, registry, clock=now), kept)
+            if answer.outcome not in quarantine.ADMITTED:
+                raise Failed(f"not admitted: {answer.status} {answer.outcome}")
+            assert answer.delivery_id is not None
+            delivery = await store_deliveries.aget(db, answer.delivery_id)
+        finally:
+            await db.aclose()
+        return {
+            "admitted": True,
+            "duplicate": answer.outcome == "duplicate",
+            "delivery": delivery.to_json(),
+        }
+
+    with database(settings) as db:
+        admitted = asyncio.run(run(db))
+    if as_json:
+        print_json(admitted)
+        return
+    delivery = admitted["delivery"]
+    seen = " (a duplicate: already accepted)" if admitted["duplicate"] else ""
+    click.echo(f"admitted as delivery {delivery['id']}, {delivery['state']}{seen}")

@@ -47,6 +47,29 @@ class Migration:
                 conn.execute(statement)
 
 
+# 0.2: requests refused for their signature or timestamp, kept to be admitted later.
+_REJECTIONS = """
+CREATE TABLE IF NOT EXISTS rejections (
+    id           INTEGER PRIMARY KEY,
+    plugin_id    TEXT NOT NULL,
+    instance_id  TEXT NOT NULL,
+    route        TEXT NOT NULL,
+    method       TEXT NOT NULL,
+    subpath      TEXT NOT NULL,
+    url          TEXT NOT NULL,
+    headers      TEXT NOT NULL,
+    body         BLOB NOT NULL,
+    received_at  REAL NOT NULL,
+    status       INTEGER NOT NULL,
+    reason       TEXT NOT NULL,
+    size         INTEGER NOT NULL CHECK (size >= 0)
+);
+CREATE INDEX IF NOT EXISTS rejections_instance ON rejections (plugin_id, instance_id, id);
+CREATE TRIGGER IF NOT EXISTS rejections_of_deleted_instance AFTER DELETE ON instances BEGIN
+    DELETE FROM rejections WHERE plugin_id = OLD.plugin_id AND instance_id = OLD.instance_id;
+END;
+"""
+
 # The steps after the baseline, in order. Release 0.2's steps may still change until it ships.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -93,6 +116,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ) WITHOUT ROWID;
         """,
     ),
+    Migration(3, "quarantine", _REJECTIONS),
 )
 
 

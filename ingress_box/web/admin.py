@@ -15,12 +15,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import instance_rules
+from .. import instance_rules, quarantine
 from ..errors import InvalidInput, NotFound
 from ..plugins import plugin_to_json
 from ..store import dead_letters as store_dead_letters
 from ..store import deliveries as store_deliveries
 from ..store import instances as store_instances
+from ..store import rejections as store_rejections
 from ..store.pages import MAX_LIMIT, clamp_limit
 from . import mappings
 from .box import Box, box_of
@@ -166,9 +167,63 @@ class RotateSecret(HTTPEndpoint):
 
 class Rejections(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
+        """The kept (admissible) refusals, a page at a time, and the in-memory record of the
+        latest refusals for any reason."""
         box = box_of(request)
         inst = await _instance(box, **_key(request))
-        items = box.ingress.rejections_json(inst.plugin_id, inst.instance_id)
+        cursor, limit = page_args(request)
+        page = await store_rejections.alist_page(
+            box.db, inst.plugin_id, inst.instance_id, cursor, limit
+        )
+        return JSONResponse(
+            {
+                "items": [kept.to_json() for kept in page.items],
+                "next_cursor": page.next_cursor,
+                "recent": box.ingress.rejections_json(inst.plugin_id, inst.instance_id),
+            }
+        )
+
+
+async def _kept(request: Request) -> store_rejections.Rejection:
+    key = _key(request)
+    return await quarantine.find(
+        box_of(request).db, key["plugin_id"], key["instance_id"], request.path_params["id"]
+    )
+
+
+class RejectionItem(HTTPEndpoint):
+    async def get(self, request: Request) -> Response:
+        kept = await _kept(request)
+        return item_json(quarantine.detail_json(kept, box_of(request).registry))
+
+
+class Admit(HTTPEndpoint):
+    async def post(self, request: Request) -> Response:
+        box = box_of(request)
+        answer = await quarantine.admit(box.ingress, await _kept(request))
+        if answer.outcome in quarantine.ADMITTED:
+            assert answer.delivery_id is not None
+            delivery = await store_deliveries.aget(box.db, answer.delivery_id)
+            return item_json(
+                {
+                    "admitted": True,
+                    "duplicate": answer.outcome == "duplicate",
+                    "delivery": delivery.to_json(),
+                }
+            )
+        # Refused for something else now (instance disabled, rate limit, storage): as a
+        # provider would hear it.
+        return Response(answer.body, answer.status, answer.headers, answer.content_type)
+
+
+class Unmatched(HTTPEndpoint):
+    async def get(self, request: Request) -> Response:
+        """Calls to ingress URLs that named nothing, per prefix, most first (this process's)."""
+        counts = box_of(request).metrics.unmatched.counts
+        items = [
+            {"prefix": prefix, "count": count}
+            for prefix, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        ]
         return JSONResponse({"items": items, "next_cursor": None})
 
 
@@ -251,6 +306,9 @@ def routes() -> list[BaseRoute]:
                 Route("/instances/{plugin}/{instance}", InstanceItem),
                 Route("/instances/{plugin}/{instance}/rotate-secret", RotateSecret),
                 Route("/instances/{plugin}/{instance}/rejections", Rejections),
+                Route("/instances/{plugin}/{instance}/rejections/{id}", RejectionItem),
+                Route("/instances/{plugin}/{instance}/rejections/{id}/admit", Admit),
+                Route("/unmatched", Unmatched),
                 Route("/deliveries", Deliveries),
                 Route("/deliveries/{id}", DeliveryItem),
                 Route("/dlq", DeadLetters),

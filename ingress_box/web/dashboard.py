@@ -21,12 +21,13 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from .. import instance_rules
-from ..errors import InvalidInput, NotFound, StorageUnavailable
+from .. import instance_rules, quarantine
+from ..errors import InvalidInput, NotFound, StillRejected, StorageUnavailable
 from ..store import activity
 from ..store import dead_letters as store_dead_letters
 from ..store import deliveries as store_deliveries
 from ..store import instances as store_instances
+from ..store import rejections as store_rejections
 from . import sparklines, templating
 from .box import Box, box_of
 from .kit import base_url, error_response
@@ -38,6 +39,7 @@ HERE = Path(__file__).parent
 MAX_FORM_BYTES = 64 * 1024  # the dashboard's forms are a few short fields
 PAGE_SIZE = 50
 BODY_SHOWN = 16 * 1024  # characters of a body shown on a delivery page
+KEPT_SHOWN = 200  # the newest kept (admissible) requests on the rejections page
 # Only our own pages may be the target of the login's redirect (no open redirect).
 SAFE_NEXT = re.compile(r"/admin/ui/[A-Za-z0-9_./?=&%-]*")
 SECURITY_HEADERS = {
@@ -340,13 +342,20 @@ class Dashboard:
     async def rejections(self, visit: Visit) -> Response:
         box = visit.box
         page = await store_instances.alist_page(box.db, None, None, 1000)
+        kept: dict[tuple[str, str], list[store_rejections.Listed]] = {}
+        for row in await store_rejections.anewest(box.db, KEPT_SHOWN):
+            kept.setdefault((row.plugin_id, row.instance_id), []).append(row)
         groups = [
-            (inst, box.ingress.rejections_json(inst.plugin_id, inst.instance_id))
+            (
+                inst,
+                box.ingress.rejections_json(inst.plugin_id, inst.instance_id),
+                kept.get((inst.plugin_id, inst.instance_id), []),
+            )
             for inst in page.items
         ]
-        groups = [(inst, items) for inst, items in groups if items]
+        groups = [(inst, items, held) for inst, items, held in groups if items or held]
         reasons: dict[str, int] = {}
-        for _, items in groups:
+        for _, items, _ in groups:
             for item in items:
                 reasons[item["reason"]] = reasons.get(item["reason"], 0) + 1
         return self.render(
@@ -356,6 +365,22 @@ class Dashboard:
             groups=groups,
             reasons=sorted(reasons.items(), key=lambda kv: -kv[1]),
         )
+
+    async def admit(self, visit: Visit) -> Response:
+        box, where = visit.box, visit.request.path_params
+        kept = await quarantine.find(box.db, where["plugin"], where["instance"], where["id"])
+        try:
+            answer = await quarantine.admit(box.ingress, kept)
+        except StillRejected as exc:
+            visit.login.flash = f"Still rejected: {exc.reason}."
+            return _redirect(PREFIX + "/rejections")
+        if answer.outcome == "accepted":
+            visit.login.flash = f"Admitted as delivery {answer.delivery_id}."
+        elif answer.outcome == "duplicate":
+            visit.login.flash = f"Already accepted as delivery {answer.delivery_id}: admitted."
+        else:
+            visit.login.flash = f"Not admitted now: {answer.outcome} ({answer.status})."
+        return _redirect(PREFIX + "/rejections")
 
     # -- dead letters ----------------------------------------------------------------------
 
@@ -427,6 +452,7 @@ def routes() -> list[BaseRoute]:
         Route("/dlq/redrive", ui.guard(ui.redrive), methods=["POST"]),
         Route("/dlq/{id}/discard", ui.guard(ui.discard), methods=["POST"]),
         Route("/rejections", ui.guard(ui.rejections)),
+        Route("/rejections/{plugin}/{instance}/{id}/admit", ui.guard(ui.admit), methods=["POST"]),
         Route("/login", ui.login_form, methods=["GET"]),
         Route("/login", ui.login, methods=["POST"]),
         Route("/logout", ui.guard(ui.logout), methods=["POST"]),

@@ -73,6 +73,8 @@ async def endpoint(box: Box, scope: Scope, receive: Receive, send: Send) -> None
     """``ANY /ingress/{plugin}/{instance}/{route}[/{anything}]``, as plain ASGI."""
     parts = _parts(scope["path"])
     if parts is None:
+        plugin, _, rest = scope["path"][len(PREFIX) :].partition("/")
+        box.metrics.unmatched.note(plugin, rest.partition("/")[0])
         await _send(send, _NOT_FOUND)
         return
     plugin, instance, route, rest = parts
