@@ -107,7 +107,9 @@ class Instances(HTTPEndpoint):
         inst, shown = instance_rules.new_instance(
             box.registry, plugin_id, instance_id, body, box.clock()
         )
-        created = instance_rules.created_json(box.registry, inst, shown, base_url(request, box))
+        created = instance_rules.created_json(
+            box.registry, inst, shown, base_url(request, box), secret_given="secret" in body
+        )
         answer = item_json(created, 201)  # rendered before the commit: no 500 after it
         await box.db.awrite(store_instances.insert(inst))
         return answer
