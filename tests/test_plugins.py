@@ -202,7 +202,8 @@ def test_plugin_to_json_shape() -> None:
         "secret_from_provider",
         "routes",
     }
-    assert data["secret_issued_by_provider"] is True and "App secret" in data["secret_from_provider"]
+    assert data["secret_issued_by_provider"] is True
+    assert "App secret" in data["secret_from_provider"]
     assert data["routes"] == [
         {
             "name": "webhook",

@@ -22,7 +22,7 @@ from ..store import dead_letters as store_dead_letters
 from ..store import deliveries as store_deliveries
 from ..store import instances as store_instances
 from ..store.pages import MAX_LIMIT, clamp_limit
-from . import mappings
+from . import mappings, openapi
 from .box import Box, box_of
 from .kit import (
     base_url,
@@ -241,6 +241,11 @@ class DeadLetterItem(HTTPEndpoint):
         return Response(status_code=204)
 
 
+class OpenApi(HTTPEndpoint):
+    async def get(self, request: Request) -> Response:
+        return JSONResponse(openapi.document())
+
+
 def routes() -> list[BaseRoute]:
     """The admin routes, mounted at ``/admin``; one guarded mount catches every path under it."""
 
@@ -248,6 +253,7 @@ def routes() -> list[BaseRoute]:
         Mount(
             "",
             routes=[
+                Route("/openapi.json", OpenApi),
                 Route("/plugins", Plugins),
                 Route("/instances", Instances),
                 Route("/instances/{plugin}/{instance}", InstanceItem),
