@@ -92,8 +92,8 @@ def instances_add(
     Where the provider issues the secret (``ingress-box plugins`` says which), pass it with
     --secret: a generated one would never verify. --generate-secret makes one anyway.
     """
-    fields = {k: flags.pop(k) for k in ("target_url", "secret", "verify_token", "session")}
-    fields |= {k: flags.pop(k) for k in ("lane_policy", "handler")}
+    names = ("target_url", "secret", "verify_token", "session", "lane_policy", "handler")
+    fields = {k: flags.pop(k) for k in names}
     settings = load_settings(**flags)
     registry = load_registry(settings.plugins_dir)
     found = instance_rules.plugin_of(registry, plugin)

@@ -328,7 +328,10 @@ PATHS: dict[str, dict[str, Schema]] = {
         "get": _op("this document", {"200": _answer("OpenAPI 3.1", {"type": "object"})}),
     },
     "/admin/plugins": {
-        "get": _op("the loaded plugins and their routes", {"200": _answer("", _page("Plugin"))}),
+        "get": _op(
+            "the loaded plugins and their routes",
+            {"200": _answer("one page, all of them", _page("Plugin"))},
+        ),
     },
     "/admin/instances": {
         "get": _op(
@@ -347,7 +350,7 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/admin/instances/{plugin}/{instance}": {
         "get": _op(
             "one instance (secrets masked)",
-            {"200": _answer("", _ref("Instance"))},
+            {"200": _answer("the instance", _ref("Instance"))},
             parameters=KEY,
             errors=("404",),
         ),
@@ -377,7 +380,7 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/admin/instances/{plugin}/{instance}/rejections": {
         "get": _op(
             "the last requests refused, newest first (kept in memory)",
-            {"200": _answer("", _page("Rejection"))},
+            {"200": _answer("one page, all of them", _page("Rejection"))},
             parameters=KEY,
             errors=("404",),
         ),
@@ -398,7 +401,7 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/admin/deliveries/{id}": {
         "get": _op(
             "one delivery with its headers, body and every attempt",
-            {"200": _answer("", _ref("DeliveryDetail"))},
+            {"200": _answer("the delivery", _ref("DeliveryDetail"))},
             parameters=_path("id"),
             errors=("404",),
         ),
@@ -418,7 +421,7 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/admin/dlq/redrive": {
         "post": _op(
             "put dead letters back in the outbox, by ids or filters, in bounded batches",
-            {"200": _answer("", _ref("Redriven"))},
+            {"200": _answer("how many were redriven, and how many match still", _ref("Redriven"))},
             body="Redrive",
             errors=("400", "503"),
         ),
@@ -455,7 +458,7 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/admin/mappings/{id}": {
         "get": _op(
             "one mapping",
-            {"200": _answer("", _ref("Mapping"))},
+            {"200": _answer("the mapping", _ref("Mapping"))},
             parameters=_path("id", kind="integer"),
             errors=("404",),
         ),
