@@ -34,6 +34,8 @@ USER ingress
 # finish what is in flight (bounded by 10 s), close the database, exit 0". Docker waits 10 s
 # by default before SIGKILL: give it more with `docker run --stop-timeout 30`.
 STOPSIGNAL SIGTERM
+# `ingress-box health` asks serve's /readyz; in a worker-only container (nothing listens) it
+# checks the worker's heartbeat file next to the database instead.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD python -c "import os,sys,urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('INGRESS_BOX_PORT','8080'), timeout=4).status == 200 else 1)"
+    CMD ["ingress-box", "health"]
 CMD ["ingress-box", "serve"]

@@ -57,6 +57,10 @@ class Secret:
 SERVE = ("serve",)
 SERVE_AND_WORKER = ("serve", "worker")
 RETENTION = ("serve", "worker", "prune")  # the worker prunes hourly; `prune` does it at once
+# What makes the box's URL: serve listens there, and the commands that print ingress URLs,
+# or ask the running box (health), must agree with it.
+ADDRESS = ("serve", "instances", "health")
+WRITER = ("serve", "worker", "prune")  # commands that write much to the file
 
 
 @dataclass(frozen=True)
@@ -173,12 +177,12 @@ class Settings:
     db_path: Path = setting(
         Path("./data/ingress-box.db"),
         "the SQLite file",
-        commands=RETENTION,
+        commands=(*RETENTION, "health"),
         env="DB",
         flag="db",
     )
-    host: str = setting("127.0.0.1", "address to listen on", commands=SERVE)
-    port: int = setting(8080, "port to listen on", commands=SERVE, minimum=1, maximum=65_535)
+    host: str = setting("127.0.0.1", "address to listen on", commands=ADDRESS)
+    port: int = setting(8080, "port to listen on", commands=ADDRESS, minimum=1, maximum=65_535)
     admin_token: Secret | None = setting(
         None,
         "bearer token of the admin API, 16+ visible characters (generated and printed once "
@@ -189,7 +193,7 @@ class Settings:
     public_url: str | None = setting(
         None,
         "base URL providers call (Twilio signs it; shown in ingress URLs)",
-        commands=SERVE,
+        commands=("serve", "instances", "doctor"),
         check=_http_url,
     )
     # SQLite refuses a value longer than 10^9 bytes by default, so a bigger body cannot be kept.
@@ -228,10 +232,12 @@ class Settings:
         "SQLite synchronous: FULL survives power loss, NORMAL process crashes",
         choices=SYNCHRONOUS_MODES,
         case_sensitive=False,
+        commands=WRITER,
     )
     busy_timeout_seconds: float = setting(
         5.0,
         "how long a write waits for SQLite's lock before a request gets a 503",
+        commands=WRITER,
         above=0,
         maximum=600,
     )
@@ -326,6 +332,19 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def listen_url(self) -> str:
+        """Where serve listens, as this machine reaches it (a wildcard address as localhost)."""
+        host = {"0.0.0.0": "localhost", "::": "localhost"}.get(self.host, self.host)
+        if ":" in host:  # an IPv6 literal
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """Where providers reach the box: the public URL, else where serve listens."""
+        return self.public_url.rstrip("/") if self.public_url else self.listen_url
 
 
 @functools.cache

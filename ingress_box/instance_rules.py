@@ -131,8 +131,25 @@ def plugin_of(registry: Registry, plugin_id: object) -> Plugin:
         raise InvalidInput("plugin must be a non-empty string")
     plugin = registry.get(plugin_id)
     if plugin is None:
-        raise InvalidInput(f"unknown plugin {plugin_id!r}")
+        raise InvalidInput(f"unknown plugin {plugin_id!r} (known: {registry.known()})")
     return plugin
+
+
+def secret_needed(plugin: Plugin) -> str:
+    """Why a generated secret is no use for ``plugin``, for a refusal or a warning."""
+    return f"{plugin.id}'s secret is issued by the provider ({plugin.secret_from_provider})"
+
+
+def warnings(plugin: Plugin, inst: Instance, secret_given: bool) -> list[str]:
+    """What a new instance will not do as it is, though it is valid."""
+    found = []
+    if plugin.secret_issued_by_provider and not secret_given:
+        found.append(
+            secret_needed(plugin) + ": the generated one never verifies; rotate-secret to it"
+        )
+    if inst.handler == "forward" and inst.target_url is None:
+        found.append("no target_url: every delivery fails until one is set")
+    return found
 
 
 def _fresh_secret(plugin: Plugin) -> str:
@@ -207,10 +224,18 @@ def ingress_urls(registry: Registry, inst: Instance, base_url: str) -> dict[str,
 
 
 def created_json(
-    registry: Registry, inst: Instance, shown: Mapping[str, str], base_url: str
+    registry: Registry,
+    inst: Instance,
+    shown: Mapping[str, str],
+    base_url: str,
+    *,
+    secret_given: bool,
 ) -> dict[str, Any]:
-    """The answer to a create: the masked instance, then what is shown this once."""
+    """The answer to a create: the masked instance, what is shown this once, and the
+    :func:`warnings`."""
     urls = ingress_urls(registry, inst, base_url)
+    plugin = registry.get(inst.plugin_id)
+    warned = [] if plugin is None else warnings(plugin, inst, secret_given)
     return {
         "plugin": inst.plugin_id,
         "instance": inst.instance_id,
@@ -218,4 +243,5 @@ def created_json(
         **shown,
         "ingress_url": next(iter(urls.values()), None),
         "ingress_urls": urls,
+        "warnings": warned,
     }

@@ -55,7 +55,7 @@ def upsert_of(registry: Registry, data: Mapping[str, object]) -> Upsert:
     """A validated upsert from what an operator sent (decoded JSON, or CLI flags)."""
     plugin_id = data.get("plugin")
     if not isinstance(plugin_id, str) or registry.get(plugin_id) is None:
-        raise InvalidInput(f"unknown plugin {plugin_id!r}")
+        raise InvalidInput(f"unknown plugin {plugin_id!r} (known: {registry.known()})")
     instance_id = data.get("instance")
     if not isinstance(instance_id, str) or not INSTANCE_ID.fullmatch(instance_id):
         raise InvalidInput(f"instance must match ^{INSTANCE_ID.pattern}$")

@@ -10,6 +10,7 @@ dotted field (``routes.events.verify.tolerance_seconds``)::
     name = "Chatwoot"
     description = "..."              # optional
     handler = "forward"              # optional: a handler name or "package.module:function"
+    secret_from_provider = "..."     # optional: the provider issues the secret, found there
 
     [routes.events]                  # route names follow the id pattern
     methods = ["POST"]               # optional: None means any method
@@ -174,6 +175,13 @@ class Plugin:
     routes: Mapping[str, Route]
     handler: str = "forward"
     source: str = ""  # the manifest file it came from, for error messages and the admin API
+    # Where the operator finds the secret when the provider issues it (Meta's app secret,
+    # Twilio's auth token, ...); empty when the box's generated secret is given to the provider.
+    secret_from_provider: str = ""
+
+    @property
+    def secret_issued_by_provider(self) -> bool:
+        return bool(self.secret_from_provider)
 
 
 class Registry:
@@ -187,6 +195,10 @@ class Registry:
 
     def all(self) -> list[Plugin]:
         return [self._plugins[key] for key in sorted(self._plugins)]
+
+    def known(self) -> str:
+        """The plugin ids, for an error that names the valid ones."""
+        return ", ".join(sorted(self._plugins))
 
 
 def _check_pointer(t: ManifestTable, key: str, pointer: str) -> None:
@@ -390,7 +402,7 @@ def _route(name: str, t: ManifestTable) -> Route:
 def parse_manifest(data: object, source: str) -> Plugin:
     """Build a Plugin from a decoded manifest; ``source`` names the file in errors."""
     t = ManifestTable(data, source, "")
-    t.only("id", "name", "description", "handler", "routes")
+    t.only("id", "name", "description", "handler", "secret_from_provider", "routes")
     plugin_id = t.required_text("id")
     if not _ID.fullmatch(plugin_id):
         raise t.error("id", f"{plugin_id!r} must match ^{_ID.pattern}$")
@@ -416,6 +428,7 @@ def parse_manifest(data: object, source: str) -> Plugin:
         routes=MappingProxyType(routes),
         handler=handler,
         source=source,
+        secret_from_provider=t.text("secret_from_provider") or "",
     )
 
 
@@ -424,6 +437,8 @@ def _decode(text: str, suffix: str, source: str) -> object:
         return json.loads(text) if suffix == ".json" else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(source, "(document)", f"cannot parse: {exc}") from exc
+    except RecursionError as exc:  # both parsers recurse per nesting level
+        raise ManifestError(source, "(document)", "cannot parse: nested too deeply") from exc
 
 
 def load_manifest_file(path: Path) -> Plugin:
@@ -477,6 +492,8 @@ def plugin_to_json(plugin: Plugin) -> dict[str, Any]:
         "name": plugin.name,
         "description": plugin.description,
         "handler": plugin.handler,
+        "secret_issued_by_provider": plugin.secret_issued_by_provider,
+        "secret_from_provider": plugin.secret_from_provider or None,
         "routes": [
             {
                 "name": route.name,

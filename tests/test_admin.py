@@ -176,10 +176,34 @@ def test_create_with_a_bad_instance_id_is_400(
 
 
 def test_create_with_an_unknown_plugin_is_400(client: TestClient, admin_headers: Headers) -> None:
-    """An unknown plugin answers 400 invalid_input."""
+    """An unknown plugin answers 400 invalid_input, naming the plugins there are."""
     response = create(client, admin_headers, plugin="nope")
     assert response.status_code == 400
     assert "nope" in response.json()["error"]["message"]
+    assert "generic, github" in response.json()["error"]["message"]
+
+
+def test_create_warns_of_a_generated_secret_the_provider_never_uses(
+    client: TestClient, admin_headers: Headers
+) -> None:
+    """The API still generates Meta's secret (the contract), but the 201 warns it will not
+    verify and where the real one is; given, there is no warning."""
+    data = created(client, admin_headers, plugin="meta", target_url="http://127.0.0.1:9/h")
+    (warning,) = data["warnings"]
+    assert "meta's secret is issued by the provider" in warning and "App secret" in warning
+    given = created(
+        client, admin_headers, plugin="meta", instance="b", secret="s", target_url="http://t/"
+    )
+    assert given["warnings"] == []
+
+
+def test_create_warns_of_a_forward_instance_without_target(
+    client: TestClient, admin_headers: Headers
+) -> None:
+    """forward with no target_url is created (201), with a warning that deliveries fail."""
+    assert created(client, admin_headers)["warnings"] == [
+        "no target_url: every delivery fails until one is set"
+    ]
 
 
 @pytest.mark.parametrize(

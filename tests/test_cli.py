@@ -118,7 +118,7 @@ def test_instances_add_twice_exits_1(db_path: Path) -> None:
 
 
 def test_instances_list_shows_a_table_without_secrets(db_path: Path) -> None:
-    """instances list prints one row per instance and no secret."""
+    """instances list prints one row per instance, with its ingress URL, and no secret."""
     shown = add(db_path, "generic", "shop", "--target-url", "https://bot.example/in")
     out = ok("instances", "list", "--db", str(db_path)).stdout
     assert out.splitlines()[0].split() == [
@@ -128,6 +128,8 @@ def test_instances_list_shows_a_table_without_secrets(db_path: Path) -> None:
         "HANDLER",
         "LANES",
         "TARGET",
+        "INGRESS",
+        "URL",
     ]
     assert out.splitlines()[1].split() == [
         "generic",
@@ -136,6 +138,7 @@ def test_instances_list_shows_a_table_without_secrets(db_path: Path) -> None:
         "forward",
         "progress",
         "https://bot.example/in",
+        "http://127.0.0.1:8080/ingress/generic/shop/events",
     ]
     assert shown["secret"] not in out
 

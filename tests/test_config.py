@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from clirun import run
 from conftest import MakeDeadLetters
 from live import free_port
 
+from ingress_box.cli.main import main
 from ingress_box.config import Secret, declarations, for_command, load_settings
 from ingress_box.errors import ConfigError
 from ingress_box.store import Database
@@ -230,13 +233,66 @@ def test_a_boolean_flag_beats_its_variable() -> None:
     assert load_settings(environ, metrics_public=None).metrics_public is True
 
 
+def _click_command(path: str) -> click.Command:
+    command: click.Command = main
+    for name in path.split():
+        assert isinstance(command, click.Group), path
+        command = command.commands[name]
+    return command
+
+
+def _flags(path: str) -> set[str]:
+    return {opt for p in _click_command(path).params for opt in p.opts}
+
+
 def test_the_readme_lists_every_setting() -> None:
-    """The README's settings table names each variable, its flag and its range."""
+    """The README's settings table names each variable, its flag and its range; each flag a
+    row names is a flag of serve that sets that row's variable, and a row that says it is a
+    flag of another command too is one there."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     table = readme.split("## Settings", 1)[1].split("\n## ", 1)[0]
     for d in declarations().values():
         assert f"`{d.env_name}`" in table, d.env_name
         assert f"`{d.flag_name}" in table, d.flag_name
+    by_variable = {d.env_name: d for d in declarations().values()}
+    rows = [line for line in table.splitlines() if line.startswith("| `INGRESS_BOX_")]
+    assert len(rows) >= 20
+    serve = _flags("serve")
+    for row in rows:
+        variable_cell, flag_cell, *rest = (c.strip() for c in row.strip("|").split("|"))
+        variables = re.findall(r"`(INGRESS_BOX_\w+)`", variable_cell)
+        flags = re.findall(r"`(--[\w-]+)", flag_cell)
+        assert len(variables) == len(flags), row
+        for variable, flag in zip(variables, flags, strict=True):
+            assert by_variable[variable].flag_name == flag, row
+            assert flag in serve, f"the README says {flag} is a flag of serve: {row}"
+            for other in re.findall(r"flags? of `([a-z -]+)`", " ".join(rest)):
+                assert flag in _flags(other), f"the README says {flag} is a flag of {other}"
+
+
+# The click commands behind each command name a setting declares in ``commands``.
+COMMANDS = {
+    "serve": ["serve"],
+    "worker": ["worker"],
+    "prune": ["prune"],
+    "doctor": ["doctor"],
+    "health": ["health"],
+    "instances": ["instances add", "instances list", "instances show", "instances set"],
+}
+
+
+def test_every_setting_is_a_flag_of_each_command_it_applies_to() -> None:
+    """A setting a command reads is a flag of it, named and read as its variable: e.g. the
+    port of instances add's printed URL, or the busy timeout of prune's writes."""
+    named = {c for d in declarations().values() for c in d.commands}
+    assert named == set(COMMANDS)
+    for command, paths in COMMANDS.items():
+        for path in paths:
+            flags = _flags(path)
+            for d in for_command(command):
+                assert d.flag_name in flags, f"{d.flag_name} is not a flag of {path}"
+    assert {"host", "port", "public_url"} <= {d.name for d in for_command("instances")}
+    assert {"synchronous", "busy_timeout_seconds"} <= {d.name for d in for_command("prune")}
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from ingress_box.web.box import Box
 Headers = dict[str, str]
 
 ENDPOINTS = [
+    ("GET", "/admin/openapi.json"),
     ("GET", "/admin/plugins"),
     ("GET", "/admin/instances"),
     ("POST", "/admin/instances"),

@@ -53,6 +53,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "ingress_box.ratelimit",
             "ingress_box.logs",
             "ingress_box.values",
+            "ingress_box.heartbeat",
         ),
     ),
     (0, ("ingress_box.config", "ingress_box.errors")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -89,6 +91,18 @@ def test_the_text_line_is_logging_s_format_with_the_fields() -> None:
     record.fields = {"plugin": "generic", "error": None, "ms": 1.5}
     expected = logging.Formatter(logs.TEXT_FORMAT).format(record).replace("\n", "\\n")
     assert logs.TextFormatter().format(record) == f"{expected} plugin=generic ms=1.5"
+
+
+def test_a_json_line_has_the_epoch_time_and_the_same_moment_in_iso_8601_utc() -> None:
+    """``timestamp`` is ``time`` as ISO 8601 UTC to the millisecond, also past a second."""
+    formatter = logs.JsonFormatter()
+    for created in (1_700_000_000.25, 1_700_000_000.999, 1_700_000_001.0):
+        record = logging.LogRecord("ingress_box.x", logging.INFO, "f.py", 1, "hi", None, None)
+        record.created, record.msecs = created, (created % 1) * 1000
+        line = json.loads(formatter.format(record))
+        assert line["time"] == created
+        expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        assert line["timestamp"] == expected.replace("+00:00", "Z")
 
 
 def test_a_traceback_keeps_its_lines_and_the_fields_stay_escaped() -> None:

@@ -301,7 +301,9 @@ def busy_file(db_path: Path, db: Database, make_dead_letters: MakeDeadLetters) -
     deliver(db, conversation="c1")
     attempt(db, deliver(db), "delivered", status_code=200)
     add_instance_cli(db_path, "generic", "bare")
-    add_instance_cli(db_path, "twilio", "sms", "--target-url", "https://bot.example/in")
+    add_instance_cli(
+        db_path, "twilio", "sms", "--target-url", "https://bot.example/in", "--secret", "auth-token"
+    )
     return db_path
 
 
@@ -357,7 +359,9 @@ def test_doctor_fails_on_an_instance_without_target(busy_file: Path) -> None:
 
 def test_doctor_warns_about_twilio_without_public_url(db_path: Path, db: Database) -> None:
     """A Twilio instance without a public URL is a warning, which does not fail the run."""
-    add_instance_cli(db_path, "twilio", "sms", "--target-url", "https://bot.example/in")
+    add_instance_cli(
+        db_path, "twilio", "sms", "--target-url", "https://bot.example/in", "--secret", "auth-token"
+    )
     checks = doctor_json(db_path)
     assert (
         checks["public_url"]["status"] == "warn" and "twilio/sms" in checks["public_url"]["detail"]
@@ -366,7 +370,9 @@ def test_doctor_warns_about_twilio_without_public_url(db_path: Path, db: Databas
 
 def test_doctor_accepts_the_public_url_setting(db_path: Path, db: Database) -> None:
     """INGRESS_BOX_PUBLIC_URL clears the Twilio warning."""
-    add_instance_cli(db_path, "twilio", "sms", "--target-url", "https://bot.example/in")
+    add_instance_cli(
+        db_path, "twilio", "sms", "--target-url", "https://bot.example/in", "--secret", "auth-token"
+    )
     checks = doctor_json(db_path, env={"INGRESS_BOX_PUBLIC_URL": "https://hooks.example.com"})
     assert checks["public_url"]["status"] == "ok"
 
@@ -379,6 +385,8 @@ def test_doctor_accepts_a_public_url_in_the_instance_config(db_path: Path, db: D
         "sms",
         "--target-url",
         "https://bot.example/in",
+        "--secret",
+        "auth-token",
         "--config",
         '{"public_url": "https://hooks.example.com"}',
     )

@@ -188,11 +188,22 @@ def test_generic_uses_x_signature_x_delivery_and_x_conversation() -> None:
 
 
 def test_plugin_to_json_shape() -> None:
-    """plugin_to_json lists id, name, description, handler and each route's summary."""
+    """plugin_to_json lists id, name, description, handler, where the provider's secret is,
+    and each route's summary."""
     plugin = load_registry().get("meta")
     assert plugin is not None
     data = plugin_to_json(plugin)
-    assert set(data) == {"id", "name", "description", "handler", "routes"}
+    assert set(data) == {
+        "id",
+        "name",
+        "description",
+        "handler",
+        "secret_issued_by_provider",
+        "secret_from_provider",
+        "routes",
+    }
+    assert data["secret_issued_by_provider"] is True
+    assert "App secret" in data["secret_from_provider"]
     assert data["routes"] == [
         {
             "name": "webhook",

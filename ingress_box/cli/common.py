@@ -20,7 +20,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -34,16 +34,28 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class BadInput(click.ClickException):
+class _OneLine(click.ClickException):
+    """One line on stderr, red when stderr is a terminal (click strips the colour otherwise)."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.secho(f"Error: {self.format_message()}", file=file, err=True, fg="red")
+
+
+class BadInput(_OneLine):
     """Shown as one line on stderr; the caller's input was wrong."""
 
     exit_code = 2
 
 
-class Failed(click.ClickException):
+class Failed(_OneLine):
     """Shown as one line on stderr; the command could not do its job."""
 
     exit_code = 1
+
+
+def warn(message: str) -> None:
+    """A line on stderr that must not be missed (yellow at a terminal)."""
+    click.secho(f"Warning: {message}", err=True, fg="yellow", bold=True)
 
 
 # -- settings flags ---------------------------------------------------------------------------
@@ -118,6 +130,23 @@ class FiniteFloat(click.FloatRange):
 db_option = settings_options("db_path")
 plugins_dir_option = settings_options("plugins_dir")
 json_option = click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+yes_option = click.option(
+    "--yes",
+    "-y",
+    "yes",
+    is_flag=True,
+    help="do not ask for confirmation (never asked when stdin is not a terminal)",
+)
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask before a destructive step, only of someone at a terminal: a script (stdin not a
+    terminal) is never held up by a prompt, and --yes skips it. "no" aborts (exit 1)."""
+    if yes or not sys.stdin.isatty():
+        return
+    click.confirm(question, abort=True, err=True)
+
+
 limit_option = click.option(
     "--limit",
     type=click.IntRange(1, 1000),
@@ -233,8 +262,8 @@ def cell(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [list(header), *[[cell(v) for v in row] for row in rows]]
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]], width: int = 60) -> None:
+    cells = [list(header), *[[cell(v, width) for v in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

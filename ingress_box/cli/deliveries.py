@@ -20,6 +20,7 @@ from ..worker import wake_workers
 from .common import (
     Progress,
     cell,
+    confirm,
     database,
     db_option,
     json_option,
@@ -31,6 +32,7 @@ from .common import (
     read,
     table,
     when,
+    yes_option,
 )
 
 
@@ -205,11 +207,17 @@ def dlq_redrive(
 
 @dlq_group.command("discard")
 @click.argument("dead_letter_id")
+@yes_option
 @db_option
-def dlq_discard(dead_letter_id: str, db_path: Path | None) -> None:
+@json_option
+def dlq_discard(dead_letter_id: str, yes: bool, db_path: Path | None, as_json: bool) -> None:
     """Drop one dead letter for good."""
     settings = load_settings(db_path=db_path)
+    confirm(f"Discard {dead_letter_id} for good? It can no longer be redriven.", yes)
     with database(settings) as db:
         db.write(store_dead_letters.discard(dead_letter_id))
     wake_workers(settings)  # a strict lane the dead letter held back moves on
-    click.echo(f"discarded {dead_letter_id}")
+    if as_json:
+        print_json({"discarded": dead_letter_id})
+    else:
+        click.echo(f"discarded {dead_letter_id}")

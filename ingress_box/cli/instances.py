@@ -1,9 +1,12 @@
-"""``ingress-box instances``: add, list, rotate and remove plugin instances on the database file,
-and list and admit the requests each one refused for their signature or timestamp.
+"""``ingress-box instances``: add, list, show, set, rotate and remove plugin instances on the
+database file, and list and admit the requests each one refused for their signature or timestamp.
 
 ``add`` and ``rotate`` print the secrets they make, once: to stdout, with a reminder on stderr
-that they are not shown again. ``list`` masks them. ``admit`` runs the same pipeline as the
-server, in this process, on the file (a worker notices the delivery it commits).
+that they are not shown again. ``list`` and ``show`` mask them (``show --reveal-verify-token``
+reads back a GET challenge's token, which the provider's form asks for again). Ingress URLs are
+built from the same settings ``serve`` listens on (``--public-url``, else ``--host``/``--port``).
+``admit`` runs the same pipeline as the server, in this process, on the file (a worker notices
+the delivery it commits).
 """
 
 from __future__ import annotations
@@ -19,16 +22,18 @@ from .. import instance_rules, quarantine
 from ..config import Settings, load_settings
 from ..errors import InvalidInput, NotFound
 from ..ingress import Ingress
-from ..plugins import load_registry
+from ..plugins import Registry, load_registry
 from ..store import Database
 from ..store import deliveries as store_deliveries
 from ..store import instances as store_instances
 from ..store import rejections as store_rejections
-from ..store.instances import LANE_POLICIES
+from ..store.instances import LANE_POLICIES, Instance
 from ..store.pages import Page
 from .common import (
     Failed,
     FiniteFloat,
+    command_options,
+    confirm,
     database,
     db_option,
     json_option,
@@ -39,20 +44,26 @@ from .common import (
     print_json,
     read,
     table,
+    warn,
     when,
+    yes_option,
 )
 
-
-def _public_base(settings: Settings) -> str:
-    if settings.public_url:
-        return settings.public_url
-    host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
-    return f"http://{host}:{settings.port}"
+address_options = command_options("instances")
 
 
 @click.group("instances")
 def instances_group() -> None:
-    """Add, list, rotate and remove plugin instances."""
+    """Add, list, show, change, rotate and remove plugin instances."""
+
+
+def _config(config_json: str | None) -> dict[str, object]:
+    if config_json is None:
+        return {}
+    try:
+        return {"config": json.loads(config_json)}
+    except ValueError as exc:
+        raise InvalidInput(f"--config is not JSON: {exc}") from exc
 
 
 @instances_group.command("add")
@@ -60,6 +71,11 @@ def instances_group() -> None:
 @click.argument("instance")
 @click.option("--target-url", help="where the forward handler POSTs deliveries")
 @click.option("--secret", help="the provider's signing secret (generated if not given)")
+@click.option(
+    "--generate-secret",
+    is_flag=True,
+    help="generate the secret even for a plugin whose provider issues it",
+)
 @click.option("--verify-token", help="token of a GET challenge (generated if not given)")
 @click.option("--session", help="session this instance belongs to")
 @click.option(
@@ -70,32 +86,43 @@ def instances_group() -> None:
 @click.option("--disabled", is_flag=True, help="create it disabled")
 @db_option
 @plugins_dir_option
+@address_options
 @json_option
 def instances_add(
     plugin: str,
     instance: str,
+    generate_secret: bool,
     config_json: str | None,
     disabled: bool,
-    db_path: Path | None,
-    plugins_dir: Path | None,
     as_json: bool,
-    **fields: str | None,
+    **flags: Any,
 ) -> None:
-    """Create an instance and print its secrets (shown only this once)."""
-    settings = load_settings(db_path=db_path, plugins_dir=plugins_dir)
+    """Create an instance and print its secrets (shown only this once).
+
+    Where the provider issues the secret (``ingress-box plugins`` says which), pass it with
+    --secret: a generated one would never verify. --generate-secret makes one anyway.
+    """
+    names = ("target_url", "secret", "verify_token", "session", "lane_policy", "handler")
+    fields = {k: flags.pop(k) for k in names}
+    settings = load_settings(**flags)
     registry = load_registry(settings.plugins_dir)
+    found = instance_rules.plugin_of(registry, plugin)
+    if found.secret_issued_by_provider and fields["secret"] is None and not generate_secret:
+        raise InvalidInput(
+            instance_rules.secret_needed(found) + ": pass it with --secret (or --generate-secret)"
+        )
     given: dict[str, object] = {k: v for k, v in fields.items() if v is not None}
-    if config_json is not None:
-        try:
-            given["config"] = json.loads(config_json)
-        except ValueError as exc:
-            raise InvalidInput(f"--config is not JSON: {exc}") from exc
+    given |= _config(config_json)
     if disabled:
         given["enabled"] = False
     inst, shown = instance_rules.new_instance(registry, plugin, instance, given, now())
     with database(settings, create=True) as db:
         db.write(store_instances.insert(inst))
-    created = instance_rules.created_json(registry, inst, shown, _public_base(settings))
+    created = instance_rules.created_json(
+        registry, inst, shown, settings.base_url, secret_given="secret" in given or generate_secret
+    )
+    for line in created["warnings"]:
+        warn(line)
     if as_json:
         print_json(created)
         return
@@ -108,16 +135,25 @@ def instances_add(
     click.echo("Store these now: the secrets are not shown again.", err=True)
 
 
+def _shown(registry: Registry, settings: Settings, inst: Instance) -> dict[str, Any]:
+    """An instance as the admin API reads it, with its ingress URLs."""
+    urls = instance_rules.ingress_urls(registry, inst, settings.base_url)
+    return {**inst.to_json(), "ingress_urls": urls}
+
+
 @instances_group.command("list")
 @click.option("--plugin", help="only this plugin's instances")
 @db_option
+@plugins_dir_option
+@address_options
 @json_option
-def instances_list(plugin: str | None, db_path: Path | None, as_json: bool) -> None:
-    """List instances (secrets masked)."""
-    settings = load_settings(db_path=db_path)
+def instances_list(plugin: str | None, as_json: bool, **flags: Any) -> None:
+    """List instances (secrets masked) with their ingress URLs."""
+    settings = load_settings(**flags)
+    registry = load_registry(settings.plugins_dir)
 
-    async def every(db: Database) -> list[store_instances.Instance]:
-        found: list[store_instances.Instance] = []
+    async def every(db: Database) -> list[Instance]:
+        found: list[Instance] = []
         cursor: str | None = None
         while True:
             page = await store_instances.alist_page(db, plugin, cursor, 1000)
@@ -126,24 +162,110 @@ def instances_list(plugin: str | None, db_path: Path | None, as_json: bool) -> N
                 return found
             cursor = page.next_cursor
 
-    items = read(settings, every)
+    items = [_shown(registry, settings, inst) for inst in read(settings, every)]
     if as_json:
-        print_json({"items": [inst.to_json() for inst in items]})
+        print_json({"items": items})
         return
     table(
-        ["PLUGIN", "INSTANCE", "ENABLED", "HANDLER", "LANES", "TARGET"],
+        ["PLUGIN", "INSTANCE", "ENABLED", "HANDLER", "LANES", "TARGET", "INGRESS URL"],
         [
             [
-                i.plugin_id,
-                i.instance_id,
-                "yes" if i.enabled else "no",
-                i.handler,
-                i.lane_policy,
-                i.shown_target_url,
+                i["plugin"],
+                i["instance"],
+                "yes" if i["enabled"] else "no",
+                i["handler"],
+                i["lane_policy"],
+                i["target_url"],
+                " ".join(i["ingress_urls"].values()) or None,
             ]
             for i in items
         ],
+        width=120,  # URLs are what this table is for: not cut short
     )
+
+
+def _found(db: Database, plugin: str, instance: str) -> Instance:
+    inst = store_instances.get(db, plugin, instance)
+    if inst is None:
+        raise NotFound(f"no instance {plugin}/{instance}")
+    return inst
+
+
+def _print_item(data: dict[str, Any]) -> None:
+    click.echo(f"{'instance:':<16} {data['plugin']}/{data['instance']}")
+    click.echo(f"{'enabled:':<16} {'yes' if data['enabled'] else 'no'}")
+    for key in ("handler", "lane_policy", "target_url", "session", "verify_token"):
+        click.echo(f"{key + ':':<16} {'-' if data[key] is None else data[key]}")
+    click.echo(f"{'config:':<16} {json.dumps(data['config'], sort_keys=True)}")
+    for name, url in data["ingress_urls"].items():
+        click.echo(f"{'ingress url:':<16} {url} ({name})")
+
+
+@instances_group.command("show")
+@click.argument("plugin")
+@click.argument("instance")
+@click.option(
+    "--reveal-verify-token",
+    is_flag=True,
+    help="print the verify token of the GET challenge instead of its mask",
+)
+@db_option
+@plugins_dir_option
+@address_options
+@json_option
+def instances_show(
+    plugin: str, instance: str, reveal_verify_token: bool, as_json: bool, **flags: Any
+) -> None:
+    """Show one instance (secrets masked) with its ingress URLs."""
+    settings = load_settings(**flags)
+    registry = load_registry(settings.plugins_dir)
+    with database(settings, readonly=True) as db:
+        inst = _found(db, plugin, instance)
+    data = _shown(registry, settings, inst)
+    if reveal_verify_token:
+        data["verify_token"] = inst.verify_token
+    if as_json:
+        print_json(data)
+    else:
+        _print_item(data)
+
+
+@instances_group.command("set")
+@click.argument("plugin")
+@click.argument("instance")
+@click.option("--target-url", help="where the forward handler POSTs deliveries")
+@click.option("--enabled/--disabled", default=None, help="take (or refuse) provider requests")
+@click.option("--lane-policy", type=click.Choice(LANE_POLICIES), help="progress or strict")
+@click.option("--handler", help="a registered handler or one a plugin declares")
+@click.option("--session", help="session this instance belongs to")
+@click.option("--verify-token", help="token of a GET challenge")
+@click.option("--config", "config_json", help="handler config, a JSON object (replaces it)")
+@db_option
+@plugins_dir_option
+@address_options
+@json_option
+def instances_set(
+    plugin: str, instance: str, config_json: str | None, as_json: bool, **flags: Any
+) -> None:
+    """Change an instance, as PATCH /admin/instances/PLUGIN/INSTANCE does; secrets change
+    with rotate."""
+    names = ("target_url", "enabled", "lane_policy", "handler", "session", "verify_token")
+    given: dict[str, object] = {k: v for k in names if (v := flags.pop(k)) is not None} | _config(
+        config_json
+    )
+    if not given:
+        raise InvalidInput("nothing to change: give at least one option (see --help)")
+    settings = load_settings(**flags)
+    registry = load_registry(settings.plugins_dir)
+    changes = instance_rules.changes(registry, given)
+    with database(settings) as db:
+        inst: Instance = db.write(store_instances.update(plugin, instance, now(), **changes))
+    data = _shown(registry, settings, inst)
+    if as_json:
+        print_json(data)
+    else:
+        click.echo(f"changed {plugin}/{instance}")
+        _print_item(data)
 
 
 @instances_group.command("rotate")
@@ -195,12 +317,20 @@ def instances_rotate(
 @instances_group.command("remove")
 @click.argument("plugin")
 @click.argument("instance")
+@yes_option
 @db_option
-def instances_remove(plugin: str, instance: str, db_path: Path | None) -> None:
+@json_option
+def instances_remove(
+    plugin: str, instance: str, yes: bool, db_path: Path | None, as_json: bool
+) -> None:
     """Delete an instance (its ingress URL answers 404 from now on)."""
+    confirm(f"Remove {plugin}/{instance}? Its provider's calls will answer 404.", yes)
     with database(load_settings(db_path=db_path)) as db:
         db.write(store_instances.delete(plugin, instance))
-    click.echo(f"removed {plugin}/{instance}")
+    if as_json:
+        print_json({"removed": {"plugin": plugin, "instance": instance}})
+    else:
+        click.echo(f"removed {plugin}/{instance}")
 
 
 @instances_group.command("rejections")

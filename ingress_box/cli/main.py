@@ -4,8 +4,8 @@ Every flag of ``serve``/``worker`` is also an ``INGRESS_BOX_*`` variable (see
 :func:`~ingress_box.cli.common.command_options`). The operator commands live in their own
 modules and open the SQLite file directly, so they work while ``serve`` runs:
 :mod:`.instances` (``instances``), :mod:`.deliveries` (``deliveries``, ``dlq``),
-:mod:`.mappings` (``mappings``) and :mod:`.ops` (``backup``, ``stats``, ``tail``, ``doctor``,
-``prune``, ``admin-token``).
+:mod:`.mappings` (``mappings``), :mod:`.ops` (``backup``, ``stats``, ``tail``, ``doctor``,
+``prune``, ``admin-token``), :mod:`.plugins` (``plugins``) and :mod:`.health` (``health``).
 
 Exit codes: 0 success, 1 failure, 2 bad input.
 """
@@ -23,19 +23,22 @@ from typing import Any
 import click
 import uvicorn
 
-from .. import __version__, logs
+from .. import __version__, heartbeat, logs
 from ..app import create_app
 from ..config import Settings, load_settings
 from ..errors import ConfigError, IngressBoxError, InvalidInput, ManifestError
 from ..plugins import load_registry
 from ..store import Database, dbfile
 from ..web.auth import ensure_admin_token
+from ..web.dashboard import PREFIX as DASHBOARD
 from ..web.server import server_config
 from ..worker import Worker
 from . import deliveries as cli_deliveries
+from . import health as cli_health
 from . import instances as cli_instances
 from . import mappings as cli_mappings
 from . import ops as cli_ops
+from . import plugins as cli_plugins
 from .common import BadInput, Failed, command_options, database
 
 log = logging.getLogger("ingress_box.worker")
@@ -95,7 +98,7 @@ def serve(**flags: Any) -> None:
     # Everything that can stop the start-up fails here, in one line, before uvicorn runs the
     # lifespan (where it would be a traceback).
     load_registry(settings.plugins_dir)
-    _print_generated_token(settings)
+    _print_start(settings)
     config = server_config(create_app(settings), settings)
     server = uvicorn.Server(config)
 
@@ -112,13 +115,20 @@ def serve(**flags: Any) -> None:
         sys.exit(1)
 
 
-def _print_generated_token(settings: Settings) -> None:
+def _print_start(settings: Settings) -> None:
+    """The token (when generated), where the dashboard is, and which file this box is."""
     # Generated here rather than in the lifespan, so the token is printed exactly once, to stdout.
     with database(settings, create=True) as db:
         _check_sound(db)
         _, generated = ensure_admin_token(db, settings.admin_token)
     if generated:
         click.echo(f"admin token: {generated}")
+        click.echo(
+            "  shown this once: only its hash is stored (`ingress-box admin-token reset` "
+            "makes a new one)"
+        )
+    click.echo(f"dashboard:   {settings.listen_url}{DASHBOARD}/ (log in with the API's token)")
+    click.echo(f"database:    {settings.db_path.resolve()}")
 
 
 def _check_sound(db: Database) -> None:
@@ -145,19 +155,28 @@ def worker_command(**flags: Any) -> None:
 
 
 def _work_until_stopped(running: Worker) -> int:
-    """Deliver until SIGTERM or SIGINT; 1 if a worker thread died (a supervisor restarts us)."""
+    """Deliver until SIGTERM or SIGINT; 1 if a worker thread died (a supervisor restarts us).
+
+    While every thread is alive the heartbeat file is touched each second, for
+    ``ingress-box health``; it goes when the worker stops.
+    """
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    alive = heartbeat.path_for(running.settings.db_path)
     running.start()
     log.info("worker %s started on %s", running.owner, running.settings.db_path)
-    while not stop.wait(1.0):
-        if not running.alive():
-            log.error("a worker thread died; exiting so that a supervisor restarts us")
-            running.stop()
-            return 1
-    running.stop()
-    return 0
+    try:
+        heartbeat.beat(alive)
+        while not stop.wait(1.0):
+            if not running.alive():
+                log.error("a worker thread died; exiting so that a supervisor restarts us")
+                return 1
+            heartbeat.beat(alive)
+        return 0
+    finally:
+        heartbeat.stop(alive)
+        running.stop()
 
 
 # -- the operator commands, each module owning its nouns ----------------------------------------
@@ -172,3 +191,5 @@ main.add_command(cli_ops.tail_command)
 main.add_command(cli_ops.doctor_command)
 main.add_command(cli_ops.prune_command)
 main.add_command(cli_ops.admin_token_group)
+main.add_command(cli_plugins.plugins_group)
+main.add_command(cli_health.health_command)

@@ -20,6 +20,7 @@ from ..plugins import load_registry
 from ..store import mappings as store
 from ..store.mappings import STATES, ConversationMapping
 from .common import (
+    confirm,
     database,
     db_option,
     json_option,
@@ -31,6 +32,7 @@ from .common import (
     reading,
     table,
     when,
+    yes_option,
 )
 
 
@@ -151,12 +153,18 @@ def mappings_set(
 
 @mappings_group.command("delete")
 @click.argument("mapping_id", type=click.IntRange(1, 2**63 - 1))
+@yes_option
 @db_option
-def mappings_delete(mapping_id: int, db_path: Path | None) -> None:
+@json_option
+def mappings_delete(mapping_id: int, yes: bool, db_path: Path | None, as_json: bool) -> None:
     """Delete a mapping, freeing its conversation."""
+    confirm(f"Delete mapping {mapping_id}? Its conversation is then bound to no chat.", yes)
     with database(load_settings(db_path=db_path)) as db:
         db.write(store.delete(mapping_id))
-    click.echo(f"deleted mapping {mapping_id}")
+    if as_json:
+        print_json({"deleted": mapping_id})
+    else:
+        click.echo(f"deleted mapping {mapping_id}")
 
 
 @mappings_group.command("state")

@@ -7,6 +7,7 @@ All of them work while ``serve`` runs. ``doctor`` exits 1 when a check fails; wa
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ import click
 
 from .. import backup, doctor
 from ..config import env_name, load_settings
+from ..errors import NotFound
 from ..plugins import load_registry
 from ..store import retention, stats, tail
 from ..web.auth import reset_admin_token
@@ -25,6 +27,7 @@ from .common import (
     Progress,
     cell,
     command_options,
+    confirm,
     database,
     db_option,
     json_option,
@@ -34,6 +37,7 @@ from .common import (
     progress_option,
     reading,
     when,
+    yes_option,
 )
 
 
@@ -49,23 +53,35 @@ def _amount(key: str, value: Any) -> str:
     return str(value)
 
 
+def _backup_file(given: str) -> Path:
+    """The file a backup goes to: PATH itself, or a dated file in PATH when PATH is a folder
+    or ends with a slash (a folder that does not exist yet is made)."""
+    path = Path(given)
+    if given.endswith(("/", os.sep)) or path.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        return path / f"ingress-box-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.db"
+    return path
+
+
 @click.command("backup")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("given", metavar="PATH", type=click.Path())
 @click.option("--force", is_flag=True, help="replace PATH if it exists")
 @progress_option
 @db_option
 @json_option
 def backup_command(
-    path: Path, force: bool, show_progress: bool | None, db_path: Path | None, as_json: bool
+    given: str, force: bool, show_progress: bool | None, db_path: Path | None, as_json: bool
 ) -> None:
-    """Copy the database to PATH (a file, or a folder to put a dated file in) while it runs.
+    """Copy the database to PATH while it runs: a file, or a folder (an existing one, or any
+    PATH ending in /, made if missing) to put a dated file in.
 
     The copy is one consistent moment of the file: every delivery committed before the backup
     started is in it. It is a single file (no -wal) that ``serve --db`` opens as it is.
     """
     settings = load_settings(db_path=db_path)
-    if path.is_dir():
-        path = path / f"ingress-box-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.db"
+    if not settings.db_path.exists():  # before a folder is made for a backup of nothing
+        raise NotFound(f"no database at {settings.db_path}")
+    path = _backup_file(given)
     if path.exists() and not force:
         raise BadInput(f"{path} exists (pass --force to replace it)")
     if path.resolve() == settings.db_path.resolve():
@@ -172,17 +188,13 @@ def tail_command(follow: bool, since: float, db_path: Path | None, as_json: bool
 )
 @db_option
 @plugins_dir_option
+@command_options("doctor")
 @json_option
 def doctor_command(
-    full: bool,
-    stuck_minutes: float,
-    stuck_attempts: int,
-    db_path: Path | None,
-    plugins_dir: Path | None,
-    as_json: bool,
+    full: bool, stuck_minutes: float, stuck_attempts: int, as_json: bool, **flags: Any
 ) -> None:
     """Check the file and the instances; exit 1 if a check fails (warnings do not)."""
-    settings = load_settings(db_path=db_path, plugins_dir=plugins_dir)
+    settings = load_settings(**flags)
     registry = load_registry(settings.plugins_dir)
     limits = doctor.Limits(stuck_attempts=stuck_attempts, stuck_seconds=stuck_minutes * 60)
     with reading(settings) as db:
@@ -246,13 +258,19 @@ def admin_token_group() -> None:
 
 
 @admin_token_group.command("reset")
+@yes_option
 @db_option
-def admin_token_reset(db_path: Path | None) -> None:
+@json_option
+def admin_token_reset(yes: bool, db_path: Path | None, as_json: bool) -> None:
     """Replace the stored admin token and print the new one (restart serve to apply it)."""
     settings = load_settings(db_path=db_path)
+    confirm("Replace the admin token? The old one stops working when serve restarts.", yes)
     with database(settings) as db:  # a mistyped path must not become a new, empty box
         token = reset_admin_token(db)
-    click.echo(f"admin token: {token}")
+    if as_json:
+        print_json({"admin_token": token})
+    else:
+        click.echo(f"admin token: {token}")
     if settings.admin_token:
         click.echo(
             f"note: {env_name('admin_token')} is set and takes precedence over the stored token",

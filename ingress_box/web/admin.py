@@ -23,7 +23,7 @@ from ..store import deliveries as store_deliveries
 from ..store import instances as store_instances
 from ..store import rejections as store_rejections
 from ..store.pages import MAX_LIMIT, clamp_limit
-from . import mappings
+from . import mappings, openapi
 from .box import Box, box_of
 from .kit import (
     base_url,
@@ -108,7 +108,9 @@ class Instances(HTTPEndpoint):
         inst, shown = instance_rules.new_instance(
             box.registry, plugin_id, instance_id, body, box.clock()
         )
-        created = instance_rules.created_json(box.registry, inst, shown, base_url(request, box))
+        created = instance_rules.created_json(
+            box.registry, inst, shown, base_url(request, box), secret_given="secret" in body
+        )
         answer = item_json(created, 201)  # rendered before the commit: no 500 after it
         await box.db.awrite(store_instances.insert(inst))
         return answer
@@ -294,6 +296,11 @@ class DeadLetterItem(HTTPEndpoint):
         return Response(status_code=204)
 
 
+class OpenApi(HTTPEndpoint):
+    async def get(self, request: Request) -> Response:
+        return JSONResponse(openapi.document())
+
+
 def routes() -> list[BaseRoute]:
     """The admin routes, mounted at ``/admin``; one guarded mount catches every path under it."""
 
@@ -301,6 +308,7 @@ def routes() -> list[BaseRoute]:
         Mount(
             "",
             routes=[
+                Route("/openapi.json", OpenApi),
                 Route("/plugins", Plugins),
                 Route("/instances", Instances),
                 Route("/instances/{plugin}/{instance}", InstanceItem),
