@@ -22,7 +22,7 @@ from ..store import dead_letters as store_dead_letters
 from ..store import deliveries as store_deliveries
 from ..store import instances as store_instances
 from ..store.pages import MAX_LIMIT, clamp_limit
-from . import mappings
+from . import bridges, mappings
 from .box import Box, box_of
 from .kit import (
     base_url,
@@ -257,6 +257,7 @@ def routes() -> list[BaseRoute]:
                 Route("/dlq/redrive", Redrive),
                 Route("/dlq/{id}", DeadLetterItem),
                 *mappings.routes(),
+                *bridges.routes(),
             ],
             middleware=[Middleware(AdminGuard)],
         )
