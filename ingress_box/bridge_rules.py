@@ -184,3 +184,19 @@ def created_json(bridge: Bridge, shown: Mapping[str, str], base_url: str) -> dic
         "chatwoot_ingress_url": chatwoot_url,
         "setup": setup(bridge, base_url, shown),
     }
+
+
+def read_json(bridge: Bridge, base_url: str, mappings: int) -> dict[str, Any]:
+    """A bridge as reads show it: masked, with its instances' URLs (Chatwoot's without the
+    secret: the signed account webhooks' URL) and its number of conversation mappings."""
+    urls = ingress_urls(bridge, base_url)
+    return {
+        **bridge.to_json(),
+        "instances": [
+            {"plugin": plugin, "instance": instance, "ingress_url": url}
+            for (plugin, instance), url in zip(bridge.instances, urls, strict=True)
+        ],
+        "gateway_ingress_url": urls[0],
+        "chatwoot_ingress_url": urls[1],
+        "mappings": mappings,
+    }

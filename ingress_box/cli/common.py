@@ -215,6 +215,14 @@ def read(settings: Settings, reader: Callable[[Database], Awaitable[T]]) -> T:
         return asyncio.run(run(db))
 
 
+def public_base(settings: Settings) -> str:
+    """Where providers reach the box, for the ingress URLs a command prints."""
+    if settings.public_url:
+        return settings.public_url
+    host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
+    return f"http://{host}:{settings.port}"
+
+
 def now() -> float:
     return datetime.now(UTC).timestamp()
 

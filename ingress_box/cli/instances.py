@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from .. import instance_rules
-from ..config import Settings, load_settings
+from ..config import load_settings
 from ..errors import InvalidInput, NotFound
 from ..plugins import load_registry
 from ..store import Database
@@ -26,17 +26,11 @@ from .common import (
     now,
     plugins_dir_option,
     print_json,
+    public_base,
     read,
     table,
     when,
 )
-
-
-def _public_base(settings: Settings) -> str:
-    if settings.public_url:
-        return settings.public_url
-    host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
-    return f"http://{host}:{settings.port}"
 
 
 @click.group("instances")
@@ -84,7 +78,7 @@ def instances_add(
     inst, shown = instance_rules.new_instance(registry, plugin, instance, given, now())
     with database(settings, create=True) as db:
         db.write(store_instances.insert(inst))
-    created = instance_rules.created_json(registry, inst, shown, _public_base(settings))
+    created = instance_rules.created_json(registry, inst, shown, public_base(settings))
     if as_json:
         print_json(created)
         return

@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,29 +25,15 @@ from .box import box_of
 from .kit import base_url, item_json, json_object, page_json
 
 
-def _shown(bridge: store.Bridge, base: str, mappings: int) -> dict[str, Any]:
-    gateway_url, chatwoot_url = bridge_rules.ingress_urls(bridge, base)
-    return {
-        **bridge.to_json(),
-        "instances": [
-            {"plugin": plugin, "instance": instance, "ingress_url": url}
-            for (plugin, instance), url in zip(
-                bridge.instances, (gateway_url, chatwoot_url), strict=True
-            )
-        ],
-        "gateway_ingress_url": gateway_url,
-        "chatwoot_ingress_url": chatwoot_url,
-        "mappings": mappings,
-    }
-
-
 class Bridges(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
         box = box_of(request)
         bridges = await store.aevery(box.db)
         counts = await store.amapping_counts(box.db)
         base = base_url(request, box)
-        return page_json(Page(bridges, None), lambda b: _shown(b, base, counts.get(b.id, 0)))
+        return page_json(
+            Page(bridges, None), lambda b: bridge_rules.read_json(b, base, counts.get(b.id, 0))
+        )
 
     async def post(self, request: Request) -> Response:
         box = box_of(request)
@@ -69,7 +53,9 @@ class BridgeItem(HTTPEndpoint):
         if bridge is None:
             raise NotFound(f"no bridge {bridge_id}")
         counts = await store.amapping_counts(box.db)
-        return item_json(_shown(bridge, base_url(request, box), counts.get(bridge.id, 0)))
+        return item_json(
+            bridge_rules.read_json(bridge, base_url(request, box), counts.get(bridge.id, 0))
+        )
 
     async def delete(self, request: Request) -> Response:
         box = box_of(request)
