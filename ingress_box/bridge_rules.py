@@ -164,11 +164,11 @@ def setup(bridge: Bridge, base_url: str, shown: Mapping[str, str]) -> list[str]:
     return [
         *_gateway_setup(bridge.gateway, gateway_url, shown["gateway"]),
         f"Chatwoot: the API inbox {bridge.chatwoot.inbox_id}'s webhook URL = {inbox_url}",
-        f"Chatwoot: Settings > Integrations > Webhooks, add {account_url} with "
-        "conversation_updated, conversation_status_changed and message_created ticked; it is "
-        "signed with the secret Chatwoot shows for it, which must be the chatwoot secret "
-        f"(create the bridge with it, or: ingress-box instances rotate chatwoot {bridge.id} "
-        "--secret ...)",
+        "Chatwoot, also for signed conversation events (4.11.2+): Settings > Integrations > "
+        f"Webhooks, add {account_url} with conversation_updated, conversation_status_changed "
+        "and message_created ticked; Chatwoot signs it with the secret it shows for it, which "
+        "must be the chatwoot secret (create the bridge with --chatwoot-secret set to it, or "
+        f"run: ingress-box instances rotate chatwoot {bridge.id} --secret ...)",
     ]
 
 
