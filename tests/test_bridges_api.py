@@ -11,14 +11,17 @@ from __future__ import annotations
 import copy
 import json
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
+import httpx
 import pytest
-from conftest import T0, Reply, scalar
-from live import add_instance
+from conftest import ADMIN_TOKEN, T0, Reply, scalar
+from doubles.chatwoot import FakeChatwoot
+from live import add_instance, running_box
 from signers import SIGNERS, sign_chatwoot
 from starlette.testclient import TestClient
 
+from ingress_box.config import Settings
 from ingress_box.store import instances as store_instances
 from ingress_box.store import mappings as store_mappings
 from ingress_box.web.box import Box
@@ -324,3 +327,47 @@ def test_delete_removes_the_bridge_and_both_instances(
     assert instance_keys(box) == [("generic", "shop")]
     assert client.post(made["chatwoot_ingress_url"], content=b"{}").status_code == 404
     assert create(client, admin_headers).status_code == 201
+
+
+def test_a_running_box_takes_chatwoot_webhooks_at_the_bridge_urls(settings: Settings) -> None:
+    """A bridge made through the admin API of a running box; FakeChatwoot given its URLs (the
+    inbox's webhook_url with the secret, an account webhook whose secret the bridge was made
+    with) posts an agent's message to both: both acked, one delivery of chatwoot/shop."""
+    with (
+        running_box(settings, run_worker=False) as live,
+        FakeChatwoot() as cw,
+        httpx.Client(base_url=live.url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as http,
+    ):
+        # As the README says to: the account webhook first (its URL is the bridge id's), then
+        # the bridge with that webhook's secret, whose URL the inbox gets.
+        account = cw.add_account()
+        plain = f"{live.url}/ingress/chatwoot/shop/events"
+        hook = cw.add_webhook(account, plain)
+        inbox_url = f"{plain}?secret={quote(hook.secret, safe='')}"
+        inbox = cw.add_inbox(account, webhook_url=inbox_url)
+        body = changed("chatwoot.secret", hook.secret)
+        body["chatwoot"] |= {"url": cw.url, "account_id": account, "inbox_id": inbox}
+        made = http.post("/admin/bridges", json=body).json()
+        assert made["chatwoot_ingress_url"] == inbox_url
+        api, auth = f"{cw.url}/api/v1/accounts/{account}", {"api_access_token": cw.token}
+        new = {"inbox_id": inbox, "name": "Ann", "identifier": "628111@c.us"}
+        contact = http.post(f"{api}/contacts", json=new, headers=auth).json()["payload"]["contact"]
+        conversation = http.post(
+            f"{api}/conversations",
+            json={
+                "source_id": contact["contact_inboxes"][0]["source_id"],
+                "inbox_id": inbox,
+                "contact_id": contact["id"],
+            },
+            headers=auth,
+        ).json()["id"]
+        message = cw.agent_reply(account, conversation, "hello")
+        assert cw.wait_emitted()
+        created = [a for a in cw.deliveries() if a.json["event"] == "message_created"]
+        assert sorted(a.url for a in created) == [plain, inbox_url]
+        assert {a.status for a in cw.deliveries()} == {202}
+        rows = live.box.db.read(
+            "SELECT provider_delivery_id FROM deliveries WHERE plugin_id = 'chatwoot'"
+            " AND instance_id = 'shop'"
+        )
+    assert [r[0] for r in rows].count(f"{account}:{message['id']}") == 1
