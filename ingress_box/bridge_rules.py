@@ -82,9 +82,8 @@ def new_bridge(
     g = _part(body, "gateway", GATEWAY_FIELDS)
     c = _part(body, "chatwoot", CHATWOOT_FIELDS)
     kind = _required(g, "gateway.kind")
-    if kind not in GATEWAY_KINDS:
+    if not isinstance(kind, str) or kind not in GATEWAY_KINDS:
         raise InvalidInput(f"gateway.kind must be one of {', '.join(GATEWAY_KINDS)}")
-    assert isinstance(kind, str)
     gateway = Gateway(
         kind=kind,
         url=check_url("gateway.url", _required(g, "gateway.url")),
