@@ -59,7 +59,7 @@ SERVE_AND_WORKER = ("serve", "worker")
 RETENTION = ("serve", "worker", "prune")  # the worker prunes hourly; `prune` does it at once
 # What makes the box's URL: serve listens there, and the commands that print ingress URLs,
 # or ask the running box (health), must agree with it.
-ADDRESS = ("serve", "instances", "health")
+ADDRESS = ("serve", "instances", "bridges", "health")
 WRITER = ("serve", "worker", "prune")  # commands that write much to the file
 
 
@@ -193,7 +193,7 @@ class Settings:
     public_url: str | None = setting(
         None,
         "base URL providers call (Twilio signs it; shown in ingress URLs)",
-        commands=("serve", "instances", "doctor"),
+        commands=("serve", "instances", "bridges", "doctor"),
         check=_http_url,
     )
     # SQLite refuses a value longer than 10^9 bytes by default, so a bigger body cannot be kept.

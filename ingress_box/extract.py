@@ -171,12 +171,24 @@ def provider_delivery_id(
     if not route.dedup_body:
         found = _header_id(route.dedup_headers, headers)
         if found is None and route.dedup_json_pointer is not None:
-            found = _pointer_id(route, route.dedup_json_pointer, body.json())
+            found = _pointer_id(route, route.dedup_json_pointer, _document(route, body))
         if found is None:
             found = _header_id(route.dedup_fallback_headers, headers)
         if found is not None:
             return found
     return body_hash(plugin_id, instance_id, route.name, body.raw)
+
+
+def _document(route: Route, body: Body) -> Any:
+    """The JSON the dedup pointer reads. A body that is not JSON is a 400 for a route that
+    always reads its id there; with a ``when`` it is only an event the condition misses, so
+    the fallbacks apply (the pointer of a route that also takes other events never refuses)."""
+    try:
+        return body.json()
+    except BodyNotJson:
+        if route.dedup_when is None:
+            raise
+        return None
 
 
 def _header_id(names: tuple[str, ...], headers: Mapping[str, str]) -> str | None:
@@ -302,3 +314,40 @@ def redact_headers(
             room -= size
         safe[name] = kept
     return json.dumps(safe, separators=(",", ":"))
+
+
+def stored_body(route: Route, body: Body) -> bytes:
+    """The body as it is stored: the raw bytes, unless the route names JSON values that are
+    credentials (Evolution puts its API key in every webhook body); then the document with
+    those values replaced by the marker, serialized again.
+
+    Only for routes whose verification does not cover the body (Evolution's is a shared-secret
+    header), so nothing downstream needs the exact bytes; a float may be respelled (``1.10`` as
+    ``1.1``), never changed in value. Verification and dedup already ran on the raw bytes.
+    """
+    if not route.redact_pointers:
+        return body.raw
+    try:
+        doc = json.loads(body.raw)  # a copy of its own: Body.json() is shared with other readers
+    except (ValueError, RecursionError):
+        return body.raw  # not JSON: no pointer names anything in it
+    if not any([_redact(doc, pointer) for pointer in route.redact_pointers]):  # all of them
+        return body.raw
+    try:
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # a lone surrogate escape ("\ud800") is only JSON as an escape
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _redact(doc: Any, pointer: str) -> bool:
+    """Replace the value ``pointer`` names with the marker; whether there was one to replace."""
+    parent_pointer, _, raw_token = pointer.rpartition("/")
+    parent = json_pointer(doc, parent_pointer)
+    token = raw_token.replace("~1", "/").replace("~0", "~")
+    if isinstance(parent, dict) and parent.get(token) is not None:
+        parent[token] = REDACTED
+        return True
+    if isinstance(parent, list) and token.isdigit() and int(token) < len(parent):
+        parent[int(token)] = REDACTED
+        return True
+    return False

@@ -363,7 +363,7 @@ class Ingress:
                 getattr(route.verify, "header", None),
                 self.settings.max_header_bytes,
             ),
-            body=body.raw,
+            body=extract.stored_body(route, body),
             received_at=self.clock(),
         )
         learned = mapping_rules.learned(route, instance, req.headers, body, new.conversation)

@@ -56,21 +56,31 @@ def _text(name: str, value: object, *, nullable: bool = False) -> str | None:
     return check_unicode(name, value)
 
 
-def _target_url(value: object) -> str | None:
-    url = _text("target_url", value, nullable=True)
-    if url is None:
-        return None
+def check_text(name: str, value: object) -> str:
+    """``value`` as operator-given text: a non-empty string of at most MAX_TEXT characters."""
+    text = _text(name, value)
+    assert text is not None
+    return text
+
+
+def check_url(name: str, value: object) -> str:
+    """An ``http(s)://`` URL with a host, as an instance's target or a bridge's API base."""
+    url = check_text(name, value)
     if any(c.isspace() or not c.isprintable() for c in url):
-        raise InvalidInput("target_url must not contain spaces or control characters")
+        raise InvalidInput(f"{name} must not contain spaces or control characters")
     try:
         parts = urlsplit(url)
         host = parts.hostname
         _ = parts.port  # raises ValueError on a port that is not a number in range
     except ValueError as exc:
-        raise InvalidInput(f"target_url is not a URL: {exc}") from exc
+        raise InvalidInput(f"{name} is not a URL: {exc}") from exc
     if parts.scheme not in ("http", "https") or not host:
-        raise InvalidInput("target_url must be an http:// or https:// URL with a host")
+        raise InvalidInput(f"{name} must be an http:// or https:// URL with a host")
     return url
+
+
+def _target_url(value: object) -> str | None:
+    return None if value is None else check_url("target_url", value)
 
 
 def _check(name: str, value: object) -> Any:

@@ -20,6 +20,7 @@ dotted field (``routes.events.verify.tolerance_seconds``)::
                                                  # or body = true; the body hash is the fallback
     conversation = { json_pointers = ["/conversation/id"] }  # and/or headers, form_fields
     challenge = { }                  # optional: Meta-style GET handshake (param names overridable)
+    redact_json_pointers = ["/apikey"]   # optional: JSON body values replaced before storing
 
     [routes.events.mapping]          # optional: learn conversation mappings from events
     chat = { json_pointers = ["/conversation/contact_inbox/source_id"] }  # and/or headers, ...
@@ -148,6 +149,7 @@ class Route:
     dedup_when: Condition | None = None
     dedup_fallback_headers: tuple[str, ...] = ()
     conversation_avoid_suffixes: tuple[str, ...] = ()
+    redact_pointers: tuple[str, ...] = ()  # body values that are credentials: never stored
 
 
 @dataclass(frozen=True)
@@ -330,6 +332,7 @@ def _route(name: str, t: ManifestTable) -> Route:
         "challenge",
         "verify",
         "mapping",
+        "redact_json_pointers",
     )
     if "verify" not in t.data:
         raise t.error(
@@ -378,6 +381,9 @@ def _route(name: str, t: ManifestTable) -> Route:
     avoid = conversation.texts("avoid_suffixes")
     if not all(avoid):
         raise conversation.error("avoid_suffixes", "must not contain an empty suffix")
+    redact = _pointers(t, "redact_json_pointers")
+    if "" in redact:
+        raise t.error("redact_json_pointers", "the empty pointer is the whole body")
     return Route(
         name=name,
         verify=spec,
@@ -396,6 +402,7 @@ def _route(name: str, t: ManifestTable) -> Route:
         dedup_when=when,
         dedup_fallback_headers=fallback_headers,
         conversation_avoid_suffixes=avoid,
+        redact_pointers=redact,
     )
 
 
@@ -514,6 +521,7 @@ def plugin_to_json(plugin: Plugin) -> dict[str, Any]:
                     },
                     "fallback_headers": list(route.dedup_fallback_headers),
                 },
+                "redact_json_pointers": list(route.redact_pointers),
                 "conversation": {
                     "headers": list(route.conversation_headers),
                     "json_pointers": [_pointer_json(p) for p in route.conversation_pointers],

@@ -9,10 +9,11 @@ from click.testing import CliRunner, Result
 from ingress_box.cli.main import main
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> Result:
+def run(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> Result:
+    """``input`` is what the command reads from stdin (answers to its questions)."""
     # An empty INGRESS_BOX_* environment unless a test sets one: the developer's must not leak.
     clean: dict[str, str | None] = {k: None for k in os.environ if k.startswith("INGRESS_BOX_")}
-    return CliRunner().invoke(main, list(args), env={**clean, **(env or {})})
+    return CliRunner().invoke(main, list(args), input=input, env={**clean, **(env or {})})
 
 
 def ok(*args: str, env: dict[str, str] | None = None) -> Result:

@@ -278,6 +278,7 @@ COMMANDS = {
     "doctor": ["doctor"],
     "health": ["health"],
     "instances": ["instances add", "instances list", "instances show", "instances set"],
+    "bridges": ["bridges add", "bridges list", "bridges show"],
 }
 
 

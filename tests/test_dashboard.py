@@ -13,7 +13,7 @@ from signers import sign_generic
 from starlette.testclient import TestClient
 
 from ingress_box.app import App
-from ingress_box.store import Database
+from ingress_box.store import Database, mappings
 from ingress_box.store.deliveries import NewDelivery, accept
 from ingress_box.web.box import Box
 from ingress_box.web.dashboard import COOKIE
@@ -425,6 +425,50 @@ def test_instances_page_shows_urls_but_no_secret(
     assert "http://testserver/ingress/generic/shop/events" in page and "data-copy=" in page
     for secret in ("secret", "verify_token", "outbound_secret"):
         assert created[secret] not in page
+
+
+BRIDGE = {
+    "id": "shop",
+    "gateway": {
+        "kind": "evolution",
+        "url": "http://evolution:8080",
+        "api_key": "evolution-api-key-0123",
+        "session": HOSTILE,
+    },
+    "chatwoot": {
+        "url": "http://chatwoot:3000",
+        "account_id": 3,
+        "inbox_id": 7,
+        "api_token": "chatwoot-api-token-0123",
+    },
+}
+
+
+def test_bridges_page_lists_each_bridge_with_its_instances_and_mappings(
+    ui: TestClient, admin_headers: dict[str, str], box: Box
+) -> None:
+    """A row per bridge: gateway kind, session (escaped), inbox, links to both instances'
+    deliveries, the mapping count; no secret, key or token; the nav links to it."""
+    created = ui.post("/admin/bridges", headers=admin_headers, json=BRIDGE).json()
+    box.db.write(mappings.upsert(mappings.Upsert("chatwoot", "shop", "s", "chat", "9"), T0))
+    page = ui.get(f"{UI}/bridges").text
+    assert f'href="{UI}/bridges" aria-current="page">Bridges</a>' in page
+    row = page[page.index("<tbody>") : page.index("</tbody>")]
+    assert '<td data-label="gateway">evolution</td>' in row
+    assert HOSTILE not in row and "&lt;script&gt;" in row
+    assert '7 <span class="muted">(account 3)</span>' in row
+    for plugin in ("evolution", "chatwoot"):
+        link = f'href="{UI}/deliveries?plugin={plugin}&amp;instance=shop">{plugin}/shop</a>'
+        assert link in row
+    assert '<td data-label="mappings">1</td>' in row
+    secrets = (created["gateway"]["secret"], created["chatwoot"]["secret"])
+    for secret in (*secrets, "evolution-api-key-0123", "chatwoot-api-token-0123"):
+        assert secret not in page
+
+
+def test_bridges_page_without_bridges_says_how_to_make_one(ui: TestClient) -> None:
+    """No bridges: a line naming the API and the CLI command."""
+    assert "ingress-box bridges add" in ui.get(f"{UI}/bridges").text
 
 
 def test_hostile_values_are_escaped(ui: TestClient, box: Box) -> None:

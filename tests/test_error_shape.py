@@ -43,6 +43,10 @@ ENDPOINTS = [
     ("GET", "/admin/dlq"),
     ("POST", "/admin/dlq/redrive"),
     ("DELETE", "/admin/dlq/dlq_x"),
+    ("GET", "/admin/bridges"),
+    ("POST", "/admin/bridges"),
+    ("GET", "/admin/bridges/shop"),
+    ("DELETE", "/admin/bridges/shop"),
 ]
 JSON_ENDPOINTS = [(m, p) for m, p in ENDPOINTS if m in ("POST", "PATCH")]
 LIST_ENDPOINTS = [
@@ -238,6 +242,10 @@ FIELDS = [
     "grace_seconds",
     "ids",
     "limit",
+    "id",
+    "gateway",
+    "chatwoot",
+    "options",
 ]
 BODIES = JSON_VALUES | st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES, max_size=6)
 

@@ -37,6 +37,7 @@ from ingress_box.extract import (
     body_hash,
     conversation_id,
     provider_delivery_id,
+    stored_body,
 )
 from ingress_box.plugins import Route, parse_manifest
 
@@ -230,6 +231,23 @@ def test_evolution_without_the_token_header_is_401(settings: Settings) -> None:
         with FakeEvolution(r.url, time_scale=FAST) as gateway:
             assert statuses(gateway.inbound(CHAT, "no token")) == [401]
         assert r.rows() == []
+
+
+def test_evolution_api_key_in_the_body_is_never_stored_nor_forwarded(settings: Settings) -> None:
+    """Evolution puts its API key at /apikey of every webhook: the stored body (and so the
+    forwarded one) has it replaced, the rest of the event kept; dedup still reads the raw body."""
+    with rig(settings, "evolution") as r, evolution(r) as gateway:
+        msg = gateway.inbound(CHAT, "hi")
+        again = gateway.event("messages.upsert", msg.payloads[0]["data"])  # a re-delivery
+        assert statuses(msg, again) == [202, 202]
+        (forward,) = r.forwarded(1)
+        (stored,) = r.live.box.db.read("SELECT body FROM deliveries")
+    token = gateway.instance_token.encode()
+    assert token in msg.deliveries[0].body  # the gateway did send it
+    assert token not in stored["body"] and token not in forward.body
+    sent, kept = json.loads(msg.deliveries[0].body), json.loads(stored["body"])
+    assert kept == {**sent, "apikey": "[redacted]"}
+    assert json.loads(forward.body) == kept
 
 
 # --- the gateways' duplicates are one delivery -----------------------------------------------
@@ -521,3 +539,62 @@ def test_an_avoided_suffix_is_the_conversation_only_when_nothing_else_is_found()
     assert conversation_id(route, {}, both) == "628111@c.us"
     assert conversation_id(route, {}, Body(b'{"a": "1555@lid"}')) == "1555@lid"
     assert conversation_id(route, {}, Body(b"{}")) is None
+
+
+def test_a_route_with_a_condition_takes_a_body_that_is_not_json_by_its_fallbacks() -> None:
+    """A pointer that applies only to some events reads no id from a body that is not JSON:
+    the fallback header, else the body hash (only an unconditional pointer refuses it)."""
+    when = {"json_pointer": "/e", "equals": ["m"]}
+    route = route_of(
+        route_manifest({"json_pointer": "/id", "when": when, "fallback_headers": ["X-Id"]})
+    )
+    body = Body(b"not json")
+    assert provider_delivery_id(route, "acme", "main", {"x-id": "h-1"}, body) == "h-1"
+    assert provider_delivery_id(route, "acme", "main", {}, body) == body_hash(
+        "acme", "main", "hooks", body.raw
+    )
+
+
+def redacting(*pointers: str) -> Route:
+    manifest = route_manifest()
+    manifest["routes"]["hooks"]["redact_json_pointers"] = list(pointers)
+    return route_of(manifest)
+
+
+def test_redacted_pointers_replace_only_the_values_they_name() -> None:
+    """Objects and arrays both; the rest of the document is kept as it was."""
+    route = redacting("/apikey", "/data/tokens/1", "/data/a~1b")
+    raw = b'{"apikey": "k-1", "data": {"tokens": ["t0", "t1"], "a/b": "x", "n": 1.5}, "e": "m"}'
+    stored = json.loads(stored_body(route, Body(raw)))
+    assert stored == {
+        "apikey": "[redacted]",
+        "data": {"tokens": ["t0", "[redacted]"], "a/b": "[redacted]", "n": 1.5},
+        "e": "m",
+    }
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"other": "k"}', b'{"apikey": null}', b"not json", b'["apikey"]', b'{"apikey": "\\ud800"'],
+)
+def test_a_body_without_the_redacted_values_is_stored_as_received(raw: bytes) -> None:
+    """Nothing to replace (absent, null, not JSON): the raw bytes, untouched."""
+    assert stored_body(redacting("/apikey"), Body(raw)) == raw
+
+
+def test_redaction_keeps_text_that_utf8_cannot_hold_as_its_escape() -> None:
+    """A lone surrogate escape stays an escape, so the stored body is still UTF-8 JSON."""
+    raw = b'{"apikey": "k", "name": "\\ud800 caf\\u00e9"}'
+    stored = stored_body(redacting("/apikey"), Body(raw))
+    stored.decode("utf-8")
+    assert json.loads(stored) == {"apikey": "[redacted]", "name": "\ud800 caf\u00e9"}
+
+
+@pytest.mark.parametrize("pointers", [["apikey"], [""], "/apikey", [7]])
+def test_a_bad_redact_pointer_fails_naming_the_field(pointers: Any) -> None:
+    """redact_json_pointers is a list of non-empty JSON pointers."""
+    manifest = route_manifest()
+    manifest["routes"]["hooks"]["redact_json_pointers"] = pointers
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(manifest, "acme.json")
+    assert info.value.field == "routes.hooks.redact_json_pointers"

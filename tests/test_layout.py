@@ -32,6 +32,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "ingress_box.delivery",
             "ingress_box.mapping_rules",
             "ingress_box.instance_rules",
+            "ingress_box.bridge_rules",
             "ingress_box.metrics",
             "ingress_box.backup",
             "ingress_box.doctor",

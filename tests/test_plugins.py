@@ -13,6 +13,7 @@ from ingress_box.errors import ConfigError, ManifestError
 from ingress_box.plugins import (
     Ack,
     Challenge,
+    Condition,
     Plugin,
     Route,
     load_manifest_file,
@@ -98,7 +99,8 @@ def test_builtin_has_the_contract_route_and_scheme(plugin_id: str) -> None:
 
 
 def test_chatwoot_signs_timestamp_dot_body() -> None:
-    """chatwoot: sha256= over "{timestamp}.{body}" with a 300 s window, its delivery header."""
+    """chatwoot: sha256= over "{timestamp}.{body}" with a 300 s window (or the URL's secret);
+    a message_created is its message id in its account, other events their delivery header."""
     route = route_of("chatwoot")
     assert route.verify == HmacSpec(
         header="x-chatwoot-signature",
@@ -106,8 +108,13 @@ def test_chatwoot_signs_timestamp_dot_body() -> None:
         template="{timestamp}.{rawBody}",
         timestamp_header="x-chatwoot-timestamp",
         tolerance_seconds=300,
+        url_secret_param="secret",
     )
-    assert route.dedup_headers == ("x-chatwoot-delivery",)
+    assert route.dedup_headers == ()
+    assert route.dedup_json_pointer == "/id"
+    assert route.dedup_scope == "/account/id"
+    assert route.dedup_when == Condition("/event", ("message_created",))
+    assert route.dedup_fallback_headers == ("x-chatwoot-delivery",)
     assert route.conversation_pointers == ("/conversation/id",)
 
 
@@ -219,6 +226,7 @@ def test_plugin_to_json_shape() -> None:
                 "when": None,
                 "fallback_headers": [],
             },
+            "redact_json_pointers": [],
             "conversation": {
                 "headers": [],
                 "form_fields": [],

@@ -4,8 +4,9 @@ Every flag of ``serve``/``worker`` is also an ``INGRESS_BOX_*`` variable (see
 :func:`~ingress_box.cli.common.command_options`). The operator commands live in their own
 modules and open the SQLite file directly, so they work while ``serve`` runs:
 :mod:`.instances` (``instances``), :mod:`.deliveries` (``deliveries``, ``dlq``),
-:mod:`.mappings` (``mappings``), :mod:`.ops` (``backup``, ``stats``, ``tail``, ``doctor``,
-``prune``, ``admin-token``), :mod:`.plugins` (``plugins``) and :mod:`.health` (``health``).
+:mod:`.mappings` (``mappings``), :mod:`.bridges` (``bridges``), :mod:`.ops` (``backup``,
+``stats``, ``tail``, ``doctor``, ``prune``, ``admin-token``), :mod:`.plugins` (``plugins``) and
+:mod:`.health` (``health``).
 
 Exit codes: 0 success, 1 failure, 2 bad input.
 """
@@ -33,6 +34,7 @@ from ..web.auth import ensure_admin_token
 from ..web.dashboard import PREFIX as DASHBOARD
 from ..web.server import server_config
 from ..worker import Worker
+from . import bridges as cli_bridges
 from . import deliveries as cli_deliveries
 from . import health as cli_health
 from . import instances as cli_instances
@@ -185,6 +187,7 @@ main.add_command(cli_instances.instances_group)
 main.add_command(cli_deliveries.deliveries_group)
 main.add_command(cli_deliveries.dlq_group)
 main.add_command(cli_mappings.mappings_group)
+main.add_command(cli_bridges.bridges_group)
 main.add_command(cli_ops.backup_command)
 main.add_command(cli_ops.stats_command)
 main.add_command(cli_ops.tail_command)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import unquote_plus
 
 from .base import (
     DEFAULT_TOLERANCE_SECONDS,
@@ -36,6 +37,7 @@ DIGESTS: dict[str, Callable[[], Any]] = {
 }
 _TOKEN = re.compile(r"\{(rawBody|timestamp|id)\}")  # one capture group: split() alternates
 _ANY_TOKEN = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_QUERY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 # --- hmac -----------------------------------------------------------------------------------
@@ -58,6 +60,9 @@ class HmacSpec:
     # signs the delivery id). Its digest differs, so neither form's signature passes for the
     # other's: a body-only signature can never be replayed as one that covers an id, and back.
     variant: HmacSpec | None = None
+    # A query parameter that may carry the secret itself, for a sender that signs only some of
+    # its webhooks to this URL (Chatwoot: account webhooks, but no API-inbox one before 4.13).
+    url_secret_param: str | None = None
     scheme: str = field(default="hmac", init=False)
     secret_kind: str = field(default="text", init=False)
 
@@ -83,6 +88,7 @@ def parse_hmac(t: ManifestTable) -> HmacSpec:
         "id_header",
         "multiple",
         "variant",
+        "url_secret_param",
     )
     algorithm = t.choice("algorithm", tuple(DIGESTS), "sha256")
     if t.data.get("scheme") == "hmac-sha256" and algorithm != "sha256":
@@ -112,6 +118,7 @@ def parse_hmac(t: ManifestTable) -> HmacSpec:
         tolerance_seconds=tolerance or DEFAULT_TOLERANCE_SECONDS,
         id_header=id_header,
         multiple=bool(t.flag("multiple")),
+        url_secret_param=_query_name(t, "url_secret_param"),
     )
     if "variant" not in t.data:
         return spec
@@ -120,8 +127,11 @@ def parse_hmac(t: ManifestTable) -> HmacSpec:
 
 def _parse_variant(t: ManifestTable, main: HmacSpec) -> HmacSpec:
     table = ManifestTable(t.data["variant"], t.file, t.path("variant"))
-    if "header" in table.data or "variant" in table.data or "scheme" in table.data:
-        raise t.error("variant", "takes neither header, scheme nor variant: it is the same header")
+    if any(key in table.data for key in ("header", "variant", "scheme", "url_secret_param")):
+        raise t.error(
+            "variant",
+            "takes neither header, scheme, variant nor url_secret_param: it is the same header",
+        )
     variant = parse_hmac(
         ManifestTable({"header": main.header, **table.data}, t.file, t.path("variant"))
     )
@@ -133,10 +143,45 @@ def _parse_variant(t: ManifestTable, main: HmacSpec) -> HmacSpec:
     return variant
 
 
+def _query_name(t: ManifestTable, key: str) -> str | None:
+    name = t.text(key)
+    if name is not None and not _QUERY_NAME.fullmatch(name):
+        raise t.error(key, f"{name!r} must be a query parameter name of A-Z a-z 0-9 _ . -")
+    return name
+
+
 def verify_hmac(spec: HmacSpec, secrets: Sequence[str], req: SignedRequest, now: float) -> Verdict:
+    """The signature; failing that, the URL's secret parameter where the spec names one.
+
+    The URL secret counts whether or not a signature header came with it: a forger could drop
+    the header anyway, and a sender signing with a key of its own (Chatwoot 4.13's API inbox
+    signs with the inbox's secret, not the account webhook's) must not lock out its URL.
+    """
+    verdict = _verify_signature(spec, secrets, req, now)
+    if verdict.ok or spec.url_secret_param is None:
+        return verdict
+    given = _query_value(req.url, spec.url_secret_param)
+    if given is None:
+        return verdict
+    return OK if matches(utf8(given), [utf8(s) for s in secrets]) else fail("bad_signature")
+
+
+def _query_value(url: str, name: str) -> str | None:
+    """The first value of query parameter ``name``, percent-decoded; None when it is absent."""
+    # Split by hand: urlsplit raises on a hostile Host header ("[") that the URL was built from.
+    for pair in url.partition("?")[2].split("&"):
+        key, eq, value = pair.partition("=")
+        if eq and unquote_plus(key) == name:
+            return unquote_plus(value)
+    return None
+
+
+def _verify_signature(
+    spec: HmacSpec, secrets: Sequence[str], req: SignedRequest, now: float
+) -> Verdict:
     variant = spec.variant
     if variant is not None and req.headers.get(spec.header, "").startswith(variant.prefix):
-        return verify_hmac(variant, secrets, req, now)
+        return _verify_signature(variant, secrets, req, now)
     timestamp: int | None = None
     ts_value = id_value = ""
     if spec.timestamp_header is not None:

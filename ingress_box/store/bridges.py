@@ -175,3 +175,20 @@ async def aget(db: Database, bridge_id: str) -> Bridge | None:
 
 async def aevery(db: Database) -> list[Bridge]:
     return [_from_row(r) for r in await db.aread(f"{_SELECT} ORDER BY id")]
+
+
+# A bridge's conversations are the mappings of its Chatwoot instance (the reverse index counts).
+_MAPPING_COUNTS = """
+SELECT b.id, count(m.id) FROM bridges AS b
+LEFT JOIN conversation_mappings AS m ON m.plugin_id = 'chatwoot' AND m.instance_id = b.id
+GROUP BY b.id
+"""
+
+
+def mapping_counts(db: Database) -> dict[str, int]:
+    """The number of conversation mappings of each bridge, by bridge id."""
+    return {r[0]: r[1] for r in db.read(_MAPPING_COUNTS)}
+
+
+async def amapping_counts(db: Database) -> dict[str, int]:
+    return {r[0]: r[1] for r in await db.aread(_MAPPING_COUNTS)}

@@ -23,7 +23,7 @@ from ..store import deliveries as store_deliveries
 from ..store import instances as store_instances
 from ..store import rejections as store_rejections
 from ..store.pages import MAX_LIMIT, clamp_limit
-from . import mappings, openapi
+from . import bridges, mappings, openapi
 from .box import Box, box_of
 from .kit import (
     base_url,
@@ -323,6 +323,7 @@ def routes() -> list[BaseRoute]:
                 Route("/dlq/redrive", Redrive),
                 Route("/dlq/{id}", DeadLetterItem),
                 *mappings.routes(),
+                *bridges.routes(),
             ],
             middleware=[Middleware(AdminGuard)],
         )

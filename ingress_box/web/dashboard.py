@@ -24,6 +24,7 @@ from starlette.templating import Jinja2Templates
 from .. import instance_rules, quarantine
 from ..errors import InvalidInput, NotFound, StillRejected, StorageUnavailable
 from ..store import activity
+from ..store import bridges as store_bridges
 from ..store import dead_letters as store_dead_letters
 from ..store import deliveries as store_deliveries
 from ..store import instances as store_instances
@@ -278,6 +279,13 @@ class Dashboard:
             next_cursor=page.next_cursor,
         )
 
+    async def bridges(self, visit: Visit) -> Response:
+        db = visit.box.db
+        bridges = await store_bridges.aevery(db)
+        counts = await store_bridges.amapping_counts(db)
+        rows = [(b, counts.get(b.id, 0)) for b in bridges]
+        return self.render(visit.request, "bridges.html", visit.login, rows=rows)
+
     async def deliveries(self, visit: Visit) -> Response:
         db = visit.box.db
         state, search = visit.query("state"), (visit.query("q") or "").strip()
@@ -445,6 +453,7 @@ def routes() -> list[BaseRoute]:
         Route("/", ui.guard(ui.overview)),
         Route("/api/overview", ui.guard(ui.overview_json)),
         Route("/instances", ui.guard(ui.instances)),
+        Route("/bridges", ui.guard(ui.bridges)),
         Route("/deliveries", ui.guard(ui.deliveries)),
         Route("/deliveries/{id}", ui.guard(ui.delivery)),
         Route("/lanes", ui.guard(ui.lanes)),

@@ -210,6 +210,48 @@ SCHEMAS: dict[str, Schema] = {
         duplicate={"type": "boolean", "description": "already accepted: no second delivery"},
         delivery=_ref("Delivery"),
     ),
+    "BridgeNew": _object(
+        ("id", "gateway", "chatwoot"),
+        id={"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+        gateway=_object(
+            ("kind", "url", "session"),
+            kind={"enum": ["waha", "evolution", "gowa", "openwa"]},
+            url={"type": "string", "description": "the gateway's API base URL"},
+            api_key={"type": "string", "description": "its API key (a secret)"},
+            session={"type": "string", "description": "WAHA session, Evolution instance, ..."},
+            secret={"type": "string", "description": "its webhook secret (generated if absent)"},
+        ),
+        chatwoot=_object(
+            ("url", "account_id", "inbox_id", "api_token"),
+            url={"type": "string"},
+            account_id={"type": "integer"},
+            inbox_id={"type": "integer", "description": "the API inbox"},
+            api_token={"type": "string", "description": "a user's or agent bot's token"},
+            secret={"type": "string", "description": "its webhooks' secret (generated if absent)"},
+        ),
+        options={"type": "object", "description": 'e.g. {"groups": "skip"}'},
+    ),
+    "Bridge": {
+        "type": "object",
+        "required": ["id", "gateway", "chatwoot", "gateway_ingress_url", "chatwoot_ingress_url"],
+        "description": "secrets masked; on create, gateway.secret and chatwoot.secret in full",
+        "properties": {
+            "id": {"type": "string"},
+            "gateway": {"type": "object"},
+            "chatwoot": {"type": "object"},
+            "options": {"type": "object"},
+            "created_at": TIME,
+            "gateway_ingress_url": {"type": "string"},
+            "chatwoot_ingress_url": {"type": "string"},
+            "instances": {"type": "array", "items": {"type": "object"}},
+            "mappings": {"type": "integer", "description": "conversation mappings of the bridge"},
+            "setup": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "on create: what to paste where",
+            },
+        },
+    },
     "Unmatched": _object(
         ("items", "next_cursor"),
         items={
@@ -454,6 +496,29 @@ PATHS: dict[str, dict[str, Schema]] = {
                 "409": _answer("still_rejected: it does not verify now", _ref("Error")),
             },
             parameters=[*KEY, *_path("id", kind="integer")],
+            errors=("404", "503"),
+        ),
+    },
+    "/admin/bridges": {
+        "get": _op("every bridge, secrets masked", {"200": _answer("all", _page("Bridge"))}),
+        "post": _op(
+            "a bridge and its two instances; secrets shown this once",
+            {"201": _answer("created", _ref("Bridge"))},
+            body="BridgeNew",
+            errors=("400", "409", "503"),
+        ),
+    },
+    "/admin/bridges/{id}": {
+        "get": _op(
+            "one bridge, its instances' URLs and mapping count",
+            {"200": _answer("the bridge", _ref("Bridge"))},
+            parameters=_path("id"),
+            errors=("404",),
+        ),
+        "delete": _op(
+            "remove the bridge and its two instances",
+            NO_CONTENT,
+            parameters=_path("id"),
             errors=("404", "503"),
         ),
     },
