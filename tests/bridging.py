@@ -55,7 +55,7 @@ def bridge_settings(settings: Settings, **overrides: Any) -> Settings:
         "db_path": settings.db_path,
         "admin_token": ADMIN_TOKEN,
         "retry_base_seconds": 0.05,
-        "retry_max_seconds": 0.5,
+        "retry_max_seconds": 5,
         "delivery_timeout_seconds": 3,
         "lease_seconds": 10,
         **overrides,

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import threading
 
+import httpx
 import pytest
-from bridging import KINDS, bridged
+from bridging import KINDS, Bridged, bridged
 from waiting import eventually
 
 from ingress_box.config import Settings
@@ -170,3 +171,68 @@ def test_group_messages_are_skipped_when_the_bridge_says_so(settings: Settings) 
         eventually(lambda: b.states("evolution") == ["delivered"], 15, "the skip")
         assert "groups option is skip" in b.notes("evolution")[0]
         assert b.conversations() == []
+
+
+def test_a_post_that_fails_after_chatwoot_wrote_it_is_not_posted_again(
+    settings: Settings,
+) -> None:
+    """Chatwoot stores the message and answers 500: the retry finds WAID:<key> in the
+    conversation and posts nothing more."""
+    with bridged(settings, "waha") as b:
+        b.gateway.inbound(b.contact, "first")
+        (conversation,) = b.wait_conversations(1)
+        b.wait_messages(conversation["id"], 1)
+        path = f"/api/v1/accounts/{b.account}/conversations/{conversation['id']}/messages"
+        b.chatwoot.fail_next("POST", path, status=500, after=True)
+        b.gateway.inbound(b.contact, "second")
+        b.wait_messages(conversation["id"], 2)
+        b.wait_settled()
+        assert [m["content"] for m in b.messages(conversation["id"])] == ["first", "second"]
+        assert "retry" in _outcomes(b)
+
+
+def test_a_post_that_times_out_after_chatwoot_wrote_it_is_not_posted_again(
+    settings: Settings,
+) -> None:
+    """Chatwoot stores the message and never answers in time: the attempt times out; the retry
+    finds the message and posts nothing more."""
+    with bridged(settings, "evolution") as b:
+        b.gateway.inbound(b.contact, "first")
+        (conversation,) = b.wait_conversations(1)
+        b.wait_messages(conversation["id"], 1)
+        path = f"/api/v1/accounts/{b.account}/conversations/{conversation['id']}/messages"
+        b.chatwoot.stall_next("POST", path, seconds=8, after=True)
+        b.gateway.inbound(b.contact, "second")
+        b.wait_messages(conversation["id"], 2)
+        eventually(lambda: b.states("evolution") == ["delivered"] * 2, 30, "both delivered")
+        b.wait_settled()
+        assert [m["content"] for m in b.messages(conversation["id"])] == ["first", "second"]
+        assert "retry" in _outcomes(b)
+
+
+def test_a_deleted_conversation_is_made_again_for_the_next_message(settings: Settings) -> None:
+    """The mapped conversation was deleted in Chatwoot (404 on post): the mapping is rebuilt in
+    the same attempt and the message lands in a new conversation."""
+    with bridged(settings, "gowa") as b:
+        b.gateway.inbound(b.contact, "first")
+        (old,) = b.wait_conversations(1)
+        b.wait_messages(old["id"], 1)
+        _delete_conversation(b, old["id"])
+        b.gateway.inbound(b.contact, "after the delete")
+        eventually(lambda: len(b.chatwoot.conversations(b.account)) == 2, 15, "a new one")
+        new = b.conversations()[-1]
+        (message,) = b.wait_messages(new["id"], 1)
+        assert message["content"] == "after the delete"
+        assert b.mappings()[0].conversation == str(new["id"])
+
+
+def _outcomes(b: Bridged) -> list[str]:
+    return [r["outcome"] for r in b.live.box.db.read("SELECT outcome FROM attempts")]
+
+
+def _delete_conversation(b: Bridged, conversation_id: int) -> None:
+    response = httpx.delete(
+        f"{b.chatwoot.url}/api/v1/accounts/{b.account}/conversations/{conversation_id}",
+        headers={"api_access_token": b.chatwoot.token},
+    )
+    assert response.status_code == 200, response.text

@@ -10,7 +10,7 @@ search carries a phone number), no header (the credentials).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -41,14 +41,24 @@ def call(
     method: str,
     url: str,
     headers: Mapping[str, str],
+    *,
+    unsent: Callable[[], None] | None = None,
     **options: Any,
 ) -> httpx.Response:
-    """The answer to one request: 2xx, or a 4xx that is not 408/429 (the caller decides)."""
+    """The answer to one request: 2xx, or a 4xx that is not 408/429 (the caller decides).
+
+    ``unsent`` is called when the request surely never reached the server (the connection was
+    refused or not made in time): a caller that must not repeat a request tells the two apart.
+    """
     where = _where(method, url)
     try:
         response = client.request(
             method, url, headers=dict(headers), timeout=deadline.left(where), **options
         )
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        if unsent is not None:
+            unsent()
+        raise RetryLater(f"connection error: {where}: {type(exc).__name__}") from exc
     except httpx.TimeoutException as exc:
         raise RetryLater(f"timeout: {where}") from exc
     except httpx.InvalidURL as exc:

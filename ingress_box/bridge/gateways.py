@@ -22,7 +22,7 @@ is not sent again. Credentials go only to the gateway's own URL, never to a medi
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,27 +72,32 @@ class GatewayClient:
             return {"authorization": f"Basic {basic}", "x-device-id": g.session}
         return {"x-api-key": g.api_key}  # openwa
 
-    def _post(self, path: str, **options: Any) -> Any:
+    def _post(self, path: str, unsent: Callable[[], None] | None = None, **options: Any) -> Any:
         url = self.base + path
-        return ok(call(self.client, self.deadline, "POST", url, self.headers, **options))
+        return ok(
+            call(self.client, self.deadline, "POST", url, self.headers, unsent=unsent, **options)
+        )
 
     # -- sending -------------------------------------------------------------------------
 
-    def send(self, chat: str, part: Outgoing) -> str | None:
-        """Send ``part`` to ``chat``; the WhatsApp key id, or None if the gateway gave none."""
+    def send(self, chat: str, part: Outgoing, unsent: Callable[[], None]) -> str | None:
+        """Send ``part`` to ``chat``; the WhatsApp key id, or None if the gateway gave none.
+        ``unsent`` is called if the send surely did not reach the gateway."""
         kind, s = self.gateway.kind, self.gateway.session
         if kind == "waha":
-            return self._waha(chat, part, s)
+            return self._waha(chat, part, unsent, s)
         if kind == "evolution":
-            return self._evolution(chat, part, s)
+            return self._evolution(chat, part, unsent, s)
         if kind == "gowa":
-            return self._gowa(chat, part)
-        return self._openwa(chat, part, s)
+            return self._gowa(chat, part, unsent)
+        return self._openwa(chat, part, unsent, s)
 
-    def _waha(self, chat: str, part: Outgoing, session: str) -> str | None:
+    def _waha(
+        self, chat: str, part: Outgoing, unsent: Callable[[], None], session: str
+    ) -> str | None:
         if part.data is None:
             body: dict[str, Any] = {"session": session, "chatId": chat, "text": part.text}
-            answer = self._post("/api/sendText", json=body)
+            answer = self._post("/api/sendText", unsent, json=body)
         else:
             route = {"image": "sendImage", "video": "sendVideo"}.get(part.kind, "sendFile")
             if part.voice:
@@ -105,16 +110,18 @@ class GatewayClient:
             body = {"session": session, "chatId": chat, "file": file}
             if part.text:
                 body["caption"] = part.text
-            answer = self._post(f"/api/{route}", json=body)
+            answer = self._post(f"/api/{route}", unsent, json=body)
         return _key_of(_field(answer, "id"))
 
-    def _evolution(self, chat: str, part: Outgoing, instance: str) -> str | None:
+    def _evolution(
+        self, chat: str, part: Outgoing, unsent: Callable[[], None], instance: str
+    ) -> str | None:
         if part.data is None:
             body = {"number": chat, "text": part.text}
-            answer = self._post(f"/message/sendText/{instance}", json=body)
+            answer = self._post(f"/message/sendText/{instance}", unsent, json=body)
         elif part.voice:
             body = {"number": chat, "audio": base64.b64encode(part.data).decode()}
-            answer = self._post(f"/message/sendWhatsAppAudio/{instance}", json=body)
+            answer = self._post(f"/message/sendWhatsAppAudio/{instance}", unsent, json=body)
         else:
             body = {
                 "number": chat,
@@ -125,13 +132,13 @@ class GatewayClient:
             }
             if part.text:
                 body["caption"] = part.text
-            answer = self._post(f"/message/sendMedia/{instance}", json=body)
+            answer = self._post(f"/message/sendMedia/{instance}", unsent, json=body)
         key = _field(answer, "key")
         return _key_of(key.get("id") if isinstance(key, Mapping) else None)
 
-    def _gowa(self, chat: str, part: Outgoing) -> str | None:
+    def _gowa(self, chat: str, part: Outgoing, unsent: Callable[[], None]) -> str | None:
         if part.data is None:
-            answer = self._post("/send/message", json={"phone": chat, "message": part.text})
+            answer = self._post("/send/message", unsent, json={"phone": chat, "message": part.text})
         else:
             field = {"image": "image", "audio": "audio", "video": "video"}.get(part.kind, "file")
             form = {"phone": chat}
@@ -141,14 +148,18 @@ class GatewayClient:
                 form["ptt"] = "true"
             mimetype = part.mimetype or "application/octet-stream"
             upload = (part.filename or "file", part.data, mimetype)
-            answer = self._post(f"/send/{field}", data=form, files={field: upload})
+            answer = self._post(f"/send/{field}", unsent, data=form, files={field: upload})
         results = _field(answer, "results")
         return _key_of(results.get("message_id") if isinstance(results, Mapping) else None)
 
-    def _openwa(self, chat: str, part: Outgoing, session: str) -> str | None:
+    def _openwa(
+        self, chat: str, part: Outgoing, unsent: Callable[[], None], session: str
+    ) -> str | None:
         prefix = f"/api/sessions/{session}/messages"
         if part.data is None:
-            answer = self._post(f"{prefix}/send-text", json={"chatId": chat, "text": part.text})
+            answer = self._post(
+                f"{prefix}/send-text", unsent, json={"chatId": chat, "text": part.text}
+            )
         else:
             action = {"image": "send-image", "audio": "send-audio", "video": "send-video"}
             body: dict[str, Any] = {
@@ -161,7 +172,9 @@ class GatewayClient:
                 body["caption"] = part.text
             if part.voice:
                 body["ptt"] = True
-            answer = self._post(f"{prefix}/{action.get(part.kind, 'send-document')}", json=body)
+            answer = self._post(
+                f"{prefix}/{action.get(part.kind, 'send-document')}", unsent, json=body
+            )
         return _key_of(_field(answer, "messageId"))  # None with unconfirmed: true
 
     # -- inbound media ---------------------------------------------------------------------

@@ -38,7 +38,8 @@ from .chatwoot import ChatwootClient
 from .gateways import GatewayClient
 from .normalize import Skip, WhatsAppMessage, normalize
 
-ECHO_WINDOW_TIMEOUTS = 3  # a send in flight this many attempt timeouts ago may still echo
+# A send this many attempt timeouts ago, with no id recorded, may still be reported back.
+ECHO_WINDOW_TIMEOUTS = 3
 
 
 def handle(bridge: Bridge, db: Database, event: Event, ctx: HandlerContext) -> None:
@@ -110,11 +111,17 @@ class Inbound:
         if any(link.direction == "outbound" for link in links):
             self.skip(f"the gateway's report of message {msg.key_id}, which the bridge sent")
             return False
-        since = now - ECHO_WINDOW_TIMEOUTS * self.ctx.timeout
-        if self.db.write(bridge_links.confirm(self.bridge.id, chat, msg.key_id, since, now)):
-            self.skip(f"the report of message {msg.key_id}, sent by the bridge unconfirmed")
+        timeout = self.ctx.timeout
+        since = now - ECHO_WINDOW_TIMEOUTS * timeout
+        # A send whose attempt is over (started a timeout ago) but never learnt its outcome, or
+        # that the gateway did not confirm with an id: this report is that send's.
+        claimed = bridge_links.claim_echo(
+            self.bridge.id, chat, msg.key_id, since, now - timeout, now
+        )
+        if self.db.write(claimed):
+            self.skip(f"the report of message {msg.key_id}, a send the bridge had no id for")
             return False
-        if bridge_links.in_flight(self.db, self.bridge.id, chat, since):
+        if bridge_links.in_flight(self.db, self.bridge.id, chat, now - timeout):
             raise RetryLater("a send to this chat is in flight: this may be its echo", delay=1.0)
         return True
 

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from ..delivery import Event, HandlerContext
-from ..errors import NotFound, PermanentFailure
+from ..errors import NotFound, PermanentFailure, RetryLater
 from ..mapping_rules import MappingAccess
 from ..store import Database, bridge_links
 from ..store import mappings as store_mappings
@@ -32,6 +32,9 @@ from .chatwoot import ChatwootClient
 from .gateways import GatewayClient, Outgoing
 from .inbound import bind
 
+# How long (in attempt timeouts) a send whose outcome is unknown waits for the gateway's report
+# of it before it is sent again (a gateway that never reports its sends gets it twice, rarely).
+ECHO_WAIT_TIMEOUTS = 2
 _PHONE_SERVER = {"waha": "c.us", "openwa": "c.us", "evolution": "s.whatsapp.net"}
 
 
@@ -105,22 +108,40 @@ class Outbound:
         if not parts:
             return self.skip(f"message {message_id} has nothing to send")
         for number, part in enumerate(parts):
-            now = self.ctx.now()
-            link = self.db.write(
-                bridge_links.sending(self.bridge.id, chat, message_id, number, conversation, now)
-            )
-            if link.wa_id is not None:
-                continue  # went out on an earlier attempt
-            try:
-                wa_id = self.gateway.send(chat, part)
-            except PermanentFailure as exc:
-                self._fail(conversation, exc.error, exc.status_code)
-            if wa_id is None:  # sent, with no id to tell its echo by (OpenWA unconfirmed)
-                wa_id = f"{bridge_links.UNCONFIRMED}{message_id}:{number}"
-            self.db.write(
-                bridge_links.sent(self.bridge.id, message_id, number, wa_id, self.ctx.now())
-            )
+            self._send(chat, message_id, number, part, conversation)
         return None
+
+    def _send(
+        self, chat: str, message_id: int, number: int, part: Outgoing, conversation: int
+    ) -> None:
+        bridge_id, now = self.bridge.id, self.ctx.now()
+        link = self.db.write(
+            bridge_links.sending(bridge_id, chat, message_id, number, conversation, now)
+        )
+        if link.wa_id is not None:
+            return  # went out on an earlier attempt
+        if link.created_at != now:  # marked by an earlier attempt that never learnt the outcome
+            waited = now - link.created_at
+            if waited < ECHO_WAIT_TIMEOUTS * self.ctx.timeout:
+                # If it went out, the gateway's report of it names it (inbound.py): wait for it.
+                left = ECHO_WAIT_TIMEOUTS * self.ctx.timeout - waited
+                raise RetryLater("waiting for the gateway's report of an unanswered send", left)
+            self.db.write(bridge_links.unsent(bridge_id, message_id, number))  # none came
+            self.db.write(
+                bridge_links.sending(bridge_id, chat, message_id, number, conversation, now)
+            )
+
+        def unsent() -> None:
+            self.db.write(bridge_links.unsent(bridge_id, message_id, number))
+
+        try:
+            wa_id = self.gateway.send(chat, part, unsent)
+        except PermanentFailure as exc:
+            unsent()
+            self._fail(conversation, exc.error, exc.status_code)
+        if wa_id is None:  # sent, with no id to tell its echo by (OpenWA unconfirmed)
+            wa_id = f"{bridge_links.UNCONFIRMED}{message_id}:{number}"
+        self.db.write(bridge_links.sent(bridge_id, message_id, number, wa_id, self.ctx.now()))
 
     def _fail(self, conversation: int, why: str, status: int | None = None) -> NoReturn:
         self.chatwoot.note(conversation, f"Not delivered to WhatsApp: {why}")

@@ -155,17 +155,35 @@ def sent(bridge_id: str, cw_message_id: int, part: int, wa_id: str, now: float) 
 UNCONFIRMED = "unconfirmed:"  # wa_id prefix of a part the gateway sent without telling its id
 
 
-def confirm(bridge_id: str, chat: str, wa_id: str, since: float, now: float) -> Any:
-    """An op that gives ``wa_id`` to the oldest part sent to ``chat`` since ``since`` whose
-    gateway did not say its id; True if there was one (the ``fromMe`` report is that part's)."""
+def unsent(bridge_id: str, cw_message_id: int, part: int) -> Any:
+    """An op that forgets an outbound part in flight whose send surely did not happen (the
+    gateway refused the connection), so the next attempt sends it afresh."""
+
+    def op(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "DELETE FROM bridge_messages WHERE bridge_id = ? AND direction = 'outbound' "
+            "AND cw_message_id = ? AND part = ? AND wa_id IS NULL",
+            (bridge_id, cw_message_id, part),
+        )
+
+    return op
+
+
+def claim_echo(
+    bridge_id: str, chat: str, wa_id: str, since: float, settled_before: float, now: float
+) -> Any:
+    """An op that gives ``wa_id`` (a ``fromMe`` report nobody knows) to the oldest part sent to
+    ``chat`` since ``since`` that may be it: one the gateway sent without telling its id, or one
+    whose send started before ``settled_before`` (its attempt is over) and never learnt its
+    outcome. True if there was one: the report is that part's echo."""
 
     def op(conn: sqlite3.Connection) -> bool:
         row = conn.execute(
             "UPDATE bridge_messages SET wa_id = ?, updated_at = ? WHERE id = ("
             "SELECT id FROM bridge_messages WHERE bridge_id = ? AND chat = ? "
-            "AND direction = 'outbound' AND wa_id LIKE 'unconfirmed:%' AND created_at >= ? "
-            "ORDER BY id LIMIT 1) RETURNING id",
-            (wa_id, now, bridge_id, chat, since),
+            "AND direction = 'outbound' AND created_at >= ? AND (wa_id LIKE 'unconfirmed:%' "
+            "OR (wa_id IS NULL AND created_at < ?)) ORDER BY id LIMIT 1) RETURNING id",
+            (wa_id, now, bridge_id, chat, since, settled_before),
         ).fetchone()
         return row is not None
 
