@@ -167,8 +167,9 @@ def _waha(session: str, doc: Mapping[str, Any]) -> WhatsAppMessage | Skip:
             mimetype,
             _text(raw_media.get("filename")),
             url=_text(raw_media.get("url")),
-            voice="ogg" in (mimetype or "")
-            and _get(payload, "_data", "message", "audioMessage") is not None,
+            # WhatsApp records voice notes as Ogg Opus; engines that say so mark them ptt.
+            voice=(mimetype or "").startswith("audio/ogg")
+            or _get(payload, "_data", "message", "audioMessage", "ptt") is True,
         )
     elif isinstance(payload.get("location"), Mapping):
         location = payload["location"]
