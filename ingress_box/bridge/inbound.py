@@ -77,11 +77,13 @@ class Inbound:
             return None
         if any(link.direction == "inbound" and link.cw_message_id for link in links):
             return self.skip(f"message {msg.key_id} is in Chatwoot already")
+        source_id = f"WAID:{msg.key_id}"
+        # Media first: a download that fails leaves no claim behind to wait out.
+        fields, files = self._message(msg, source_id)
         conversation = self._conversation(msg, chat)
         claim, new = db.write(
             bridge_links.posting(bridge.id, chat, msg.key_id, 0, conversation, now)
         )
-        source_id = f"WAID:{msg.key_id}"
         if not new:
             if claim.cw_message_id is not None:
                 return self.skip(f"message {msg.key_id} is in Chatwoot already")
@@ -94,7 +96,6 @@ class Inbound:
             if existing is not None:
                 self._posted(chat, msg, conversation, existing)
                 return None
-        fields, files = self._message(msg, source_id)
         message_id = self.chatwoot.post_message(conversation, fields, files)
         if message_id is None:  # deleted out of band: rebuild the mapping, once
             conversation = self._open(msg, chat)
