@@ -116,6 +116,19 @@ def test_a_message_reported_as_phone_jid_and_as_lid_is_posted_once(settings: Set
         assert len(b.chatwoot.contacts(b.account)) == 1
 
 
+def test_a_waha_message_reported_as_phone_jid_and_as_lid_is_posted_once(
+    settings: Settings,
+) -> None:
+    """WAHA's message and message.any, each as @c.us and as @lid (one key id): one message."""
+    with bridged(settings, "waha") as b:
+        msg = b.gateway.inbound(b.contact, "hi once", lid="1555", duplicate_as_lid=True)
+        assert len(msg.deliveries) == 4
+        (conversation,) = b.wait_conversations(1)
+        b.wait_messages(conversation["id"], 1)
+        b.wait_settled()
+        assert len(b.messages(conversation["id"])) == 1
+
+
 def test_a_lid_chat_resolves_to_the_phone_chat_by_its_alias(settings: Settings) -> None:
     """GOWA names the @lid beside the phone JID once; a later event with only the @lid lands in
     the phone chat's conversation."""
