@@ -54,6 +54,7 @@ class Attempts:
         started, t0 = self.clock(), time.perf_counter()
         error: BaseException | None = None
         instance = None
+        ctx: HandlerContext | None = None
         try:
             instance = self.instances.get(event.plugin, event.instance)
             if instance is None:
@@ -71,6 +72,8 @@ class Attempts:
                 extra_headers=mapping_rules.enrichment_headers(mappings.get()),
                 mappings=mappings,
                 outbound=self.outbound,
+                db=self.db,
+                max_body_bytes=self.settings.max_body_bytes,
             )
             handler(event, ctx)
         except Exception as exc:  # noqa: BLE001 (every failure is classified by the policy)
@@ -85,7 +88,7 @@ class Attempts:
             started_at=started,
             duration_ms=duration * 1000,
             status_code=decision.status_code,
-            error=decision.error,
+            error=decision.error if error is not None or ctx is None else ctx.note,
             next_attempt_at=self.clock() + decision.delay,
             dead_letter_id="dlq_" + uuid.uuid4().hex[:24],
             strict=instance is not None and instance.lane_policy == "strict",

@@ -20,6 +20,7 @@ from .outbound import Pool
 
 if TYPE_CHECKING:  # only a type here: mapping_rules builds on the store, not the other way round
     from .mapping_rules import MappingAccess
+    from .store import Database
 
 ERROR_EXCERPT_CHARS = 200  # how much of an error's text an attempt records
 
@@ -44,6 +45,14 @@ class HandlerContext:
     # forward's lean client (kept-alive connections shared by the worker's threads); the
     # httpx client above is for other handlers. None: forward opens a connection per request.
     outbound: Pool | None = None
+    # The box's database, for handlers that keep state of their own (the bridge); None in tests
+    # that build a context by hand.
+    db: Database | None = None
+    # The most bytes a handler should fetch from elsewhere in one go (the box's body cap).
+    max_body_bytes: int = 262_144
+    # Set by a handler that returns without doing anything (a skipped event): recorded as the
+    # attempt's error text, next to its "delivered" outcome, so an operator can see why.
+    note: str | None = None
 
 
 class Handler(Protocol):

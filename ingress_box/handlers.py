@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .bridge.handler import bridge
 from .delivery import Handler
 from .forward import forward
 
-_HANDLERS: dict[str, Handler] = {"forward": forward}
+_HANDLERS: dict[str, Handler] = {"forward": forward, "bridge": bridge}
 
 
 def register_handler(name: str, handler: Handler) -> None:

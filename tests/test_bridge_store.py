@@ -106,3 +106,44 @@ def test_an_alias_resolves_to_its_chat_and_follows_a_later_change(db: Database) 
     assert bridge_links.canonical(db, "shop", "1555@c.us") == "1555@c.us"
     db.write(bridge_links.alias("shop", "999@lid", "1666@c.us", NOW + 1))
     assert bridge_links.canonical(db, "shop", "999@lid") == "1666@c.us"
+
+
+def test_posting_claims_a_message_once_and_tells_a_later_claim_so(db: Database) -> None:
+    first, new = db.write(bridge_links.posting("shop", "1555@c.us", "KEY2", 0, 55, NOW))
+    again, new_again = db.write(bridge_links.posting("shop", "1555@c.us", "KEY2", 0, 56, NOW + 1))
+    assert (new, new_again) == (True, False)
+    assert again == first and again.cw_message_id is None  # in doubt until posted() fills it
+    db.write(bridge_links.posted("shop", "1555@c.us", "KEY2", 0, 55, 903, NOW + 2))
+    done, _ = db.write(bridge_links.posting("shop", "1555@c.us", "KEY2", 0, 55, NOW + 3))
+    assert done.cw_message_id == 903
+
+
+def test_an_unsent_part_is_forgotten_but_a_sent_one_is_kept(db: Database) -> None:
+    db.write(bridge_links.sending("shop", "1555@c.us", 904, 0, 55, NOW))
+    db.write(bridge_links.sending("shop", "1555@c.us", 904, 1, 55, NOW))
+    db.write(bridge_links.sent("shop", 904, 1, "WA-OUT-2", NOW))
+    db.write(bridge_links.unsent("shop", 904, 0))
+    db.write(bridge_links.unsent("shop", 904, 1))
+    assert [(x.part, x.wa_id) for x in bridge_links.of_chatwoot(db, "shop", 904)] == [
+        (1, "WA-OUT-2")
+    ]
+
+
+def test_an_echo_claims_an_unconfirmed_or_settled_part_but_not_one_still_sending(
+    db: Database,
+) -> None:
+    db.write(bridge_links.sending("shop", "1555@c.us", 905, 0, 55, NOW))  # its attempt is over
+    db.write(bridge_links.sending("shop", "1555@c.us", 906, 0, 55, NOW + 20))  # still sending
+    db.write(bridge_links.sending("shop", "1555@c.us", 907, 0, 55, NOW + 20))
+    db.write(bridge_links.sent("shop", 907, 0, bridge_links.UNCONFIRMED + "907:0", NOW + 21))
+
+    def claim(wa_id: str) -> bool:
+        result: bool = db.write(
+            bridge_links.claim_echo("shop", "1555@c.us", wa_id, NOW - 30, NOW + 10, NOW + 22)
+        )
+        return result
+
+    assert claim("WA-ECHO-1") and claim("WA-ECHO-2") and not claim("WA-ECHO-3")
+    assert bridge_links.of_wa(db, "shop", "WA-ECHO-1")[0].cw_message_id == 905
+    assert bridge_links.of_wa(db, "shop", "WA-ECHO-2")[0].cw_message_id == 907
+    assert bridge_links.of_chatwoot(db, "shop", 906)[0].in_flight

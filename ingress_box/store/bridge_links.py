@@ -90,6 +90,30 @@ def posted(
     return op
 
 
+def posting(
+    bridge_id: str, chat: str, wa_id: str, part: int, cw_conversation_id: int, now: float
+) -> Any:
+    """An op that claims part ``part`` of WhatsApp message ``wa_id`` for posting to Chatwoot.
+
+    Returns ``(link, new)``: ``new`` False means an earlier (or concurrent) attempt claimed it;
+    its link has a ``cw_message_id`` once that post is known to have succeeded.
+    """
+
+    def op(conn: sqlite3.Connection) -> tuple[Link, bool]:
+        inserted = conn.execute(
+            "INSERT INTO bridge_messages (bridge_id, direction, chat, wa_id, part, "
+            "cw_conversation_id, created_at, updated_at) VALUES (?, 'inbound', ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (bridge_id, wa_id, part) WHERE wa_id IS NOT NULL DO NOTHING",
+            (bridge_id, chat, wa_id, part, cw_conversation_id, now, now),
+        ).rowcount
+        row = conn.execute(
+            f"{_SELECT} WHERE bridge_id = ? AND wa_id = ? AND part = ?", (bridge_id, wa_id, part)
+        ).fetchone()
+        return _from_row(row), inserted == 1
+
+    return op
+
+
 def sending(
     bridge_id: str, chat: str, cw_message_id: int, part: int, cw_conversation_id: int, now: float
 ) -> Any:
@@ -124,6 +148,44 @@ def sent(bridge_id: str, cw_message_id: int, part: int, wa_id: str, now: float) 
             "WHERE bridge_id = ? AND cw_message_id = ? AND part = ?",
             (wa_id, now, bridge_id, cw_message_id, part),
         )
+
+    return op
+
+
+UNCONFIRMED = "unconfirmed:"  # wa_id prefix of a part the gateway sent without telling its id
+
+
+def unsent(bridge_id: str, cw_message_id: int, part: int) -> Any:
+    """An op that forgets an outbound part in flight whose send surely did not happen (the
+    gateway refused the connection), so the next attempt sends it afresh."""
+
+    def op(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "DELETE FROM bridge_messages WHERE bridge_id = ? AND direction = 'outbound' "
+            "AND cw_message_id = ? AND part = ? AND wa_id IS NULL",
+            (bridge_id, cw_message_id, part),
+        )
+
+    return op
+
+
+def claim_echo(
+    bridge_id: str, chat: str, wa_id: str, since: float, settled_before: float, now: float
+) -> Any:
+    """An op that gives ``wa_id`` (a ``fromMe`` report nobody knows) to the oldest part sent to
+    ``chat`` since ``since`` that may be it: one the gateway sent without telling its id, or one
+    whose send started before ``settled_before`` (its attempt is over) and never learnt its
+    outcome. True if there was one: the report is that part's echo."""
+
+    def op(conn: sqlite3.Connection) -> bool:
+        row = conn.execute(
+            "UPDATE bridge_messages SET wa_id = ?, updated_at = ? WHERE id = ("
+            "SELECT id FROM bridge_messages WHERE bridge_id = ? AND chat = ? "
+            "AND direction = 'outbound' AND created_at >= ? AND (wa_id LIKE 'unconfirmed:%' "
+            "OR (wa_id IS NULL AND created_at < ?)) ORDER BY id LIMIT 1) RETURNING id",
+            (wa_id, now, bridge_id, chat, since, settled_before),
+        ).fetchone()
+        return row is not None
 
     return op
 
