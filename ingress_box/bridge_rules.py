@@ -27,11 +27,10 @@ from .instance_rules import (
     new_instance,
 )
 from .plugins import Registry
-from .store.bridges import GATEWAY_KINDS, Bridge, Chatwoot, Gateway
+from .store.bridges import GATEWAY_KINDS, HANDLER, Bridge, Chatwoot, Gateway
 from .store.instances import INSTANCE_ID, Instance
 from .values import check_document
 
-HANDLER = "bridge"
 ROUTE = "events"  # the one route of every gateway plugin and of chatwoot
 # The query parameter of the Chatwoot URL that carries the instance secret: Chatwoot before
 # 4.13 signs no API-inbox webhook, so the URL is that webhook's only credential. The chatwoot

@@ -18,7 +18,7 @@ from typing import Any
 from . import extract
 from .errors import InvalidInput, MappingConflict, NotFound
 from .plugins import FieldSource, Registry, Route
-from .store import Database
+from .store import Database, bridges
 from .store import mappings as store
 from .store.instances import INSTANCE_ID, Instance
 from .store.mappings import STATES, ConversationMapping, Upsert
@@ -116,7 +116,9 @@ def learned(
     The session is the instance's when the operator set one, else where the route says.
     """
     spec = route.mapping
-    if spec is None or conversation is None:
+    # A bridge keeps its own mappings (chat JIDs it resolved); what a bridged Chatwoot inbox
+    # calls the contact's source id is a UUID there, not a chat, so nothing is learned.
+    if spec is None or conversation is None or instance.handler == bridges.HANDLER:
         return None
     session = instance.session or (
         _locate(spec.session, headers, body) if spec.session is not None else None

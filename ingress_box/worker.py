@@ -29,6 +29,7 @@ drain.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import os
 import random
@@ -241,6 +242,7 @@ class Worker:
         self._idling = 0
         self._handed: collections.deque[store_outbox.Claimed] = collections.deque()
         self._more = False  # the outbox may hold claimable work no drain was handed
+        self._unsettled = threading.local()  # per drain thread: its last outcome's future
         self.lease_seconds = settings.lease_seconds
         self.observers: list[Callable[[store_outbox.Claimed, Decision, float], None]] = []
 
@@ -434,6 +436,7 @@ class Worker:
                 if attempted and (self._stopping.is_set() or late):
                     break
                 attempted += 1
+                self._await_last_outcome()
                 self.deliver(row)
         finally:  # also when something escaped: what was not attempted goes back at once
             if attempted < len(rows):
@@ -486,6 +489,16 @@ class Worker:
                 lazy=True,
             )
             future.add_done_callback(self._recorded)
+            self._unsettled.future = future
+
+    def _await_last_outcome(self) -> None:
+        """Wait until this thread's last outcome is committed (it may linger a few ms for
+        company; the next accept or claim ends that). So each drain has at most one attempt
+        made and not recorded, and a crash repeats at most one delivery per drain."""
+        last = getattr(self._unsettled, "future", None)
+        if last is not None:
+            concurrent.futures.wait([last], timeout=self.settings.busy_timeout_seconds + 1)
+            self._unsettled.future = None
 
     def _recorded(self, future: Any) -> None:
         if future.exception() is not None:  # the lease expires and the row is delivered again

@@ -371,3 +371,21 @@ def test_a_running_box_takes_chatwoot_webhooks_at_the_bridge_urls(settings: Sett
             " AND instance_id = 'shop'"
         )
     assert [r[0] for r in rows].count(f"{account}:{message['id']}") == 1
+
+
+def test_a_bridged_chatwoot_instance_learns_no_mapping_from_its_events(
+    client: TestClient, admin_headers: Headers, box: Box
+) -> None:
+    """The bridge keeps its own mappings: a bridged inbox's contact source id is a UUID, not a
+    chat, so an event of chatwoot/<id> binds nothing."""
+    secret = create(client, admin_headers).json()["chatwoot"]["secret"]
+    event = {
+        "event": "message_created",
+        "id": 77,
+        "account": {"id": 1},
+        "conversation": {"id": 55, "contact_inbox": {"source_id": "0f4c-uuid"}},
+    }
+    url = "/ingress/chatwoot/shop/events?secret=" + secret
+    assert client.post(url, json=event).status_code == 202
+    assert scalar(box.db, "SELECT count(*) FROM deliveries WHERE plugin_id = 'chatwoot'") == 1
+    assert scalar(box.db, "SELECT count(*) FROM conversation_mappings") == 0

@@ -23,6 +23,7 @@ from .instances import delete as delete_instance
 from .instances import insert as insert_instance
 
 GATEWAY_KINDS = ("waha", "evolution", "gowa", "openwa")
+HANDLER = "bridge"  # the handler of a bridge's two instances
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,16 @@ target (``serve.py target``, answers 200 at once and logs receive times), and me
 5. memory: RSS with a backlog of ``--backlog`` rows, built the way a user gets one: a second
    instance whose target is down (a closed port), loaded over HTTP while the worker retries;
 6. ``--profile``: a second 320/s phase under ``py-spy record`` (see profiling.py);
-7. logs off: only if ``serve`` has a setting for it (``--logs-off-flags``, else detected).
+7. logs off: only if ``serve`` has a setting for it (``--logs-off-flags``, else detected);
+8. ``--baseline REF``: the same open-loop phases on the code of git ``REF`` (a second ``serve``,
+   ``python -m ingress_box`` from the exported tree), each right after this code's phase, so a
+   change is measured before/after in one run.
 
 CPU and RSS are summed over the box process and its descendants (``/proc``). Exit status 1 only
 when an acked webhook was lost; a missed target prints FAIL.
 
     python tests/bench/bench_appliance.py [--quick] [--profile] [--rates 200,320,1000]
+        [--baseline REF]
 """
 
 from __future__ import annotations
@@ -69,14 +73,20 @@ OUT = Path(__file__).resolve().parent / "out"
 class Box(Server):
     """``ingress-box serve`` as a user starts it, in its own process group."""
 
-    def __init__(self, workdir: Path, db: Path, *flags: str) -> None:
+    def __init__(self, workdir: Path, db: Path, *flags: str, tree: Path | None = None) -> None:
+        """``tree``: run the ``ingress_box`` package unpacked there (``--baseline``) instead of
+        the installed CLI."""
         self.kind, self.port = "serve", benchlib.free_port()
         cli = Path(sys.executable).with_name("ingress-box")
-        program = [str(cli)] if cli.exists() else [sys.executable, "-m", "ingress_box"]
+        program = (
+            [str(cli)] if cli.exists() and tree is None else [sys.executable, "-m", "ingress_box"]
+        )
         self.cmd = [*program, "serve", "--db", str(db), "--port", str(self.port), *flags]
         self.stdout = workdir / f"serve-{self.port}.stdout"
         self.out = workdir / f"serve-{self.port}.stderr"  # where start-up errors go
         env = {k: v for k, v in os.environ.items() if not k.startswith("INGRESS_BOX_")}
+        if tree is not None:
+            env["PYTHONPATH"] = str(tree)
         with open(self.stdout, "wb") as out, open(self.out, "wb") as err:
             self.proc = subprocess.Popen(
                 self.cmd,
@@ -559,6 +569,10 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--logs-off-duration", type=float, default=10.0)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument(
+        "--baseline",
+        help="git ref: run each open-loop phase on that code too, right after (a before/after)",
+    )
     parser.add_argument("--plot", type=Path, default=OUT / "appliance.png")
     args = parser.parse_args()
     if args.quick:
@@ -613,10 +627,22 @@ def main() -> int:
         idle_rss = box.rss_mib()
         print(f"idle: {idle.cores:.2%} of a core over {args.idle:g} s, RSS {idle_rss:.0f} MiB")
 
+        before: tuple[Box, Path] | None = None
+        if args.baseline:
+            tree = benchlib.export(args.baseline, work / "baseline")
+            before = (Box(work, work / "before.db", tree=tree), work / "before.db")
+            servers.append(before[0])
+            before[0].wait_ready()
+            before[0].add_instance("bench", target.url + "/hook")
+            print(f"before: {args.baseline} as {shlex.join(before[0].cmd)}")
         for rate in args.rates:
             key = f"{rate:g}"
             rows[key] = open_phase(args, box, log, db, rate, args.duration, f"o{key}-")
             rows[key].bare_us = bare_us[rate]
+            if before is not None:  # right after, so both meet the same machine
+                row = open_phase(args, before[0], log, before[1], rate, args.duration, f"b{key}-")
+                row.load, row.bare_us = f"{key}/s {args.baseline}", bare_us[rate]
+                rows[f"before-{key}"] = row
             if args.profile and rate == args.profile_at:
                 pyspy = profiling.find_pyspy()
                 if pyspy is None:
@@ -638,6 +664,8 @@ def main() -> int:
                 row.load = f"{key}/s (py-spy on)"
                 rows[f"profiled-{key}"] = row
                 profiled = (recorder, row)
+        if before is not None:
+            before[0].stop()
         rows["closed"] = closed_phase(args, work, box, log, db, "wrk")
         memory = memory_phase(args, box, db)
         print(

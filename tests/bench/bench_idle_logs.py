@@ -22,13 +22,11 @@ The machine is shared and noisy: compare the ratios of one run, not figures acro
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -39,18 +37,6 @@ import benchlib
 
 ROOT = Path(__file__).resolve().parents[2]
 THREADS = 4
-
-
-def export(ref: str, into: Path) -> Path:
-    """The ``ingress_box`` package of git ``ref``, unpacked under ``into``."""
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", ref, "ingress_box", "schema.sql"],
-        capture_output=True,
-        check=True,
-    ).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(into, filter="data")
-    return into
 
 
 def child_env(tree: Path) -> dict[str, str]:
@@ -191,7 +177,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-idle-logs-") as tmp:
         work = Path(tmp)
         trees = {
-            f"before ({args.baseline})": export(args.baseline, work / "before"),
+            f"before ({args.baseline})": benchlib.export(args.baseline, work / "before"),
             "after (working tree)": ROOT,
         }
         print(f"cores: {os.cpu_count()}; the machine is shared, so compare within this run")

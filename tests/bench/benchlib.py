@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import io
 import json
 import os
 import signal
@@ -13,11 +14,13 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]  # the project
 SECRET = "bench-secret-0123456789abcdef"
 PATH = "/ingress/generic/bench/events"
 
@@ -209,3 +212,16 @@ def pct(values: list[float], p: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+
+
+def export(ref: str, into: Path) -> Path:
+    """The ``ingress_box`` package (and ``schema.sql``) of git ``ref``, unpacked under ``into``:
+    run it with ``PYTHONPATH=into`` to measure the code before a change in the same run."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", ref, "ingress_box", "schema.sql"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
