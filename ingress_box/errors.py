@@ -12,6 +12,7 @@ IngressBoxError
 │   ├── InvalidJson        the body is not JSON at all
 │   └── BodyTooLarge       the body is larger than its endpoint accepts
 ├── MappingConflict        the conversation is already bound to another chat
+├── NoTarget               the instance has nowhere to deliver (a test event cannot be sent)
 ├── ClientDisconnected     the caller went away before its request was read
 └── DeliveryError          raised by a handler to say how an attempt ended
     ├── RetryLater         transient: try again (after ``delay`` seconds when given)
@@ -90,6 +91,10 @@ class MappingConflict(IngressBoxError):
         self.session = session
         self.chat = chat
         self.mapping_id = mapping_id
+
+
+class NoTarget(IngressBoxError):
+    pass
 
 
 class ClientDisconnected(IngressBoxError):

@@ -8,6 +8,9 @@ huey (SQLite storage, in the same file) only executes:
   lease of a crashed process or a due retry is found again without a separate reconciler;
 - ``maintenance`` (hourly) prunes what retention allows and checkpoints the WAL.
 
+With ``INGRESS_BOX_ALERT_URL`` set, a worker that delivers also runs an
+:class:`~ingress_box.alerts.Alerter`, told of each outcome once it is committed (``recorded``).
+
 Wake-ups: the ingress calls :meth:`Worker.wake` after a commit (cheap, any thread). A drain
 idling in this process takes the work at once; otherwise a small kicker thread turns the wake
 into a huey task. The storage wakes this process's consumer threads as soon as a task is
@@ -30,6 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import httpx
@@ -37,6 +41,7 @@ from huey import Huey, crontab
 from huey.consumer import Consumer
 from huey.storage import SqliteStorage
 
+from .alerts import Alerter
 from .attempt import Attempts
 from .config import Settings
 from .errors import StorageUnavailable
@@ -232,6 +237,11 @@ class Worker:
         self._idle = threading.Condition()  # drains waiting for work, woken one per wake()
         self._idling = 0
         self.observers: list[Callable[[store_outbox.Claimed, Decision, float], None]] = []
+        # Told once an outcome is committed, in the writer's thread: each must be quick.
+        self.recorded: list[Callable[[store_outbox.Claimed, Decision], None]] = []
+        self.alerter = Alerter(settings, db, clock=clock) if settings.alert_url else None
+        if self.alerter is not None:
+            self.recorded.append(self.alerter.observe)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -252,6 +262,8 @@ class Worker:
                 check_worker_health=False,
             )
             self.consumer.start()
+            if self.alerter is not None:  # alerts come from the processes that deliver
+                self.alerter.start()
         self._kicker = threading.Thread(
             target=self._kick_loop, name="ingress-box-kicker", daemon=True
         )
@@ -270,6 +282,8 @@ class Worker:
             self.consumer.stop(graceful=True)
         if self._kicker is not None:
             self._kicker.join(timeout=1.0)
+        if self.alerter is not None:
+            self.alerter.stop()
         try:
             released = self.db.write(store_outbox.release(self.owner))
             if released:
@@ -416,6 +430,18 @@ class Worker:
                 store_outbox.record_outcome(outcome, self.clock()), durable=False
             )
             future.add_done_callback(_log_settle_failure)
+            for recorded in self.recorded:
+                future.add_done_callback(partial(_tell_recorded, recorded, row, decision))
+
+
+def _tell_recorded(
+    recorded: Callable[[store_outbox.Claimed, Decision], None],
+    row: store_outbox.Claimed,
+    decision: Decision,
+    future: Any,
+) -> None:
+    if future.exception() is None:
+        recorded(row, decision)
 
 
 def _log_settle_failure(future: Any) -> None:

@@ -128,6 +128,7 @@ def test_instances_list_shows_a_table_without_secrets(db_path: Path) -> None:
         "HANDLER",
         "LANES",
         "TARGET",
+        "HEALTH",
     ]
     assert out.splitlines()[1].split() == [
         "generic",
@@ -136,6 +137,7 @@ def test_instances_list_shows_a_table_without_secrets(db_path: Path) -> None:
         "forward",
         "progress",
         "https://bot.example/in",
+        "idle",
     ]
     assert shown["secret"] not in out
 

@@ -1,7 +1,9 @@
-"""``ingress-box instances``: add, list, rotate and remove plugin instances on the database file.
+"""``ingress-box instances``: add, list, show, test, rotate and remove plugin instances on the
+database file.
 
 ``add`` and ``rotate`` print the secrets they make, once: to stdout, with a reminder on stderr
-that they are not shown again. ``list`` masks them.
+that they are not shown again. ``list`` and ``show`` mask them and show each one's health.
+``test`` sends a test event through the outbox and waits for its first attempt.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from pathlib import Path
 
 import click
 
-from .. import instance_rules
+from .. import instance_health, instance_rules, probe
 from ..config import Settings, load_settings
 from ..errors import InvalidInput, NotFound
+from ..instance_health import Health
 from ..plugins import load_registry
 from ..store import Database
 from ..store import instances as store_instances
+from ..store import probes as store_probes
 from ..store.instances import LANE_POLICIES
+from ..worker import wake_workers
 from .common import (
     FiniteFloat,
     database,
@@ -105,22 +110,23 @@ def instances_list(plugin: str | None, db_path: Path | None, as_json: bool) -> N
     """List instances (secrets masked)."""
     settings = load_settings(db_path=db_path)
 
-    async def every(db: Database) -> list[store_instances.Instance]:
-        found: list[store_instances.Instance] = []
+    async def every(db: Database) -> list[tuple[store_instances.Instance, Health]]:
+        found: list[tuple[store_instances.Instance, Health]] = []
         cursor: str | None = None
         while True:
             page = await store_instances.alist_page(db, plugin, cursor, 1000)
-            found.extend(page.items)
+            healths = await instance_health.aof(db, page.items, now())
+            found.extend((i, healths[i.plugin_id, i.instance_id]) for i in page.items)
             if page.next_cursor is None:
                 return found
             cursor = page.next_cursor
 
     items = read(settings, every)
     if as_json:
-        print_json({"items": [inst.to_json() for inst in items]})
+        print_json({"items": [instance_health.with_health(i, h) for i, h in items]})
         return
     table(
-        ["PLUGIN", "INSTANCE", "ENABLED", "HANDLER", "LANES", "TARGET"],
+        ["PLUGIN", "INSTANCE", "ENABLED", "HANDLER", "LANES", "TARGET", "HEALTH"],
         [
             [
                 i.plugin_id,
@@ -129,10 +135,80 @@ def instances_list(plugin: str | None, db_path: Path | None, as_json: bool) -> N
                 i.handler,
                 i.lane_policy,
                 i.shown_target_url,
+                h.state,  # why: `instances show`
             ]
-            for i in items
+            for i, h in items
         ],
     )
+
+
+@instances_group.command("show")
+@click.argument("plugin")
+@click.argument("instance")
+@db_option
+@json_option
+def instances_show(plugin: str, instance: str, db_path: Path | None, as_json: bool) -> None:
+    """Show one instance (secrets masked) and its health."""
+    settings = load_settings(db_path=db_path)
+
+    async def one(db: Database) -> tuple[store_instances.Instance, Health]:
+        inst = await store_instances.aget(db, plugin, instance)
+        if inst is None:
+            raise NotFound(f"no instance {plugin}/{instance}")
+        (found,) = (await instance_health.aof(db, [inst], now())).values()
+        return inst, found
+
+    inst, found = read(settings, one)
+    if as_json:
+        print_json(instance_health.with_health(inst, found))
+        return
+    r = found.record
+    for label, value in [
+        ("instance", f"{inst.plugin_id}/{inst.instance_id}"),
+        ("enabled", "yes" if inst.enabled else "no"),
+        ("handler", inst.handler),
+        ("target", inst.shown_target_url or "-"),
+        ("lanes", inst.lane_policy),
+        ("health", found.state + (f" ({found.reason})" if found.reason else "")),
+        ("last success", when(r.last_success_at)),
+        ("last failure", when(r.last_failure_at)),
+        ("failing since", when(r.failing_since)),
+        ("failures in a row", r.consecutive_failures),
+        ("pending", r.pending),
+        ("dead letters open", r.dead_letters_open),
+    ]:
+        click.echo(f"{label + ':':<19}{value}")
+
+
+@instances_group.command("test")
+@click.argument("plugin")
+@click.argument("instance")
+@db_option
+@json_option
+def instances_test(plugin: str, instance: str, db_path: Path | None, as_json: bool) -> None:
+    """Send a test event to the instance's target through the outbox and wait for its first
+    attempt (exit 1 unless it was delivered)."""
+    settings = load_settings(db_path=db_path)
+    with database(settings) as db:
+        inst = store_instances.get(db, plugin, instance)
+        if inst is None:
+            raise NotFound(f"no instance {plugin}/{instance}")
+        event = probe.new_event(inst, now())
+        db.write(store_probes.insert(event))
+        wake_workers(settings)
+        attempt = probe.wait_first_attempt(db, event.id, probe.wait_seconds(settings))
+    result = probe.result_json(event.id, attempt)
+    if as_json:
+        print_json(result)
+    elif attempt is None:
+        click.echo(f"sent {event.id}; no attempt ended within {probe.wait_seconds(settings):g} s")
+    else:
+        status = f" (HTTP {attempt.status_code})" if attempt.status_code else ""
+        click.echo(f"{event.id}: {attempt.outcome}{status} in {attempt.duration_ms:.0f} ms")
+        if attempt.error:
+            click.echo(f"error: {attempt.error}")
+    if result["outcome"] != "delivered":
+        click.get_current_context().exit(1)
 
 
 @instances_group.command("rotate")

@@ -23,6 +23,7 @@ from ..errors import (
     InvalidInput,
     InvalidJson,
     MappingConflict,
+    NoTarget,
     NotFound,
     StorageUnavailable,
     error_document,
@@ -44,6 +45,7 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     NotFound: (404, "not_found"),
     AlreadyExists: (409, "already_exists"),
     MappingConflict: (409, "mapping_conflict"),
+    NoTarget: (409, "no_target"),
     StorageUnavailable: (503, "storage_unavailable"),
 }
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}  # the router's own answers
