@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import T0, MakeDeadLetters, MakeDeliveries
+from conftest import T0, MakeDeadLetters, MakeDeliveries, box_of
 from fake_target import FakeTarget, Received, running_target
 from live import SECRET, insert_instance
 from signers import sign_generic
@@ -85,10 +85,11 @@ def alerts(receiver: FakeTarget, count: int) -> list[dict[str, Any]]:
     return verified
 
 
-def worker_of(client: TestClient) -> Worker:
-    worker = client.app.state.box.worker  # type: ignore[attr-defined]
-    assert isinstance(worker, Worker)
-    return worker
+def alerter_of(client: TestClient) -> Alerter:
+    """The alerter of the app's worker."""
+    worker = box_of(client).worker
+    assert isinstance(worker, Worker) and worker.alerter is not None
+    return worker.alerter
 
 
 @pytest.fixture
@@ -113,7 +114,7 @@ def test_one_failing_then_one_recovered_alert(
         target.reply(then=200)
         failing, recovered = alerts(receiver, 2)
         wait_health(client, "the delivery", lambda h: h["last_success_at"] is not None)
-        assert worker_of(client).alerter.check() == []  # type: ignore[union-attr]
+        assert alerter_of(client).check() == []
     assert len(receiver.received) == 2
     assert failing["type"] == "instance.failing" and recovered["type"] == "instance.recovered"
     assert failing["data"]["plugin"] == "generic" and failing["data"]["instance"] == "main"
@@ -156,7 +157,7 @@ def test_restarts_neither_repeat_an_alert_nor_miss_a_recovery(
     with TestClient(create_app(settings)) as client:  # still failing, more failures
         before = health_of(client)["consecutive_failures"]
         wait_health(client, "more failures", lambda h: h["consecutive_failures"] > before + 2)
-        assert worker_of(client).alerter.check() == []  # type: ignore[union-attr]
+        assert alerter_of(client).check() == []
     assert len(receiver.received) == 1
     target.reply(then=200)
     with TestClient(create_app(box_settings(tmp_path, None))) as client:  # no alerts here
@@ -265,8 +266,10 @@ def test_what_happened_before_alerts_were_turned_on_is_not_alerted(
 
 
 def test_no_alert_url_means_no_alerter(tmp_path: Path) -> None:
+    """Alerts are off unless INGRESS_BOX_ALERT_URL is set."""
     with TestClient(create_app(box_settings(tmp_path, None))) as client:
-        assert worker_of(client).alerter is None
+        worker = box_of(client).worker
+        assert isinstance(worker, Worker) and worker.alerter is None
 
 
 @pytest.mark.parametrize(
@@ -283,11 +286,13 @@ def test_no_alert_url_means_no_alerter(tmp_path: Path) -> None:
     ],
 )
 def test_alert_settings_are_checked(environ: dict[str, str], problem: str) -> None:
+    """A URL without a scheme, a secret that is not whsec_, a URL without a secret: refused."""
     with pytest.raises(ConfigError, match=problem.replace("(", r"\(").replace(")", r"\)")):
         load_settings(environ)
 
 
 def test_the_alert_secret_never_shows_in_an_error() -> None:
+    """The refusal names the setting, never its value."""
     with pytest.raises(ConfigError) as caught:
         load_settings({"INGRESS_BOX_ALERT_SECRET": "whsec_!!!top-secret"})
     assert "top-secret" not in str(caught.value)

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from clirun import ok
+from conftest import box_of
 from fake_target import FakeTarget, Reply
 from live import SECRET, LiveBox, add_instance, running_box
 from signers import sign_generic
@@ -298,7 +299,7 @@ def test_the_dashboard_shows_a_failing_instance_unlike_a_healthy_one(
         lambda got: Reply(500) if got.headers["ingress-box-instance"] == "zzz" else Reply(200)
     )
     with TestClient(create_app(box_settings(tmp_path))) as ui:
-        box = ui.app.state.box  # type: ignore[attr-defined]
+        box = box_of(ui)
         add_instance(box, instance="aaa", target_url=target.url)
         add_instance(box, instance="zzz", target_url=target.url)
         for instance in ("aaa", "zzz"):

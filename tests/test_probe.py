@@ -12,11 +12,13 @@ from typing import Any
 import httpx
 import pytest
 from clirun import run
+from conftest import box_of
 from fake_target import FakeTarget, Reply
 from live import SECRET, LiveBox, add_instance, running_box
 from signers import sign_generic
 from standardwebhooks.webhooks import Webhook
 from starlette.testclient import TestClient
+from waiting import eventually
 
 from ingress_box.app import create_app
 from ingress_box.config import Settings, load_settings
@@ -89,12 +91,37 @@ def test_without_a_worker_the_answer_is_202_with_the_delivery(tmp_path: Path) ->
     """No attempt ends within the delivery timeout + 2 s: 202, the delivery still pending."""
     settings = box_settings(tmp_path, delivery_timeout_seconds=0.2)
     with TestClient(create_app(settings, run_worker=False)) as client:
-        add_instance(client.app.state.box, target_url="http://127.0.0.1:9/hook")  # type: ignore[attr-defined]
+        add_instance(box_of(client), target_url="http://127.0.0.1:9/hook")
         answer = client.post(TEST, headers=AUTH)
         assert answer.status_code == 202, answer.text
         assert answer.json()["outcome"] is None
         item = client.get(f"/admin/deliveries/{answer.json()['delivery']}", headers=AUTH).json()
         assert item["state"] == "pending"
+
+
+def test_a_test_event_passes_a_strict_lane_held_by_a_dead_head(
+    tmp_path: Path, target: FakeTarget
+) -> None:
+    """A conversation's dead head holds its strict lane; the test event, in no lane, goes."""
+    target.reply(then=500)
+    with running_box(box_settings(tmp_path, retry_max_attempts=1)) as live:
+        add_instance(live.box, target_url=target.url, lane_policy="strict")
+        body = b'{"text": "hi"}'
+        headers = {
+            "content-type": "application/json",
+            "x-conversation": "chat-1",
+            **sign_generic(SECRET, body, msg_id="e1"),
+        }
+        httpx.post(live.url + "/ingress/generic/main/events", content=body, headers=headers)
+
+        def parked() -> bool:
+            dead = httpx.get(f"{live.url}/admin/deliveries?state=dead", headers=AUTH).json()
+            return [d.get("parked") for d in dead["items"]] == [True]
+
+        eventually(parked, 15, "the conversation's head parked")
+        target.reply(then=200)
+        result = httpx.post(live.url + TEST, headers=AUTH, timeout=10).json()
+    assert result["outcome"] == "delivered"
 
 
 def test_an_instance_without_a_target_cannot_be_tested(live: LiveBox) -> None:
@@ -107,6 +134,7 @@ def test_an_instance_without_a_target_cannot_be_tested(live: LiveBox) -> None:
 
 
 def test_an_unknown_instance_is_404(live: LiveBox) -> None:
+    """No instance, no test event."""
     answer = httpx.post(live.url + "/admin/instances/generic/nope/test", headers=AUTH)
     assert answer.status_code == 404
 
@@ -180,7 +208,7 @@ def test_the_dashboard_button_sends_a_test_event_and_shows_the_outcome(
     """The instance page's button (a POST with the CSRF token) reports the first attempt."""
     target.reply(Reply(503, body=b"maintenance"), then=503)
     with TestClient(create_app(box_settings(tmp_path))) as ui:
-        add_instance(ui.app.state.box, target_url=target.url)  # type: ignore[attr-defined]
+        add_instance(box_of(ui), target_url=target.url)
         assert ui.post("/admin/ui/login", data={"token": TOKEN}).status_code == 200
         page = ui.get("/admin/ui/instances/generic/main")
         assert "Send test event" in page.text
@@ -197,7 +225,7 @@ def test_the_dashboard_button_sends_a_test_event_and_shows_the_outcome(
 def test_the_dashboard_button_needs_the_csrf_token(tmp_path: Path, target: FakeTarget) -> None:
     """Without the token: 403 and nothing sent."""
     with TestClient(create_app(box_settings(tmp_path))) as ui:
-        add_instance(ui.app.state.box, target_url=target.url)  # type: ignore[attr-defined]
+        add_instance(box_of(ui), target_url=target.url)
         ui.post("/admin/ui/login", data={"token": TOKEN})
         answer = ui.post("/admin/ui/instances/generic/main/test", data={})
         listed = ui.get("/admin/deliveries", headers=AUTH).json()["items"]
