@@ -71,7 +71,7 @@ def health(inst: Instance, record: store_health.Record, now: float) -> Health:
     """The state of ``inst`` given its store record, at ``now``."""
     found = problems(inst)
     if not inst.enabled:
-        return Health("disabled", "disabled", found, record)
+        return Health("disabled", "its ingress refuses webhooks until it is enabled", found, record)
     if found:
         return Health("failing", ", ".join(found), found, record)
     if record.consecutive_failures:
