@@ -46,7 +46,7 @@ def _public_base(settings: Settings) -> str:
 
 @click.group("instances")
 def instances_group() -> None:
-    """Add, list, rotate and remove plugin instances."""
+    """Add, list, show, test, rotate and remove plugin instances."""
 
 
 @instances_group.command("add")
