@@ -203,3 +203,38 @@ CREATE INDEX IF NOT EXISTS rejections_instance ON rejections (plugin_id, instanc
 CREATE TRIGGER IF NOT EXISTS rejections_of_deleted_instance AFTER DELETE ON instances BEGIN
     DELETE FROM rejections WHERE plugin_id = OLD.plugin_id AND instance_id = OLD.instance_id;
 END;
+
+-- What the attempts taught about each instance's target, kept by the outcome of every attempt
+-- in its own transaction (one UPSERT), so an instance's health is one row, not a scan of
+-- `attempts`. A failure is an attempt that ended `retry` or `dead`; a success resets the run.
+CREATE TABLE IF NOT EXISTS instance_health (
+    plugin_id             TEXT NOT NULL,
+    instance_id           TEXT NOT NULL,
+    last_success_at       REAL,
+    last_failure_at       REAL,
+    last_dead_at          REAL,              -- an attempt last dead-lettered its delivery
+    failing_since         REAL,              -- the first failure since the last success
+    consecutive_failures  INTEGER NOT NULL DEFAULT 0,
+    last_error            TEXT,              -- the last failure's, while failing
+    last_run_failures     INTEGER NOT NULL DEFAULT 0,  -- the run of failures a success ended
+    last_run_ended_at     REAL,              -- and when (so an alert sees a run it missed)
+    PRIMARY KEY (plugin_id, instance_id)
+) WITHOUT ROWID;
+
+-- The last alert sent about an instance, so that a restart neither repeats one nor misses a
+-- recovery; claimed by changing it, so two processes never send the same alert.
+CREATE TABLE IF NOT EXISTS instance_alerts (
+    plugin_id    TEXT NOT NULL,
+    instance_id  TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('failing', 'recovered')),
+    changed_at   REAL NOT NULL,
+    PRIMARY KEY (plugin_id, instance_id)
+) WITHOUT ROWID;
+
+-- A new instance of the same name starts with a clean record.
+CREATE TRIGGER IF NOT EXISTS instances_forget_health AFTER DELETE ON instances BEGIN
+    DELETE FROM instance_health
+    WHERE plugin_id = old.plugin_id AND instance_id = old.instance_id;
+    DELETE FROM instance_alerts
+    WHERE plugin_id = old.plugin_id AND instance_id = old.instance_id;
+END;

@@ -10,6 +10,7 @@ variable beats the default.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import math
@@ -156,6 +157,18 @@ def _strong_token(value: Secret) -> str | None:
             f"must be at least {MIN_ADMIN_TOKEN} characters of visible ASCII, "
             "with no spaces (e.g. openssl rand -hex 24)"
         )
+    return None
+
+
+def _whsec(value: Secret) -> str | None:
+    # Never echo the secret. Decoded as ingress_box.signing decodes it to sign (padding added).
+    key = str(value).removeprefix("whsec_")
+    try:
+        decoded = base64.b64decode(key + "=" * (-len(key) % 4), validate=True)
+    except ValueError:
+        decoded = b""
+    if not str(value).startswith("whsec_") or not decoded:
+        return "must be whsec_ and a non-empty base64 key (e.g. a generated outbound secret)"
     return None
 
 
@@ -324,6 +337,18 @@ class Settings:
         minimum=0,
         maximum=10**10,
     )
+    # Alerts are sent by the process that delivers: serve, or each worker of a split one.
+    alert_url: str | None = setting(
+        None,
+        "where alerts about failing and recovered instances are POSTed (none: no alerts)",
+        check=_http_url,
+    )
+    alert_secret: Secret | None = setting(
+        None, "the whsec_ secret that signs alerts (Standard Webhooks)", check=_whsec
+    )
+    alert_after_failures: int = setting(
+        5, "failed attempts in a row that make an instance.failing alert", minimum=1, maximum=1000
+    )
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -423,6 +448,10 @@ def _problems(s: Settings) -> list[str]:
         if problem is not None:
             problems.append(f"{d.label} {problem}")
             bad.add(name)
+    if s.alert_url and not s.alert_secret and "alert_url" not in bad:
+        problems.append(
+            f"{known['alert_secret'].label} is required with {known['alert_url'].label}"
+        )
     timing = {"lease_seconds", "delivery_timeout_seconds"}
     if not timing & bad and s.lease_seconds <= s.delivery_timeout_seconds:
         # A lease that ends before a slow attempt does lets a second worker deliver it again.

@@ -13,6 +13,7 @@ IngressBoxError
 │   └── BodyTooLarge       the body is larger than its endpoint accepts
 ├── MappingConflict        the conversation is already bound to another chat
 ├── StillRejected          a kept request does not verify with the instance's secrets now
+├── NoTarget               the instance has nowhere to deliver (a test event cannot be sent)
 ├── ClientDisconnected     the caller went away before its request was read
 └── DeliveryError          raised by a handler to say how an attempt ended
     ├── RetryLater         transient: try again (after ``delay`` seconds when given)
@@ -99,6 +100,10 @@ class StillRejected(IngressBoxError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"{reason}: the request does not verify with the instance's secrets now")
         self.reason = reason
+
+
+class NoTarget(IngressBoxError):
+    pass
 
 
 class ClientDisconnected(IngressBoxError):

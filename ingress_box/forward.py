@@ -21,6 +21,7 @@ from typing import Any
 from . import outbound
 from .delivery import ERROR_EXCERPT_CHARS, Event, HandlerContext
 from .errors import PermanentFailure, RetryLater
+from .probe import TEST_HEADER, TEST_ROUTE
 from .signing import sign
 
 MAX_RESPONSE_BYTES = 64 * 1024  # never read more of a target's answer than this
@@ -114,6 +115,10 @@ def forward(event: Event, ctx: HandlerContext) -> None:
     }
     if event.conversation is not None:
         headers["ingress-box-conversation"] = _header_value(event.conversation)
+    # The test mark is the box's alone: on its test events, never from config on others.
+    headers.pop(TEST_HEADER, None)
+    if event.route == TEST_ROUTE:
+        headers[TEST_HEADER] = "1"
     # Ids are text (UTF-8 on the wire); the content type is the provider's own bytes.
     wire = [
         (k.encode("ascii"), _wire_bytes(v) if k == "content-type" else v.encode("utf-8"))

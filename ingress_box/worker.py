@@ -15,6 +15,9 @@ transaction, no thread waiting on another. A drain claims from the outbox only w
 be work it was not handed: rows left waiting behind their lane or not wanted, the next row of a
 lane an outcome freed, a due retry, an explicit :meth:`Worker.wake`, or when huey runs it.
 
+With ``INGRESS_BOX_ALERT_URL`` set, a worker that delivers also runs an
+:class:`~ingress_box.alerts.Alerter`, told of each outcome once it is committed (``recorded``).
+
 Wake-ups: :meth:`Worker.wake` says there is new work in the outbox (cheap, any thread). A drain
 idling in this process takes the work at once; otherwise a small kicker thread turns the wake
 into a huey task. The storage wakes this process's consumer threads as soon as a task is
@@ -39,6 +42,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import httpx
@@ -46,6 +50,7 @@ from huey import Huey, crontab
 from huey.consumer import Consumer
 from huey.storage import SqliteStorage
 
+from .alerts import Alerter
 from .attempt import Attempts
 from .config import Settings
 from .errors import StorageUnavailable
@@ -245,6 +250,11 @@ class Worker:
         self._unsettled = threading.local()  # per drain thread: its last outcome's future
         self.lease_seconds = settings.lease_seconds
         self.observers: list[Callable[[store_outbox.Claimed, Decision, float], None]] = []
+        # Told once an outcome is committed, in the writer's thread: each must be quick.
+        self.recorded: list[Callable[[store_outbox.Claimed, Decision], None]] = []
+        self.alerter = Alerter(settings, db, clock=clock) if settings.alert_url else None
+        if self.alerter is not None:
+            self.recorded.append(self.alerter.observe)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -265,6 +275,8 @@ class Worker:
                 check_worker_health=False,
             )
             self.consumer.start()
+            if self.alerter is not None:  # alerts come from the processes that deliver
+                self.alerter.start()
         self._kicker = threading.Thread(
             target=self._kick_loop, name="ingress-box-kicker", daemon=True
         )
@@ -283,6 +295,8 @@ class Worker:
             self.consumer.stop(graceful=True)
         if self._kicker is not None:
             self._kicker.join(timeout=1.0)
+        if self.alerter is not None:
+            self.alerter.stop()
         try:
             released = self.db.write(store_outbox.release(self.owner))
             if released:
@@ -488,7 +502,9 @@ class Worker:
                 durable=False,
                 lazy=True,
             )
-            future.add_done_callback(self._recorded)
+            future.add_done_callback(self._outcome_committed)
+            for recorded in self.recorded:
+                future.add_done_callback(partial(_tell_recorded, recorded, row, decision))
             self._unsettled.future = future
 
     def _await_last_outcome(self) -> None:
@@ -500,11 +516,21 @@ class Worker:
             concurrent.futures.wait([last], timeout=self.settings.busy_timeout_seconds + 1)
             self._unsettled.future = None
 
-    def _recorded(self, future: Any) -> None:
+    def _outcome_committed(self, future: Any) -> None:
         if future.exception() is not None:  # the lease expires and the row is delivered again
             log.error("could not record a delivery outcome: %s", future.exception())
         elif future.result():
             self.wake()
+
+
+def _tell_recorded(
+    recorded: Callable[[store_outbox.Claimed, Decision], None],
+    row: store_outbox.Claimed,
+    decision: Decision,
+    future: Any,
+) -> None:
+    if future.exception() is None:
+        recorded(row, decision)
 
 
 def _log_settle_failure(future: Any) -> None:

@@ -130,6 +130,7 @@ def test_instances_list_shows_a_table_without_secrets(db_path: Path) -> None:
         "TARGET",
         "INGRESS",
         "URL",
+        "HEALTH",
     ]
     assert out.splitlines()[1].split() == [
         "generic",
@@ -139,6 +140,7 @@ def test_instances_list_shows_a_table_without_secrets(db_path: Path) -> None:
         "progress",
         "https://bot.example/in",
         "http://127.0.0.1:8080/ingress/generic/shop/events",
+        "idle",
     ]
     assert shown["secret"] not in out
 

@@ -212,7 +212,7 @@ def test_instances_set_changes_what_patch_changes(db_path: Path) -> None:
     listed = json.loads(ok("instances", "list", "--db", str(db_path), "--json").stdout)
     assert listed["items"][0]["enabled"] is False
     again = ok("instances", "set", "generic", "main", "--db", str(db_path), "--enabled").stdout
-    assert "enabled:         yes" in again
+    assert "enabled:           yes" in again
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,14 @@
-"""``ingress-box instances``: add, list, show, set, rotate and remove plugin instances on the
-database file, and list and admit the requests each one refused for their signature or timestamp.
+"""``ingress-box instances``: add, list, show, set, test, rotate and remove plugin instances on
+the database file, and list and admit the requests each one refused for their signature or
+timestamp.
 
 ``add`` and ``rotate`` print the secrets they make, once: to stdout, with a reminder on stderr
-that they are not shown again. ``list`` and ``show`` mask them (``show --reveal-verify-token``
-reads back a GET challenge's token, which the provider's form asks for again). Ingress URLs are
-built from the same settings ``serve`` listens on (``--public-url``, else ``--host``/``--port``).
-``admit`` runs the same pipeline as the server, in this process, on the file (a worker notices
-the delivery it commits).
+that they are not shown again. ``list`` and ``show`` mask them and show each one's health
+(``show --reveal-verify-token`` reads back a GET challenge's token, which the provider's form
+asks for again). Ingress URLs are built from the same settings ``serve`` listens on
+(``--public-url``, else ``--host``/``--port``). ``test`` sends a test event through the outbox
+and waits for its first attempt. ``admit`` runs the same pipeline as the server, in this
+process, on the file (a worker notices the delivery it commits).
 """
 
 from __future__ import annotations
@@ -18,17 +20,20 @@ from typing import Any
 
 import click
 
-from .. import instance_rules, quarantine
+from .. import instance_health, instance_rules, probe, quarantine
 from ..config import Settings, load_settings
 from ..errors import InvalidInput, NotFound
 from ..ingress import Ingress
+from ..instance_health import Health
 from ..plugins import Registry, load_registry
 from ..store import Database
 from ..store import deliveries as store_deliveries
 from ..store import instances as store_instances
+from ..store import probes as store_probes
 from ..store import rejections as store_rejections
 from ..store.instances import LANE_POLICIES, Instance
 from ..store.pages import Page
+from ..worker import wake_workers
 from .common import (
     Failed,
     FiniteFloat,
@@ -54,7 +59,7 @@ address_options = command_options("instances")
 
 @click.group("instances")
 def instances_group() -> None:
-    """Add, list, show, change, rotate and remove plugin instances."""
+    """Add, list, show, change, test, rotate and remove plugin instances."""
 
 
 def _config(config_json: str | None) -> dict[str, object]:
@@ -152,22 +157,23 @@ def instances_list(plugin: str | None, as_json: bool, **flags: Any) -> None:
     settings = load_settings(**flags)
     registry = load_registry(settings.plugins_dir)
 
-    async def every(db: Database) -> list[Instance]:
-        found: list[Instance] = []
+    async def every(db: Database) -> list[tuple[Instance, Health]]:
+        found: list[tuple[Instance, Health]] = []
         cursor: str | None = None
         while True:
             page = await store_instances.alist_page(db, plugin, cursor, 1000)
-            found.extend(page.items)
+            healths = await instance_health.aof(db, page.items, now())
+            found.extend((i, healths[i.plugin_id, i.instance_id]) for i in page.items)
             if page.next_cursor is None:
                 return found
             cursor = page.next_cursor
 
-    items = [_shown(registry, settings, inst) for inst in read(settings, every)]
+    items = [(_shown(registry, settings, inst), h) for inst, h in read(settings, every)]
     if as_json:
-        print_json({"items": items})
+        print_json({"items": [{**i, "health": h.to_json()} for i, h in items]})
         return
     table(
-        ["PLUGIN", "INSTANCE", "ENABLED", "HANDLER", "LANES", "TARGET", "INGRESS URL"],
+        ["PLUGIN", "INSTANCE", "ENABLED", "HANDLER", "LANES", "TARGET", "INGRESS URL", "HEALTH"],
         [
             [
                 i["plugin"],
@@ -177,8 +183,9 @@ def instances_list(plugin: str | None, as_json: bool, **flags: Any) -> None:
                 i["lane_policy"],
                 i["target_url"],
                 " ".join(i["ingress_urls"].values()) or None,
+                h.state,  # why: `instances show`
             ]
-            for i in items
+            for i, h in items
         ],
         width=120,  # URLs are what this table is for: not cut short
     )
@@ -191,14 +198,27 @@ def _found(db: Database, plugin: str, instance: str) -> Instance:
     return inst
 
 
-def _print_item(data: dict[str, Any]) -> None:
-    click.echo(f"{'instance:':<16} {data['plugin']}/{data['instance']}")
-    click.echo(f"{'enabled:':<16} {'yes' if data['enabled'] else 'no'}")
+def _print_item(data: dict[str, Any], found: Health | None = None) -> None:
+    click.echo(f"{'instance:':<19}{data['plugin']}/{data['instance']}")
+    click.echo(f"{'enabled:':<19}{'yes' if data['enabled'] else 'no'}")
     for key in ("handler", "lane_policy", "target_url", "session", "verify_token"):
-        click.echo(f"{key + ':':<16} {'-' if data[key] is None else data[key]}")
-    click.echo(f"{'config:':<16} {json.dumps(data['config'], sort_keys=True)}")
+        click.echo(f"{key + ':':<19}{'-' if data[key] is None else data[key]}")
+    click.echo(f"{'config:':<19}{json.dumps(data['config'], sort_keys=True)}")
     for name, url in data["ingress_urls"].items():
-        click.echo(f"{'ingress url:':<16} {url} ({name})")
+        click.echo(f"{'ingress url:':<19}{url} ({name})")
+    if found is None:
+        return
+    r = found.record
+    for label, value in [
+        ("health", found.state + (f" ({found.reason})" if found.reason else "")),
+        ("last success", when(r.last_success_at)),
+        ("last failure", when(r.last_failure_at)),
+        ("failing since", when(r.failing_since)),
+        ("failures in a row", r.consecutive_failures),
+        ("pending", r.pending),
+        ("dead letters open", r.dead_letters_open),
+    ]:
+        click.echo(f"{label + ':':<19}{value}")
 
 
 @instances_group.command("show")
@@ -216,18 +236,19 @@ def _print_item(data: dict[str, Any]) -> None:
 def instances_show(
     plugin: str, instance: str, reveal_verify_token: bool, as_json: bool, **flags: Any
 ) -> None:
-    """Show one instance (secrets masked) with its ingress URLs."""
+    """Show one instance (secrets masked) with its ingress URLs and its health."""
     settings = load_settings(**flags)
     registry = load_registry(settings.plugins_dir)
     with database(settings, readonly=True) as db:
         inst = _found(db, plugin, instance)
-    data = _shown(registry, settings, inst)
+        (found,) = instance_health.of(db, [inst], now()).values()
+    data = {**_shown(registry, settings, inst), "health": found.to_json()}
     if reveal_verify_token:
         data["verify_token"] = inst.verify_token
     if as_json:
         print_json(data)
     else:
-        _print_item(data)
+        _print_item(data, found)
 
 
 @instances_group.command("set")
@@ -266,6 +287,37 @@ def instances_set(
     else:
         click.echo(f"changed {plugin}/{instance}")
         _print_item(data)
+
+
+@instances_group.command("test")
+@click.argument("plugin")
+@click.argument("instance")
+@db_option
+@json_option
+def instances_test(plugin: str, instance: str, db_path: Path | None, as_json: bool) -> None:
+    """Send a test event to the instance's target through the outbox and wait for its first
+    attempt (exit 1 unless it was delivered)."""
+    settings = load_settings(db_path=db_path)
+    with database(settings) as db:
+        inst = store_instances.get(db, plugin, instance)
+        if inst is None:
+            raise NotFound(f"no instance {plugin}/{instance}")
+        event = probe.new_event(inst, now())
+        db.write(store_probes.insert(event))
+        wake_workers(settings)
+        attempt = probe.wait_first_attempt(db, event.id, probe.wait_seconds(settings))
+    result = probe.result_json(event.id, attempt)
+    if as_json:
+        print_json(result)
+    elif attempt is None:
+        click.echo(f"sent {event.id}; no attempt ended within {probe.wait_seconds(settings):g} s")
+    else:
+        status = f" (HTTP {attempt.status_code})" if attempt.status_code else ""
+        click.echo(f"{event.id}: {attempt.outcome}{status} in {attempt.duration_ms:.0f} ms")
+        if attempt.error:
+            click.echo(f"error: {attempt.error}")
+    if result["outcome"] != "delivered":
+        click.get_current_context().exit(1)
 
 
 @instances_group.command("rotate")

@@ -117,6 +117,57 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
     Migration(3, "quarantine", _REJECTIONS),
+    Migration(
+        4,
+        "instance health",
+        """
+        CREATE TABLE instance_health (
+            plugin_id             TEXT NOT NULL,
+            instance_id           TEXT NOT NULL,
+            last_success_at       REAL,
+            last_failure_at       REAL,
+            last_dead_at          REAL,
+            failing_since         REAL,
+            consecutive_failures  INTEGER NOT NULL DEFAULT 0,
+            last_error            TEXT,
+            last_run_failures     INTEGER NOT NULL DEFAULT 0,
+            last_run_ended_at     REAL,
+            PRIMARY KEY (plugin_id, instance_id)
+        ) WITHOUT ROWID;
+        CREATE TABLE instance_alerts (
+            plugin_id    TEXT NOT NULL,
+            instance_id  TEXT NOT NULL,
+            state        TEXT NOT NULL CHECK (state IN ('failing', 'recovered')),
+            changed_at   REAL NOT NULL,
+            PRIMARY KEY (plugin_id, instance_id)
+        ) WITHOUT ROWID;
+        CREATE TRIGGER instances_forget_health AFTER DELETE ON instances BEGIN
+            DELETE FROM instance_health
+            WHERE plugin_id = old.plugin_id AND instance_id = old.instance_id;
+            DELETE FROM instance_alerts
+            WHERE plugin_id = old.plugin_id AND instance_id = old.instance_id;
+        END;
+        -- What the attempts already recorded say, so an upgraded box knows its instances'
+        -- health at once (two passes over attempts; the error text is not recovered).
+        INSERT INTO instance_health (plugin_id, instance_id, last_success_at, last_failure_at,
+            last_dead_at, failing_since, consecutive_failures)
+        WITH ended AS MATERIALIZED (
+            SELECT d.plugin_id, d.instance_id, a.outcome,
+                   a.started_at + a.duration_ms / 1000.0 AS at
+            FROM attempts AS a JOIN deliveries AS d ON d.seq = a.delivery_seq),
+        last_ok AS (
+            SELECT plugin_id, instance_id,
+                   max(at) FILTER (WHERE outcome = 'delivered') AS ok_at
+            FROM ended GROUP BY plugin_id, instance_id)
+        SELECT e.plugin_id, e.instance_id, l.ok_at,
+               max(e.at) FILTER (WHERE e.outcome != 'delivered'),
+               max(e.at) FILTER (WHERE e.outcome = 'dead'),
+               min(e.at) FILTER (WHERE e.outcome != 'delivered' AND e.at > coalesce(l.ok_at, 0)),
+               count(*) FILTER (WHERE e.outcome != 'delivered' AND e.at > coalesce(l.ok_at, 0))
+        FROM ended AS e JOIN last_ok AS l USING (plugin_id, instance_id)
+        GROUP BY e.plugin_id, e.instance_id;
+        """,
+    ),
 )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..event import Event
+from . import health
 from .db import Database
 
 
@@ -180,12 +181,14 @@ class Outcome:
 
 
 def record_outcome(o: Outcome, now: float) -> Any:
-    """An op that records an attempt's outcome; a lost lease leaves the row to its new owner."""
+    """An op that records an attempt's outcome, counted in its instance's health record; a
+    lost lease leaves the row to its new owner."""
 
     def op(conn: sqlite3.Connection) -> bool:
         _record_attempt(
             conn, o.seq, o.attempt, o.started_at, o.duration_ms, o.outcome, o.status_code, o.error
         )
+        health.record_in(conn, o.seq, o.outcome, o.error, now)
         if o.outcome == "delivered":
             # Delivered is the truth even if the lease expired meanwhile.
             conn.execute("DELETE FROM outbox WHERE delivery_seq = ?", (o.seq,))

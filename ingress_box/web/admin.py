@@ -15,12 +15,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import instance_rules, quarantine
+from .. import instance_health, instance_rules, probe, quarantine
 from ..errors import InvalidInput, NotFound
 from ..plugins import plugin_to_json
 from ..store import dead_letters as store_dead_letters
 from ..store import deliveries as store_deliveries
 from ..store import instances as store_instances
+from ..store import probes as store_probes
 from ..store import rejections as store_rejections
 from ..store.pages import MAX_LIMIT, clamp_limit
 from . import bridges, mappings, openapi
@@ -98,8 +99,12 @@ class Instances(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
         cursor, limit = page_args(request)
         plugin_id = request.query_params.get("plugin") or None
-        page = await store_instances.alist_page(box_of(request).db, plugin_id, cursor, limit)
-        return page_json(page, store_instances.Instance.to_json)
+        box = box_of(request)
+        page = await store_instances.alist_page(box.db, plugin_id, cursor, limit)
+        healths = await instance_health.aof(box.db, page.items, box.clock())
+        return page_json(
+            page, lambda i: instance_health.with_health(i, healths[i.plugin_id, i.instance_id])
+        )
 
     async def post(self, request: Request) -> Response:
         box = box_of(request)
@@ -118,8 +123,10 @@ class Instances(HTTPEndpoint):
 
 class InstanceItem(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
-        inst = await _instance(box_of(request), **_key(request))
-        return item_json(inst.to_json())
+        box = box_of(request)
+        inst = await _instance(box, **_key(request))
+        (found,) = (await instance_health.aof(box.db, [inst], box.clock())).values()
+        return item_json(instance_health.with_health(inst, found))
 
     async def patch(self, request: Request) -> Response:
         box = box_of(request)
@@ -229,6 +236,22 @@ class Unmatched(HTTPEndpoint):
         return JSONResponse({"items": items, "next_cursor": None})
 
 
+class SendTestEvent(HTTPEndpoint):
+    async def post(self, request: Request) -> Response:
+        """Send a test event through the outbox and answer its first attempt's outcome
+        (202 without it when the attempt does not end within the delivery timeout + 2 s)."""
+        box = box_of(request)
+        inst = await _instance(box, **_key(request))
+        await json_object(request)  # nothing to say, but a body that says something is wrong
+        event = probe.new_event(inst, box.clock())
+        await box.db.awrite(store_probes.insert(event))
+        box.wake_worker()
+        attempt = await probe.await_first_attempt(
+            box.db, event.id, probe.wait_seconds(box.settings)
+        )
+        return item_json(probe.result_json(event.id, attempt), 200 if attempt else 202)
+
+
 # -- deliveries and dead letters ------------------------------------------------------------
 
 
@@ -317,6 +340,7 @@ def routes() -> list[BaseRoute]:
                 Route("/instances/{plugin}/{instance}/rejections/{id}", RejectionItem),
                 Route("/instances/{plugin}/{instance}/rejections/{id}/admit", Admit),
                 Route("/unmatched", Unmatched),
+                Route("/instances/{plugin}/{instance}/test", SendTestEvent),
                 Route("/deliveries", Deliveries),
                 Route("/deliveries/{id}", DeliveryItem),
                 Route("/dlq", DeadLetters),

@@ -21,13 +21,14 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from .. import instance_rules, quarantine
-from ..errors import InvalidInput, NotFound, StillRejected, StorageUnavailable
+from .. import instance_health, instance_rules, probe, quarantine
+from ..errors import InvalidInput, NoTarget, NotFound, StillRejected, StorageUnavailable
 from ..store import activity
 from ..store import bridges as store_bridges
 from ..store import dead_letters as store_dead_letters
 from ..store import deliveries as store_deliveries
 from ..store import instances as store_instances
+from ..store import probes as store_probes
 from ..store import rejections as store_rejections
 from . import sparklines, templating
 from .box import Box, box_of
@@ -94,6 +95,21 @@ def _redirect(path: str, **query: str | None) -> Response:
     return RedirectResponse(path + ("?" + urlencode(args) if args else ""), status_code=303)
 
 
+def instance_path(plugin_id: str, instance_id: str) -> str:
+    return f"{PREFIX}/instances/{quote(plugin_id, safe='')}/{quote(instance_id, safe='')}"
+
+
+async def _instance_of(visit: Visit) -> store_instances.Instance:
+    plugin_id, instance_id = (
+        visit.request.path_params["plugin"],
+        visit.request.path_params["instance"],
+    )
+    inst = await store_instances.aget(visit.box.db, plugin_id, instance_id)
+    if inst is None:
+        raise NotFound(f"no instance {plugin_id}/{instance_id}")
+    return inst
+
+
 async def _redirect_to_overview(request: Request) -> Response:
     return RedirectResponse(PREFIX + "/", status_code=307)
 
@@ -108,6 +124,7 @@ class Dashboard:
                     "states": store_deliveries.STATES,
                     "width": sparklines.WIDTH,
                     "height": sparklines.HEIGHT,
+                    "instance_path": instance_path,
                 }
             )
         )
@@ -252,8 +269,21 @@ class Dashboard:
         }
 
     async def overview(self, visit: Visit) -> Response:
-        data = await self._overview_data(visit.box)
-        return self.render(visit.request, "overview.html", visit.login, **data)
+        box = visit.box
+        data = await self._overview_data(box)
+        page = await store_instances.alist_page(box.db, None, None, PAGE_SIZE)
+        healths = await instance_health.aof(box.db, page.items, data["now"])
+        # The failing ones first: they are what a glance at the overview is for.
+        order = {state: i for i, state in enumerate(("failing", "ok", "idle", "disabled"))}
+        listed = sorted(healths.items(), key=lambda kv: (order[kv[1].state], kv[0]))
+        return self.render(
+            visit.request,
+            "overview.html",
+            visit.login,
+            healths=listed,
+            more_instances=page.next_cursor is not None,
+            **data,
+        )
 
     async def overview_json(self, visit: Visit) -> Response:
         return JSONResponse(
@@ -268,8 +298,14 @@ class Dashboard:
             box.db, visit.query("plugin"), visit.query("cursor"), PAGE_SIZE
         )
         base = base_url(visit.request, box)
+        healths = await instance_health.aof(box.db, page.items, box.clock())
         rows = [
-            (inst, instance_rules.ingress_urls(box.registry, inst, base)) for inst in page.items
+            (
+                inst,
+                instance_rules.ingress_urls(box.registry, inst, base),
+                healths[inst.plugin_id, inst.instance_id],
+            )
+            for inst in page.items
         ]
         return self.render(
             visit.request,
@@ -285,6 +321,41 @@ class Dashboard:
         counts = await store_bridges.amapping_counts(db)
         rows = [(b, counts.get(b.id, 0)) for b in bridges]
         return self.render(visit.request, "bridges.html", visit.login, rows=rows)
+
+    async def instance(self, visit: Visit) -> Response:
+        box = visit.box
+        inst = await _instance_of(visit)
+        (found,) = (await instance_health.aof(box.db, [inst], box.clock())).values()
+        urls = instance_rules.ingress_urls(box.registry, inst, base_url(visit.request, box))
+        return self.render(
+            visit.request, "instance.html", visit.login, inst=inst, health=found, urls=urls
+        )
+
+    async def send_test(self, visit: Visit) -> Response:
+        """The "Send test event" button: send, wait for the first attempt, say how it went."""
+        box = visit.box
+        inst = await _instance_of(visit)
+        page = instance_path(inst.plugin_id, inst.instance_id)
+        try:
+            event = probe.new_event(inst, box.clock())
+        except NoTarget as exc:
+            visit.login.flash = str(exc)
+            return _redirect(page)
+        await box.db.awrite(store_probes.insert(event))
+        box.wake_worker()
+        attempt = await probe.await_first_attempt(
+            box.db, event.id, probe.wait_seconds(box.settings)
+        )
+        if attempt is None:
+            visit.login.flash = f"Test event {event.id} sent; its first attempt has not ended yet."
+        else:
+            status = f" (HTTP {attempt.status_code})" if attempt.status_code else ""
+            error = f": {attempt.error}" if attempt.error else ""
+            visit.login.flash = (
+                f"Test event {event.id}: {attempt.outcome}{status} "
+                f"in {attempt.duration_ms:.0f} ms{error}"
+            )
+        return _redirect(page)
 
     async def deliveries(self, visit: Visit) -> Response:
         db = visit.box.db
@@ -454,6 +525,8 @@ def routes() -> list[BaseRoute]:
         Route("/api/overview", ui.guard(ui.overview_json)),
         Route("/instances", ui.guard(ui.instances)),
         Route("/bridges", ui.guard(ui.bridges)),
+        Route("/instances/{plugin}/{instance}", ui.guard(ui.instance)),
+        Route("/instances/{plugin}/{instance}/test", ui.guard(ui.send_test), methods=["POST"]),
         Route("/deliveries", ui.guard(ui.deliveries)),
         Route("/deliveries/{id}", ui.guard(ui.delivery)),
         Route("/lanes", ui.guard(ui.lanes)),

@@ -23,6 +23,7 @@ from ..errors import (
     InvalidInput,
     InvalidJson,
     MappingConflict,
+    NoTarget,
     NotFound,
     StillRejected,
     StorageUnavailable,
@@ -46,6 +47,7 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     AlreadyExists: (409, "already_exists"),
     MappingConflict: (409, "mapping_conflict"),
     StillRejected: (409, "still_rejected"),
+    NoTarget: (409, "no_target"),
     StorageUnavailable: (503, "storage_unavailable"),
 }
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}  # the router's own answers
