@@ -54,6 +54,7 @@ class Attempts:
         started, t0 = self.clock(), time.perf_counter()
         error: BaseException | None = None
         instance = None
+        ctx: HandlerContext | None = None
         try:
             instance = self.instances.get(event.plugin, event.instance)
             if instance is None:
@@ -77,6 +78,7 @@ class Attempts:
             error = exc
         duration = time.perf_counter() - t0
         decision = decide(self.policy, event.attempt, error, self.rng)
+        answer = ctx.answer if ctx is not None else None
         outcome = store_outbox.Outcome(
             seq=row.seq,
             owner=owner,
@@ -84,8 +86,9 @@ class Attempts:
             outcome=decision.outcome,
             started_at=started,
             duration_ms=duration * 1000,
-            status_code=decision.status_code,
+            status_code=answer.status if answer is not None else decision.status_code,
             error=decision.error,
+            response=answer.excerpt if answer is not None else None,
             next_attempt_at=self.clock() + decision.delay,
             dead_letter_id="dlq_" + uuid.uuid4().hex[:24],
             strict=instance is not None and instance.lane_policy == "strict",

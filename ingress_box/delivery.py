@@ -22,6 +22,15 @@ if TYPE_CHECKING:  # only a type here: mapping_rules builds on the store, not th
     from .mapping_rules import MappingAccess
 
 ERROR_EXCERPT_CHARS = 200  # how much of an error's text an attempt records
+RESPONSE_EXCERPT_BYTES = 1024  # how much of a target's answer an attempt records
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the target answered to an attempt: its status and the start of its body, as text."""
+
+    status: int
+    excerpt: str
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,15 @@ class HandlerContext:
     # forward's lean client (kept-alive connections shared by the worker's threads); the
     # httpx client above is for other handlers. None: forward opens a connection per request.
     outbound: Pool | None = None
+    # What the target answered, once a handler reports it (:meth:`answered`); the attempt
+    # records it, whether the answer counts as delivered or not.
+    answer: Answer | None = None
+
+    def answered(self, status: int, body: bytes) -> None:
+        """Report the target's answer; only its first :data:`RESPONSE_EXCERPT_BYTES` are kept."""
+        # Cut as bytes first: decoding 64 KiB to keep 1 KiB would be waste on the hot path.
+        excerpt = body[:RESPONSE_EXCERPT_BYTES].decode("utf-8", errors="replace")
+        self.answer = Answer(status, excerpt)
 
 
 class Handler(Protocol):

@@ -12,6 +12,9 @@ IngressBoxError
 │   ├── InvalidJson        the body is not JSON at all
 │   └── BodyTooLarge       the body is larger than its endpoint accepts
 ├── MappingConflict        the conversation is already bound to another chat
+├── NotReplayable          a delivery cannot be replayed as it stands
+│   ├── AlreadyPending     it is still waiting in the outbox
+│   └── PayloadPruned      its body was dropped after delivery (payload retention)
 ├── ClientDisconnected     the caller went away before its request was read
 └── DeliveryError          raised by a handler to say how an attempt ended
     ├── RetryLater         transient: try again (after ``delay`` seconds when given)
@@ -90,6 +93,18 @@ class MappingConflict(IngressBoxError):
         self.session = session
         self.chat = chat
         self.mapping_id = mapping_id
+
+
+class NotReplayable(IngressBoxError):
+    pass
+
+
+class AlreadyPending(NotReplayable):
+    pass
+
+
+class PayloadPruned(NotReplayable):
+    pass
 
 
 class ClientDisconnected(IngressBoxError):

@@ -118,6 +118,23 @@ class FiniteFloat(click.FloatRange):
 db_option = settings_options("db_path")
 plugins_dir_option = settings_options("plugins_dir")
 json_option = click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+yes_option = click.option(
+    "--yes",
+    "-y",
+    "yes",
+    is_flag=True,
+    help="do not ask for confirmation (never asked when stdin is not a terminal)",
+)
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask before a destructive step, only of someone at a terminal: a script (stdin not a
+    terminal) is never held up by a prompt, and --yes skips it. "no" aborts (exit 1)."""
+    if yes or not sys.stdin.isatty():
+        return
+    click.confirm(question, abort=True, err=True)
+
+
 limit_option = click.option(
     "--limit",
     type=click.IntRange(1, 1000),

@@ -52,7 +52,7 @@ VALUES {rows} RETURNING seq, id
 """
 _INSERT_OUTBOX = f"""
 INSERT INTO outbox (delivery_seq, lane, available_at)
-SELECT seq, {LANE_SQL}, received_at FROM deliveries WHERE seq IN ({{seqs}})
+SELECT seq, {LANE_SQL}, received_at FROM deliveries WHERE seq IN ({{seqs}}) ORDER BY seq
 """
 _CHUNK = 500  # rows per statement: 12 parameters each, far below SQLite's variable limit
 
@@ -207,6 +207,7 @@ class Attempt:
     outcome: str  # delivered | retry | dead
     status_code: int | None
     error: str | None
+    response: str | None  # the start of the target's answer
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -216,6 +217,7 @@ class Attempt:
             "outcome": self.outcome,
             "status_code": self.status_code,
             "error": self.error,
+            "response": self.response,
         }
 
 
@@ -280,7 +282,7 @@ async def alist_page(
 
 
 _ATTEMPTS = (
-    "SELECT attempt, started_at, duration_ms, outcome, status_code, error "
+    "SELECT attempt, started_at, duration_ms, outcome, status_code, error, response "
     "FROM attempts WHERE delivery_seq = ? ORDER BY id"
 )
 

@@ -19,11 +19,13 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import (
     AlreadyExists,
+    AlreadyPending,
     BodyTooLarge,
     InvalidInput,
     InvalidJson,
     MappingConflict,
     NotFound,
+    PayloadPruned,
     StorageUnavailable,
     error_document,
 )
@@ -44,6 +46,8 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     NotFound: (404, "not_found"),
     AlreadyExists: (409, "already_exists"),
     MappingConflict: (409, "mapping_conflict"),
+    AlreadyPending: (409, "already_pending"),
+    PayloadPruned: (409, "body_pruned"),
     StorageUnavailable: (503, "storage_unavailable"),
 }
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}  # the router's own answers
