@@ -156,11 +156,18 @@ def forward(event: Event, ctx: HandlerContext) -> None:
 
 
 def as_curl(
-    event: Event, target: Target, extra_headers: Mapping[str, str], timestamp: int, pruned: bool
+    event: Event,
+    target: Target,
+    extra_headers: Mapping[str, str],
+    timestamp: int,
+    *,
+    pruned: bool,
+    inline_limit: int,
 ) -> str:
     """``forward``'s request for ``event`` at ``timestamp`` as a curl command line, the body on
-    curl's stdin. The target URL's password and configured header values are masked: they are
-    credentials, shown nowhere else either."""
+    curl's stdin (written into the command up to ``inline_limit`` bytes). The target URL's
+    password and configured header values are masked: they are credentials, shown nowhere else
+    either."""
     headers = request_headers(event, target, extra_headers, timestamp)
     for name, value in _configured_headers(target.config).items():
         if headers.get(name) == value:  # not overridden by a protocol header
@@ -177,6 +184,13 @@ def as_curl(
         lines.append(
             "# The body was pruned after delivery (payload retention): the signature covers an "
             "empty body, and curl reads the body from stdin."
+        )
+        lines.append(command)
+    elif len(event.body) > inline_limit:
+        lines.append(
+            f"# The body ({len(event.body)} bytes) is too long to write here: pipe it in, from "
+            f"GET /admin/deliveries/{event.id} with jq -j .body (a binary one: "
+            "jq -r .body_base64 | base64 -d)."
         )
         lines.append(command)
     elif _shell_safe(event.body):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import NotFound
+from ..event import Event
 from .db import Database
 from .outbox import LANE_SQL
 from .pages import Page, decode_cursor, page_of
@@ -226,9 +227,30 @@ class DeliveryDetail:
     """One delivery with its stored headers, its body (None once pruned) and its attempts."""
 
     delivery: Delivery
+    method: str
+    subpath: str
     headers: dict[str, str]
     body: bytes | None
     attempts: list[Attempt]
+
+    def event(self, attempt: int) -> Event:
+        """The record its handler gets for attempt number ``attempt`` of the retry budget."""
+        d = self.delivery
+        return Event(
+            id=d.id,
+            plugin=d.plugin_id,
+            instance=d.instance_id,
+            route=d.route,
+            provider_delivery_id=d.provider_delivery_id,
+            conversation=d.conversation,
+            method=self.method,
+            subpath=self.subpath,
+            content_type=d.content_type,
+            headers=self.headers,
+            body=self.body or b"",
+            attempt=attempt,
+            received_at=d.received_at,
+        )
 
     def to_json(self) -> dict[str, Any]:
         data = self.delivery.to_json()
@@ -304,12 +326,14 @@ async def aget(db: Database, delivery_id: str) -> DeliveryDetail:
     delivery = _delivery(rows[0])
     attempts = await db.aread(_ATTEMPTS, (delivery.seq,))
     body_row = await db.aread_one(
-        "SELECT headers, body FROM deliveries WHERE seq = ?", (delivery.seq,)
+        "SELECT method, subpath, headers, body FROM deliveries WHERE seq = ?", (delivery.seq,)
     )
     assert body_row is not None
     body = body_row["body"]
     return DeliveryDetail(
         delivery=delivery,
+        method=body_row["method"],
+        subpath=body_row["subpath"],
         headers=json.loads(body_row["headers"]),
         body=None if body is None else bytes(body),
         attempts=[Attempt(**dict(a)) for a in attempts],
