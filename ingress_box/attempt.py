@@ -82,7 +82,6 @@ class Attempts:
         outcome = store_outbox.Outcome(
             seq=row.seq,
             owner=owner,
-            attempt=event.attempt,
             outcome=decision.outcome,
             started_at=started,
             duration_ms=duration * 1000,

@@ -159,7 +159,6 @@ class Outcome:
 
     seq: int
     owner: str
-    attempt: int
     outcome: str  # delivered | retry | dead
     started_at: float
     duration_ms: float
