@@ -2,9 +2,10 @@
 
 A handler gets an :class:`Event` and a :class:`HandlerContext`; it returns to say "delivered",
 raises :class:`~ingress_box.errors.RetryLater` for a transient failure or
-:class:`~ingress_box.errors.PermanentFailure` to dead-letter now. The built-in handler is
-:func:`ingress_box.forward.forward`; :mod:`ingress_box.handlers` finds a handler by name and
-:mod:`ingress_box.retry` decides what happens next.
+:class:`~ingress_box.errors.PermanentFailure` to dead-letter now. A handler that calls a target
+reports its answer with :meth:`HandlerContext.answered`, so the attempt log shows it. The
+built-in handler is :func:`ingress_box.forward.forward`; :mod:`ingress_box.handlers` finds a
+handler by name and :mod:`ingress_box.retry` decides what happens next.
 """
 
 from __future__ import annotations
