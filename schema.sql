@@ -72,16 +72,18 @@ CREATE INDEX IF NOT EXISTS deliveries_instance ON deliveries (plugin_id, instanc
 
 -- Work still to do. A row exists while its delivery is pending (or, in a strict lane, parked
 -- dead at the head). `lane` is NULL for events with no conversation; rows of one lane are
--- delivered in `delivery_seq` order.
+-- delivered in `seq` order, the order they were queued in: acceptance order, with a replayed or
+-- redriven delivery at the back of its lane (a parked head is un-parked in place).
 CREATE TABLE IF NOT EXISTS outbox (
-    delivery_seq  INTEGER PRIMARY KEY REFERENCES deliveries (seq),
+    seq           INTEGER PRIMARY KEY,
+    delivery_seq  INTEGER NOT NULL UNIQUE REFERENCES deliveries (seq),
     lane          TEXT,
     available_at  REAL NOT NULL,      -- not before (backoff)
     lease_until   REAL,               -- NULL: not leased; an expired lease is claimable again
     lease_owner   TEXT,
     parked        INTEGER NOT NULL DEFAULT 0   -- 1: dead head of a strict lane, waits for redrive
 );
-CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (lane, delivery_seq);
+CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (lane, seq);
 CREATE INDEX IF NOT EXISTS outbox_available ON outbox (available_at);
 
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -98,7 +100,9 @@ CREATE INDEX IF NOT EXISTS dead_letters_open
     ON dead_letters (plugin_id, instance_id, created_at) WHERE redriven_at IS NULL;
 CREATE INDEX IF NOT EXISTS dead_letters_delivery ON dead_letters (delivery_seq);
 
--- Each delivery attempt and its answer, for the operator.
+-- Each delivery attempt and its answer, for the operator. `attempt` is the attempt's running
+-- number for its delivery (1, 2, 3, 4 across a redrive or a replay); `response` is the start of
+-- the target's answer (at most 1 KiB, as text), NULL when the handler reported none.
 CREATE TABLE IF NOT EXISTS attempts (
     id            INTEGER PRIMARY KEY,
     delivery_seq  INTEGER NOT NULL REFERENCES deliveries (seq),
@@ -107,7 +111,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     duration_ms   REAL NOT NULL,
     outcome       TEXT NOT NULL CHECK (outcome IN ('delivered', 'retry', 'dead')),
     status_code   INTEGER,
-    error         TEXT
+    error         TEXT,
+    response      TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_seq, attempt);
 

@@ -80,15 +80,16 @@ class Attempts:
             error = exc
         duration = time.perf_counter() - t0
         decision = decide(self.policy, event.attempt, error, self.rng)
+        answer = ctx.answer if ctx is not None else None
         outcome = store_outbox.Outcome(
             seq=row.seq,
             owner=owner,
-            attempt=event.attempt,
             outcome=decision.outcome,
             started_at=started,
             duration_ms=duration * 1000,
-            status_code=decision.status_code,
+            status_code=answer.status if answer is not None else decision.status_code,
             error=decision.error if error is not None or ctx is None else ctx.note,
+            response=answer.excerpt if answer is not None else None,
             next_attempt_at=self.clock() + decision.delay,
             dead_letter_id="dlq_" + uuid.uuid4().hex[:24],
             strict=instance is not None and instance.lane_policy == "strict",

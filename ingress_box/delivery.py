@@ -2,9 +2,10 @@
 
 A handler gets an :class:`Event` and a :class:`HandlerContext`; it returns to say "delivered",
 raises :class:`~ingress_box.errors.RetryLater` for a transient failure or
-:class:`~ingress_box.errors.PermanentFailure` to dead-letter now. The built-in handler is
-:func:`ingress_box.forward.forward`; :mod:`ingress_box.handlers` finds a handler by name and
-:mod:`ingress_box.retry` decides what happens next.
+:class:`~ingress_box.errors.PermanentFailure` to dead-letter now. A handler that calls a target
+reports its answer with :meth:`HandlerContext.answered`, so the attempt log shows it. The
+built-in handler is :func:`ingress_box.forward.forward`; :mod:`ingress_box.handlers` finds a
+handler by name and :mod:`ingress_box.retry` decides what happens next.
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ if TYPE_CHECKING:  # only a type here: mapping_rules builds on the store, not th
     from .store import Database
 
 ERROR_EXCERPT_CHARS = 200  # how much of an error's text an attempt records
+RESPONSE_EXCERPT_BYTES = 1024  # how much of a target's answer an attempt records
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the target answered to an attempt: its status and the start of its body, as text."""
+
+    status: int
+    excerpt: str
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,15 @@ class HandlerContext:
     # Set by a handler that returns without doing anything (a skipped event): recorded as the
     # attempt's error text, next to its "delivered" outcome, so an operator can see why.
     note: str | None = None
+    # What the target answered, once a handler reports it (:meth:`answered`); the attempt
+    # records it, whether the answer counts as delivered or not.
+    answer: Answer | None = None
+
+    def answered(self, status: int, body: bytes) -> None:
+        """Report the target's answer; only its first :data:`RESPONSE_EXCERPT_BYTES` are kept."""
+        # Cut as bytes first: decoding 64 KiB to keep 1 KiB would be waste on the hot path.
+        excerpt = body[:RESPONSE_EXCERPT_BYTES].decode("utf-8", errors="replace")
+        self.answer = Answer(status, excerpt)
 
 
 class Handler(Protocol):

@@ -14,6 +14,9 @@ IngressBoxError
 ├── MappingConflict        the conversation is already bound to another chat
 ├── StillRejected          a kept request does not verify with the instance's secrets now
 ├── NoTarget               the instance has nowhere to deliver (a test event cannot be sent)
+├── NotReplayable          a delivery cannot be replayed as it stands
+│   ├── AlreadyPending     it is still waiting in the outbox
+│   └── PayloadPruned      its body was dropped after delivery (payload retention)
 ├── ClientDisconnected     the caller went away before its request was read
 └── DeliveryError          raised by a handler to say how an attempt ended
     ├── RetryLater         transient: try again (after ``delay`` seconds when given)
@@ -103,6 +106,18 @@ class StillRejected(IngressBoxError):
 
 
 class NoTarget(IngressBoxError):
+    pass
+
+
+class NotReplayable(IngressBoxError):
+    pass
+
+
+class AlreadyPending(NotReplayable):
+    pass
+
+
+class PayloadPruned(NotReplayable):
     pass
 
 

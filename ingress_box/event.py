@@ -24,5 +24,5 @@ class Event:
     content_type: str | None
     headers: Mapping[str, str]
     body: bytes
-    attempt: int  # 1 for the first attempt; a redrive starts again at 1
+    attempt: int  # of the retry budget: 1 for the first attempt; a redrive or replay starts again
     received_at: float

@@ -10,19 +10,22 @@ delivery.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import importlib.metadata
 import re
+import shlex
 from collections.abc import Mapping
 from datetime import UTC
 from functools import cache
 from typing import Any
 
 from . import outbound
-from .delivery import ERROR_EXCERPT_CHARS, Event, HandlerContext
+from .delivery import ERROR_EXCERPT_CHARS, Event, HandlerContext, Target
 from .errors import PermanentFailure, RetryLater
 from .probe import TEST_HEADER, TEST_ROUTE
 from .signing import sign
+from .store.instances import mask, mask_url
 
 MAX_RESPONSE_BYTES = 64 * 1024  # never read more of a target's answer than this
 RETRYABLE_STATUSES = frozenset({408, 429})  # plus every 5xx
@@ -87,22 +90,21 @@ def _retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def forward(event: Event, ctx: HandlerContext) -> None:
-    """POST the raw inbound bytes to the instance's target_url, signed per Standard Webhooks."""
-    url = ctx.target.url
-    if not url:
-        raise PermanentFailure("no target_url configured")
-    timestamp = int(ctx.now())
+def request_headers(
+    event: Event, target: Target, extra_headers: Mapping[str, str], timestamp: int
+) -> dict[str, str]:
+    """The headers forward sends for ``event`` at ``timestamp``, signed with the target's
+    outbound secret: the one list behind both the request and the dashboard's curl."""
     try:
-        signature = sign(event.id, timestamp, event.body, ctx.target.outbound_secret)
+        signature = sign(event.id, timestamp, event.body, target.outbound_secret)
     except ValueError as exc:
         raise PermanentFailure(str(exc)) from exc
     # Later entries win: config and enrichment headers can never override the signed protocol.
     headers: dict[str, str] = {
         "user-agent": _user_agent(),
         "accept-encoding": "identity",
-        **_configured_headers(ctx.target.config),
-        **{k.lower(): _header_value(v) for k, v in ctx.extra_headers.items()},
+        **_configured_headers(target.config),
+        **{k.lower(): _header_value(v) for k, v in extra_headers.items()},
         "content-type": event.content_type or "application/octet-stream",
         "webhook-id": event.id,
         "webhook-timestamp": str(timestamp),
@@ -119,6 +121,15 @@ def forward(event: Event, ctx: HandlerContext) -> None:
     headers.pop(TEST_HEADER, None)
     if event.route == TEST_ROUTE:
         headers[TEST_HEADER] = "1"
+    return headers
+
+
+def forward(event: Event, ctx: HandlerContext) -> None:
+    """POST the raw inbound bytes to the instance's target_url, signed per Standard Webhooks."""
+    url = ctx.target.url
+    if not url:
+        raise PermanentFailure("no target_url configured")
+    headers = request_headers(event, ctx.target, ctx.extra_headers, int(ctx.now()))
     # Ids are text (UTF-8 on the wire); the content type is the provider's own bytes.
     wire = [
         (k.encode("ascii"), _wire_bytes(v) if k == "content-type" else v.encode("utf-8"))
@@ -135,6 +146,7 @@ def forward(event: Event, ctx: HandlerContext) -> None:
     except outbound.ConnectionFailed as exc:
         raise RetryLater(f"connection error: {exc}") from exc
     status = answer.status
+    ctx.answered(status, answer.body)
     if 200 <= status < 300:
         return
     excerpt = answer.body.decode("utf-8", errors="replace").strip()[:ERROR_EXCERPT_CHARS]
@@ -143,3 +155,59 @@ def forward(event: Event, ctx: HandlerContext) -> None:
         delay = _retry_after(answer.headers.get("retry-after"), ctx.now())
         raise RetryLater(error, delay, status_code=status)
     raise PermanentFailure(error, status_code=status)
+
+
+# -- the same request as a shell command ---------------------------------------------------------
+
+
+def as_curl(
+    event: Event,
+    target: Target,
+    extra_headers: Mapping[str, str],
+    timestamp: int,
+    *,
+    pruned: bool,
+    inline_limit: int,
+) -> str:
+    """``forward``'s request for ``event`` at ``timestamp`` as a curl command line, the body on
+    curl's stdin (written into the command up to ``inline_limit`` bytes). The target URL's
+    password and configured header values are masked: they are credentials, shown nowhere else
+    either."""
+    headers = request_headers(event, target, extra_headers, timestamp)
+    for name, value in _configured_headers(target.config).items():
+        if headers.get(name) == value:  # not overridden by a protocol header
+            headers[name] = mask(value) or ""
+    lines = [
+        f"# Signed for webhook-timestamp {timestamp}: targets refuse the signature once it is "
+        "older than their tolerance (5 minutes in the Standard Webhooks libraries).",
+    ]
+    curl = [f"curl --silent --show-error {shlex.quote(mask_url(target.url) or '')}"]
+    curl += [f"-H {shlex.quote(f'{name}: {value}')}" for name, value in headers.items()]
+    curl.append("--data-binary @-")
+    command = " \\\n  ".join(curl)
+    if pruned:
+        lines.append(
+            "# The body was pruned after delivery (payload retention): the signature covers an "
+            "empty body, and curl reads the body from stdin."
+        )
+        lines.append(command)
+    elif len(event.body) > inline_limit:
+        lines.append(
+            f"# The body ({len(event.body)} bytes) is too long to write here: pipe it in, from "
+            f"GET /admin/deliveries/{event.id} with jq -j .body (a binary one: "
+            "jq -r .body_base64 | base64 -d)."
+        )
+        lines.append(command)
+    elif _shell_safe(event.body):
+        lines.append(f"printf '%s' {shlex.quote(event.body.decode())} | {command}")
+    else:  # binary, or a NUL that no command-line argument can carry
+        encoded = base64.b64encode(event.body).decode("ascii")
+        lines.append(f"printf '%s' {encoded} | base64 -d | {command}")
+    return "\n".join(lines) + "\n"
+
+
+def _shell_safe(body: bytes) -> bool:
+    try:
+        return "\0" not in body.decode()
+    except UnicodeDecodeError:
+        return False

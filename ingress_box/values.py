@@ -7,6 +7,8 @@ written back as UTF-8 JSON without surprises.
 from __future__ import annotations
 
 import json
+import math
+from datetime import UTC, datetime
 from typing import Any
 
 from .errors import InvalidInput
@@ -57,3 +59,26 @@ def check_document(name: str, value: object, max_depth: int, max_bytes: int) -> 
     if size > max_bytes:
         raise InvalidInput(f"{name} must be at most {max_bytes} bytes of JSON")
     return value
+
+
+def check_time(name: str, value: object) -> float:
+    """A point in time as unix seconds: a number (or its text) of unix seconds, or ISO 8601
+    text (``2026-12-01T18:00:00Z``; without an offset it is UTC)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                when = datetime.fromisoformat(value.strip())
+            except ValueError:
+                raise InvalidInput(
+                    f"{name} must be unix seconds or an ISO 8601 time, not {value[:40]!r}"
+                ) from None
+            seconds = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    else:
+        raise InvalidInput(f"{name} must be unix seconds or an ISO 8601 time")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidInput(f"{name} must be a time after 1970")
+    return seconds

@@ -182,7 +182,6 @@ def make_dead_letters(make_deliveries: MakeDeliveries) -> MakeDeadLetters:
                     Outcome(
                         seq=row.seq,
                         owner="tests",
-                        attempt=row.event.attempt,
                         outcome=fate,
                         started_at=now,
                         duration_ms=1.0,

@@ -214,7 +214,14 @@ def attempt(db: Database, outcome: str, now: float) -> None:
     """One attempt at the one pending delivery, recorded as the worker records it."""
     (row,) = db.write(claim("tests", now, 60, 1))
     o = Outcome(
-        row.seq, "tests", row.event.attempt, outcome, now, 1.0, None, "boom", now, f"dlq_{now}"
+        seq=row.seq,
+        owner="tests",
+        outcome=outcome,
+        started_at=now,
+        duration_ms=1.0,
+        error="boom",
+        next_attempt_at=now,
+        dead_letter_id=f"dlq_{now}",
     )
     assert db.write(record_outcome(o, now))
 

@@ -58,7 +58,6 @@ def park_a_strict_head(box: Box, received_at: float) -> None:
             Outcome(
                 seq=row.seq,
                 owner="tests",
-                attempt=row.event.attempt,
                 outcome="dead",
                 started_at=now,
                 duration_ms=1.0,

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import ADMIN_TOKEN
-from fake_target import FakeTarget, Reply
+from fake_target import FakeTarget, Received, Reply
 from live import SECRET, LiveBox, add_instance, running_box
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from signers import sign_generic
@@ -151,3 +151,42 @@ def test_overview_updates_itself_without_a_reload(
     expect(page.locator('[data-stat="delivered_hour"]')).to_have_text("1", timeout=WAIT_MS)
     page.set_viewport_size({"width": 390, "height": 844})  # a phone
     page.screenshot(path=tmp_path / "overview-phone.png", full_page=True)
+
+
+def test_a_delivery_page_on_a_phone_shows_each_attempt_and_replays(
+    page: Page, live: LiveBox, target: FakeTarget, tmp_path: Path
+) -> None:
+    """On a phone, a delivery's attempts show their error and answer within the screen; its
+    Copy button copies the curl command; its Replay button sends it to the target again."""
+    target.reply(Reply(503, body=b"busy, come back"), then=Reply(200, body=b'{"ok": true}'))
+    send(live, "evt-phone")
+    target.wait_for(2)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.get_by_role("link", name="Deliveries").click()
+    reload_until(page, row("evt-phone", "delivered"))
+    page.locator('tr[data-provider-id="evt-phone"] a').first.click()
+    first = page.locator('tr[data-attempt="1"]')
+    for label, text in (("error", "HTTP 503: busy, come back"), ("answer", "busy, come back")):
+        cell = first.locator(f'td[data-label="{label}"]')
+        expect(cell).to_have_text(text)
+        box = cell.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, label
+    answer = page.locator('tr[data-attempt="2"] td[data-label="answer"]')
+    expect(answer).to_have_text('{"ok": true}')
+    page.screenshot(path=tmp_path / "delivery-phone.png", full_page=True)
+
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.get_by_role("button", name="Copy").click()
+    expect(page.get_by_role("button", name="Copied")).to_be_visible()
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied == page.locator("#curl").text_content()
+    assert "webhook-signature: v1," in copied
+
+    page.get_by_role("button", name="Replay").click()
+    expect(page.get_by_role("status")).to_contain_text("Replaying")
+
+    def replayed() -> list[Received]:
+        return [r for r in target.received if r.headers["ingress-box-delivery-id"] == "evt-phone"]
+
+    third = eventually(lambda: replayed()[2:], WAIT_MS / 1000, "the replay at the target")[0]
+    assert third.headers["webhook-id"] == replayed()[0].headers["webhook-id"]

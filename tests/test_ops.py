@@ -100,7 +100,6 @@ def attempt(
             Outcome(
                 seq=seq,
                 owner="ops-tests",
-                attempt=rows[0].event.attempt,
                 outcome=outcome,
                 started_at=at,
                 duration_ms=12.0,

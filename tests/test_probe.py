@@ -53,6 +53,7 @@ def test_a_test_event_is_delivered_marked_and_signed(live: LiveBox, target: Fake
     assert answer.status_code == 200, answer.text
     result = answer.json()
     assert result["outcome"] == "delivered" and result["error"] is None
+    assert result["status_code"] == 200  # what the target answered, as for any attempt
     assert result["delivery"].startswith("msg_") and result["duration_ms"] >= 0
     (got,) = target.received
     assert got.headers["ingress-box-test"] == "1"

@@ -60,7 +60,6 @@ def add(db: Database, provider_id: str, outcome: str | None, at: float = T0) -> 
             outbox.Outcome(
                 seq=row.seq,
                 owner="w",
-                attempt=row.event.attempt,
                 outcome=outcome,
                 started_at=at,
                 duration_ms=1,

@@ -78,7 +78,6 @@ def settle(
             outbox.Outcome(
                 seq=row.seq,
                 owner=owner,
-                attempt=row.event.attempt,
                 outcome=outcome,
                 started_at=now,
                 duration_ms=1.0,

@@ -1,8 +1,10 @@
-"""``ingress-box deliveries`` and ``ingress-box dlq``: accepted deliveries and dead letters.
+"""``ingress-box deliveries``, ``ingress-box replay`` and ``ingress-box dlq``: accepted
+deliveries, sending them again, and dead letters.
 
-``deliveries`` only reads. ``dlq redrive`` sends dead letters back to the outbox in bounded
-batches, with a progress bar on stderr. ``redrive`` and ``discard`` (which lets a strict lane
-move on) then wake the workers on the file, so a running ``serve`` delivers at once.
+``deliveries`` reads, and ``deliveries replay`` sends one delivery again. ``replay`` sends a
+time range again and ``dlq redrive`` sends dead letters back, both in bounded batches with a
+progress bar on stderr. Each of these and ``discard`` (which lets a strict lane move on) then
+wakes the workers on the file, so a running ``serve`` delivers at once.
 """
 
 from __future__ import annotations
@@ -14,10 +16,15 @@ from pathlib import Path
 import click
 
 from ..config import load_settings
+from ..errors import InvalidInput
+from ..store import Database
 from ..store import dead_letters as store_dead_letters
 from ..store import deliveries as store_deliveries
+from ..store import replay as store_replay
+from ..values import check_time
 from ..worker import wake_workers
 from .common import (
+    BadInput,
     Progress,
     cell,
     confirm,
@@ -113,7 +120,8 @@ def deliveries_show(delivery_id: str, db_path: Path | None, as_json: bool) -> No
     for attempt in data["attempt_log"]:
         click.echo(
             f"attempt {attempt['attempt']}: {attempt['outcome']} "
-            f"status={cell(attempt['status_code'])} error={cell(attempt['error'])}"
+            f"status={cell(attempt['status_code'])} error={cell(attempt['error'])} "
+            f"response={cell(attempt['response'])}"
         )
     click.echo("headers: " + json.dumps(data["headers"]))
     if "body" in data:
@@ -122,6 +130,89 @@ def deliveries_show(delivery_id: str, db_path: Path | None, as_json: bool) -> No
         click.echo("body (base64): " + data["body_base64"])
     else:
         click.echo("body: (pruned after delivery)")
+
+
+@deliveries_group.command("replay")
+@click.argument("delivery_id")
+@db_option
+@json_option
+def deliveries_replay(delivery_id: str, db_path: Path | None, as_json: bool) -> None:
+    """Send a delivered or dead delivery again, with the same webhook-id."""
+    settings = load_settings(db_path=db_path)
+    with database(settings) as db:
+        db.write(store_replay.replay(delivery_id, now()))
+    wake_workers(settings)
+    if as_json:
+        print_json({"id": delivery_id, "state": "pending"})
+    else:
+        click.echo(f"replaying {delivery_id}")
+
+
+def _time(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    try:
+        return None if value is None else check_time(f"--{param.name}", value)
+    except InvalidInput as exc:
+        raise BadInput(str(exc)) from exc
+
+
+@click.command("replay")
+@click.option(
+    "--since", required=True, callback=_time, help="received at or after: unix seconds or ISO 8601"
+)
+@click.option("--until", callback=_time, help="received before: unix seconds or ISO 8601")
+@click.option("--plugin", help="only this plugin")
+@click.option("--instance", help="only this instance")
+@click.option("--state", type=click.Choice(store_replay.REPLAYABLE), help="only this state")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="at most this many (default: all)"
+)
+@progress_option
+@yes_option
+@db_option
+@json_option
+def replay_command(
+    since: float,
+    until: float | None,
+    plugin: str | None,
+    instance: str | None,
+    state: str | None,
+    limit: int | None,
+    show_progress: bool | None,
+    yes: bool,
+    db_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Send the deliveries received in a time range again, oldest first, in bounded batches.
+
+    Delivered and dead ones (not pending ones, nor those whose body was pruned) go to the back
+    of their lanes with the same webhook-id and a fresh retry budget.
+    """
+    selection = store_replay.Range(since, until, plugin, instance, state)
+    settings = load_settings(db_path=db_path)
+    confirm(
+        f"Send the deliveries received from {when(since)} to {when(until) if until else 'now'} "
+        "to their targets again?",
+        yes,
+    )
+
+    async def run(db: Database) -> store_replay.RangeResult:
+        await db.aopen()
+        try:
+            return await store_replay.areplay_range(db, selection, limit, now, bar.report)
+        finally:
+            await db.aclose()
+
+    with database(settings) as db, Progress("replaying", show_progress) as bar:
+        result = asyncio.run(run(db))
+    if result.replayed:
+        wake_workers(settings)
+    if as_json:
+        print_json(result.to_json())
+    else:
+        click.echo(
+            f"replayed: {result.replayed}, remaining: {result.remaining}, "
+            f"pruned (not replayable): {result.pruned}"
+        )
 
 
 @click.group("dlq")

@@ -185,6 +185,7 @@ def _work_until_stopped(running: Worker) -> int:
 
 main.add_command(cli_instances.instances_group)
 main.add_command(cli_deliveries.deliveries_group)
+main.add_command(cli_deliveries.replay_command)
 main.add_command(cli_deliveries.dlq_group)
 main.add_command(cli_mappings.mappings_group)
 main.add_command(cli_bridges.bridges_group)

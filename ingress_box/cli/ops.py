@@ -133,10 +133,12 @@ def _tail_line(event: dict[str, Any]) -> str:
             f"provider id {event['provider_delivery_id']}{extra}"
         )
     status = f"HTTP {event['status_code']}" if event["status_code"] else "no answer"
-    error = f"  {cell(event['error'], 120)}" if event["error"] else ""
+    # A failure's error already quotes the answer; a success shows the answer's start.
+    said = event["error"] or event["response"]
+    said = f"  {cell(' '.join(said.split()), 120)}" if said else ""
     return (
         f"{when(event['at'])}  {event['outcome']:<9}  {where}  {event['id']}  "
-        f"attempt {event['attempt']}  {status}  {event['duration_ms']} ms{error}"
+        f"attempt {event['attempt']}  {status}  {event['duration_ms']} ms{said}"
     )
 
 

@@ -108,13 +108,13 @@ async def aactivity(db: Database, now: float) -> Activity:
 
 _LANES = """
 WITH lanes AS (
-    SELECT lane, count(*) AS waiting, min(delivery_seq) AS head
+    SELECT lane, count(*) AS waiting, min(seq) AS head
     FROM outbox WHERE lane IS NOT NULL GROUP BY lane)
 SELECT l.waiting, d.id, d.plugin_id, d.instance_id, d.conversation, d.attempts, d.last_error,
        d.received_at, o.available_at, o.lease_until, o.parked
 FROM lanes AS l
-JOIN outbox AS o ON o.delivery_seq = l.head
-JOIN deliveries AS d ON d.seq = l.head
+JOIN outbox AS o ON o.seq = l.head
+JOIN deliveries AS d ON d.seq = o.delivery_seq
 ORDER BY o.parked DESC, l.waiting DESC, l.head
 LIMIT ?
 """

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from .db import Database
 
-# The outbox's primary key is the delivery's seq, which grows with received_at: the first
-# unparked row is the oldest pending one, found without a scan of the whole outbox.
+# The outbox's delivery_seq is unique (indexed) and the delivery's seq grows with received_at:
+# the first unparked row by it is the oldest received one waiting, found without a scan of the
+# whole outbox. (A replayed delivery keeps its received_at, so it counts as old as it is.)
 _BACKLOG = """
 SELECT (SELECT count(*) FROM outbox) AS depth,
        (SELECT count(*) FROM outbox WHERE parked = 1) AS parked,

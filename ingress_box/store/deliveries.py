@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import NotFound
+from ..event import Event
 from .db import Database
 from .outbox import LANE_SQL
 from .pages import Page, decode_cursor, page_of
@@ -52,7 +53,7 @@ VALUES {rows} RETURNING seq, id
 """
 _INSERT_OUTBOX = f"""
 INSERT INTO outbox (delivery_seq, lane, available_at)
-SELECT seq, {LANE_SQL}, received_at FROM deliveries WHERE seq IN ({{seqs}})
+SELECT seq, {LANE_SQL}, received_at FROM deliveries WHERE seq IN ({{seqs}}) ORDER BY seq
 """
 _CHUNK = 500  # rows per statement: 12 parameters each, far below SQLite's variable limit
 
@@ -207,6 +208,7 @@ class Attempt:
     outcome: str  # delivered | retry | dead
     status_code: int | None
     error: str | None
+    response: str | None  # the start of the target's answer
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -216,6 +218,7 @@ class Attempt:
             "outcome": self.outcome,
             "status_code": self.status_code,
             "error": self.error,
+            "response": self.response,
         }
 
 
@@ -224,9 +227,30 @@ class DeliveryDetail:
     """One delivery with its stored headers, its body (None once pruned) and its attempts."""
 
     delivery: Delivery
+    method: str
+    subpath: str
     headers: dict[str, str]
     body: bytes | None
     attempts: list[Attempt]
+
+    def event(self, attempt: int) -> Event:
+        """The record its handler gets for attempt number ``attempt`` of the retry budget."""
+        d = self.delivery
+        return Event(
+            id=d.id,
+            plugin=d.plugin_id,
+            instance=d.instance_id,
+            route=d.route,
+            provider_delivery_id=d.provider_delivery_id,
+            conversation=d.conversation,
+            method=self.method,
+            subpath=self.subpath,
+            content_type=d.content_type,
+            headers=self.headers,
+            body=self.body or b"",
+            attempt=attempt,
+            received_at=d.received_at,
+        )
 
     def to_json(self) -> dict[str, Any]:
         data = self.delivery.to_json()
@@ -280,7 +304,7 @@ async def alist_page(
 
 
 _ATTEMPTS = (
-    "SELECT attempt, started_at, duration_ms, outcome, status_code, error "
+    "SELECT attempt, started_at, duration_ms, outcome, status_code, error, response "
     "FROM attempts WHERE delivery_seq = ? ORDER BY id"
 )
 
@@ -302,12 +326,14 @@ async def aget(db: Database, delivery_id: str) -> DeliveryDetail:
     delivery = _delivery(rows[0])
     attempts = await db.aread(_ATTEMPTS, (delivery.seq,))
     body_row = await db.aread_one(
-        "SELECT headers, body FROM deliveries WHERE seq = ?", (delivery.seq,)
+        "SELECT method, subpath, headers, body FROM deliveries WHERE seq = ?", (delivery.seq,)
     )
     assert body_row is not None
     body = body_row["body"]
     return DeliveryDetail(
         delivery=delivery,
+        method=body_row["method"],
+        subpath=body_row["subpath"],
         headers=json.loads(body_row["headers"]),
         body=None if body is None else bytes(body),
         attempts=[Attempt(**dict(a)) for a in attempts],

@@ -168,6 +168,36 @@ MIGRATIONS: tuple[Migration, ...] = (
         GROUP BY e.plugin_id, e.instance_id;
         """,
     ),
+    Migration(
+        5,
+        "attempt answers and the outbox's own order",
+        """
+        ALTER TABLE attempts ADD COLUMN response TEXT;
+        -- The log numbered 1, 2, 3, 1 across a redrive; it now counts on.
+        UPDATE attempts SET attempt = (SELECT count(*) FROM attempts AS b
+                                       WHERE b.delivery_seq = attempts.delivery_seq
+                                         AND b.id <= attempts.id);
+        -- Lanes were ordered by the delivery's seq, so a replay could only jump the queue.
+        CREATE TABLE outbox_queued (
+            seq           INTEGER PRIMARY KEY,
+            delivery_seq  INTEGER NOT NULL UNIQUE REFERENCES deliveries (seq),
+            lane          TEXT,
+            available_at  REAL NOT NULL,
+            lease_until   REAL,
+            lease_owner   TEXT,
+            parked        INTEGER NOT NULL DEFAULT 0
+        );
+        INSERT INTO outbox_queued (seq, delivery_seq, lane, available_at, lease_until,
+                                   lease_owner, parked)
+            SELECT delivery_seq, delivery_seq, lane, available_at, lease_until, lease_owner,
+                   parked
+            FROM outbox;
+        DROP TABLE outbox;
+        ALTER TABLE outbox_queued RENAME TO outbox;
+        CREATE INDEX outbox_lane ON outbox (lane, seq);
+        CREATE INDEX outbox_available ON outbox (available_at);
+        """,
+    ),
 )
 
 

@@ -29,10 +29,8 @@ class Claimed:
     lease_until: float
 
 
-# Whether outbox row ``o`` is the head (oldest row) of its lane.
-IS_LANE_HEAD = (
-    "o.delivery_seq = (SELECT min(h.delivery_seq) FROM outbox AS h WHERE h.lane = o.lane)"
-)
+# Whether outbox row ``o`` is the head (the row queued first) of its lane.
+IS_LANE_HEAD = "o.seq = (SELECT min(h.seq) FROM outbox AS h WHERE h.lane = o.lane)"
 # Events of one conversation of one instance share a lane; others are independent (NULL).
 LANE_SQL = (
     "CASE WHEN conversation IS NULL THEN NULL "
@@ -51,8 +49,8 @@ def lane_of(event: Event) -> str | None:
 
 _CLAIM = f"""
 UPDATE outbox SET lease_until = :until, lease_owner = :owner
-WHERE delivery_seq IN (
-    SELECT o.delivery_seq FROM outbox AS o
+WHERE seq IN (
+    SELECT o.seq FROM outbox AS o
     WHERE o.parked = 0
       AND o.available_at <= :now
       AND (o.lease_until IS NULL OR o.lease_until < :now)
@@ -60,8 +58,8 @@ WHERE delivery_seq IN (
             {IS_LANE_HEAD}
             AND NOT EXISTS (SELECT 1 FROM outbox AS l
                             WHERE l.lane = o.lane AND l.lease_until >= :now
-                              AND l.delivery_seq != o.delivery_seq)))
-    ORDER BY o.delivery_seq
+                              AND l.seq != o.seq)))
+    ORDER BY o.seq
     LIMIT :limit)
 RETURNING delivery_seq
 """
@@ -119,7 +117,7 @@ UPDATE outbox SET lease_until = ?, lease_owner = ?
 WHERE delivery_seq IN ({marks})
   AND (lane IS NULL OR NOT EXISTS (SELECT 1 FROM outbox AS older
                                    WHERE older.lane = outbox.lane
-                                     AND older.delivery_seq < outbox.delivery_seq))
+                                     AND older.seq < outbox.seq))
 RETURNING delivery_seq
 """
 
@@ -146,21 +144,14 @@ def lease_new(
     return leased
 
 
-def _record_attempt(
-    conn: sqlite3.Connection,
-    seq: int,
-    attempt: int,
-    started_at: float,
-    duration_ms: float,
-    outcome: str,
-    status_code: int | None,
-    error: str | None,
-) -> None:
-    conn.execute(
-        "INSERT INTO attempts (delivery_seq, attempt, started_at, duration_ms, outcome, "
-        "status_code, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (seq, attempt, started_at, duration_ms, outcome, status_code, error),
-    )
+# ``attempt`` is the attempt's running number for its delivery, across redrives and replays
+# (the retry budget, ``deliveries.attempts``, starts again at each).
+_RECORD_ATTEMPT = """
+INSERT INTO attempts (delivery_seq, attempt, started_at, duration_ms, outcome, status_code,
+                      error, response)
+VALUES (:seq, (SELECT coalesce(max(attempt), 0) + 1 FROM attempts WHERE delivery_seq = :seq),
+        :started_at, :duration_ms, :outcome, :status_code, :error, :response)
+"""
 
 
 @dataclass(frozen=True)
@@ -169,12 +160,12 @@ class Outcome:
 
     seq: int
     owner: str
-    attempt: int
     outcome: str  # delivered | retry | dead
     started_at: float
     duration_ms: float
     status_code: int | None = None
     error: str | None = None
+    response: str | None = None  # the start of the target's answer, when a handler reported it
     next_attempt_at: float = 0.0  # for retry
     dead_letter_id: str = ""  # for dead
     strict: bool = False  # for dead: park the row so its lane waits for a redrive
@@ -185,8 +176,17 @@ def record_outcome(o: Outcome, now: float) -> Any:
     lost lease leaves the row to its new owner."""
 
     def op(conn: sqlite3.Connection) -> bool:
-        _record_attempt(
-            conn, o.seq, o.attempt, o.started_at, o.duration_ms, o.outcome, o.status_code, o.error
+        conn.execute(
+            _RECORD_ATTEMPT,
+            {
+                "seq": o.seq,
+                "started_at": o.started_at,
+                "duration_ms": o.duration_ms,
+                "outcome": o.outcome,
+                "status_code": o.status_code,
+                "error": o.error,
+                "response": o.response,
+            },
         )
         health.record_in(conn, o.seq, o.outcome, o.error, now)
         if o.outcome == "delivered":

@@ -29,7 +29,7 @@ FROM deliveries WHERE seq > ? ORDER BY seq LIMIT ?
 """
 _NEW_ATTEMPTS = """
 SELECT a.id AS pos, a.attempt, a.started_at, a.duration_ms, a.outcome, a.status_code, a.error,
-       d.id, d.plugin_id, d.instance_id, d.route
+       a.response, d.id, d.plugin_id, d.instance_id, d.route
 FROM attempts AS a JOIN deliveries AS d ON d.seq = a.delivery_seq
 WHERE a.id > ? ORDER BY a.id LIMIT ?
 """
@@ -69,6 +69,7 @@ class Attempted:
     outcome: str
     status_code: int | None
     error: str | None
+    response: str | None  # the start of the target's answer
     duration_ms: float
 
     def to_json(self) -> dict[str, Any]:
@@ -83,6 +84,7 @@ class Attempted:
             "outcome": self.outcome,
             "status_code": self.status_code,
             "error": self.error,
+            "response": self.response,
             "duration_ms": round(self.duration_ms, 1),
         }
 
@@ -123,6 +125,7 @@ def tail(
                 outcome=r["outcome"],
                 status_code=r["status_code"],
                 error=r["error"],
+                response=r["response"],
                 duration_ms=r["duration_ms"],
             )
             for r in attempts

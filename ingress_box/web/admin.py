@@ -23,7 +23,9 @@ from ..store import deliveries as store_deliveries
 from ..store import instances as store_instances
 from ..store import probes as store_probes
 from ..store import rejections as store_rejections
+from ..store import replay as store_replay
 from ..store.pages import MAX_LIMIT, clamp_limit
+from ..values import check_time
 from . import bridges, mappings, openapi
 from .box import Box, box_of
 from .kit import (
@@ -279,6 +281,38 @@ class DeliveryItem(HTTPEndpoint):
         return item_json(found.to_json())
 
 
+class DeliveryReplay(HTTPEndpoint):
+    async def post(self, request: Request) -> Response:
+        box, delivery_id = box_of(request), request.path_params["id"]
+        await box.db.awrite(store_replay.replay(delivery_id, box.clock()))
+        box.wake_worker()
+        return JSONResponse({"id": delivery_id, "state": "pending"}, status_code=202)
+
+
+class Replay(HTTPEndpoint):
+    async def post(self, request: Request) -> Response:
+        box = box_of(request)
+        body = await json_object(request, "plugin", "instance", "since", "until", "state", "limit")
+        if "since" not in body:
+            raise InvalidInput("since is required: unix seconds or an ISO 8601 time")
+        limit = body.get("limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise InvalidInput("limit must be a whole number")
+        if limit is not None and limit < 1:
+            raise InvalidInput("limit must be at least 1")
+        selection = store_replay.Range(
+            since=check_time("since", body["since"]),
+            until=None if body.get("until") is None else check_time("until", body["until"]),
+            plugin_id=optional_text(body, "plugin"),
+            instance_id=optional_text(body, "instance"),
+            state=optional_text(body, "state"),
+        )
+        result = await store_replay.areplay_range(box.db, selection, limit, box.clock)
+        if result.replayed:
+            box.wake_worker()
+        return JSONResponse(result.to_json())
+
+
 class DeadLetters(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
         query = request.query_params
@@ -343,6 +377,8 @@ def routes() -> list[BaseRoute]:
                 Route("/instances/{plugin}/{instance}/test", SendTestEvent),
                 Route("/deliveries", Deliveries),
                 Route("/deliveries/{id}", DeliveryItem),
+                Route("/deliveries/{id}/replay", DeliveryReplay),
+                Route("/replay", Replay),
                 Route("/dlq", DeadLetters),
                 Route("/dlq/redrive", Redrive),
                 Route("/dlq/{id}", DeadLetterItem),

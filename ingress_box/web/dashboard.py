@@ -21,15 +21,26 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from .. import instance_health, instance_rules, probe, quarantine
-from ..errors import InvalidInput, NoTarget, NotFound, StillRejected, StorageUnavailable
+from .. import forward, instance_health, instance_rules, mapping_rules, probe, quarantine
+from ..delivery import Target
+from ..errors import (
+    InvalidInput,
+    NoTarget,
+    NotFound,
+    NotReplayable,
+    PermanentFailure,
+    StillRejected,
+    StorageUnavailable,
+)
 from ..store import activity
 from ..store import bridges as store_bridges
 from ..store import dead_letters as store_dead_letters
 from ..store import deliveries as store_deliveries
 from ..store import instances as store_instances
+from ..store import mappings as store_mappings
 from ..store import probes as store_probes
 from ..store import rejections as store_rejections
+from ..store import replay as store_replay
 from . import sparklines, templating
 from .box import Box, box_of
 from .kit import base_url, error_response
@@ -400,6 +411,7 @@ class Dashboard:
             body, encoding = found["body_base64"], "base64"
         shown = body[:BODY_SHOWN] if body is not None else None
         truncated = body is not None and len(body) > BODY_SHOWN
+        curl, curl_note = await _curl(visit.box, detail)
         return self.render(
             visit.request,
             "delivery.html",
@@ -410,7 +422,19 @@ class Dashboard:
             encoding=encoding,
             truncated=truncated,
             pretty=templating.pretty_json(shown, BODY_SHOWN),
+            curl=curl,
+            curl_note=curl_note,
         )
+
+    async def replay(self, visit: Visit) -> Response:
+        box, delivery_id = visit.box, visit.request.path_params["id"]
+        try:
+            await box.db.awrite(store_replay.replay(delivery_id, box.clock()))
+            box.wake_worker()
+            visit.login.flash = f"Replaying {delivery_id}: it is back in the outbox."
+        except NotReplayable as exc:
+            visit.login.flash = str(exc)
+        return _redirect(f"{PREFIX}/deliveries/{quote(delivery_id, safe='')}")
 
     async def lanes(self, visit: Visit) -> Response:
         lanes = await activity.awaiting_lanes(visit.box.db, PAGE_SIZE * 4)
@@ -514,6 +538,41 @@ class Dashboard:
         )
 
 
+async def _curl(box: Box, detail: store_deliveries.DeliveryDetail) -> tuple[str | None, str]:
+    """The request ``forward`` would make for this delivery now, as a curl command, or why
+    there is none."""
+    d = detail.delivery
+    inst = await store_instances.aget(box.db, d.plugin_id, d.instance_id)
+    if inst is None:
+        return None, "Its instance no longer exists."
+    if inst.handler != "forward":
+        return None, f"Its instance's handler is {inst.handler}, not forward."
+    if not inst.target_url:
+        return None, "Its instance has no target_url."
+    mapping = None
+    if d.conversation is not None:
+        found = await store_mappings.alist_page(
+            box.db,
+            store_mappings.Filter(d.plugin_id, d.instance_id, conversation=d.conversation),
+            limit=1,
+        )
+        mapping = found.items[0] if found.items else None
+    # What the next attempt sends: a pending delivery's next try, else a replay's first.
+    event = detail.event(d.attempts + 1 if d.state == "pending" else 1)
+    try:
+        curl = forward.as_curl(
+            event,
+            Target(inst.target_url, inst.outbound_secret, inst.config),
+            mapping_rules.enrichment_headers(mapping),
+            int(box.clock()),
+            pruned=detail.body is None,
+            inline_limit=BODY_SHOWN,
+        )
+    except PermanentFailure as exc:  # what the attempt would end with, too
+        return None, f"It cannot be sent as it stands: {exc.error}"
+    return curl, ""
+
+
 def routes() -> list[BaseRoute]:
     """The dashboard's routes with their full paths; place them before the ``/admin`` mount.
 
@@ -529,6 +588,7 @@ def routes() -> list[BaseRoute]:
         Route("/instances/{plugin}/{instance}/test", ui.guard(ui.send_test), methods=["POST"]),
         Route("/deliveries", ui.guard(ui.deliveries)),
         Route("/deliveries/{id}", ui.guard(ui.delivery)),
+        Route("/deliveries/{id}/replay", ui.guard(ui.replay), methods=["POST"]),
         Route("/lanes", ui.guard(ui.lanes)),
         Route("/dlq", ui.guard(ui.dead_letters)),
         Route("/dlq/redrive", ui.guard(ui.redrive), methods=["POST"]),

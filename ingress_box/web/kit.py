@@ -19,12 +19,14 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import (
     AlreadyExists,
+    AlreadyPending,
     BodyTooLarge,
     InvalidInput,
     InvalidJson,
     MappingConflict,
     NoTarget,
     NotFound,
+    PayloadPruned,
     StillRejected,
     StorageUnavailable,
     error_document,
@@ -48,6 +50,8 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     MappingConflict: (409, "mapping_conflict"),
     StillRejected: (409, "still_rejected"),
     NoTarget: (409, "no_target"),
+    AlreadyPending: (409, "already_pending"),
+    PayloadPruned: (409, "body_pruned"),
     StorageUnavailable: (503, "storage_unavailable"),
 }
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}  # the router's own answers

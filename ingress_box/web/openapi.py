@@ -282,6 +282,25 @@ SCHEMAS: dict[str, Schema] = {
             },
         },
     },
+    "Replay": _object(
+        ("since",),
+        since={
+            "type": ["number", "string"],
+            "description": "received at or after: unix seconds or ISO 8601 (UTC if no offset)",
+        },
+        until={"type": ["number", "string"], "description": "received before"},
+        plugin={"type": "string"},
+        instance={"type": "string"},
+        state={"enum": ["delivered", "dead"]},
+        limit={"type": "integer", "minimum": 1},
+    ),
+    "Replaying": _object(("id", "state"), id={"type": "string"}, state={"const": "pending"}),
+    "Replayed": _object(
+        ("replayed", "remaining", "pruned"),
+        replayed={"type": "integer"},
+        remaining={"type": "integer", "description": "left in the range (past the limit)"},
+        pruned={"type": "integer", "description": "skipped: their body was dropped"},
+    ),
     "Unmatched": _object(
         ("items", "next_cursor"),
         items={
@@ -331,6 +350,9 @@ SCHEMAS: dict[str, Schema] = {
                         outcome={"type": "string"},
                         status_code=_nullable("integer"),
                         error=_nullable("string"),
+                        response=_nullable(
+                            "string", description="the start of the answer's body (1 KiB)"
+                        ),
                     ),
                 },
             ),
@@ -434,7 +456,8 @@ def _op(
     described = {
         "400": "invalid input (a bad field, id or filter)",
         "404": "no such item",
-        "409": "it exists, or the mapping conflicts with another chat",
+        "409": "it exists, the mapping conflicts with another chat, or the delivery is still "
+        "pending or its body was pruned",
         "503": "storage cannot commit now (Retry-After)",
     }
     responses = {**answers, **{e: _answer(described[e], _ref("Error")) for e in errors}, **GUARD}
@@ -581,6 +604,22 @@ PATHS: dict[str, dict[str, Schema]] = {
                 *PAGE,
             ],
             errors=("400",),
+        ),
+    },
+    "/admin/deliveries/{id}/replay": {
+        "post": _op(
+            "send a delivered or dead delivery again, same webhook-id, to the back of its lane",
+            {"202": _answer("back in the outbox", _ref("Replaying"))},
+            parameters=_path("id"),
+            errors=("404", "409", "503"),
+        ),
+    },
+    "/admin/replay": {
+        "post": _op(
+            "send the deliveries received in a time range again, oldest first, in batches",
+            {"200": _answer("replayed, remaining, pruned", _ref("Replayed"))},
+            body="Replay",
+            errors=("400", "503"),
         ),
     },
     "/admin/deliveries/{id}": {

@@ -1,4 +1,5 @@
-// ingress-box dashboard: refreshes the overview's numbers and charts, and copies ingress URLs.
+// ingress-box dashboard: refreshes the overview's numbers and charts, and copies ingress URLs
+// and a delivery's curl command.
 // The server computes every number and every chart coordinate; this only copies them in.
 "use strict";
 (function () {
@@ -32,17 +33,21 @@
   }
 
   function copy(button) {
-    var input = document.getElementById(button.getAttribute("data-copy"));
-    if (!input) { return; }
+    var source = document.getElementById(button.getAttribute("data-copy"));
+    if (!source) { return; }
+    var isInput = source.tagName === "INPUT";  // an ingress URL; else a <pre> (the curl)
+    var select = function () {
+      if (isInput) { source.focus(); source.select(); }
+      else { window.getSelection().selectAllChildren(source); }
+    };
     var done = function () {
       button.textContent = "Copied";
       setTimeout(function () { button.textContent = "Copy"; }, 1500);
     };
     if (navigator.clipboard && window.isSecureContext) {
-      navigator.clipboard.writeText(input.value).then(done, function () { input.select(); });
-    } else {  // plain http on a LAN address: leave the URL selected for the user to copy
-      input.focus();
-      input.select();
+      navigator.clipboard.writeText(isInput ? source.value : source.textContent).then(done, select);
+    } else {  // plain http on a LAN address: leave the text selected for the user to copy
+      select();
       try { if (document.execCommand("copy")) { done(); } } catch (e) { /* selected anyway */ }
     }
   }
