@@ -10,7 +10,7 @@ from .db import Database
 from .deliveries import Attempt, NewDelivery, accept
 
 _FIRST_ATTEMPT = """
-SELECT a.attempt, a.started_at, a.duration_ms, a.outcome, a.status_code, a.error
+SELECT a.attempt, a.started_at, a.duration_ms, a.outcome, a.status_code, a.error, a.response
 FROM deliveries AS d JOIN attempts AS a ON a.delivery_seq = d.seq
 WHERE d.id = ? ORDER BY a.id LIMIT 1
 """
