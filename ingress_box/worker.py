@@ -390,7 +390,8 @@ class Worker:
                 if handed is not None:
                     self._deliver_claimed([handed])
                     continue
-                if not (look or self._take_more()):
+                more = self._take_more()  # the claim below covers what was flagged so far
+                if not (look or more):
                     if not self._wait_for_work():
                         return
                     continue

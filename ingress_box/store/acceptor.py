@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -35,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import StorageUnavailable
-from ..event import Event
 from .db import Database
 from .deliveries import NewDelivery, accept_many
 from .instances import version_in
@@ -123,7 +121,7 @@ class _Flush:
                 raise
             return
         until = now + handoff.lease_seconds
-        self.handed = [Claimed(s, _event(w.delivery), until) for w, s in chosen if s in leased]
+        self.handed = [Claimed(s, w.delivery.event(), until) for w, s in chosen if s in leased]
         self.left = len(new) - len(self.handed)
 
     def hand_over(self, done: concurrent.futures.Future[tuple[list[Result], str]]) -> None:
@@ -153,25 +151,6 @@ class _Flush:
 
 def _result(seq: int | None | BaseException) -> Result:
     return seq if isinstance(seq, BaseException) else seq is not None
-
-
-def _event(d: NewDelivery) -> Event:
-    """The event of a row just accepted, as a claim would read it back (its first attempt)."""
-    return Event(
-        id=d.id,
-        plugin=d.plugin_id,
-        instance=d.instance_id,
-        route=d.route,
-        provider_delivery_id=d.provider_delivery_id,
-        conversation=d.conversation,
-        method=d.method,
-        subpath=d.subpath,
-        content_type=d.content_type,
-        headers=json.loads(d.headers),
-        body=d.body,
-        attempt=1,
-        received_at=d.received_at,
-    )
 
 
 def _accept(conn: sqlite3.Connection, items: Sequence[_Waiting]) -> list[int | None]:

@@ -43,6 +43,24 @@ class NewDelivery:
     body: bytes
     received_at: float
 
+    def event(self) -> Event:
+        """The record its handler gets for its first attempt, as a claim would read it back."""
+        return Event(
+            id=self.id,
+            plugin=self.plugin_id,
+            instance=self.instance_id,
+            route=self.route,
+            provider_delivery_id=self.provider_delivery_id,
+            conversation=self.conversation,
+            method=self.method,
+            subpath=self.subpath,
+            content_type=self.content_type,
+            headers=json.loads(self.headers),
+            body=self.body,
+            attempt=1,
+            received_at=self.received_at,
+        )
+
 
 # -- ingress ---------------------------------------------------------------------------------
 
