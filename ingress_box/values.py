@@ -7,6 +7,8 @@ written back as UTF-8 JSON without surprises.
 from __future__ import annotations
 
 import json
+import math
+from datetime import UTC, datetime
 from typing import Any
 
 from .errors import InvalidInput
@@ -20,6 +22,40 @@ def is_text(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def is_utf8(raw: bytes) -> bool:
+    """Whether ``raw`` is UTF-8 text (what the full-text index takes)."""
+    try:
+        bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def moment(name: str, raw: str) -> float:
+    """A point in time an operator gave, as unix seconds: a number of seconds
+    (``1764547200``, ``1764547200.5``) or ISO 8601 (``2026-12-01``, ``2026-12-01T10:00:00Z``,
+    ``2026-12-01T12:00:00+02:00``; without an offset, UTC). The API, the CLI and the
+    dashboard all read ``since`` and ``until`` with this."""
+    text = raw.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(seconds) or seconds < 0:
+            raise InvalidInput(f"{name} must be unix seconds (0 or more) or ISO 8601")
+        return seconds
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidInput(
+            f"{name} must be unix seconds or ISO 8601 (2026-12-01T10:00:00Z), not {raw!r}"
+        ) from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
 
 
 def check_unicode(name: str, value: str) -> str:

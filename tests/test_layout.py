@@ -55,6 +55,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "ingress_box.logs",
             "ingress_box.values",
             "ingress_box.heartbeat",
+            "ingress_box.listing",
         ),
     ),
     (0, ("ingress_box.config", "ingress_box.errors")),

@@ -418,8 +418,10 @@ def test_the_schema_comparison_sees_a_forgotten_column(tmp_path: Path) -> None:
     """A migration that adds a column schema.sql lacks makes the two schemas differ."""
     old, fresh = tmp_path / "old.db", tmp_path / "fresh.db"
     make_0_1_0_file(old)
-    column = Migration(2, "response", "ALTER TABLE attempts ADD COLUMN response TEXT")
-    Database(old, migrations=[column]).open().close()
+    column = Migration(
+        latest(MIGRATIONS) + 1, "response", "ALTER TABLE attempts ADD COLUMN response TEXT"
+    )
+    Database(old, migrations=[*MIGRATIONS, column]).open().close()
     Database(fresh).open().close()
     assert schema_of(old) != schema_of(fresh)
     differ = {k for k in schema_of(old) if schema_of(old)[k] != schema_of(fresh).get(k)}

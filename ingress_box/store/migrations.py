@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ..errors import SchemaTooNew
+from ..values import is_utf8
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,44 @@ CREATE TRIGGER IF NOT EXISTS rejections_of_deleted_instance AFTER DELETE ON inst
 END;
 """
 
+# 0.2: an event type per delivery, and full-text search over the bodies still kept.
+_SEARCH = """
+ALTER TABLE deliveries ADD COLUMN event_type TEXT;
+ALTER TABLE deliveries ADD COLUMN searchable INTEGER NOT NULL DEFAULT 0;
+CREATE VIRTUAL TABLE IF NOT EXISTS deliveries_search
+    USING fts5(body, content='deliveries', content_rowid='seq');
+CREATE TRIGGER IF NOT EXISTS deliveries_search_insert AFTER INSERT ON deliveries
+WHEN new.searchable AND new.body IS NOT NULL BEGIN
+    INSERT INTO deliveries_search (rowid, body) VALUES (new.seq, CAST(new.body AS TEXT));
+END;
+CREATE TRIGGER IF NOT EXISTS deliveries_search_update AFTER UPDATE OF body ON deliveries BEGIN
+    INSERT INTO deliveries_search (deliveries_search, rowid, body)
+    SELECT 'delete', old.seq, CAST(old.body AS TEXT) WHERE old.searchable AND old.body IS NOT NULL;
+    INSERT INTO deliveries_search (rowid, body)
+    SELECT new.seq, CAST(new.body AS TEXT) WHERE new.searchable AND new.body IS NOT NULL;
+END;
+CREATE TRIGGER IF NOT EXISTS deliveries_search_delete AFTER DELETE ON deliveries
+WHEN old.searchable AND old.body IS NOT NULL BEGIN
+    INSERT INTO deliveries_search (deliveries_search, rowid, body)
+    VALUES ('delete', old.seq, CAST(old.body AS TEXT));
+END;
+"""
+
+
+def _search(conn: sqlite3.Connection) -> None:
+    """The columns, the index and its triggers, then the index filled with the bodies kept
+    that are UTF-8 text (the test is Python's: SQLite has no UTF-8 check)."""
+    for statement in statements(_SEARCH):
+        conn.execute(statement)
+    rows = conn.execute("SELECT seq, body FROM deliveries WHERE body IS NOT NULL")
+    text = [(seq,) for seq, body in rows if is_utf8(body)]
+    conn.executemany("UPDATE deliveries SET searchable = 1 WHERE seq = ?", text)
+    conn.execute(
+        "INSERT INTO deliveries_search (rowid, body) "
+        "SELECT seq, CAST(body AS TEXT) FROM deliveries WHERE searchable AND body IS NOT NULL"
+    )
+
+
 # The steps after the baseline, in order. Release 0.2's steps may still change until it ships.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -117,6 +156,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
     Migration(3, "quarantine", _REJECTIONS),
+    Migration(4, "search", _search),
 )
 
 
