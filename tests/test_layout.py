@@ -36,6 +36,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "ingress_box.metrics",
             "ingress_box.backup",
             "ingress_box.doctor",
+            "ingress_box.indexer",
             "ingress_box.bridge",
         ),
     ),

@@ -93,7 +93,7 @@ def accept_many(conn: sqlite3.Connection, items: Sequence[NewDelivery]) -> list[
                 d.body,
                 d.received_at,
                 d.event_type,
-                is_utf8(d.body),  # a trigger indexes the body (schema.sql, deliveries_search)
+                int(is_utf8(d.body)),  # 1: for the indexer (store/search.py) to add
             )
         ]
         inserted = {
