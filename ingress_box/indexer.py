@@ -1,9 +1,10 @@
 """Keeps the full-text index of kept bodies current, in ``serve``'s event loop.
 
-Every :data:`INTERVAL` seconds it hands the writer one op that indexes the bodies accepted
-since (:func:`ingress_box.store.search.index_pending`), then more at once while a backlog lasts
-(after an upgrade, or a burst). Waiting that long is the point: one batch per second costs a
-third of what a body per transaction would, and a search then lags by about a second.
+Every :data:`INTERVAL` seconds it looks (a read) for bodies accepted since and hands the writer
+one op that indexes them (:func:`ingress_box.store.search.index_pending`), then more at once
+while a backlog lasts (after an upgrade, or a burst); an idle box writes nothing. Waiting that
+long is the point: one batch a second costs a third of what a body per transaction would, and
+a search then lags by about a second.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 
 from .errors import StorageUnavailable
 from .store import Database
-from .store.search import BATCH, index_pending
+from .store.search import BATCH, awaiting, index_pending
 
 log = logging.getLogger("ingress_box.indexer")
 
@@ -28,7 +29,7 @@ class Indexer:
     async def catch_up(self) -> int:
         """Index every body waiting now; how many."""
         total = 0
-        while True:
+        while await awaiting(self.db):
             # Not durable: a power cut that loses it loses the marks with it, so those bodies
             # are indexed again; lazy: it may share a transaction with the webhooks of now.
             done = await asyncio.wrap_future(
@@ -36,7 +37,8 @@ class Indexer:
             )
             total += done
             if done < BATCH:
-                return total
+                break
+        return total
 
     async def run(self) -> None:
         """Catch up, wait, and again, until cancelled; a failure is logged and tried later."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
+from .db import Database
+
 BATCH = 256  # bodies per writer op: a few milliseconds of the writer, however large the backlog
 
 _PENDING = "SELECT seq FROM deliveries WHERE searchable = 1 ORDER BY seq LIMIT ?"
@@ -23,6 +25,11 @@ SELECT seq, CAST(body AS TEXT) FROM deliveries WHERE seq IN ({seqs}) AND body IS
 """
 # 2 also for a body pruned before its turn: the triggers look for a body before taking one out.
 _DONE = "UPDATE deliveries SET searchable = 2 WHERE seq IN ({seqs})"
+
+
+async def awaiting(db: Database) -> bool:
+    """Whether any body waits to be indexed: a read, so an idle box writes nothing."""
+    return await db.aread_one("SELECT 1 FROM deliveries WHERE searchable = 1 LIMIT 1") is not None
 
 
 def index_pending(limit: int = BATCH) -> Callable[[sqlite3.Connection], int]:
