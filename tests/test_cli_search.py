@@ -88,3 +88,9 @@ def test_export_json_takes_the_filters(db_path: Path, db: Database) -> None:
 def test_export_needs_a_format(db_path: Path, db: Database) -> None:
     """Without --format the command says so (exit 2)."""
     assert run("deliveries", "export", "--db", str(db_path)).exit_code == 2
+
+
+def test_plugins_show_says_where_the_event_type_is() -> None:
+    """plugins show prints a route's event type source (GitHub: its event header)."""
+    out = ok("plugins", "show", "github").stdout
+    assert '  event type: {"form_fields": [], "headers": ["x-github-event"]' in out

@@ -39,7 +39,7 @@ COOKIE = "ingress_box_session"
 HERE = Path(__file__).parent
 MAX_FORM_BYTES = 64 * 1024  # the dashboard's forms are a few short fields
 PAGE_SIZE = 50
-# The deliveries page's filters, as the list API names them (web/deliveries.py reads them).
+# The deliveries page's filters, as the list API names them (ingress_box.listing reads them).
 _LIST_FILTERS = ("q", "state", "plugin", "instance", "event_type", "since", "until")
 BODY_SHOWN = 16 * 1024  # characters of a body shown on a delivery page
 KEPT_SHOWN = 200  # the newest kept (admissible) requests on the rejections page
