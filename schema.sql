@@ -61,7 +61,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_error            TEXT,
     note                  TEXT,                       -- e.g. a mapping conflict met on ingress
     received_at           REAL NOT NULL,
-    delivered_at          REAL
+    delivered_at          REAL,
+    event_type            TEXT,                       -- where the plugin knows one (0.2)
+    searchable            INTEGER NOT NULL DEFAULT 0  -- 0 not text, 1 to index, 2 indexed
 );
 
 -- The dedup key: INSERT OR IGNORE on this index decides new vs duplicate, atomically.
@@ -69,6 +71,28 @@ CREATE UNIQUE INDEX IF NOT EXISTS deliveries_dedup
     ON deliveries (plugin_id, instance_id, provider_delivery_id);
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, seq);
 CREATE INDEX IF NOT EXISTS deliveries_instance ON deliveries (plugin_id, instance_id, seq);
+
+-- Full-text search over the bodies still kept (release 0.2). External content: the index holds
+-- the words, `deliveries.body` the text. `searchable` is 0 for a body that is not UTF-8 text
+-- (never indexed), 1 for one waiting for the indexer, which adds it a batch at a time off the
+-- accept path (store/search.py), and 2 once indexed; the triggers keep the index in step with
+-- the body from then on (retention's prune, a deleted row). FTS5's 'delete' must be given the
+-- text as it was indexed, hence the same CAST wherever a body goes in or out.
+CREATE INDEX IF NOT EXISTS deliveries_unindexed ON deliveries (seq) WHERE searchable = 1;
+CREATE VIRTUAL TABLE IF NOT EXISTS deliveries_search
+    USING fts5(body, content='deliveries', content_rowid='seq');
+CREATE TRIGGER IF NOT EXISTS deliveries_search_update AFTER UPDATE OF body ON deliveries
+WHEN old.searchable = 2 BEGIN
+    INSERT INTO deliveries_search (deliveries_search, rowid, body)
+    SELECT 'delete', old.seq, CAST(old.body AS TEXT) WHERE old.body IS NOT NULL;
+    INSERT INTO deliveries_search (rowid, body)
+    SELECT new.seq, CAST(new.body AS TEXT) WHERE new.body IS NOT NULL;
+END;
+CREATE TRIGGER IF NOT EXISTS deliveries_search_delete AFTER DELETE ON deliveries
+WHEN old.searchable = 2 AND old.body IS NOT NULL BEGIN
+    INSERT INTO deliveries_search (deliveries_search, rowid, body)
+    VALUES ('delete', old.seq, CAST(old.body AS TEXT));
+END;
 
 -- Work still to do. A row exists while its delivery is pending (or, in a strict lane, parked
 -- dead at the head). `lane` is NULL for events with no conversation; rows of one lane are

@@ -6,6 +6,7 @@ process; requests find everything through the :class:`~ingress_box.web.box.Box` 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ from starlette.routing import Mount
 from starlette.types import Receive, Scope, Send
 
 from .config import Settings
+from .indexer import Indexer
 from .ingress import Ingress
 from .metrics import Metrics
 from .plugins import load_registry
@@ -89,9 +91,13 @@ def create_app(
         app.state.box = Box(
             settings, db, registry, ingress, auth, worker, metrics, clock, generated
         )
+        indexing = asyncio.create_task(Indexer(db).run())
         try:
             yield
         finally:
+            indexing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await indexing
             if worker is not None:
                 worker.stop()
             await db.aclose()

@@ -40,6 +40,7 @@ _SECRET_HEADERS = frozenset(
 # ...and any header whose name says it carries one (not "token": idempotency tokens are ids).
 _SECRET_WORDS = ("signature", "secret", "password")
 MAX_VALUE_CHARS = 512
+MAX_EVENT_TYPE_CHARS = 128
 
 
 class BodyNotJson(ValueError):
@@ -256,6 +257,37 @@ def _conversation_candidates(route: Route, headers: Mapping[str, str], body: Bod
         value = text(body.form().get(name, "").strip())
         if value:
             yield value
+
+
+def event_type(route: Route, headers: Mapping[str, str], body: Body) -> str | None:
+    """The kind of event, where the route says: the first declared header, JSON pointer, key of
+    the top-level object or form field with a value that is text of at most
+    MAX_EVENT_TYPE_CHARS characters. The body's JSON is the parse dedup and conversation share."""
+    source = route.event_type
+    if source is None:
+        return None
+    for name in source.headers:
+        found = header_text(headers.get(name, ""))
+        if found and len(found) <= MAX_EVENT_TYPE_CHARS:
+            return found
+    if source.json_pointers or source.json_keys:
+        try:
+            doc = body.json()
+        except BodyNotJson:
+            doc = None
+        for pointer in source.json_pointers:
+            found = _scalar(json_pointer(doc, pointer))
+            if found is not None and len(found) <= MAX_EVENT_TYPE_CHARS and is_text(found):
+                return found
+        if isinstance(doc, dict):
+            for key in source.json_keys:
+                if key in doc:
+                    return key
+    for name in source.form_fields:
+        found = body.form().get(name, "").strip()
+        if found and len(found) <= MAX_EVENT_TYPE_CHARS and is_text(found):
+            return found
+    return None
 
 
 @functools.lru_cache(maxsize=1024)

@@ -365,6 +365,7 @@ class Ingress:
             ),
             body=extract.stored_body(route, body),
             received_at=self.clock(),
+            event_type=extract.event_type(route, req.headers, body),
         )
         learned = mapping_rules.learned(route, instance, req.headers, body, new.conversation)
 

@@ -21,6 +21,8 @@ dotted field (``routes.events.verify.tolerance_seconds``)::
     conversation = { json_pointers = ["/conversation/id"] }  # and/or headers, form_fields
     challenge = { }                  # optional: Meta-style GET handshake (param names overridable)
     redact_json_pointers = ["/apikey"]   # optional: JSON body values replaced before storing
+    event_type = { headers = ["X-GitHub-Event"] }  # optional: and/or json_pointers, form_fields,
+                                     # json_keys (the first of these top-level keys present)
 
     [routes.events.mapping]          # optional: learn conversation mappings from events
     chat = { json_pointers = ["/conversation/contact_inbox/source_id"] }  # and/or headers, ...
@@ -150,6 +152,7 @@ class Route:
     dedup_fallback_headers: tuple[str, ...] = ()
     conversation_avoid_suffixes: tuple[str, ...] = ()
     redact_pointers: tuple[str, ...] = ()  # body values that are credentials: never stored
+    event_type: EventTypeSource | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,15 @@ class FieldSource:
     headers: tuple[str, ...] = ()
     json_pointers: tuple[str, ...] = ()
     form_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EventTypeSource(FieldSource):
+    """Where a route's events say what kind they are; ``json_keys`` (tried after the JSON
+    pointers) names kinds by which of these keys the top-level object has (Telegram's
+    ``message``, ``callback_query``, ...)."""
+
+    json_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -312,6 +324,23 @@ def _field_source(t: ManifestTable | None) -> FieldSource | None:
     return source
 
 
+def _event_type(t: ManifestTable | None) -> EventTypeSource | None:
+    if t is None:
+        return None
+    t.only("headers", "json_pointers", "json_keys", "form_fields")
+    source = EventTypeSource(
+        _headers(t, "headers"),
+        _pointers(t, "json_pointers"),
+        t.texts("form_fields"),
+        t.texts("json_keys"),
+    )
+    if not (source.headers or source.json_pointers or source.json_keys or source.form_fields):
+        raise t.error(
+            "headers", "give at least one of headers, json_pointers, json_keys, form_fields"
+        )
+    return source
+
+
 def _mapping(t: ManifestTable | None) -> MappingSpec | None:
     if t is None:
         return None
@@ -333,6 +362,7 @@ def _route(name: str, t: ManifestTable) -> Route:
         "verify",
         "mapping",
         "redact_json_pointers",
+        "event_type",
     )
     if "verify" not in t.data:
         raise t.error(
@@ -403,6 +433,7 @@ def _route(name: str, t: ManifestTable) -> Route:
         dedup_fallback_headers=fallback_headers,
         conversation_avoid_suffixes=avoid,
         redact_pointers=redact,
+        event_type=_event_type(_sub(t, "event_type")),
     )
 
 
@@ -522,6 +553,14 @@ def plugin_to_json(plugin: Plugin) -> dict[str, Any]:
                     "fallback_headers": list(route.dedup_fallback_headers),
                 },
                 "redact_json_pointers": list(route.redact_pointers),
+                "event_type": None
+                if route.event_type is None
+                else {
+                    "headers": list(route.event_type.headers),
+                    "json_pointers": list(route.event_type.json_pointers),
+                    "json_keys": list(route.event_type.json_keys),
+                    "form_fields": list(route.event_type.form_fields),
+                },
                 "conversation": {
                     "headers": list(route.conversation_headers),
                     "json_pointers": [_pointer_json(p) for p in route.conversation_pointers],

@@ -24,6 +24,15 @@ def is_text(value: str) -> bool:
     return True
 
 
+def is_utf8(raw: bytes) -> bool:
+    """Whether ``raw`` is UTF-8 text (what the full-text index takes)."""
+    try:
+        bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def check_unicode(name: str, value: str) -> str:
     """``value`` when :func:`is_text`, else InvalidInput naming the field."""
     if not is_text(value):
@@ -62,8 +71,10 @@ def check_document(name: str, value: object, max_depth: int, max_bytes: int) -> 
 
 
 def check_time(name: str, value: object) -> float:
-    """A point in time as unix seconds: a number (or its text) of unix seconds, or ISO 8601
-    text (``2026-12-01T18:00:00Z``; without an offset it is UTC)."""
+    """A point in time an operator gave, as unix seconds: a number (or its text) of unix
+    seconds, or ISO 8601 text (``2026-12-01``, ``2026-12-01T18:00:00Z``,
+    ``2026-12-01T20:00:00+02:00``; without an offset it is UTC). The API, the CLI and the
+    dashboard read every ``since`` and ``until`` with this."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str):
@@ -74,11 +85,12 @@ def check_time(name: str, value: object) -> float:
                 when = datetime.fromisoformat(value.strip())
             except ValueError:
                 raise InvalidInput(
-                    f"{name} must be unix seconds or an ISO 8601 time, not {value[:40]!r}"
+                    f"{name} must be unix seconds or ISO 8601 (2026-12-01T10:00:00Z), "
+                    f"not {value[:40]!r}"
                 ) from None
             seconds = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
     else:
-        raise InvalidInput(f"{name} must be unix seconds or an ISO 8601 time")
+        raise InvalidInput(f"{name} must be unix seconds or ISO 8601 (2026-12-01T10:00:00Z)")
     if not math.isfinite(seconds) or seconds < 0:
         raise InvalidInput(f"{name} must be a time after 1970")
     return seconds

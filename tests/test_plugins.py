@@ -227,6 +227,12 @@ def test_plugin_to_json_shape() -> None:
                 "fallback_headers": [],
             },
             "redact_json_pointers": [],
+            "event_type": {
+                "headers": [],
+                "json_pointers": ["/entry/0/changes/0/field"],
+                "json_keys": [],
+                "form_fields": [],
+            },
             "conversation": {
                 "headers": [],
                 "form_fields": [],

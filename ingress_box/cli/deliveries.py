@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
+from .. import listing
 from ..config import load_settings
 from ..errors import InvalidInput
 from ..store import Database
@@ -48,37 +50,81 @@ def deliveries_group() -> None:
     """Inspect accepted deliveries."""
 
 
-@deliveries_group.command("list")
-@click.option("--plugin", help="only this plugin")
-@click.option("--instance", help="only this instance")
-@click.option("--state", type=click.Choice(["pending", "delivered", "dead"]))
-@limit_option
-@db_option
-@json_option
-def deliveries_list(
+Decorator = Callable[[Callable[..., None]], Callable[..., None]]
+_FILTER_OPTIONS: tuple[Decorator, ...] = (
+    click.option("--plugin", help="only this plugin"),
+    click.option("--instance", help="only this instance"),
+    click.option("--state", type=click.Choice(store_deliveries.STATES)),
+    click.option("--event-type", help="only events of this type (as listed)"),
+    click.option("--since", help="received at or after: unix seconds or ISO 8601"),
+    click.option("--until", help="received before: unix seconds or ISO 8601"),
+    click.option("--search", help="words the body holds, as a phrase (kept bodies only)"),
+)
+
+
+def _filter_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The list's filters, as the admin API names them (``ingress_box.listing``)."""
+    for option in reversed(_FILTER_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _filters(
     plugin: str | None,
     instance: str | None,
     state: str | None,
-    limit: int,
-    db_path: Path | None,
-    as_json: bool,
-) -> None:
+    event_type: str | None,
+    since: str | None,
+    until: str | None,
+    search: str | None,
+) -> store_deliveries.Filters:
+    return listing.filters_of(
+        {
+            "plugin": plugin,
+            "instance": instance,
+            "state": state,
+            "event_type": event_type,
+            "since": since,
+            "until": until,
+            "q": search,
+        }
+    )
+
+
+@deliveries_group.command("list")
+@_filter_options
+@limit_option
+@db_option
+@json_option
+def deliveries_list(limit: int, db_path: Path | None, as_json: bool, **given: str | None) -> None:
     """List deliveries, newest first."""
+    filters = _filters(**given)
     page = read(
         load_settings(db_path=db_path),
-        lambda db: store_deliveries.alist_page(db, plugin, instance, state, None, limit),
+        lambda db: store_deliveries.alist_page(db, filters, None, limit),
     )
     if as_json:
         print_json({"items": [d.to_json() for d in page.items], "next_cursor": page.next_cursor})
         return
     table(
-        ["ID", "PLUGIN", "INSTANCE", "ROUTE", "STATE", "ATTEMPTS", "RECEIVED", "LAST ERROR"],
+        [
+            "ID",
+            "PLUGIN",
+            "INSTANCE",
+            "ROUTE",
+            "EVENT",
+            "STATE",
+            "ATTEMPTS",
+            "RECEIVED",
+            "LAST ERROR",
+        ],
         [
             [
                 d.id,
                 d.plugin_id,
                 d.instance_id,
                 d.route,
+                d.event_type,
                 d.state,
                 d.attempts,
                 when(d.received_at),
@@ -88,6 +134,30 @@ def deliveries_list(
         ],
     )
     more(page.next_cursor)
+
+
+@deliveries_group.command("export")
+@click.option("--format", "fmt", type=click.Choice(listing.FORMATS), required=True)
+@_filter_options
+@click.option(
+    "--limit",
+    type=click.IntRange(1, listing.MAX_ROWS),
+    default=listing.MAX_ROWS,
+    show_default=True,
+    help="at most this many, newest first",
+)
+@db_option
+def deliveries_export(fmt: str, limit: int, db_path: Path | None, **given: str | None) -> None:
+    """Write the deliveries the filters select to stdout: CSV with a header row, or a JSON
+    array, of the list's fields (no bodies)."""
+    filters = _filters(**given)
+
+    async def export(db: Database) -> None:
+        rows = store_deliveries.aevery(db, filters, limit)
+        async for chunk in listing.chunks(rows, fmt):
+            click.echo(chunk, nl=False)
+
+    read(load_settings(db_path=db_path), export)
 
 
 @deliveries_group.command("show")

@@ -54,7 +54,8 @@ def plugins_group(ctx: click.Context, plugins_dir: Path | None, as_json: bool) -
 @plugins_dir_option
 @json_option
 def plugins_show(plugin_id: str, plugins_dir: Path | None, as_json: bool) -> None:
-    """Show one plugin: each route's methods, verification, dedup and conversation rules."""
+    """Show one plugin: each route's methods, verification, dedup and conversation rules, and
+    where its event type is."""
     registry = load_registry(load_settings(plugins_dir=plugins_dir).plugins_dir)
     data = plugin_to_json(instance_rules.plugin_of(registry, plugin_id))
     if as_json:
@@ -73,3 +74,5 @@ def plugins_show(plugin_id: str, plugins_dir: Path | None, as_json: bool) -> Non
             click.echo("  GET challenge (hub.verify_token)")
         click.echo(f"  dedup: {json.dumps(route['dedup'], sort_keys=True)}")
         click.echo(f"  conversation: {json.dumps(route['conversation'], sort_keys=True)}")
+        if route["event_type"] is not None:
+            click.echo(f"  event type: {json.dumps(route['event_type'], sort_keys=True)}")

@@ -15,15 +15,16 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import NotFound
 from ..event import Event
+from ..values import is_utf8
 from .db import Database
 from .outbox import LANE_SQL
-from .pages import Page, decode_cursor, page_of
+from .pages import MAX_LIMIT, Page, decode_cursor, page_of
 
 STATES = ("pending", "delivered", "dead")
 
@@ -42,6 +43,7 @@ class NewDelivery:
     headers: str  # JSON, redacted
     body: bytes
     received_at: float
+    event_type: str | None = None
 
     def event(self) -> Event:
         """The record its handler gets for its first attempt, as a claim would read it back."""
@@ -66,14 +68,16 @@ class NewDelivery:
 
 _INSERT_DELIVERIES = """
 INSERT OR IGNORE INTO deliveries (id, plugin_id, instance_id, route, provider_delivery_id,
-    conversation, method, subpath, content_type, headers, body, received_at)
+    conversation, method, subpath, content_type, headers, body, received_at, event_type,
+    searchable)
 VALUES {rows} RETURNING seq, id
 """
 _INSERT_OUTBOX = f"""
 INSERT INTO outbox (delivery_seq, lane, available_at)
 SELECT seq, {LANE_SQL}, received_at FROM deliveries WHERE seq IN ({{seqs}}) ORDER BY seq
 """
-_CHUNK = 500  # rows per statement: 12 parameters each, far below SQLite's variable limit
+_CHUNK = 500  # rows per statement: 14 parameters each, far below SQLite's variable limit
+_WIDTH = 14
 
 
 def _rows(count: int, width: int) -> str:
@@ -107,11 +111,15 @@ def accept_many(conn: sqlite3.Connection, items: Sequence[NewDelivery]) -> list[
                 d.headers,
                 d.body,
                 d.received_at,
+                d.event_type,
+                int(is_utf8(d.body)),  # 1: for the indexer (store/search.py) to add
             )
         ]
         inserted = {
             row[1]: row[0]
-            for row in conn.execute(_INSERT_DELIVERIES.format(rows=_rows(len(chunk), 12)), params)
+            for row in conn.execute(
+                _INSERT_DELIVERIES.format(rows=_rows(len(chunk), _WIDTH)), params
+            )
         }
         if inserted:
             conn.execute(
@@ -142,7 +150,8 @@ def accept(conn: sqlite3.Connection, d: NewDelivery) -> bool:
 _ITEM = """
 SELECT d.seq, d.id, d.plugin_id, d.instance_id, d.route, d.provider_delivery_id,
        d.conversation, d.state, d.attempts, d.received_at, d.delivered_at, d.last_error,
-       d.note, d.content_type, length(d.body) AS size, o.available_at, o.lease_until, o.parked
+       d.note, d.content_type, length(d.body) AS size, d.event_type, o.available_at,
+       o.lease_until, o.parked
 FROM deliveries AS d LEFT JOIN outbox AS o ON o.delivery_seq = d.seq
 """
 
@@ -166,6 +175,7 @@ class Delivery:
     note: str | None
     content_type: str | None
     size: int | None  # None once the payload is pruned
+    event_type: str | None  # where the plugin knows one
     next_attempt_at: float | None
     leased: bool
     parked: bool
@@ -176,6 +186,7 @@ class Delivery:
             "plugin": self.plugin_id,
             "instance": self.instance_id,
             "route": self.route,
+            "event_type": self.event_type,
             "provider_delivery_id": self.provider_delivery_id,
             "conversation": self.conversation,
             "state": self.state,
@@ -212,6 +223,7 @@ def _delivery(row: sqlite3.Row) -> Delivery:
         note=row["note"],
         content_type=row["content_type"],
         size=row["size"],
+        event_type=row["event_type"],
         next_attempt_at=row["available_at"],
         leased=row["lease_until"] is not None,
         parked=bool(row["parked"]),
@@ -283,22 +295,45 @@ class DeliveryDetail:
         return data
 
 
-def _list_query(
-    plugin_id: str | None,
-    instance_id: str | None,
-    state: str | None,
-    cursor: str | None,
-    limit: int,
-) -> tuple[str, list[Any]]:
+@dataclass(frozen=True)
+class Filters:
+    """Which deliveries a listing or an export shows; None is "any". ``since`` and ``until``
+    bound ``received_at`` (unix seconds, ``until`` exclusive); ``search`` is text the body must
+    contain, as a phrase (see :func:`phrase`)."""
+
+    plugin_id: str | None = None
+    instance_id: str | None = None
+    state: str | None = None
+    event_type: str | None = None
+    since: float | None = None
+    until: float | None = None
+    search: str | None = None
+
+
+def phrase(text: str) -> str:
+    """``text`` as one FTS5 phrase: its words in this order, whatever they spell (``NEAR(``,
+    ``*``, ``OR`` and quotes are words or nothing, never query syntax)."""
+    return '"' + text.replace('"', '""') + '"'
+
+
+# The rows of the full-text index that hold the phrase: a subquery the listing filters on.
+_MATCHING = "d.seq IN (SELECT rowid FROM deliveries_search WHERE deliveries_search MATCH ?)"
+
+
+def _list_query(filters: Filters, cursor: str | None, limit: int) -> tuple[str, list[Any]]:
     where: list[str] = []
     params: list[Any] = []
-    for column, value in (
-        ("d.plugin_id", plugin_id),
-        ("d.instance_id", instance_id),
-        ("d.state", state),
+    for condition, value in (
+        ("d.plugin_id = ?", filters.plugin_id),
+        ("d.instance_id = ?", filters.instance_id),
+        ("d.state = ?", filters.state),
+        ("d.event_type = ?", filters.event_type),
+        ("d.received_at >= ?", filters.since),
+        ("d.received_at < ?", filters.until),
+        (_MATCHING, None if filters.search is None else phrase(filters.search)),
     ):
-        if value:
-            where.append(f"{column} = ?")
+        if value is not None and value != "":
+            where.append(condition)
             params.append(value)
     if cursor:
         where.append("d.seq < ?")
@@ -310,15 +345,25 @@ def _list_query(
 
 
 async def alist_page(
-    db: Database,
-    plugin_id: str | None,
-    instance_id: str | None,
-    state: str | None,
-    cursor: str | None,
-    limit: int,
+    db: Database, filters: Filters, cursor: str | None, limit: int
 ) -> Page[Delivery]:
-    rows = await db.aread(*_list_query(plugin_id, instance_id, state, cursor, limit))
+    rows = await db.aread(*_list_query(filters, cursor, limit))
     return page_of([_delivery(r) for r in rows], limit, lambda d: [d.seq])
+
+
+async def aevery(db: Database, filters: Filters, most: int) -> AsyncIterator[Delivery]:
+    """The deliveries ``filters`` select, newest first, at most ``most`` of them, read a page
+    at a time (so an export never holds them all, nor one read transaction for long)."""
+    cursor: str | None = None
+    left = most
+    while left > 0:
+        page = await alist_page(db, filters, cursor, min(left, MAX_LIMIT))
+        for delivery in page.items:
+            yield delivery
+        left -= len(page.items)
+        cursor = page.next_cursor
+        if cursor is None:
+            return
 
 
 _ATTEMPTS = (

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ..errors import SchemaTooNew
+from ..values import is_utf8
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,39 @@ CREATE TRIGGER IF NOT EXISTS rejections_of_deleted_instance AFTER DELETE ON inst
     DELETE FROM rejections WHERE plugin_id = OLD.plugin_id AND instance_id = OLD.instance_id;
 END;
 """
+
+# 0.2: an event type per delivery, and full-text search over the bodies still kept.
+_SEARCH = """
+ALTER TABLE deliveries ADD COLUMN event_type TEXT;
+ALTER TABLE deliveries ADD COLUMN searchable INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS deliveries_unindexed ON deliveries (seq) WHERE searchable = 1;
+CREATE VIRTUAL TABLE IF NOT EXISTS deliveries_search
+    USING fts5(body, content='deliveries', content_rowid='seq');
+CREATE TRIGGER IF NOT EXISTS deliveries_search_update AFTER UPDATE OF body ON deliveries
+WHEN old.searchable = 2 BEGIN
+    INSERT INTO deliveries_search (deliveries_search, rowid, body)
+    SELECT 'delete', old.seq, CAST(old.body AS TEXT) WHERE old.body IS NOT NULL;
+    INSERT INTO deliveries_search (rowid, body)
+    SELECT new.seq, CAST(new.body AS TEXT) WHERE new.body IS NOT NULL;
+END;
+CREATE TRIGGER IF NOT EXISTS deliveries_search_delete AFTER DELETE ON deliveries
+WHEN old.searchable = 2 AND old.body IS NOT NULL BEGIN
+    INSERT INTO deliveries_search (deliveries_search, rowid, body)
+    VALUES ('delete', old.seq, CAST(old.body AS TEXT));
+END;
+"""
+
+
+def _search(conn: sqlite3.Connection) -> None:
+    """The columns, the index and its triggers; the bodies kept that are UTF-8 text (Python's
+    test: SQLite has none) are marked for the indexer, which fills the index in the
+    background once ``serve`` runs, so a big file does not hold up the start."""
+    for statement in statements(_SEARCH):
+        conn.execute(statement)
+    rows = conn.execute("SELECT seq, body FROM deliveries WHERE body IS NOT NULL")
+    text = [(seq,) for seq, body in rows if is_utf8(body)]
+    conn.executemany("UPDATE deliveries SET searchable = 1 WHERE seq = ?", text)
+
 
 # The steps after the baseline, in order. Release 0.2's steps may still change until it ships.
 MIGRATIONS: tuple[Migration, ...] = (
@@ -198,6 +232,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX outbox_available ON outbox (available_at);
         """,
     ),
+    Migration(6, "search", _search),
 )
 
 

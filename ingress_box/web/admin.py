@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import instance_health, instance_rules, probe, quarantine
+from .. import instance_health, instance_rules, listing, probe, quarantine
 from ..errors import InvalidInput, NotFound
 from ..plugins import plugin_to_json
 from ..store import dead_letters as store_dead_letters
@@ -26,7 +26,7 @@ from ..store import rejections as store_rejections
 from ..store import replay as store_replay
 from ..store.pages import MAX_LIMIT, clamp_limit
 from ..values import check_time
-from . import bridges, mappings, openapi
+from . import bridges, deliveries, mappings, openapi
 from .box import Box, box_of
 from .kit import (
     base_url,
@@ -259,20 +259,16 @@ class SendTestEvent(HTTPEndpoint):
 
 class Deliveries(HTTPEndpoint):
     async def get(self, request: Request) -> Response:
-        query = request.query_params
-        state = query.get("state") or None
-        if state is not None and state not in store_deliveries.STATES:
-            raise InvalidInput(f"state must be one of {', '.join(store_deliveries.STATES)}")
         cursor, limit = page_args(request)
         page = await store_deliveries.alist_page(
-            box_of(request).db,
-            query.get("plugin") or None,
-            query.get("instance") or None,
-            state,
-            cursor,
-            limit,
+            box_of(request).db, listing.filters_of(request.query_params), cursor, limit
         )
         return page_json(page, store_deliveries.Delivery.to_json)
+
+
+class DeliveriesExport(HTTPEndpoint):
+    async def get(self, request: Request) -> Response:
+        return await deliveries.export_response(box_of(request).db, request.query_params)
 
 
 class DeliveryItem(HTTPEndpoint):
@@ -376,6 +372,7 @@ def routes() -> list[BaseRoute]:
                 Route("/unmatched", Unmatched),
                 Route("/instances/{plugin}/{instance}/test", SendTestEvent),
                 Route("/deliveries", Deliveries),
+                Route("/deliveries/export", DeliveriesExport),  # before {id}, which would match
                 Route("/deliveries/{id}", DeliveryItem),
                 Route("/deliveries/{id}/replay", DeliveryReplay),
                 Route("/replay", Replay),

@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from .. import forward, instance_health, instance_rules, mapping_rules, probe, quarantine
+from .. import forward, instance_health, instance_rules, listing, mapping_rules, probe, quarantine
 from ..delivery import Target
 from ..errors import (
     InvalidInput,
@@ -41,7 +41,7 @@ from ..store import mappings as store_mappings
 from ..store import probes as store_probes
 from ..store import rejections as store_rejections
 from ..store import replay as store_replay
-from . import sparklines, templating
+from . import deliveries, sparklines, templating
 from .box import Box, box_of
 from .kit import base_url, error_response
 from .logins import Login, Logins
@@ -51,6 +51,8 @@ COOKIE = "ingress_box_session"
 HERE = Path(__file__).parent
 MAX_FORM_BYTES = 64 * 1024  # the dashboard's forms are a few short fields
 PAGE_SIZE = 50
+# The deliveries page's filters, as the list API names them (ingress_box.listing reads them).
+_LIST_FILTERS = ("q", "state", "plugin", "instance", "event_type", "since", "until")
 BODY_SHOWN = 16 * 1024  # characters of a body shown on a delivery page
 KEPT_SHOWN = 200  # the newest kept (admissible) requests on the rejections page
 # Only our own pages may be the target of the login's redirect (no open redirect).
@@ -370,38 +372,37 @@ class Dashboard:
 
     async def deliveries(self, visit: Visit) -> Response:
         db = visit.box.db
-        state, search = visit.query("state"), (visit.query("q") or "").strip()
-        if state is not None and state not in store_deliveries.STATES:
-            raise InvalidInput(f"state must be one of {', '.join(store_deliveries.STATES)}")
-        filters = {
-            "state": state,
-            "plugin": visit.query("plugin"),
-            "instance": visit.query("instance"),
-        }
-        if search:
+        filters = listing.filters_of(visit.request.query_params)
+        # The inputs as typed (a time stays as the operator wrote it), for the form and links.
+        shown = {name: visit.query(name) for name in _LIST_FILTERS}
+        search, listed, next_cursor = filters.search, None, None
+        if search:  # an id first: a pasted webhook-id or provider id opens its delivery
             found = await activity.afind(db, search, PAGE_SIZE)
             if len(found) == 1:
                 return _redirect(f"{PREFIX}/deliveries/{quote(found[0], safe='')}")
-            listed, next_cursor = await store_deliveries.aitems(db, found), None
-        else:
-            page = await store_deliveries.alist_page(
-                db, filters["plugin"], filters["instance"], state, visit.query("cursor"), PAGE_SIZE
-            )
+            if found:
+                listed = await store_deliveries.aitems(db, found)
+        if listed is None:  # else words of the bodies, with the other filters
+            page = await store_deliveries.alist_page(db, filters, visit.query("cursor"), PAGE_SIZE)
             listed, next_cursor = page.items, page.next_cursor
         items = [d.to_json() for d in listed]
+        given = {k: v for k, v in shown.items() if v}
         return self.render(
             visit.request,
             "deliveries.html",
             visit.login,
             items=items,
-            filters=filters,
-            search=search,
+            filters=shown,
+            search=search or "",
             next_cursor=next_cursor,
             plugins=[p.id for p in visit.box.registry.all()],
-            next_query=urlencode(
-                {**{k: v for k, v in filters.items() if v}, "cursor": next_cursor or ""}
-            ),
+            next_query=urlencode({**given, "cursor": next_cursor or ""}),
+            export_query=urlencode(given),
+            export_max=listing.MAX_ROWS,
         )
+
+    async def deliveries_export(self, visit: Visit) -> Response:
+        return await deliveries.export_response(visit.box.db, visit.request.query_params)
 
     async def delivery(self, visit: Visit) -> Response:
         detail = await store_deliveries.aget(visit.box.db, visit.request.path_params["id"])
@@ -587,6 +588,7 @@ def routes() -> list[BaseRoute]:
         Route("/instances/{plugin}/{instance}", ui.guard(ui.instance)),
         Route("/instances/{plugin}/{instance}/test", ui.guard(ui.send_test), methods=["POST"]),
         Route("/deliveries", ui.guard(ui.deliveries)),
+        Route("/deliveries/export", ui.guard(ui.deliveries_export)),  # before {id}
         Route("/deliveries/{id}", ui.guard(ui.delivery)),
         Route("/deliveries/{id}/replay", ui.guard(ui.replay), methods=["POST"]),
         Route("/lanes", ui.guard(ui.lanes)),

@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
+from ..listing import FORMATS as EXPORT_FORMATS
+from ..listing import MAX_ROWS as MAX_EXPORT_ROWS
+from ..listing import MAX_SEARCH_CHARS
 from ..store.deliveries import STATES as DELIVERY_STATES
 from ..store.instances import INSTANCE_ID, LANE_POLICIES
 from ..store.mappings import STATES as MAPPING_STATES
@@ -80,6 +83,7 @@ SCHEMAS: dict[str, Schema] = {
                 max_body_bytes=_nullable("integer"),
                 dedup={"type": "object"},
                 conversation={"type": "object"},
+                event_type=_nullable("object"),
             ),
         },
     ),
@@ -317,6 +321,7 @@ SCHEMAS: dict[str, Schema] = {
         plugin={"type": "string"},
         instance={"type": "string"},
         route={"type": "string"},
+        event_type=_nullable("string", description="where the plugin knows one"),
         provider_delivery_id={"type": "string"},
         conversation=_nullable("string"),
         state={"enum": list(DELIVERY_STATES)},
@@ -443,6 +448,23 @@ PAGE = [
     _query("cursor", "next_cursor of the previous page"),
 ]
 KEY = _path("plugin", "instance")
+
+
+_MOMENT = "unix seconds or ISO 8601 (2026-12-01T10:00:00Z; UTC without an offset)"
+DELIVERY_FILTERS = [
+    _query("plugin", "only this plugin's"),
+    _query("instance", "only this instance's"),
+    _query("state", "only in this state", {"enum": list(DELIVERY_STATES)}),
+    _query("event_type", "only events of this type", {"type": "string", "maxLength": 128}),
+    _query("since", f"received at or after this: {_MOMENT}"),
+    _query("until", f"received before this: {_MOMENT}"),
+    _query(
+        "q",
+        "words the body holds, in this order (a phrase, never query syntax); only bodies "
+        "still kept that are UTF-8 text",
+        {"type": "string", "maxLength": MAX_SEARCH_CHARS},
+    ),
+]
 
 
 def _op(
@@ -597,11 +619,39 @@ PATHS: dict[str, dict[str, Schema]] = {
         "get": _op(
             "deliveries, newest first",
             {"200": _answer("a page", _page("Delivery"))},
+            parameters=[*DELIVERY_FILTERS, *PAGE],
+            errors=("400",),
+        ),
+    },
+    "/admin/deliveries/export": {
+        "get": _op(
+            "the deliveries the filters select, newest first, as a file (the list's fields)",
+            {
+                "200": {
+                    "description": (
+                        f"CSV with a header row, or a JSON array; at most {MAX_EXPORT_ROWS} rows"
+                    ),
+                    "content": {
+                        "text/csv": {"schema": {"type": "string"}},
+                        "application/json": {
+                            "schema": {"type": "array", "items": _ref("Delivery")}
+                        },
+                    },
+                }
+            },
             parameters=[
-                _query("plugin", "only this plugin's"),
-                _query("instance", "only this instance's"),
-                _query("state", "only in this state", {"enum": list(DELIVERY_STATES)}),
-                *PAGE,
+                {
+                    "name": "format",
+                    "in": "query",
+                    "required": True,
+                    "schema": {"enum": list(EXPORT_FORMATS)},
+                },
+                *DELIVERY_FILTERS,
+                _query(
+                    "limit",
+                    "at most this many",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_EXPORT_ROWS},
+                ),
             ],
             errors=("400",),
         ),

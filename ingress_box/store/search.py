@@ -1,0 +1,46 @@
+"""The full-text index of kept bodies (``deliveries_search``, FTS5), filled off the accept path.
+
+Indexing a body in the accept transaction costs more than the rest of storing it (FTS5 writes a
+segment per transaction: about 150 µs of CPU per 1 KB body in the small transactions of the
+group commit, 50 µs in batches of hundreds), so the writer only marks a UTF-8 body
+(``searchable = 1``) and :func:`index_pending` adds the marked ones a batch at a time: the
+outbox stays the source of truth, and a search lags behind by up to the indexer's interval
+(:mod:`ingress_box.indexer`). Triggers in ``schema.sql`` take a body out of the index when
+retention prunes it or its row goes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from .db import Database
+
+BATCH = 256  # bodies per writer op: a few milliseconds of the writer, however large the backlog
+
+_PENDING = "SELECT seq FROM deliveries WHERE searchable = 1 ORDER BY seq LIMIT ?"
+_INDEX = """
+INSERT INTO deliveries_search (rowid, body)
+SELECT seq, CAST(body AS TEXT) FROM deliveries WHERE seq IN ({seqs}) AND body IS NOT NULL
+"""
+# 2 also for a body pruned before its turn: the triggers look for a body before taking one out.
+_DONE = "UPDATE deliveries SET searchable = 2 WHERE seq IN ({seqs})"
+
+
+async def awaiting(db: Database) -> bool:
+    """Whether any body waits to be indexed: a read, so an idle box writes nothing."""
+    return await db.aread_one("SELECT 1 FROM deliveries WHERE searchable = 1 LIMIT 1") is not None
+
+
+def index_pending(limit: int = BATCH) -> Callable[[sqlite3.Connection], int]:
+    """A writer op: index up to ``limit`` waiting bodies, oldest first; how many it took."""
+
+    def op(conn: sqlite3.Connection) -> int:
+        seqs = [row[0] for row in conn.execute(_PENDING, (limit,))]
+        if seqs:
+            marks = ",".join("?" * len(seqs))
+            conn.execute(_INDEX.format(seqs=marks), seqs)
+            conn.execute(_DONE.format(seqs=marks), seqs)
+        return len(seqs)
+
+    return op
