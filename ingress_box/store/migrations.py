@@ -117,6 +117,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
     Migration(3, "quarantine", _REJECTIONS),
+    Migration(
+        4,
+        "bridge openings",
+        """
+        CREATE TABLE bridge_openings (
+            bridge_id   TEXT NOT NULL,
+            chat        TEXT NOT NULL,
+            claimed_at  REAL NOT NULL,
+            PRIMARY KEY (bridge_id, chat)
+        ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 
