@@ -210,6 +210,16 @@ CREATE TABLE IF NOT EXISTS bridge_aliases (
     PRIMARY KEY (bridge_id, alias)
 ) WITHOUT ROWID;
 
+-- A chat whose contact and conversation an attempt is making now: one attempt per chat, so two
+-- lanes of one chat (its phone JID's and its @lid's) never make two conversations. Deleted
+-- once the mapping is stored; a row older than an attempt timeout is abandoned (a crash).
+CREATE TABLE IF NOT EXISTS bridge_openings (
+    bridge_id   TEXT NOT NULL,
+    chat        TEXT NOT NULL,
+    claimed_at  REAL NOT NULL,
+    PRIMARY KEY (bridge_id, chat)
+) WITHOUT ROWID;
+
 -- Requests a known instance refused for their signature or timestamp, kept (bounded per
 -- instance and in bytes; see store/rejections.py) so they can be admitted once the secret is
 -- fixed. Headers are JSON without the credentials that are not the verification input.

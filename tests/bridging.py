@@ -32,7 +32,7 @@ from waiting import eventually
 
 from ingress_box.config import Settings, load_settings
 from ingress_box.signing import generate_outbound_secret
-from ingress_box.store import bridges
+from ingress_box.store import Database, bridges
 from ingress_box.store.instances import Instance
 from ingress_box.store.mappings import ConversationMapping, Filter, list_page
 
@@ -63,7 +63,7 @@ def bridge_settings(settings: Settings, **overrides: Any) -> Settings:
     return load_settings({}, **values)
 
 
-def _gateway(kind: str, url: str) -> tuple[GatewayDouble, str, str]:
+def gateway_double(kind: str, url: str) -> tuple[GatewayDouble, str, str]:
     """The double of ``kind`` posting to ``url``; its API key and the bridge's session."""
     if kind == "waha":
         retries = WahaRetries(attempts=3)
@@ -174,6 +174,46 @@ class Bridged:
         return redriven
 
 
+def join(
+    db: Database,
+    bridge_id: str,
+    kind: str,
+    gateway_url: str,
+    session: str,
+    api_key: str,
+    chatwoot: FakeChatwoot,
+    account: int,
+    inbox: int,
+    options: dict[str, Any] | None = None,
+) -> None:
+    """Write bridge ``bridge_id`` (the gateway at ``gateway_url``, the Chatwoot ``account`` and
+    ``inbox``) and its two instances, with this module's webhook secrets, through the store."""
+    now = time.time()
+    bridge = bridges.Bridge(
+        id=bridge_id,
+        gateway=bridges.Gateway(kind, gateway_url, session, api_key),
+        chatwoot=bridges.Chatwoot(chatwoot.url, account, inbox, chatwoot.token),
+        created_at=now,
+        options=options or {},
+    )
+    secrets = {kind: GATEWAY_SECRET, "chatwoot": CHATWOOT_SECRET}
+    instances = [
+        Instance(
+            plugin,
+            bridge_id,
+            secrets[plugin],
+            generate_outbound_secret(),
+            now,
+            now,
+            handler="bridge",
+            session=session,
+            config={"bridge": bridge_id},
+        )
+        for plugin, _ in bridge.instances
+    ]
+    db.write(bridges.insert(bridge, instances))
+
+
 @contextlib.contextmanager
 def bridged(
     settings: Settings, kind: str, *, options: dict[str, Any] | None = None, **overrides: Any
@@ -183,35 +223,25 @@ def bridged(
         running_box(bridge_settings(settings, **overrides)) as live,
         FakeChatwoot() as chatwoot,
     ):
-        gateway, api_key, session = _gateway(kind, f"{live.url}/ingress/{kind}/{BRIDGE}/events")
+        gateway, api_key, session = gateway_double(
+            kind, f"{live.url}/ingress/{kind}/{BRIDGE}/events"
+        )
         with gateway:
             account = chatwoot.add_account()
             inbox = chatwoot.add_inbox(account)
             chatwoot.add_webhook(
                 account, f"{live.url}/ingress/chatwoot/{BRIDGE}/events", secret=CHATWOOT_SECRET
             )
-            now = time.time()
-            bridge = bridges.Bridge(
-                id=BRIDGE,
-                gateway=bridges.Gateway(kind, gateway.url, session, api_key),
-                chatwoot=bridges.Chatwoot(chatwoot.url, account, inbox, chatwoot.token),
-                created_at=now,
-                options=options or {},
+            join(
+                live.box.db,
+                BRIDGE,
+                kind,
+                gateway.url,
+                session,
+                api_key,
+                chatwoot,
+                account,
+                inbox,
+                options,
             )
-            secrets = {kind: GATEWAY_SECRET, "chatwoot": CHATWOOT_SECRET}
-            instances = [
-                Instance(
-                    plugin,
-                    BRIDGE,
-                    secrets[plugin],
-                    generate_outbound_secret(),
-                    now,
-                    now,
-                    handler="bridge",
-                    session=session,
-                    config={"bridge": BRIDGE},
-                )
-                for plugin, _ in bridge.instances
-            ]
-            live.box.db.write(bridges.insert(bridge, instances))
             yield Bridged(live, kind, gateway, chatwoot, account, inbox, session)

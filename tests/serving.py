@@ -23,7 +23,8 @@ class BoxProcess:
     """One ``ingress-box`` process on the database file ``db``.
 
     The environment is the test's minus every ``INGRESS_BOX_*`` variable, plus the database,
-    the address, the admin token and ``env``. ``nofile`` sets the child's open-files limit.
+    the address, the admin token and ``env``. ``nofile`` sets the child's open-files limit;
+    ``port`` (default: a free one) lets a restarted box answer where its clients still post.
     """
 
     def __init__(
@@ -34,10 +35,11 @@ class BoxProcess:
         token: str = ADMIN_TOKEN,
         nofile: tuple[int, int] | None = None,
         env: Mapping[str, str] | None = None,
+        port: int | None = None,
     ) -> None:
         self.db = db
         self.token = token
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         clean = {k: v for k, v in os.environ.items() if not k.startswith("INGRESS_BOX_")}
         environ = {

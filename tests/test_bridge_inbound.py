@@ -104,7 +104,7 @@ def test_a_message_typed_on_the_phone_becomes_an_outgoing_message(
 
 def test_a_message_reported_as_phone_jid_and_as_lid_is_posted_once(settings: Settings) -> None:
     """OpenWA reports one message for the @c.us chat and for its @lid (two deliveries, two
-    lanes): one Chatwoot message, one contact."""
+    lanes, at once): one Chatwoot message, one contact, one conversation."""
     with bridged(settings, "openwa") as b:
         key = "3EB0AAAABBBBCCCCDDDDEE"
         b.gateway.inbound(b.contact, "hi once", key_id=key)
@@ -114,6 +114,7 @@ def test_a_message_reported_as_phone_jid_and_as_lid_is_posted_once(settings: Set
         b.wait_settled()
         assert len(b.messages(conversation["id"])) == 1
         assert len(b.chatwoot.contacts(b.account)) == 1
+        assert len(b.conversations()) == 1
 
 
 def test_a_waha_message_reported_as_phone_jid_and_as_lid_is_posted_once(

@@ -147,3 +147,22 @@ def test_an_echo_claims_an_unconfirmed_or_settled_part_but_not_one_still_sending
     assert bridge_links.of_wa(db, "shop", "WA-ECHO-1")[0].cw_message_id == 905
     assert bridge_links.of_wa(db, "shop", "WA-ECHO-2")[0].cw_message_id == 907
     assert bridge_links.of_chatwoot(db, "shop", 906)[0].in_flight
+
+
+def test_a_claim_whose_attempt_is_over_is_taken_over_by_one_attempt_only(db: Database) -> None:
+    claim, _ = db.write(bridge_links.posting("shop", "1555@c.us", "KEY3", 0, None, NOW))
+    first = db.write(bridge_links.take_over("shop", "KEY3", 0, claim.created_at, NOW + 5))
+    second = db.write(bridge_links.take_over("shop", "KEY3", 0, claim.created_at, NOW + 5))
+    assert (first, second) == (True, False)
+    renewed, new = db.write(bridge_links.posting("shop", "1555@c.us", "KEY3", 0, None, NOW + 6))
+    assert (renewed.created_at, new) == (NOW + 5, False)
+
+
+def test_an_unclaimed_message_is_claimed_afresh_but_a_posted_one_stays(db: Database) -> None:
+    db.write(bridge_links.posting("shop", "1555@c.us", "KEY4", 0, None, NOW))
+    db.write(bridge_links.unclaim("shop", "KEY4", 0, NOW))
+    _, new = db.write(bridge_links.posting("shop", "1555@c.us", "KEY4", 0, None, NOW + 1))
+    assert new
+    db.write(bridge_links.posted("shop", "1555@c.us", "KEY4", 0, 55, 906, NOW + 2))
+    db.write(bridge_links.unclaim("shop", "KEY4", 0, NOW + 1))
+    assert [x.cw_message_id for x in bridge_links.of_wa(db, "shop", "KEY4")] == [906]

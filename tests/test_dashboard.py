@@ -13,7 +13,7 @@ from signers import sign_generic
 from starlette.testclient import TestClient
 
 from ingress_box.app import App
-from ingress_box.store import Database, mappings
+from ingress_box.store import Database, instances, mappings
 from ingress_box.store.deliveries import NewDelivery, accept
 from ingress_box.web.box import Box
 from ingress_box.web.dashboard import COOKIE
@@ -464,6 +464,25 @@ def test_bridges_page_lists_each_bridge_with_its_instances_and_mappings(
     secrets = (created["gateway"]["secret"], created["chatwoot"]["secret"])
     for secret in (*secrets, "evolution-api-key-0123", "chatwoot-api-token-0123"):
         assert secret not in page
+
+
+def test_bridges_page_shows_each_instance_enabled_pending_and_dead_letters(
+    ui: TestClient,
+    admin_headers: dict[str, str],
+    box: Box,
+    make_deliveries: MakeDeliveries,
+    make_dead_letters: MakeDeadLetters,
+) -> None:
+    """Each side of a bridge says whether it is enabled, how many deliveries wait, how many
+    dead letters are open (linked to them) and how its newest delivery went."""
+    ui.post("/admin/bridges", headers=admin_headers, json=BRIDGE)
+    make_dead_letters(box.db, 2, plugin="evolution", instance="shop")
+    make_deliveries(box.db, 3, plugin="evolution", instance="shop")
+    box.db.write(instances.update("chatwoot", "shop", T0, enabled=False))
+    row = ui.get(f"{UI}/bridges").text
+    dlq = f'href="{UI}/dlq?plugin=evolution&amp;instance=shop">2 dead letters</a>'
+    assert f"enabled, 3 pending, <a {dlq}, last delivery pending" in row
+    assert "disabled, 0 pending, 0 dead letters, last delivery none yet" in row
 
 
 def test_bridges_page_without_bridges_says_how_to_make_one(ui: TestClient) -> None:

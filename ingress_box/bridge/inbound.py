@@ -3,19 +3,27 @@
 The steps, in order:
 
 1. Read the event (:mod:`.normalize`); record the chat's other JIDs as aliases; resolve an
-   ``@lid`` to its phone JID when an alias says so.
+   ``@lid`` to its phone JID when an alias says so. An event whose lane is not its chat's (it
+   was reported under the ``@lid``) waits until the chat's lane has delivered what it took
+   earlier.
 2. A ``fromMe`` report of a message the bridge sent is dropped (its link has the id). One whose
    id is unknown while a send to the chat is in flight is not decidable yet: retried shortly (the
    chat's lane waits, so order holds). Any other ``fromMe`` was typed on the phone: it becomes an
    ``outgoing`` message.
-3. The conversation is the chat's mapping (plugin ``chatwoot``, instance the bridge id), looked
+3. The message is claimed in the link table, before its conversation is looked up: the same
+   message reported under the chat's ``@lid`` runs in another lane, and the claim lets only one
+   of the two make the conversation (the other waits for it). An attempt that fails before
+   posting drops its claim; one found without a Chatwoot id after its attempt is over (its
+   outcome is unknown) is taken over by one attempt, which first looks for its ``source_id``
+   in the conversation (Chatwoot does not dedupe on it).
+4. The conversation is the chat's mapping (plugin ``chatwoot``, instance the bridge id), looked
    up by the raw then the canonical JID; else it is made once: the contact found by its
    identifier (the JID) or created (on 422 adopted, found by identifier then phone), its
    contact-inbox ``source_id`` in the inbox taken or created, an open conversation taken or
-   created with that ``source_id``; the mapping is stored before anything is posted.
-4. The message is claimed in the link table, then posted with ``source_id`` ``WAID:<key id>``.
-   Chatwoot does not dedupe on it, so a claim found without a Chatwoot id (an earlier attempt
-   whose outcome is unknown) first looks for that ``source_id`` in the conversation.
+   created with that ``source_id``; the mapping is stored before the message is posted with
+   ``source_id`` ``WAID:<key id>``. One attempt at a time makes a chat's conversation (an
+   opening claim per chat): two lanes of one chat, its phone JID's and its ``@lid``'s, with
+   different first messages, would otherwise make two.
 5. A 404 on the post (the conversation was deleted) rebuilds the mapping once, in the attempt.
 
 Groups are bridged as one conversation per group (the group's JID is the contact), each message
@@ -52,7 +60,7 @@ def handle(bridge: Bridge, db: Database, event: Event, ctx: HandlerContext) -> N
     if isinstance(found, Skip):
         ctx.note = found.reason
         return
-    Inbound(bridge, db, ctx).run(found)
+    Inbound(bridge, db, ctx).run(found, event)
 
 
 class Inbound:
@@ -65,7 +73,7 @@ class Inbound:
     def skip(self, reason: str) -> None:
         self.ctx.note = f"skipped: {reason}"
 
-    def run(self, msg: WhatsAppMessage) -> None:
+    def run(self, msg: WhatsAppMessage, event: Event) -> None:
         bridge, db, now = self.bridge, self.db, self.ctx.now()
         for other in msg.alt_jids:
             db.write(bridge_links.alias(bridge.id, other, msg.chat, now))
@@ -77,21 +85,36 @@ class Inbound:
             return None
         if any(link.direction == "inbound" and link.cw_message_id for link in links):
             return self.skip(f"message {msg.key_id} is in Chatwoot already")
+        if event.conversation not in (None, chat) and bridge_links.earlier_in_lane(
+            db, event.id, chat
+        ):
+            # Reported under another JID (its @lid), the message is in another lane than its
+            # chat's: it waits for what the chat's lane took before it, so the order holds.
+            raise RetryLater("earlier messages of this chat are still on their way")
         source_id = f"WAID:{msg.key_id}"
         # Media first: a download that fails leaves no claim behind to wait out.
         fields, files = self._message(msg, source_id)
-        conversation = self._conversation(msg, chat)
-        claim, new = db.write(
-            bridge_links.posting(bridge.id, chat, msg.key_id, 0, conversation, now)
-        )
-        if not new:
+        # The claim comes before the conversation: the same message reported under its @lid
+        # runs in another lane at the same time, and only one of them may make the contact's
+        # conversation.
+        claim, new = db.write(bridge_links.posting(bridge.id, chat, msg.key_id, 0, None, now))
+        if new:
+            try:
+                conversation = self._conversation(msg, chat)
+            except BaseException:  # nothing was posted: the next attempt claims it afresh
+                db.write(bridge_links.unclaim(bridge.id, msg.key_id, 0, now))
+                raise
+        else:
             if claim.cw_message_id is not None:
                 return self.skip(f"message {msg.key_id} is in Chatwoot already")
             # Another attempt claimed it: wait until it is surely over, then see what it did.
             over = claim.created_at + self.ctx.timeout
             if over > now:
                 raise RetryLater("another attempt is posting this message", delay=over - now)
-            conversation = claim.cw_conversation_id or conversation
+            taken = bridge_links.take_over(bridge.id, msg.key_id, 0, claim.created_at, now)
+            if not db.write(taken):
+                raise RetryLater("another attempt took this message over", delay=self.ctx.timeout)
+            conversation = claim.cw_conversation_id or self._conversation(msg, chat)
             existing = self.chatwoot.find_message(conversation, source_id)
             if existing is not None:
                 self._posted(chat, msg, conversation, existing)
@@ -136,14 +159,29 @@ class Inbound:
     # -- the conversation --------------------------------------------------------------------
 
     def _conversation(self, msg: WhatsAppMessage, chat: str) -> int:
+        return self._mapped(msg, chat) or self._open(msg, chat, again=True)
+
+    def _mapped(self, msg: WhatsAppMessage, chat: str) -> int | None:
         session = self.bridge.gateway.session
         for jid in dict.fromkeys((msg.chat, chat)):
             mapping = self.mappings.of_chat(session, jid)
             if mapping is not None and mapping.conversation.isdigit():
                 return int(mapping.conversation)
-        return self._open(msg, chat)
+        return None
 
-    def _open(self, msg: WhatsAppMessage, chat: str) -> int:
+    def _open(self, msg: WhatsAppMessage, chat: str, *, again: bool = False) -> int:
+        """The chat's conversation, made by one attempt at a time (the chat's @lid lane may be
+        at it too); ``again``: first look once more for a mapping another attempt made."""
+        now = self.ctx.now()
+        claim = bridge_links.opening(self.bridge.id, chat, now - self.ctx.timeout, now)
+        if not self.db.write(claim):
+            raise RetryLater("another attempt is making this chat's conversation")
+        try:
+            return (again and self._mapped(msg, chat)) or self._make(msg, chat)
+        finally:
+            self.db.write(bridge_links.opened(self.bridge.id, chat, now))
+
+    def _make(self, msg: WhatsAppMessage, chat: str) -> int:
         """Find or make the chat's contact, contact-inbox and conversation; map them."""
         cw = self.chatwoot
         phone = phone_number(chat)

@@ -11,6 +11,8 @@ bridge's dedup table and its echo ledger:
   parts that have a ``wa_id``; the gateway's ``fromMe`` report of a part finds it by ``wa_id``;
   an in-flight row tells the WhatsApp side that a ``fromMe`` it does not know yet may be ours.
 
+An **opening** is the claim of the one attempt that makes a chat's contact and conversation.
+
 An **alias** maps another JID of a chat (an ``@lid``, or the phone JID) to the chat's canonical
 JID, filled from every event that carries both.
 """
@@ -91,7 +93,7 @@ def posted(
 
 
 def posting(
-    bridge_id: str, chat: str, wa_id: str, part: int, cw_conversation_id: int, now: float
+    bridge_id: str, chat: str, wa_id: str, part: int, cw_conversation_id: int | None, now: float
 ) -> Any:
     """An op that claims part ``part`` of WhatsApp message ``wa_id`` for posting to Chatwoot.
 
@@ -110,6 +112,37 @@ def posting(
             f"{_SELECT} WHERE bridge_id = ? AND wa_id = ? AND part = ?", (bridge_id, wa_id, part)
         ).fetchone()
         return _from_row(row), inserted == 1
+
+    return op
+
+
+def take_over(bridge_id: str, wa_id: str, part: int, claimed_at: float, now: float) -> Any:
+    """An op that takes over the claim of a post whose attempt is over (claimed at
+    ``claimed_at``, never recorded as posted). True for one caller only: the claim is renewed
+    to ``now``, so a second taker sees another time and backs off."""
+
+    def op(conn: sqlite3.Connection) -> bool:
+        changed = conn.execute(
+            "UPDATE bridge_messages SET created_at = ?, updated_at = ? WHERE bridge_id = ? "
+            "AND direction = 'inbound' AND wa_id = ? AND part = ? AND cw_message_id IS NULL "
+            "AND created_at = ?",
+            (now, now, bridge_id, wa_id, part, claimed_at),
+        ).rowcount
+        return changed == 1
+
+    return op
+
+
+def unclaim(bridge_id: str, wa_id: str, part: int, claimed_at: float) -> Any:
+    """An op that drops a claim made at ``claimed_at`` whose post was surely not made (the
+    attempt failed before posting), so the next attempt claims the message afresh."""
+
+    def op(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "DELETE FROM bridge_messages WHERE bridge_id = ? AND direction = 'inbound' "
+            "AND wa_id = ? AND part = ? AND cw_message_id IS NULL AND created_at = ?",
+            (bridge_id, wa_id, part, claimed_at),
+        )
 
     return op
 
@@ -190,6 +223,35 @@ def claim_echo(
     return op
 
 
+def opening(bridge_id: str, chat: str, abandoned_before: float, now: float) -> Any:
+    """An op that claims the making of ``chat``'s contact and conversation: True for one
+    attempt at a time. A claim made before ``abandoned_before`` (its attempt is over) is taken
+    over."""
+
+    def op(conn: sqlite3.Connection) -> bool:
+        row = conn.execute(
+            "INSERT INTO bridge_openings (bridge_id, chat, claimed_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (bridge_id, chat) DO UPDATE SET claimed_at = excluded.claimed_at "
+            "WHERE claimed_at < ? RETURNING claimed_at",
+            (bridge_id, chat, now, abandoned_before),
+        ).fetchone()
+        return row is not None
+
+    return op
+
+
+def opened(bridge_id: str, chat: str, claimed_at: float) -> Any:
+    """An op that ends the claim ``opening`` gave at ``claimed_at`` (made, or failed)."""
+
+    def op(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "DELETE FROM bridge_openings WHERE bridge_id = ? AND chat = ? AND claimed_at = ?",
+            (bridge_id, chat, claimed_at),
+        )
+
+    return op
+
+
 def alias(bridge_id: str, other: str, chat: str, now: float) -> Any:
     """An op that records ``other`` as another JID of canonical ``chat`` (idempotent)."""
 
@@ -230,6 +292,18 @@ def in_flight(db: Database, bridge_id: str, chat: str, since: float) -> bool:
         "SELECT 1 FROM bridge_messages WHERE bridge_id = ? AND chat = ? AND created_at >= ? "
         "AND direction = 'outbound' AND wa_id IS NULL LIMIT 1",
         (bridge_id, chat, since),
+    )
+    return row is not None
+
+
+def earlier_in_lane(db: Database, delivery_id: str, conversation: str) -> bool:
+    """Whether the instance of delivery ``delivery_id`` still has a pending delivery in lane
+    ``conversation`` that it took before that one."""
+    row = db.read_one(
+        "SELECT 1 FROM deliveries AS d JOIN deliveries AS me ON me.id = ? "
+        "WHERE d.state = 'pending' AND d.seq < me.seq AND d.plugin_id = me.plugin_id "
+        "AND d.instance_id = me.instance_id AND d.conversation = ? LIMIT 1",
+        (delivery_id, conversation),
     )
     return row is not None
 

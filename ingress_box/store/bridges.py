@@ -193,3 +193,39 @@ def mapping_counts(db: Database) -> dict[str, int]:
 
 async def amapping_counts(db: Database) -> dict[str, int]:
     return {r[0]: r[1] for r in await db.aread(_MAPPING_COUNTS)}
+
+
+@dataclass(frozen=True)
+class Side:
+    """One of a bridge's instances as the Bridges page shows it: what it holds, how it went."""
+
+    plugin_id: str
+    instance_id: str
+    enabled: bool
+    pending: int  # in the outbox (a parked head included)
+    dead_open: int  # dead letters not redriven
+    last_state: str | None  # the newest delivery's state; None before the first one
+
+
+# The outbox and the open dead letters are small (they follow the backlog, not the history);
+# the newest delivery is the last row of the instance's (plugin, instance, seq) index.
+_SIDES = """
+SELECT i.plugin_id, i.instance_id, i.enabled,
+       (SELECT count(*) FROM outbox AS o JOIN deliveries AS d ON d.seq = o.delivery_seq
+        WHERE d.plugin_id = i.plugin_id AND d.instance_id = i.instance_id) AS pending,
+       (SELECT count(*) FROM dead_letters AS x WHERE x.redriven_at IS NULL
+        AND x.plugin_id = i.plugin_id AND x.instance_id = i.instance_id) AS dead_open,
+       (SELECT d.state FROM deliveries AS d
+        WHERE d.plugin_id = i.plugin_id AND d.instance_id = i.instance_id
+        ORDER BY d.seq DESC LIMIT 1) AS last_state
+FROM instances AS i WHERE i.handler = 'bridge'
+"""
+
+
+async def asides(db: Database) -> dict[tuple[str, str], Side]:
+    """Every bridge instance's :class:`Side`, by (plugin, instance)."""
+    rows = await db.aread(_SIDES)
+    return {
+        (r["plugin_id"], r["instance_id"]): Side(**{**dict(r), "enabled": bool(r["enabled"])})
+        for r in rows
+    }

@@ -233,6 +233,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
     Migration(6, "search", _search),
+    Migration(
+        7,
+        "bridge openings",
+        """
+        CREATE TABLE bridge_openings (
+            bridge_id   TEXT NOT NULL,
+            chat        TEXT NOT NULL,
+            claimed_at  REAL NOT NULL,
+            PRIMARY KEY (bridge_id, chat)
+        ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 

@@ -332,7 +332,11 @@ class Dashboard:
         db = visit.box.db
         bridges = await store_bridges.aevery(db)
         counts = await store_bridges.amapping_counts(db)
-        rows = [(b, counts.get(b.id, 0)) for b in bridges]
+        sides = await store_bridges.asides(db)
+        rows = [
+            (b, counts.get(b.id, 0), [(pair, sides.get(pair)) for pair in b.instances])
+            for b in bridges
+        ]
         return self.render(visit.request, "bridges.html", visit.login, rows=rows)
 
     async def instance(self, visit: Visit) -> Response:
