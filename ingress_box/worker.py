@@ -70,6 +70,7 @@ POLL_MIN_SECONDS = 0.02
 WAIT_SECONDS = 1.0  # the longest an idle consumer thread waits before huey's loop goes round
 SHORT_WAIT_SECONDS = 1.0  # a retry due sooner than this is waited for in the drain itself
 MAX_CLAIM = 16  # rows one drain leases at once when there is a backlog
+MAX_UNSETTLED = MAX_CLAIM  # attempts a drain may have made whose outcomes are not committed
 IDLE_SECONDS = 1.0  # with an ingress in this process: how long an idle drain waits for it
 
 
@@ -247,7 +248,7 @@ class Worker:
         self._idling = 0
         self._handed: collections.deque[store_outbox.Claimed] = collections.deque()
         self._more = False  # the outbox may hold claimable work no drain was handed
-        self._unsettled = threading.local()  # per drain thread: its last outcome's future
+        self._unsettled = threading.local()  # per drain thread: its last outcomes' futures
         self.lease_seconds = settings.lease_seconds
         self.observers: list[Callable[[store_outbox.Claimed, Decision, float], None]] = []
         # Told once an outcome is committed, in the writer's thread: each must be quick.
@@ -451,7 +452,7 @@ class Worker:
                 if attempted and (self._stopping.is_set() or late):
                     break
                 attempted += 1
-                self._await_last_outcome()
+                self._await_earlier_outcomes()
                 self.deliver(row)
         finally:  # also when something escaped: what was not attempted goes back at once
             if attempted < len(rows):
@@ -506,16 +507,27 @@ class Worker:
             future.add_done_callback(self._outcome_committed)
             for recorded in self.recorded:
                 future.add_done_callback(partial(_tell_recorded, recorded, row, decision))
-            self._unsettled.future = future
+            self._unsettled_of_this_drain().append(future)
 
-    def _await_last_outcome(self) -> None:
-        """Wait until this thread's last outcome is committed (it may linger a few ms for
-        company; the next accept or claim ends that). So each drain has at most one attempt
-        made and not recorded, and a crash repeats at most one delivery per drain."""
-        last = getattr(self._unsettled, "future", None)
-        if last is not None:
-            concurrent.futures.wait([last], timeout=self.settings.busy_timeout_seconds + 1)
-            self._unsettled.future = None
+    def _unsettled_of_this_drain(self) -> collections.deque[Any]:
+        """The futures of this thread's last outcomes, oldest first (at most MAX_UNSETTLED)."""
+        found: collections.deque[Any] | None = getattr(self._unsettled, "futures", None)
+        if found is None:
+            found = self._unsettled.futures = collections.deque(maxlen=MAX_UNSETTLED)
+        return found
+
+    def _await_earlier_outcomes(self) -> None:
+        """Before an attempt: this thread's outcomes but the last MAX_UNSETTLED - 1 are
+        committed.
+
+        Outcomes are group-committed with whatever the writer does next (the next accepts,
+        usually), so a drain does not wait for a commit per delivery; it runs at most
+        MAX_UNSETTLED outcomes ahead of the file, as a claim of MAX_CLAIM rows would. A crash
+        repeats at most that many deliveries per drain.
+        """
+        unsettled = self._unsettled_of_this_drain()
+        if len(unsettled) == MAX_UNSETTLED:
+            concurrent.futures.wait([unsettled[0]], timeout=self.settings.busy_timeout_seconds + 1)
 
     def _outcome_committed(self, future: Any) -> None:
         if future.exception() is not None:  # the lease expires and the row is delivered again
