@@ -35,7 +35,7 @@ def post(ui: TestClient, path: str, **form: str) -> Any:
 
 def shown(page: str, name: str) -> str:
     """The value of a secret shown once on a page."""
-    match = re.search(rf'value="([^"]+)" id="shown-{name}"', page)
+    match = re.search(rf'id="shown-{name}" data-shown="{name}">([^<]+)</code>', page)
     assert match is not None, f"no {name} on the page"
     return html.unescape(match.group(1))
 
