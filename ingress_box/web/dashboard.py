@@ -349,24 +349,30 @@ class Dashboard:
             inst, shown = instance_rules.new_instance(
                 box.registry, plugin_id, instance_id, fields, box.clock()
             )
+            created = instance_rules.created_json(
+                box.registry,
+                inst,
+                shown,
+                base_url(visit.request, box),
+                secret_given="secret" in fields,
+            )
+            # Rendered before the commit, as the API's answer is: no 500 after it.
+            page = self.render(
+                visit.request,
+                "secrets.html",
+                visit.login,
+                201,
+                inst=inst,
+                heading="Instance created",
+                shown=created,
+                urls=created["ingress_urls"],
+                warnings=created["warnings"],
+                setup=_setup(box, inst, created["ingress_urls"]),
+            )
             await box.db.awrite(store_instances.insert(inst))
         except (InvalidInput, AlreadyExists) as exc:
             return await self._instances_page(visit, _status(exc), str(exc))
-        created = instance_rules.created_json(
-            box.registry, inst, shown, base_url(visit.request, box), secret_given="secret" in fields
-        )
-        return self.render(
-            visit.request,
-            "secrets.html",
-            visit.login,
-            201,
-            inst=inst,
-            heading="Instance created",
-            shown=created,
-            urls=created["ingress_urls"],
-            warnings=created["warnings"],
-            setup=_setup(box, inst, created["ingress_urls"]),
-        )
+        return page
 
     async def bridges(self, visit: Visit) -> Response:
         db = visit.box.db
