@@ -11,6 +11,7 @@ dotted field (``routes.events.verify.tolerance_seconds``)::
     description = "..."              # optional
     handler = "forward"              # optional: a handler name or "package.module:function"
     secret_from_provider = "..."     # optional: the provider issues the secret, found there
+    setup = ["Paste {url} ..."]      # optional: what to paste where; {url} is the ingress URL
 
     [routes.events]                  # route names follow the id pattern
     methods = ["POST"]               # optional: None means any method
@@ -192,10 +193,17 @@ class Plugin:
     # Where the operator finds the secret when the provider issues it (Meta's app secret,
     # Twilio's auth token, ...); empty when the box's generated secret is given to the provider.
     secret_from_provider: str = ""
+    # The operator's onboarding lines: where the URL goes and which secret; ``{url}`` in them is
+    # the instance's ingress URL.
+    setup: tuple[str, ...] = ()
 
     @property
     def secret_issued_by_provider(self) -> bool:
         return bool(self.secret_from_provider)
+
+    def setup_for(self, url: str) -> list[str]:
+        """The onboarding lines with ``url`` in them (a plain replace: the lines hold braces)."""
+        return [line.replace("{url}", url) for line in self.setup]
 
 
 class Registry:
@@ -440,7 +448,7 @@ def _route(name: str, t: ManifestTable) -> Route:
 def parse_manifest(data: object, source: str) -> Plugin:
     """Build a Plugin from a decoded manifest; ``source`` names the file in errors."""
     t = ManifestTable(data, source, "")
-    t.only("id", "name", "description", "handler", "secret_from_provider", "routes")
+    t.only("id", "name", "description", "handler", "secret_from_provider", "setup", "routes")
     plugin_id = t.required_text("id")
     if not _ID.fullmatch(plugin_id):
         raise t.error("id", f"{plugin_id!r} must match ^{_ID.pattern}$")
@@ -467,6 +475,7 @@ def parse_manifest(data: object, source: str) -> Plugin:
         handler=handler,
         source=source,
         secret_from_provider=t.text("secret_from_provider") or "",
+        setup=t.texts("setup"),
     )
 
 

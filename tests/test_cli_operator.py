@@ -159,6 +159,14 @@ def test_plugins_show_describes_each_route(tmp_path: Path) -> None:
     assert data["id"] == "meta" and data["routes"][0]["challenge"] is True
 
 
+def test_plugins_show_says_what_to_paste_where() -> None:
+    """plugins show prints the provider's setup lines with the URL's shape in them."""
+    out = ok("plugins", "show", "stripe").stdout
+    setup = out[out.index("setup:") :]
+    assert "Developers, Webhooks" in setup and "https://HOST/ingress/stripe/ID/events" in setup
+    assert "whsec_" in setup
+
+
 def test_plugins_show_of_an_unknown_id_lists_the_known_ones() -> None:
     """An unknown id is a one-line error (exit 2) naming the valid ids."""
     result = run("plugins", "show", "nope")

@@ -194,6 +194,23 @@ def test_generic_uses_x_signature_x_delivery_and_x_conversation() -> None:
     assert route.conversation_headers == ("x-conversation",)
 
 
+def test_every_builtin_says_where_its_url_goes() -> None:
+    """Each built-in's setup lines name its ingress URL, with the instance's URL put in."""
+    for plugin in load_registry().all():
+        url = f"https://box.example/ingress/{plugin.id}/main/x"
+        lines = plugin.setup_for(url)
+        assert lines and any(url in line for line in lines), plugin.id
+        assert not any("{url}" in line for line in lines), plugin.id
+
+
+def test_setup_must_be_a_list_of_strings() -> None:
+    """A setup that is not a list of strings names the field."""
+    verify = {"scheme": "hmac", "header": "X-Sig"}
+    data = {"id": "x", "name": "X", "setup": "paste it", "routes": {"r": {"verify": verify}}}
+    with pytest.raises(ManifestError, match="setup"):
+        parse_manifest(data, "x.toml")
+
+
 def test_plugin_to_json_shape() -> None:
     """plugin_to_json lists id, name, description, handler, where the provider's secret is,
     and each route's summary."""

@@ -55,9 +55,10 @@ def plugins_group(ctx: click.Context, plugins_dir: Path | None, as_json: bool) -
 @json_option
 def plugins_show(plugin_id: str, plugins_dir: Path | None, as_json: bool) -> None:
     """Show one plugin: each route's methods, verification, dedup and conversation rules, and
-    where its event type is."""
+    where its event type is, and what to paste where at the provider."""
     registry = load_registry(load_settings(plugins_dir=plugins_dir).plugins_dir)
-    data = plugin_to_json(instance_rules.plugin_of(registry, plugin_id))
+    plugin = instance_rules.plugin_of(registry, plugin_id)
+    data = plugin_to_json(plugin)
     if as_json:
         print_json(data)
         return
@@ -76,3 +77,8 @@ def plugins_show(plugin_id: str, plugins_dir: Path | None, as_json: bool) -> Non
         click.echo(f"  conversation: {json.dumps(route['conversation'], sort_keys=True)}")
         if route["event_type"] is not None:
             click.echo(f"  event type: {json.dumps(route['event_type'], sort_keys=True)}")
+    if plugin.setup:
+        route_name = next(iter(plugin.routes))
+        click.echo("setup:")
+        for line in plugin.setup_for(f"https://HOST/ingress/{plugin.id}/ID/{route_name}"):
+            click.echo(f"  {line}")

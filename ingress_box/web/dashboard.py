@@ -24,6 +24,7 @@ from starlette.templating import Jinja2Templates
 from .. import forward, instance_health, instance_rules, listing, mapping_rules, probe, quarantine
 from ..delivery import Target
 from ..errors import (
+    AlreadyExists,
     InvalidInput,
     NoTarget,
     NotFound,
@@ -41,9 +42,9 @@ from ..store import mappings as store_mappings
 from ..store import probes as store_probes
 from ..store import rejections as store_rejections
 from ..store import replay as store_replay
-from . import deliveries, sparklines, templating
+from . import deliveries, instance_forms, sparklines, templating
 from .box import Box, box_of
-from .kit import base_url, error_response
+from .kit import base_url, error_response, known
 from .logins import Login, Logins
 
 PREFIX = "/admin/ui"
@@ -55,6 +56,7 @@ PAGE_SIZE = 50
 _LIST_FILTERS = ("q", "state", "plugin", "instance", "event_type", "since", "until")
 BODY_SHOWN = 16 * 1024  # characters of a body shown on a delivery page
 KEPT_SHOWN = 200  # the newest kept (admissible) requests on the rejections page
+PARKED_SHOWN = 5  # parked lanes flagged on the overview (the lanes page lists them all)
 # Only our own pages may be the target of the login's redirect (no open redirect).
 SAFE_NEXT = re.compile(r"/admin/ui/[A-Za-z0-9_./?=&%-]*")
 SECURITY_HEADERS = {
@@ -289,11 +291,14 @@ class Dashboard:
         # The failing ones first: they are what a glance at the overview is for.
         order = {state: i for i, state in enumerate(("failing", "ok", "idle", "disabled"))}
         listed = sorted(healths.items(), key=lambda kv: (order[kv[1].state], kv[0]))
+        # Parked lanes come first in this listing, so the first few hold any there are.
+        lanes = await activity.awaiting_lanes(box.db, PARKED_SHOWN)
         return self.render(
             visit.request,
             "overview.html",
             visit.login,
             healths=listed,
+            parked_lanes=[lane.to_json() for lane in lanes if lane.parked],
             more_instances=page.next_cursor is not None,
             **data,
         )
@@ -306,6 +311,11 @@ class Dashboard:
     # -- instances, deliveries, lanes, rejections ------------------------------------------
 
     async def instances(self, visit: Visit) -> Response:
+        return await self._instances_page(visit)
+
+    async def _instances_page(
+        self, visit: Visit, status: int = 200, error: str | None = None
+    ) -> Response:
         box = visit.box
         page = await store_instances.alist_page(
             box.db, visit.query("plugin"), visit.query("cursor"), PAGE_SIZE
@@ -324,9 +334,47 @@ class Dashboard:
             visit.request,
             "instances.html",
             visit.login,
+            status,
             rows=rows,
             next_cursor=page.next_cursor,
+            plugins=box.registry.all(),
+            lane_policies=store_instances.LANE_POLICIES,
+            form=visit.form,
+            error=error,
         )
+
+    async def create_instance(self, visit: Visit) -> Response:
+        """The "New instance" form: made by the API's rules; its secrets shown on this page only."""
+        box = visit.box
+        plugin_id, instance_id, fields = instance_forms.creation(visit.form)
+        try:
+            inst, shown = instance_rules.new_instance(
+                box.registry, plugin_id, instance_id, fields, box.clock()
+            )
+            created = instance_rules.created_json(
+                box.registry,
+                inst,
+                shown,
+                base_url(visit.request, box),
+                secret_given="secret" in fields,
+            )
+            # Rendered before the commit, as the API's answer is: no 500 after it.
+            page = self.render(
+                visit.request,
+                "secrets.html",
+                visit.login,
+                201,
+                inst=inst,
+                heading="Instance created",
+                shown=created,
+                urls=created["ingress_urls"],
+                warnings=created["warnings"],
+                setup=_setup(box, inst, created["ingress_urls"]),
+            )
+            await box.db.awrite(store_instances.insert(inst))
+        except (InvalidInput, AlreadyExists) as exc:
+            return await self._instances_page(visit, _status(exc), str(exc))
+        return page
 
     async def bridges(self, visit: Visit) -> Response:
         db = visit.box.db
@@ -340,13 +388,80 @@ class Dashboard:
         return self.render(visit.request, "bridges.html", visit.login, rows=rows)
 
     async def instance(self, visit: Visit) -> Response:
+        return await self._instance_page(visit, await _instance_of(visit))
+
+    async def _instance_page(
+        self,
+        visit: Visit,
+        inst: store_instances.Instance,
+        status: int = 200,
+        error: str | None = None,
+    ) -> Response:
         box = visit.box
-        inst = await _instance_of(visit)
         (found,) = (await instance_health.aof(box.db, [inst], box.clock())).values()
         urls = instance_rules.ingress_urls(box.registry, inst, base_url(visit.request, box))
         return self.render(
-            visit.request, "instance.html", visit.login, inst=inst, health=found, urls=urls
+            visit.request,
+            "instance.html",
+            visit.login,
+            status,
+            inst=inst,
+            health=found,
+            urls=urls,
+            setup=_setup(box, inst, urls),
+            lane_policies=store_instances.LANE_POLICIES,
+            grace_hours=box.settings.rotation_grace_hours,
+            error=error,
         )
+
+    async def edit_instance(self, visit: Visit) -> Response:
+        box = visit.box
+        inst = await _instance_of(visit)
+        try:
+            changes = instance_rules.changes(box.registry, instance_forms.edits(visit.form, inst))
+        except InvalidInput as exc:
+            return await self._instance_page(visit, inst, _status(exc), str(exc))
+        await box.db.awrite(
+            store_instances.update(inst.plugin_id, inst.instance_id, box.clock(), **changes)
+        )
+        visit.login.flash = "Saved."
+        return _redirect(instance_path(inst.plugin_id, inst.instance_id))
+
+    async def rotate_secret(self, visit: Visit) -> Response:
+        """Rotate by the API's rules; the new secret is shown on this page only."""
+        box = visit.box
+        inst = await _instance_of(visit)
+        try:
+            grace = instance_forms.grace_seconds(visit.form, box.settings.rotation_grace_hours)
+            secret = visit.form.get("secret", "").strip() or None
+            op, new_secret = instance_rules.rotation(box.registry, inst, secret, grace, box.clock())
+        except InvalidInput as exc:
+            return await self._instance_page(visit, inst, _status(exc), str(exc))
+        rotated = await box.db.awrite(op)
+        return self.render(
+            visit.request,
+            "secrets.html",
+            visit.login,
+            inst=rotated,
+            heading="Secret rotated",
+            shown={"secret": new_secret},
+            previous_until=rotated.previous_secret_until,
+            urls={},
+            warnings=[],
+            setup=[],
+        )
+
+    async def confirm_delete(self, visit: Visit) -> Response:
+        inst = await _instance_of(visit)
+        return self.render(visit.request, "delete_instance.html", visit.login, inst=inst)
+
+    async def delete_instance(self, visit: Visit) -> Response:
+        box = visit.box
+        inst = await _instance_of(visit)
+        await box.db.awrite(store_instances.delete(inst.plugin_id, inst.instance_id))
+        box.ingress.forget(inst.plugin_id, inst.instance_id)
+        visit.login.flash = f"Deleted {inst.plugin_id}/{inst.instance_id}."
+        return _redirect(PREFIX + "/instances")
 
     async def send_test(self, visit: Visit) -> Response:
         """The "Send test event" button: send, wait for the first attempt, say how it went."""
@@ -436,7 +551,9 @@ class Dashboard:
         try:
             await box.db.awrite(store_replay.replay(delivery_id, box.clock()))
             box.wake_worker()
-            visit.login.flash = f"Replaying {delivery_id}: it is back in the outbox."
+            d = (await store_deliveries.aget(box.db, delivery_id)).delivery
+            warning = await _no_target_warning(box, {(d.plugin_id, d.instance_id)})
+            visit.login.flash = f"Replaying {delivery_id}: it is back in the outbox.{warning}"
         except NotReplayable as exc:
             visit.login.flash = str(exc)
         return _redirect(f"{PREFIX}/deliveries/{quote(delivery_id, safe='')}")
@@ -519,17 +636,36 @@ class Dashboard:
         else:
             selection = store_dead_letters.Selection(plugin, instance)
         # One bounded batch per click; the flash says how many remain for another click.
-        redriven, remaining = await store_dead_letters.aredrive(
-            box.db, selection, 1 if one else store_dead_letters.MAX_REDRIVE_BATCH, box.clock
-        )
+        batch = 1 if one else store_dead_letters.MAX_REDRIVE_BATCH
+        # Whose they are, read first: the warning below is about their instances.
+        found = await store_dead_letters.alist_page(box.db, selection, None, batch)
+        redriven, remaining = await store_dead_letters.aredrive(box.db, selection, batch, box.clock)
         if redriven:
             box.wake_worker()
+        owners = {(x.plugin_id, x.instance_id) for x in found.items}
+        warning = await _no_target_warning(box, owners) if redriven else ""
         visit.login.flash = (
-            f"Redriven {redriven}."
+            f"Redriven {redriven}.{warning}"
             if one
-            else f"Redriven {redriven}; {remaining} still open in this filter."
+            else f"Redriven {redriven}; {remaining} still open in this filter.{warning}"
         )
         return _redirect(PREFIX + "/dlq", plugin=plugin, instance=instance)
+
+    async def confirm_discard(self, visit: Visit) -> Response:
+        """Discarding cannot be undone: the Discard button leads here first."""
+        dead_letter_id = visit.request.path_params["id"]
+        selection = store_dead_letters.Selection(ids=[dead_letter_id])
+        found = await store_dead_letters.alist_page(visit.box.db, selection, None, 1)
+        if not found.items:
+            raise NotFound(f"no open dead letter {dead_letter_id}")
+        filters = {"plugin": visit.query("plugin"), "instance": visit.query("instance")}
+        return self.render(
+            visit.request,
+            "discard.html",
+            visit.login,
+            x=found.items[0].to_json(),
+            filters=filters,
+        )
 
     async def discard(self, visit: Visit) -> Response:
         dead_letter_id = visit.request.path_params["id"]
@@ -541,6 +677,37 @@ class Dashboard:
         return _redirect(
             PREFIX + "/dlq", plugin=visit.form.get("plugin"), instance=visit.form.get("instance")
         )
+
+
+def _status(exc: Exception) -> int:
+    """The HTTP status of the error table's row for ``exc`` (a form re-shown with its message)."""
+    found = known(exc)
+    assert found is not None, exc  # only errors of the table are caught to be shown
+    return found[0]
+
+
+def _setup(box: Box, inst: store_instances.Instance, urls: dict[str, str]) -> list[str]:
+    """The plugin's onboarding lines with this instance's (first) ingress URL."""
+    plugin = box.registry.get(inst.plugin_id)
+    if plugin is None or not urls:
+        return []
+    return plugin.setup_for(next(iter(urls.values())))
+
+
+async def _no_target_warning(box: Box, owners: set[tuple[str, str]]) -> str:
+    """A sentence for the flash when deliveries were just sent back to instances that have
+    nowhere to send them (they would die again at once without a word), else ""."""
+    stuck = []
+    for plugin_id, instance_id in sorted(owners):
+        inst = await store_instances.aget(box.db, plugin_id, instance_id)
+        if inst is not None and instance_health.problems(inst):
+            stuck.append(f"{plugin_id}/{instance_id}")
+    if not stuck:
+        return ""
+    return (
+        f" Warning: no target_url on {', '.join(stuck)}, so it fails again at once:"
+        " set one on the instance's page."
+    )
 
 
 async def _curl(box: Box, detail: store_deliveries.DeliveryDetail) -> tuple[str | None, str]:
@@ -587,10 +754,25 @@ def routes() -> list[BaseRoute]:
     pages = [
         Route("/", ui.guard(ui.overview)),
         Route("/api/overview", ui.guard(ui.overview_json)),
-        Route("/instances", ui.guard(ui.instances)),
+        Route("/instances", ui.guard(ui.instances), methods=["GET"]),
+        Route("/instances", ui.guard(ui.create_instance), methods=["POST"]),
         Route("/bridges", ui.guard(ui.bridges)),
         Route("/instances/{plugin}/{instance}", ui.guard(ui.instance)),
         Route("/instances/{plugin}/{instance}/test", ui.guard(ui.send_test), methods=["POST"]),
+        Route("/instances/{plugin}/{instance}/edit", ui.guard(ui.edit_instance), methods=["POST"]),
+        Route(
+            "/instances/{plugin}/{instance}/rotate-secret",
+            ui.guard(ui.rotate_secret),
+            methods=["POST"],
+        ),
+        Route(
+            "/instances/{plugin}/{instance}/delete", ui.guard(ui.confirm_delete), methods=["GET"]
+        ),
+        Route(
+            "/instances/{plugin}/{instance}/delete",
+            ui.guard(ui.delete_instance),
+            methods=["POST"],
+        ),
         Route("/deliveries", ui.guard(ui.deliveries)),
         Route("/deliveries/export", ui.guard(ui.deliveries_export)),  # before {id}
         Route("/deliveries/{id}", ui.guard(ui.delivery)),
@@ -598,6 +780,7 @@ def routes() -> list[BaseRoute]:
         Route("/lanes", ui.guard(ui.lanes)),
         Route("/dlq", ui.guard(ui.dead_letters)),
         Route("/dlq/redrive", ui.guard(ui.redrive), methods=["POST"]),
+        Route("/dlq/{id}/discard", ui.guard(ui.confirm_discard), methods=["GET"]),
         Route("/dlq/{id}/discard", ui.guard(ui.discard), methods=["POST"]),
         Route("/rejections", ui.guard(ui.rejections)),
         Route("/rejections/{plugin}/{instance}/{id}/admit", ui.guard(ui.admit), methods=["POST"]),

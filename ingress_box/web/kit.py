@@ -80,18 +80,26 @@ def refusal(verdict: Verdict) -> Response:
     )
 
 
+def known(exc: Exception) -> tuple[int, str] | None:
+    """The status and code of the row of ``exc`` in :data:`ERRORS` (None: not raised on purpose)."""
+    for kind in type(exc).__mro__:
+        if kind in ERRORS:
+            return ERRORS[kind]
+    return None
+
+
 def translate(exc: Exception) -> JSONResponse:
     """The response for an exception raised while handling a request."""
     if isinstance(exc, HTTPException):
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, exc.detail, dict(exc.headers or {}))
-    for kind in type(exc).__mro__:
-        if kind in ERRORS:
-            status, code = ERRORS[kind]
-            headers = None
-            if isinstance(exc, StorageUnavailable):
-                headers = {"retry-after": str(exc.retry_after)}
-            return error_response(status, code, str(exc), headers)
+    found = known(exc)
+    if found is not None:
+        status, code = found
+        headers = None
+        if isinstance(exc, StorageUnavailable):
+            headers = {"retry-after": str(exc.retry_after)}
+        return error_response(status, code, str(exc), headers)
     log.error("request failed", exc_info=exc)
     return error_response(500, "internal_error", "internal error (see the server log)")
 

@@ -664,9 +664,12 @@ def main() -> int:
                 row.load = f"{key}/s (py-spy on)"
                 rows[f"profiled-{key}"] = row
                 profiled = (recorder, row)
-        if before is not None:
-            before[0].stop()
         rows["closed"] = closed_phase(args, work, box, log, db, "wrk")
+        if before is not None:
+            row = closed_phase(args, work, before[0], log, before[1], "wrkb")
+            row.load = f"wrk closed {args.baseline}"
+            rows["before-closed"] = row
+            before[0].stop()
         memory = memory_phase(args, box, db)
         print(
             f"  RSS: idle {idle_rss:.0f} MiB, before the backlog {memory['before']:.0f} MiB, "
@@ -696,7 +699,8 @@ def main() -> int:
         for server in servers:
             server.stop()
 
-    ordered = [r for k, r in rows.items() if k != "closed"] + [rows["closed"]]
+    ordered = [r for k, r in rows.items() if "closed" not in k] + [rows["closed"]]
+    ordered += [rows["before-closed"]] if "before-closed" in rows else []
     ordered += [logs_off] if logs_off is not None else []
     table(ordered, idle)
     closed = rows["closed"]
