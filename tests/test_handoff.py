@@ -35,6 +35,7 @@ from ingress_box.store import outbox as store_outbox
 from ingress_box.store.acceptor import Acceptor
 from ingress_box.store.deliveries import NewDelivery
 from ingress_box.store.outbox import Claimed
+from ingress_box.worker import Worker
 
 
 class Taker:
@@ -198,6 +199,10 @@ def test_a_trickle_is_delivered_without_claim_transactions_and_lanes_keep_order(
     with TestClient(create_app(settings)) as client:
         add_instance(box_of(client), target_url=target.url)
         eventually(lambda: claims, 5, "the first drain's look in the outbox")
+        worker = box_of(client).worker
+        assert isinstance(worker, Worker)
+        # Idle, past its first look (whose wait for a lease due soon would look again).
+        eventually(lambda: worker._idling == 1, 5, "the drain to idle")
         looked = len(claims)
         for n in range(5):  # one at a time, each delivered before the next is sent
             body = b'{"n": %d}' % n
