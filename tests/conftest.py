@@ -71,6 +71,20 @@ class Clock:
 
 
 @pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """The file a CLI test works on."""
+    return tmp_path / "cli.db"
+
+
+@pytest.fixture
+def db(db_path: Path) -> Iterator[Database]:
+    """The same file the CLI works on, opened as serve would (it may run meanwhile)."""
+    database = Database(db_path).open()
+    yield database
+    database.close()
+
+
+@pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     # An empty environment, so the developer's INGRESS_BOX_* variables cannot leak in.
     return load_settings({}, db_path=tmp_path / "box.db", admin_token=ADMIN_TOKEN)

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +24,6 @@ from ingress_box.store.dead_letters import MAX_REDRIVE_BATCH
 from ingress_box.web.auth import ensure_admin_token
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "cli.db"
-
-
-@pytest.fixture
-def db(db_path: Path) -> Iterator[Database]:
-    """The same file the CLI works on, opened as serve would (it may run meanwhile)."""
-    database = Database(db_path).open()
-    yield database
-    database.close()
 
 
 def add(db_path: Path, *args: str) -> dict[str, Any]:

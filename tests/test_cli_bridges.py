@@ -19,11 +19,6 @@ API_KEY = "gateway-api-key-0123456789"
 API_TOKEN = "chatwoot-api-token-0123456789"
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "cli.db"
-
-
 def add_args(db_path: Path, bridge_id: str = "shop", kind: str = "waha", *extra: str) -> list[str]:
     return [
         "bridges",

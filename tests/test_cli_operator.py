@@ -23,11 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PROVIDER_SECRETS = ("meta", "twilio", "stripe", "chatwoot", "supabase")
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "cli.db"
-
-
 def added(db_path: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     result = ok("instances", "add", "--db", str(db_path), "--json", *args, env=env)
     data: dict[str, Any] = json.loads(result.stdout)

@@ -5,29 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
 from clirun import ok, run
 from conftest import T0
 from test_search import add, indexed
 
 from ingress_box.store import Database
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "cli.db"
-
-
-@pytest.fixture
-def db(db_path: Path) -> Iterator[Database]:
-    """The file the CLI reads, opened as serve would."""
-    database = Database(db_path).open()
-    yield database
-    database.close()
 
 
 def listed(db_path: Path, *flags: str) -> list[str]:

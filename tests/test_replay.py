@@ -358,18 +358,6 @@ def test_range_replay_refuses_bad_input(
 # -- the CLI ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "cli.db"
-
-
-@pytest.fixture
-def db(db_path: Path) -> Iterator[Database]:
-    database = Database(db_path).open()
-    yield database
-    database.close()
-
-
 def states(db: Database) -> dict[str, str]:
     return {r[0]: r[1] for r in db.read("SELECT id, state FROM deliveries")}
 
