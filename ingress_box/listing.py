@@ -22,6 +22,7 @@ from typing import Any
 from .errors import InvalidInput
 from .extract import MAX_EVENT_TYPE_CHARS, MAX_VALUE_CHARS
 from .store.deliveries import STATES, Delivery, Filters
+from .store.pages import clamp_limit
 from .values import check_time, check_unicode
 
 MAX_SEARCH_CHARS = MAX_VALUE_CHARS
@@ -82,15 +83,7 @@ def filters_of(query: Mapping[str, str | None]) -> Filters:
 
 def export_limit(raw: str | None) -> int:
     """An export's ``limit``: all it may hold unless fewer are asked for."""
-    if not raw:
-        return MAX_ROWS
-    try:
-        limit = int(raw)
-    except ValueError as exc:
-        raise InvalidInput("limit must be a whole number") from exc
-    if not 1 <= limit <= MAX_ROWS:
-        raise InvalidInput(f"limit must be between 1 and {MAX_ROWS}")
-    return limit
+    return clamp_limit(raw, default=MAX_ROWS, maximum=MAX_ROWS)
 
 
 # A spreadsheet runs a cell that starts with one of these as a formula; the values come from

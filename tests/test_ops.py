@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +30,6 @@ from ingress_box.store.outbox import Outcome, claim, record_outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 _numbers = itertools.count(1)
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "ops.db"
-
-
-@pytest.fixture
-def db(db_path: Path) -> Iterator[Database]:
-    database = Database(db_path).open()
-    yield database
-    database.close()
 
 
 def add_instance_cli(db_path: Path, plugin: str, instance: str, *args: str) -> None:

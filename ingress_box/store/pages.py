@@ -63,13 +63,13 @@ def _fits(value: Any, kind: type) -> bool:
     return type(value) is kind
 
 
-def clamp_limit(raw: str | int | None, default: int = 100) -> int:
+def clamp_limit(raw: str | int | None, default: int = 100, maximum: int = MAX_LIMIT) -> int:
     if raw is None or raw == "":
         return default
     try:
         limit = int(raw)
     except ValueError as exc:
         raise InvalidInput("limit must be a whole number") from exc
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
+    if not 1 <= limit <= maximum:
+        raise InvalidInput(f"limit must be between 1 and {maximum}")
     return limit
