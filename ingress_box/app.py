@@ -23,7 +23,7 @@ from .ingress import Ingress
 from .metrics import Metrics
 from .plugins import load_registry
 from .quarantine import Quarantine
-from .store import Database
+from .store import open_database
 from .web import admin, dashboard, health, provider
 from .web.auth import ensure_admin_token
 from .web.box import Box
@@ -65,7 +65,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         registry = load_registry(settings.plugins_dir)
-        db = Database(
+        db = open_database(
             settings.db_path,
             synchronous=settings.synchronous,
             busy_timeout=settings.busy_timeout_seconds,

@@ -64,6 +64,17 @@ ADDRESS = ("serve", "instances", "bridges", "health")
 WRITER = ("serve", "worker", "prune")  # commands that write much to the file
 
 
+class DatabaseUrl(str):
+    """``INGRESS_BOX_DB=postgresql://user:password@host:5432/dbname``: everything is kept in
+    that PostgreSQL database instead of the SQLite file."""
+
+    SCHEMES = ("postgresql://", "postgres://")
+
+    @classmethod
+    def parse(cls, text: str) -> Path | DatabaseUrl:
+        return cls(text) if text.startswith(cls.SCHEMES) else Path(text)
+
+
 @dataclass(frozen=True)
 class Declaration:
     """What one setting declares beyond its type; ``name``, ``kind`` and ``default`` are filled
@@ -80,6 +91,7 @@ class Declaration:
     env: str | None = None  # the variable's name after the prefix, when not NAME
     flag: str | None = None  # the flag's name after "--", when not the name with dashes
     folder: bool = False  # a Path that names a folder (else a file)
+    database: bool = False  # a Path, or a PostgreSQL URL (a DatabaseUrl)
     name: str = ""
     kind: type = str  # the field's type, without "| None"
     default: Any = None
@@ -187,12 +199,13 @@ class Settings:
     """Every setting, declared once. Checked whenever one is made (``replace`` too): a value
     out of its declared range is a ConfigError naming the setting, never a surprise later."""
 
-    db_path: Path = setting(
+    db_path: Path | DatabaseUrl = setting(
         Path("./data/ingress-box.db"),
-        "the SQLite file",
+        "the SQLite file, or a postgresql:// URL",
         commands=(*RETENTION, "health"),
         env="DB",
         flag="db",
+        database=True,
     )
     host: str = setting("127.0.0.1", "address to listen on", commands=ADDRESS)
     port: int = setting(8080, "port to listen on", commands=ADDRESS, minimum=1, maximum=65_535)
@@ -405,6 +418,8 @@ def _parse(d: Declaration, raw: str) -> Any:
             if lowered in ("0", "false", "no", "off", ""):
                 return False
             raise ValueError(raw)
+        if d.database:
+            return DatabaseUrl.parse(raw)
         if d.kind is str and d.choices and not d.case_sensitive:
             return next((c for c in d.choices if c.lower() == raw.lower()), raw)
         return d.kind(raw)

@@ -8,14 +8,21 @@ checks its own worker, not another's.
 
 from __future__ import annotations
 
+import hashlib
 import socket
+import tempfile
 from pathlib import Path
 
 MAX_AGE_SECONDS = 30.0  # a beat older than this: the worker is stuck or gone
 
 
-def path_for(db_path: Path) -> Path:
-    return db_path.with_name(f"{db_path.name}.worker-{socket.gethostname()}.alive")
+def path_for(db_path: Path | str) -> Path:
+    """Next to the SQLite file; for a PostgreSQL URL, in the temporary folder, named after it."""
+    host = socket.gethostname()
+    if isinstance(db_path, Path):
+        return db_path.with_name(f"{db_path.name}.worker-{host}.alive")
+    digest = hashlib.sha256(db_path.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"ingress-box-{digest}.worker-{host}.alive"
 
 
 def beat(path: Path) -> None:

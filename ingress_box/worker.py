@@ -37,7 +37,6 @@ import logging
 import os
 import random
 import socket
-import sqlite3
 import threading
 import time
 import uuid
@@ -48,17 +47,18 @@ from typing import Any
 import httpx
 from huey import Huey, crontab
 from huey.consumer import Consumer
-from huey.storage import SqliteStorage
+from huey.storage import PostgresStorage, SqliteStorage
 
 from .alerts import Alerter
 from .attempt import Attempts
-from .config import Settings
+from .config import DatabaseUrl, Settings
 from .errors import StorageUnavailable
 from .outbound import Pool
 from .retry import Decision
 from .store import Database, retention
 from .store import instances as store_instances
 from .store import outbox as store_outbox
+from .store.sql import DATABASE_ERRORS
 
 log = logging.getLogger("ingress_box.worker")
 
@@ -74,9 +74,9 @@ MAX_UNSETTLED = MAX_CLAIM  # attempts a drain may have made whose outcomes are n
 IDLE_SECONDS = 1.0  # with an ingress in this process: how long an idle drain waits for it
 
 
-class _Storage(SqliteStorage):  # type: ignore[misc]
-    """huey's SQLite storage, woken at once by an enqueue from this process, and by one poller
-    thread for the enqueues of other processes.
+class _Waking:
+    """A huey storage woken at once by an enqueue from this process, and by one waiting thread
+    for the enqueues of other processes (:meth:`_poll`, per engine).
 
     ``_generation`` counts the enqueues seen (here, or through the poll). A thread that found
     the queue empty waits only if the count did not move since it looked, so no enqueue falls
@@ -95,7 +95,7 @@ class _Storage(SqliteStorage):  # type: ignore[misc]
         self._closing = False
 
     def enqueue(self, data: bytes, priority: float | None = None) -> None:
-        super().enqueue(data, priority)
+        super().enqueue(data, priority)  # type: ignore[misc]
         self._bump()
 
     def _bump(self) -> None:
@@ -112,7 +112,7 @@ class _Storage(SqliteStorage):  # type: ignore[misc]
 
     def dequeue(self) -> bytes | None:
         seen = self._generation
-        data: bytes | None = super().dequeue()
+        data: bytes | None = self._take()
         if data is not None:
             return data
         with self._changed:
@@ -130,6 +130,21 @@ class _Storage(SqliteStorage):  # type: ignore[misc]
                 self._polling = False
                 self._changed.notify()  # another waiting thread takes the poll over
         return None
+
+    def _take(self) -> bytes | None:
+        """A task from the queue, without waiting."""
+        raise NotImplementedError
+
+    def _poll(self, seen: int) -> None:
+        raise NotImplementedError
+
+
+class _Storage(_Waking, SqliteStorage):  # type: ignore[misc]
+    """huey's SQLite storage; other processes' enqueues are seen by polling the file."""
+
+    def _take(self) -> bytes | None:
+        data: bytes | None = SqliteStorage.dequeue(self)
+        return data
 
     def _poll(self, seen: int) -> None:
         """Wait until something is enqueued: here (a notify) or by another process (a commit
@@ -154,6 +169,36 @@ class _Storage(SqliteStorage):  # type: ignore[misc]
                 return
 
 
+class _PgStorage(_Waking, PostgresStorage):  # type: ignore[misc]
+    """huey's PostgreSQL storage; other processes' enqueues arrive as notifications
+    (``LISTEN``) on a connection of the waiting thread."""
+
+    def _take(self) -> bytes | None:
+        data: bytes | None = self._dequeue()
+        return data
+
+    def _poll(self, seen: int) -> None:
+        """Wait for an enqueue here, a notification of one elsewhere, or ``WAIT_SECONDS``."""
+        listening = self._listen_conn()
+        if self._dequeue_peek():  # enqueued before the LISTEN began: not notified
+            self._bump()
+            return
+        until = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < until:
+            with self._changed:
+                if self._generation != seen or self._closing:
+                    return
+            if list(listening.notifies(timeout=POLL_SECONDS, stop_after=1)):
+                self._bump()
+                return
+
+    def _dequeue_peek(self) -> bool:
+        found = self.sql(
+            f"select 1 from {self.table_task} where queue = %s limit 1", (self.name,), results=True
+        )
+        return bool(found)
+
+
 class _QuietConsumer(Consumer):  # type: ignore[misc]
     """A consumer that leaves signal handling to its host (uvicorn, or the ``worker`` command)."""
 
@@ -162,6 +207,8 @@ class _QuietConsumer(Consumer):  # type: ignore[misc]
 
 
 def make_huey(settings: Settings) -> Huey:
+    if isinstance(settings.db_path, DatabaseUrl):  # huey's tables in the same database
+        return Huey("ingress-box", results=False, storage_class=_PgStorage, dsn=settings.db_path)
     # fsync off for huey's own connections: a lost task only delays (the outbox remembers).
     return Huey(
         "ingress-box",
@@ -187,7 +234,7 @@ def wake_workers(settings: Settings) -> bool:
         if huey.pending_count() == 0:
             huey.task(name="drain")(_drain_elsewhere)()
         return True
-    except sqlite3.Error as exc:
+    except DATABASE_ERRORS as exc:
         log.warning("could not wake the workers: %s", exc)
         return False
     finally:
@@ -369,7 +416,7 @@ class Worker:
         try:
             if self._active < self.settings.workers and self.huey.pending_count() == 0:
                 self._drain()
-        except sqlite3.Error as exc:  # the periodic sweep tries again
+        except DATABASE_ERRORS as exc:  # the periodic sweep tries again
             log.warning("could not enqueue a drain: %s", exc)
 
     # -- tasks -----------------------------------------------------------------------------
@@ -498,7 +545,7 @@ class Worker:
             # Not waited for (lazy: it may share the next accept's transaction); the next
             # claim of this thread queues behind it in the writer. Once it commits, the lane's
             # next row (or this one, retried) may be claimable.
-            lane = store_outbox.lane_of(row.event)
+            lane = store_outbox.lane_of(row.event, self.db.dialect)
             future = self.db.submit(
                 store_outbox.record_outcome_and_peek(outcome, lane, self.clock()),
                 durable=False,

@@ -9,14 +9,15 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+import postgres
 import pytest
 from fake_target import FakeTarget, running_target
 from hypothesis import settings as hypothesis_settings
 from starlette.testclient import TestClient
 
 from ingress_box.app import App, create_app
-from ingress_box.config import Settings, load_settings
-from ingress_box.store import Database
+from ingress_box.config import DatabaseUrl, Settings, load_settings
+from ingress_box.store import Database, open_database
 from ingress_box.store.deliveries import NewDelivery, accept
 from ingress_box.store.outbox import Outcome, claim, record_outcome
 from ingress_box.web.box import Box
@@ -40,7 +41,7 @@ def target() -> Iterator[FakeTarget]:
 
 
 def pytest_report_header() -> str:
-    return f"sqlite: {sqlite3.sqlite_version}"
+    return f"sqlite: {sqlite3.sqlite_version}; postgresql: {postgres.describe()}"
 
 
 class Reply(Protocol):
@@ -70,6 +71,35 @@ class Clock:
         self.now += seconds
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "both_stores: run on SQLite and on PostgreSQL (the store fixture is parametrized)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_stores"):
+        metafunc.parametrize("store", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | DatabaseUrl]:
+    """Where the box keeps everything: a SQLite file in tmp_path, or (in a test marked
+    ``both_stores``, its second run) a fresh PostgreSQL schema of its own."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield tmp_path / "box.db"
+        return
+    with postgres.fresh_schema() as url:
+        yield url
+
+
+def file_of(location: Path | DatabaseUrl) -> Path:
+    """The SQLite file of a test that is about the file itself."""
+    assert isinstance(location, Path), f"a SQLite test was given {location}"
+    return location
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     """The file a CLI test works on."""
@@ -78,16 +108,16 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def db(db_path: Path) -> Iterator[Database]:
-    """The same file the CLI works on, opened as serve would (it may run meanwhile)."""
-    database = Database(db_path).open()
+    """The same store the CLI works on, opened as serve would (it may run meanwhile)."""
+    database = open_database(db_path).open()
     yield database
     database.close()
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(store: Path | DatabaseUrl) -> Settings:
     # An empty environment, so the developer's INGRESS_BOX_* variables cannot leak in.
-    return load_settings({}, db_path=tmp_path / "box.db", admin_token=ADMIN_TOKEN)
+    return load_settings({}, db_path=store, admin_token=ADMIN_TOKEN)
 
 
 @pytest.fixture

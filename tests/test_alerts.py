@@ -23,7 +23,7 @@ from ingress_box.alerts import Alerter
 from ingress_box.app import create_app
 from ingress_box.config import Settings, load_settings
 from ingress_box.errors import ConfigError
-from ingress_box.store import Database
+from ingress_box.store import Database, open_database
 from ingress_box.store import health as store_health
 from ingress_box.store.outbox import Outcome, claim, record_outcome
 from ingress_box.worker import Worker
@@ -178,7 +178,7 @@ def test_an_alert_that_cannot_be_sent_is_retried_then_logged(
     """A receiver that answers 500: four tries with one webhook-id, then an error line."""
     receiver.reply(then=500)
     settings = box_settings(tmp_path, receiver, alert_after_failures=1)
-    db = Database(settings.db_path).open()
+    db = open_database(settings.db_path).open()
     try:
         insert_instance(db, target_url="http://127.0.0.1:9/hook")
         make_dead_letters(db)
@@ -231,7 +231,7 @@ def test_a_run_of_failures_over_before_anyone_looked_is_still_alerted(
 ) -> None:
     """Two failures and a success, all before a look: failing, then recovered, once each."""
     settings = box_settings(tmp_path, receiver)
-    db = Database(settings.db_path).open()
+    db = open_database(settings.db_path).open()
     try:
         insert_instance(db, target_url="http://127.0.0.1:9/hook")
         alerter = Alerter(settings, db, backoff=0.01)
@@ -256,7 +256,7 @@ def test_what_happened_before_alerts_were_turned_on_is_not_alerted(
     """A dead letter and a run of failures, both over before alerting started: nothing sent."""
     settings = box_settings(tmp_path, receiver)
     later = time.time() + 60  # after the instance was made, so only the baseline hides them
-    db = Database(settings.db_path).open()
+    db = open_database(settings.db_path).open()
     try:
         insert_instance(db, target_url="http://127.0.0.1:9/hook")
         make_deliveries(db)

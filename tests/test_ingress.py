@@ -14,18 +14,21 @@ import httpx
 import pytest
 from conftest import Reply, box_of
 from live import SECRET, add_instance, running_box
+from postgres import outside
 from signers import sign_generic
 from starlette.testclient import TestClient
 
 from ingress_box.app import create_app
-from ingress_box.config import Settings, load_settings
+from ingress_box.config import DatabaseUrl, Settings, load_settings
+
+pytestmark = pytest.mark.both_stores
 
 URL = "/ingress/generic/main/events"
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return load_settings({}, db_path=tmp_path / "box.db", admin_token="test-admin-token")
+def settings(store: Path | DatabaseUrl) -> Settings:
+    return load_settings({}, db_path=store, admin_token="test-admin-token")
 
 
 @pytest.fixture
@@ -85,10 +88,8 @@ def test_disabled_instance_is_404(client: TestClient) -> None:
 
 def test_rotated_secret_takes_effect_on_the_next_request(client: TestClient) -> None:
     """The instance cache notices a change made by any connection at once."""
-    conn = sqlite3.connect(box_of(client).db.path)
-    conn.execute("UPDATE instances SET secret = 'brand-new-secret-value'")
-    conn.commit()
-    conn.close()
+    with outside(box_of(client).db) as conn:
+        conn.execute("UPDATE instances SET secret = 'brand-new-secret-value'")
     assert post(client, b"{}").status_code == 401
     assert post(client, b"{}", secret="brand-new-secret-value").status_code == 202
 

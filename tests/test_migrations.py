@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from clirun import run
-from conftest import ADMIN_TOKEN
+from conftest import ADMIN_TOKEN, file_of
 from fake_target import FakeTarget
 from live import free_port
 from starlette.testclient import TestClient
@@ -496,8 +496,8 @@ def test_a_0_1_0_database_keeps_every_row_and_delivers_after_the_upgrade(
 ) -> None:
     """The real app on a 0.1.0 file: every row is there, the pending one is delivered, and the
     upgraded file's schema is a fresh file's."""
-    make_0_1_0_file(settings.db_path)
-    ids = fill_0_1_0_file(settings.db_path, target.url)
+    make_0_1_0_file(file_of(settings.db_path))
+    ids = fill_0_1_0_file(file_of(settings.db_path), target.url)
 
     with TestClient(create_app(settings)) as client:
         listed = client.get("/admin/instances", headers=AUTH).json()["items"]
@@ -538,6 +538,6 @@ def test_a_0_1_0_database_keeps_every_row_and_delivers_after_the_upgrade(
 
     fresh = tmp_path / "fresh.db"
     Database(fresh).open().close()
-    assert schema_of(settings.db_path) == schema_of(fresh)
-    assert user_version(settings.db_path) == user_version(fresh) == latest(MIGRATIONS)
+    assert schema_of(file_of(settings.db_path)) == schema_of(fresh)
+    assert user_version(file_of(settings.db_path)) == user_version(fresh) == latest(MIGRATIONS)
     assert len(target.received) == 1

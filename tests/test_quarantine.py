@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 
 import pytest
 from clirun import ok, run
-from conftest import ADMIN_TOKEN, T0, Clock, Reply, box_of
+from conftest import ADMIN_TOKEN, T0, Clock, Reply, box_of, file_of
 from fake_target import FakeTarget
 from signers import sign_generic, sign_stripe, sign_telegram, sign_twilio
 from starlette.testclient import TestClient
@@ -334,12 +334,12 @@ def test_kept_requests_survive_a_restart(tmp_path: Path, clock: Clock) -> None:
     """Closing the app and opening the same file again lists the same kept request."""
     settings = load_settings({}, db_path=tmp_path / "box.db", admin_token=ADMIN_TOKEN)
     with TestClient(create_app(settings, clock=clock, run_worker=False)) as client:
-        h = Harness(client, clock, settings.db_path)
+        h = Harness(client, clock, file_of(settings.db_path))
         h.add()
         h.wrong()
         before = h.kept()["items"]
     with TestClient(create_app(settings, clock=clock, run_worker=False)) as client:
-        assert Harness(client, clock, settings.db_path).kept()["items"] == before
+        assert Harness(client, clock, file_of(settings.db_path)).kept()["items"] == before
     assert len(before) == 1
 
 

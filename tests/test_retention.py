@@ -9,7 +9,7 @@ import pytest
 from conftest import scalar
 
 from ingress_box.config import Settings, load_settings
-from ingress_box.store import Database, outbox, retention
+from ingress_box.store import Database, open_database, outbox, retention
 from ingress_box.store import deliveries as d
 
 DAY = 86_400.0
@@ -29,7 +29,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def db(settings: Settings) -> Iterator[Database]:
-    database = Database(settings.db_path).open()
+    database = open_database(settings.db_path).open()
     yield database
     database.close()
 

@@ -22,7 +22,6 @@ from test_migrations import make_0_1_0_file
 from waiting import eventually
 
 from ingress_box import listing
-from ingress_box.config import load_settings
 from ingress_box.indexer import Indexer
 from ingress_box.store import Database, outbox, retention
 from ingress_box.store.deliveries import NewDelivery, accept, phrase
@@ -292,7 +291,7 @@ def test_an_upgraded_file_indexes_the_bodies_it_kept(tmp_path: Path) -> None:
 
 def test_the_indexer_catches_up_a_backlog_in_batches(tmp_path: Path) -> None:
     """More bodies than one batch wait: one catch-up indexes them all."""
-    db = Database(load_settings({}, db_path=tmp_path / "box.db").db_path).open()
+    db = Database(tmp_path / "box.db").open()
     try:
         for n in range(600):
             add(db, n, b'{"word": "lemur %d"}' % n)

@@ -16,21 +16,23 @@ from signers import sign_generic
 from standardwebhooks.webhooks import Webhook
 from waiting import eventually
 
-from ingress_box.config import Settings, load_settings
+from ingress_box.config import DatabaseUrl, Settings, load_settings
 from ingress_box.retry import Decision
 from ingress_box.store import dead_letters
 from ingress_box.store import outbox as store_outbox
 from ingress_box.worker import Worker
+
+pytestmark = pytest.mark.both_stores
 
 URL = "/ingress/generic/main/events"
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(store: Path | DatabaseUrl) -> Settings:
     return load_settings(
         {},
-        db_path=tmp_path / "box.db",
+        db_path=store,
         admin_token="t" * 16,
         retry_max_attempts=3,
         retry_base_seconds=0.05,

@@ -21,7 +21,7 @@ from signers import sign_generic
 from waiting import eventually
 
 from ingress_box.config import Settings, load_settings
-from ingress_box.store import Database
+from ingress_box.store import open_database
 from ingress_box.worker import Worker, wake_workers
 
 URL = "/ingress/generic/main/events"
@@ -47,7 +47,7 @@ def live(settings: Settings, target: FakeTarget) -> Iterator[LiveBox]:
 
 @pytest.fixture
 def worker(settings: Settings, live: LiveBox) -> Iterator[Worker]:
-    db = Database(settings.db_path).open()
+    db = open_database(settings.db_path).open()
     worker = Worker(settings, db)
     worker.start()
     try:
@@ -108,7 +108,7 @@ def test_an_idle_worker_reads_its_queue_a_few_times_a_second(worker: Worker) -> 
 
 def test_an_idle_worker_stops_at_once(settings: Settings, live: LiveBox) -> None:
     """Consumer threads waiting for the poller are let go by stop(), not by their timeout."""
-    db = Database(settings.db_path).open()
+    db = open_database(settings.db_path).open()
     try:
         worker = Worker(settings, db)
         worker.start()

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import math
-import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -24,9 +23,10 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ..config import Declaration, Settings, declarations, env_name, for_command
+from ..config import DatabaseUrl, Declaration, Settings, declarations, env_name, for_command
 from ..errors import NotFound
-from ..store import Database
+from ..store import Database, open_database
+from ..store.sql import DATABASE_ERRORS
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
@@ -61,9 +61,21 @@ def warn(message: str) -> None:
 # -- settings flags ---------------------------------------------------------------------------
 
 
+class _Database(click.ParamType):  # type: ignore[type-arg]
+    name = "path-or-url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return value if isinstance(value, Path) else DatabaseUrl.parse(str(value))
+
+
+DATABASE = _Database()  # a SQLite file, or a postgresql:// URL
+
+
 def _click_type(d: Declaration) -> Any:
     if d.choices:
         return click.Choice(d.choices, case_sensitive=d.case_sensitive)
+    if d.database:
+        return DATABASE
     if d.kind is Path:
         return click.Path(dir_okay=d.folder, file_okay=not d.folder, path_type=Path)
     if d.kind in (int, float):
@@ -203,13 +215,15 @@ class Progress:
 def database(
     settings: Settings, *, create: bool = False, readonly: bool = False
 ) -> Iterator[Database]:
-    """The file, open; ``create`` makes it when it is not there (else that is an error)."""
+    """The store, open; ``create`` makes a SQLite file when it is not there (else that is an
+    error). A PostgreSQL database is given its tables when it has none."""
     path = settings.db_path
-    if not create and not path.exists():
-        raise NotFound(f"no database at {path} (pass --db or set {env_name('db_path')})")
-    if path.is_dir():
-        raise Failed(f"{path} is a folder, not a database file")
-    db = Database(
+    if isinstance(path, Path):
+        if not create and not path.exists():
+            raise NotFound(f"no database at {path} (pass --db or set {env_name('db_path')})")
+        if path.is_dir():
+            raise Failed(f"{path} is a folder, not a database file")
+    db = open_database(
         path,
         synchronous=settings.synchronous,
         busy_timeout=settings.busy_timeout_seconds,
@@ -217,8 +231,8 @@ def database(
     )
     try:
         db.open()
-    except (sqlite3.Error, OSError) as exc:  # garbage, a read-only folder, a file as a folder
-        raise Failed(f"cannot open {path}: {exc}") from exc
+    except DATABASE_ERRORS + (OSError,) as exc:  # garbage, a read-only folder, a file as a folder
+        raise Failed(f"cannot open {db.name}: {exc}") from exc
     try:
         yield db
     finally:

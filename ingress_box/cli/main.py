@@ -18,6 +18,7 @@ import signal
 import sqlite3
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -30,6 +31,7 @@ from ..config import Settings, load_settings
 from ..errors import ConfigError, IngressBoxError, InvalidInput, ManifestError
 from ..plugins import load_registry
 from ..store import Database, dbfile
+from ..store.postgres import redacted
 from ..web.auth import ensure_admin_token
 from ..web.dashboard import PREFIX as DASHBOARD
 from ..web.server import server_config
@@ -130,7 +132,8 @@ def _print_start(settings: Settings) -> None:
             "makes a new one)"
         )
     click.echo(f"dashboard:   {settings.listen_url}{DASHBOARD}/ (log in with the API's token)")
-    click.echo(f"database:    {settings.db_path.resolve()}")
+    where = settings.db_path
+    click.echo(f"database:    {where.resolve() if isinstance(where, Path) else redacted(where)}")
 
 
 def _check_sound(db: Database) -> None:

@@ -79,6 +79,8 @@ def backup_command(
     started is in it. It is a single file (no -wal) that ``serve --db`` opens as it is.
     """
     settings = load_settings(db_path=db_path)
+    if not isinstance(settings.db_path, Path):
+        raise BadInput("a PostgreSQL database is backed up with pg_dump (see the README)")
     if not settings.db_path.exists():  # before a folder is made for a backup of nothing
         raise NotFound(f"no database at {settings.db_path}")
     path = _backup_file(given)

@@ -43,6 +43,7 @@ import aiosqlite
 
 from ..errors import SchemaTooNew, StorageUnavailable
 from .migrations import MIGRATIONS, Migration, latest, migrate, user_version
+from .sql import Dialect
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], T]
@@ -115,6 +116,8 @@ class _Batch:
 
 
 class Database:
+    dialect: Dialect = "sqlite"  # see store/sql.py: which SQL text a store function picks
+
     def __init__(
         self,
         path: Path,
@@ -126,6 +129,7 @@ class Database:
         linger: float = LINGER_SECONDS,
     ) -> None:
         self.path = Path(path)
+        self.name = str(self.path)  # what messages call the database
         self.linger = linger
         self.readonly = readonly
         self.synchronous = synchronous

@@ -17,6 +17,7 @@ from ..errors import NotFound
 from .db import Database
 from .outbox import LANE_SQL
 from .pages import Page, decode_cursor, page_of
+from .sql import dialect
 
 MAX_REDRIVE_BATCH = 1000  # dead letters redriven in one transaction
 
@@ -43,8 +44,10 @@ class Selection:
         return " AND ".join(clauses), params
 
 
+# A dead letter's place in the listing: SQLite's rowid, PostgreSQL's identity column.
+_POS = {"sqlite": "x.rowid", "postgresql": "x.pos"}
 _ITEM = """
-SELECT x.rowid AS pos, x.id, d.id AS delivery, x.plugin_id, x.instance_id, x.attempts,
+SELECT {pos} AS pos, x.id, d.id AS delivery, x.plugin_id, x.instance_id, x.attempts,
        x.last_error, x.created_at, d.route, d.conversation, d.provider_delivery_id
 FROM dead_letters AS x JOIN deliveries AS d ON d.seq = x.delivery_seq
 """
@@ -83,10 +86,13 @@ async def alist_page(
     db: Database, selection: Selection, cursor: str | None, limit: int
 ) -> Page[DeadLetter]:
     where, params = selection.where()
+    pos = _POS[dialect(db)]
     if cursor:
-        where += " AND x.rowid > ?"
+        where += f" AND {pos} > ?"
         params.append(decode_cursor(cursor, (int,))[0])
-    rows = await db.aread(f"{_ITEM} WHERE {where} ORDER BY x.rowid LIMIT ?", [*params, limit + 1])
+    rows = await db.aread(
+        f"{_ITEM.format(pos=pos)} WHERE {where} ORDER BY {pos} LIMIT ?", [*params, limit + 1]
+    )
     return page_of([DeadLetter(**dict(r)) for r in rows], limit, lambda x: [x.pos])
 
 
@@ -101,7 +107,7 @@ def redrive(selection: Selection, limit: int, now: float) -> Any:
         rows = conn.execute(
             f"SELECT x.id, d.seq, d.plugin_id, d.instance_id, d.conversation "
             f"FROM dead_letters AS x JOIN deliveries AS d ON d.seq = x.delivery_seq "
-            f"WHERE {where} ORDER BY x.rowid LIMIT ?",
+            f"WHERE {where} ORDER BY {_POS[dialect(conn)]} LIMIT ?",
             [*params, limit],
         ).fetchall()
         for row in rows:
@@ -112,7 +118,7 @@ def redrive(selection: Selection, limit: int, now: float) -> Any:
             # A strict lane keeps its dead head parked in the outbox: un-park it.
             conn.execute(
                 f"INSERT INTO outbox (delivery_seq, lane, available_at) "
-                f"SELECT seq, {LANE_SQL}, ? FROM deliveries WHERE seq = ? "
+                f"SELECT seq, {LANE_SQL[dialect(conn)]}, ? FROM deliveries WHERE seq = ? "
                 f"ON CONFLICT (delivery_seq) DO UPDATE SET parked = 0, "
                 f"available_at = excluded.available_at, lease_until = NULL, lease_owner = NULL",
                 (now, row["seq"]),

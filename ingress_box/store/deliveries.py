@@ -25,6 +25,7 @@ from ..values import is_utf8
 from .db import Database
 from .outbox import LANE_SQL
 from .pages import MAX_LIMIT, Page, decode_cursor, page_of
+from .sql import dialect
 
 STATES = ("pending", "delivered", "dead")
 
@@ -66,16 +67,21 @@ class NewDelivery:
 
 # -- ingress ---------------------------------------------------------------------------------
 
-_INSERT_DELIVERIES = """
-INSERT OR IGNORE INTO deliveries (id, plugin_id, instance_id, route, provider_delivery_id,
+_COLUMNS = """deliveries (id, plugin_id, instance_id, route, provider_delivery_id,
     conversation, method, subpath, content_type, headers, body, received_at, event_type,
-    searchable)
-VALUES {rows} RETURNING seq, id
-"""
-_INSERT_OUTBOX = f"""
+    searchable)"""
+_INSERT_DELIVERIES = {
+    "sqlite": f"INSERT OR IGNORE INTO {_COLUMNS} VALUES {{rows}} RETURNING seq, id",
+    "postgresql": f"INSERT INTO {_COLUMNS} VALUES {{rows}} "
+    "ON CONFLICT DO NOTHING RETURNING seq, id",
+}
+_INSERT_OUTBOX = {
+    engine: f"""
 INSERT INTO outbox (delivery_seq, lane, available_at)
-SELECT seq, {LANE_SQL}, received_at FROM deliveries WHERE seq IN ({{seqs}}) ORDER BY seq
+SELECT seq, {lane}, received_at FROM deliveries WHERE seq IN ({{seqs}}) ORDER BY seq
 """
+    for engine, lane in LANE_SQL.items()
+}
 _CHUNK = 500  # rows per statement: 14 parameters each, far below SQLite's variable limit
 _WIDTH = 14
 
@@ -118,12 +124,13 @@ def accept_many(conn: sqlite3.Connection, items: Sequence[NewDelivery]) -> list[
         inserted = {
             row[1]: row[0]
             for row in conn.execute(
-                _INSERT_DELIVERIES.format(rows=_rows(len(chunk), _WIDTH)), params
+                _INSERT_DELIVERIES[dialect(conn)].format(rows=_rows(len(chunk), _WIDTH)), params
             )
         }
         if inserted:
             conn.execute(
-                _INSERT_OUTBOX.format(seqs=",".join("?" * len(inserted))), list(inserted.values())
+                _INSERT_OUTBOX[dialect(conn)].format(seqs=",".join("?" * len(inserted))),
+                list(inserted.values()),
             )
         for d in chunk:
             results.append(inserted.pop(d.id, None))  # popped: a repeat is a duplicate

@@ -26,7 +26,9 @@ def put_once(key: str, value: str) -> Op[str]:
     """Store ``value`` unless ``key`` has one already; the value kept, either way."""
 
     def op(conn: sqlite3.Connection) -> str:
-        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, value)
+        )
         return str(conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
 
     return op

@@ -17,6 +17,7 @@ from typing import Any
 from ..event import Event
 from . import health
 from .db import Database
+from .sql import Dialect, dialect
 
 
 @dataclass(frozen=True)
@@ -32,24 +33,27 @@ class Claimed:
 # Whether outbox row ``o`` is the head (the row queued first) of its lane.
 IS_LANE_HEAD = "o.seq = (SELECT min(h.seq) FROM outbox AS h WHERE h.lane = o.lane)"
 # Events of one conversation of one instance share a lane; others are independent (NULL).
-LANE_SQL = (
-    "CASE WHEN conversation IS NULL THEN NULL "
-    "ELSE plugin_id || char(0) || instance_id || char(0) || conversation END"
-)
+# The parts are joined by a character no plugin or instance id holds: NUL on SQLite, the unit
+# separator on PostgreSQL (whose text cannot hold NUL).
+LANE_SQL = {
+    "sqlite": "CASE WHEN conversation IS NULL THEN NULL "
+    "ELSE plugin_id || char(0) || instance_id || char(0) || conversation END",
+    "postgresql": "CASE WHEN conversation IS NULL THEN NULL "
+    "ELSE plugin_id || chr(31) || instance_id || chr(31) || conversation END",
+}
+_LANE_JOIN = {"sqlite": "\0", "postgresql": "\x1f"}
 
 
-def lane_of(event: Event) -> str | None:
+def lane_of(event: Event, engine: Dialect = "sqlite") -> str | None:
     """The lane of ``event``'s row, as LANE_SQL computes it."""
     if event.conversation is None:
         return None
-    return f"{event.plugin}\0{event.instance}\0{event.conversation}"
+    return _LANE_JOIN[engine].join((event.plugin, event.instance, event.conversation))
 
 
 # -- the worker's claims and outcomes --------------------------------------------------------
 
-_CLAIM = f"""
-UPDATE outbox SET lease_until = :until, lease_owner = :owner
-WHERE seq IN (
+_CLAIMABLE = f"""
     SELECT o.seq FROM outbox AS o
     WHERE o.parked = 0
       AND o.available_at <= :now
@@ -60,9 +64,21 @@ WHERE seq IN (
                             WHERE l.lane = o.lane AND l.lease_until >= :now
                               AND l.seq != o.seq)))
     ORDER BY o.seq
-    LIMIT :limit)
+    LIMIT :limit"""
+# On PostgreSQL, rows another transaction holds are skipped, not waited for; the partial
+# unique index outbox_one_lease_per_lane refuses a second leased row in a lane.
+_CLAIM = {
+    "sqlite": f"""
+UPDATE outbox SET lease_until = :until, lease_owner = :owner
+WHERE seq IN ({_CLAIMABLE})
 RETURNING delivery_seq
-"""
+""",
+    "postgresql": f"""
+UPDATE outbox SET lease_until = :until, lease_owner = :owner
+WHERE seq IN ({_CLAIMABLE} FOR UPDATE OF o SKIP LOCKED)
+RETURNING delivery_seq
+""",
+}
 _CLAIMED_ROWS = """
 SELECT seq, id, plugin_id, instance_id, route, provider_delivery_id, conversation, method,
        subpath, content_type, headers, body, attempts, received_at
@@ -77,7 +93,8 @@ def claim(owner: str, now: float, lease_seconds: float, limit: int) -> Any:
         seqs = [
             r[0]
             for r in conn.execute(
-                _CLAIM, {"until": now + lease_seconds, "owner": owner, "now": now, "limit": limit}
+                _CLAIM[dialect(conn)],
+                {"until": now + lease_seconds, "owner": owner, "now": now, "limit": limit},
             ).fetchall()
         ]
         if not seqs:
@@ -275,8 +292,8 @@ def release(owner: str, seqs: Sequence[int] | None = None) -> Any:
         ]
         if released:
             conn.execute(
-                f"UPDATE deliveries SET attempts = max(attempts - 1, 0) "
-                f"WHERE seq IN ({','.join('?' * len(released))})",
+                f"UPDATE deliveries SET attempts = attempts - 1 "
+                f"WHERE attempts > 0 AND seq IN ({','.join('?' * len(released))})",
                 released,
             )
         return len(released)
@@ -284,10 +301,13 @@ def release(owner: str, seqs: Sequence[int] | None = None) -> Any:
     return op
 
 
+_LATER = {"sqlite": "max", "postgresql": "greatest"}  # the larger of two values
+
+
 def next_due(db: Database) -> float | None:
     """When the earliest lane head (or lane-less row) is next claimable, if any is waiting."""
     row = db.read_one(
-        "SELECT min(max(o.available_at, coalesce(o.lease_until, 0))) FROM outbox AS o "
-        f"WHERE o.parked = 0 AND (o.lane IS NULL OR {IS_LANE_HEAD})"
+        f"SELECT min({_LATER[dialect(db)]}(o.available_at, coalesce(o.lease_until, 0))) "
+        f"FROM outbox AS o WHERE o.parked = 0 AND (o.lane IS NULL OR {IS_LANE_HEAD})"
     )
     return float(row[0]) if row is not None and row[0] is not None else None

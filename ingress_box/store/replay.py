@@ -22,16 +22,20 @@ from typing import Any
 from ..errors import AlreadyPending, InvalidInput, NotFound, PayloadPruned
 from .db import Database
 from .outbox import LANE_SQL
+from .sql import dialect
 
 MAX_REPLAY_BATCH = 500  # deliveries replayed in one transaction
 REPLAYABLE = ("delivered", "dead")
 
-_REQUEUE = f"""
+_REQUEUE = {
+    engine: f"""
 INSERT INTO outbox (delivery_seq, lane, available_at)
-SELECT seq, {LANE_SQL}, :now FROM deliveries WHERE seq = :seq
+SELECT seq, {lane}, :now FROM deliveries WHERE seq = :seq
 ON CONFLICT (delivery_seq) DO UPDATE SET parked = 0, available_at = excluded.available_at,
                                          lease_until = NULL, lease_owner = NULL
 """
+    for engine, lane in LANE_SQL.items()
+}
 
 
 def _requeue(conn: sqlite3.Connection, seqs: Sequence[int], now: float) -> None:
@@ -42,7 +46,7 @@ def _requeue(conn: sqlite3.Connection, seqs: Sequence[int], now: float) -> None:
             "WHERE delivery_seq = ? AND redriven_at IS NULL",
             (now, seq),
         )
-        conn.execute(_REQUEUE, {"seq": seq, "now": now})
+        conn.execute(_REQUEUE[dialect(conn)], {"seq": seq, "now": now})
 
 
 def replay(delivery_id: str, now: float) -> Any:

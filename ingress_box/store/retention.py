@@ -118,6 +118,8 @@ def run(
 
 def checkpoint(db: Database) -> list[int]:
     """Copy the WAL into the database and truncate it, so the file does not grow unbounded."""
+    if db.dialect != "sqlite":  # PostgreSQL keeps its own log: nothing to copy back
+        return []
     conn = connect(db.path, db.synchronous, db.busy_timeout)
     try:
         row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
