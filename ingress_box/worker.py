@@ -58,6 +58,7 @@ from .retry import Decision
 from .store import Database, retention
 from .store import instances as store_instances
 from .store import outbox as store_outbox
+from .store.postgres import WRITE_LOCK
 from .store.sql import DATABASE_ERRORS
 
 log = logging.getLogger("ingress_box.worker")
@@ -172,6 +173,14 @@ class _Storage(_Waking, SqliteStorage):  # type: ignore[misc]
 class _PgStorage(_Waking, PostgresStorage):  # type: ignore[misc]
     """huey's PostgreSQL storage; other processes' enqueues arrive as notifications
     (``LISTEN``) on a connection of the waiting thread."""
+
+    def initialize_schema(self) -> None:
+        """huey's tables, made under the store's write lock: processes starting together would
+        otherwise race in ``CREATE TABLE IF NOT EXISTS`` (PostgreSQL refuses the second)."""
+        with self.db(commit=True, close=True) as cursor:
+            cursor.execute("select pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            for statement in self.ddl:
+                cursor.execute(statement)
 
     def _take(self) -> bytes | None:
         data: bytes | None = self._dequeue()

@@ -138,6 +138,8 @@ def _print_start(settings: Settings) -> None:
 
 def _check_sound(db: Database) -> None:
     """Refuse a damaged file at start: it would fail every write and fill the log."""
+    if db.dialect != "sqlite":  # PostgreSQL checks its own pages
+        return
     found = dbfile.quick_check(db, START_CHECK_SECONDS)
     if found is None:
         log.warning(

@@ -73,7 +73,9 @@ OUT = Path(__file__).resolve().parent / "out"
 class Box(Server):
     """``ingress-box serve`` as a user starts it, in its own process group."""
 
-    def __init__(self, workdir: Path, db: Path, *flags: str, tree: Path | None = None) -> None:
+    def __init__(
+        self, workdir: Path, db: Path | str, *flags: str, tree: Path | None = None
+    ) -> None:
         """``tree``: run the ``ingress_box`` package unpacked there (``--baseline``) instead of
         the installed CLI."""
         self.kind, self.port = "serve", benchlib.free_port()
