@@ -262,16 +262,18 @@ class PgDatabase(Database):
         batch.items = [item for item in batch.items if item[3] > now]
         if not batch.items:
             return
+        # One round trip opens the transaction and takes the write lock.
+        begin = "BEGIN; SET LOCAL synchronous_commit = off; " if not batch.durable else "BEGIN; "
+        # A lone op needs no savepoint: if it fails, rolling back the transaction undoes it.
+        isolate = len(batch.items) > 1
         try:
-            conn.execute("BEGIN")
-            if not batch.durable:  # the worker's bookkeeping alone: a power cut costs a repeat
-                conn.execute("SET LOCAL synchronous_commit = off")
-            conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+            conn.raw.execute(f"{begin}SELECT pg_advisory_xact_lock({WRITE_LOCK})")
             for future, op, _, _, _ in batch.items:
                 if not future.set_running_or_notify_cancel():
                     continue
-                batch.outcomes.append((future, *self._run_op(conn, op, True)))
-            conn.execute("COMMIT")
+                batch.outcomes.append((future, *self._run_op(conn, op, isolate)))
+            if conn.in_transaction:  # not when a lone op failed and was rolled back
+                conn.execute("COMMIT")
         except psycopg.Error as exc:  # the transaction failed: nothing of it holds
             log.warning("PostgreSQL write failed: %s", exc)
             for future, _, _, _, _ in batch.items:  # none is settled before the commit
@@ -304,18 +306,25 @@ class PgDatabase(Database):
         self._limit_lock_wait(conn)
 
     def _run_op(self, conn: Any, op: Any, isolate: bool) -> tuple[Any, BaseException | None]:
-        conn.execute("SAVEPOINT op")
+        """Run ``op``; if it fails, undo it (its savepoint, or the whole transaction when it
+        runs alone) and return its error instead of its result."""
+        if isolate:
+            conn.execute("SAVEPOINT op")
         try:
             result = op(conn)
         except Exception as exc:
             if conn.raw.broken:
                 raise
-            conn.execute("ROLLBACK TO SAVEPOINT op")
-            conn.execute("RELEASE SAVEPOINT op")
+            if isolate:
+                conn.execute("ROLLBACK TO SAVEPOINT op")
+                conn.execute("RELEASE SAVEPOINT op")
+            else:
+                conn.execute("ROLLBACK")
             if isinstance(exc, psycopg.OperationalError):
                 return None, _unavailable(exc)
             return None, exc
-        conn.execute("RELEASE SAVEPOINT op")
+        if isolate:
+            conn.execute("RELEASE SAVEPOINT op")
         return result, None
 
     # -- reads -----------------------------------------------------------------------------
