@@ -1,6 +1,7 @@
 """huey wiring: consumer threads drain the outbox; the outbox table remembers.
 
-huey (SQLite storage, in the same file) only executes:
+huey (its SQLite storage in the same file, or its PostgreSQL storage in the same database) only
+executes:
 - ``drain`` claims ready outbox rows (one at a time, up to 16 at once when there is a backlog)
   and delivers them until none is ready. It is safe to run any number of times in any number
   of processes: claims are atomic and leased.
@@ -24,7 +25,8 @@ into a huey task. The storage wakes this process's consumer threads as soon as a
 enqueued here. For tasks from other processes one idle consumer thread, not each of them,
 reads ``PRAGMA data_version`` (a counter SQLite bumps when another connection commits; no
 table is read) every 20 ms while the file changes, up to every ``POLL_SECONDS`` (100 ms) while
-it does not, and looks at the queue only when it moved. A process
+it does not, and looks at the queue only when it moved; on PostgreSQL it waits on a ``LISTEN``
+for the ``NOTIFY`` each enqueue sends. A process
 without a worker (the CLI after a redrive) calls :func:`wake_workers`, which only enqueues a
 drain.
 """
@@ -172,7 +174,17 @@ class _Storage(_Waking, SqliteStorage):  # type: ignore[misc]
 
 class _PgStorage(_Waking, PostgresStorage):  # type: ignore[misc]
     """huey's PostgreSQL storage; other processes' enqueues arrive as notifications
-    (``LISTEN``) on a connection of the waiting thread."""
+    (``LISTEN``) on one connection, used by whichever thread polls (one at a time).
+
+    huey gives each thread a LISTEN connection of its own and leaves it to the garbage
+    collector; here there is one per storage, closed with it (:meth:`close`), so a process
+    holds two connections for its queue however many consumer threads it runs.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._listening: Any = None  # the LISTEN connection, opened by the first poll
+        self._listening_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
 
     def initialize_schema(self) -> None:
         """huey's tables, made under the store's write lock: processes starting together would
@@ -181,6 +193,27 @@ class _PgStorage(_Waking, PostgresStorage):  # type: ignore[misc]
             cursor.execute("select pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
             for statement in self.ddl:
                 cursor.execute(statement)
+
+    def _listen_conn(self) -> Any:
+        with self._listening_lock:
+            conn = self._listening
+            if conn is not None and (conn.closed or conn.broken):  # the server went away
+                self._close_quiet(conn)
+                conn = None
+            if conn is None:
+                conn = self._connect()
+                channel = self.channel.replace('"', '""')  # a quoted name, as huey quotes it
+                conn.execute(f'LISTEN "{channel}"')
+                self._listening = conn
+            return conn
+
+    def close(self) -> bool:
+        with self._listening_lock:
+            listening, self._listening = self._listening, None
+        if listening is not None:
+            self._close_quiet(listening)
+        closed: bool = super().close()
+        return closed
 
     def _take(self) -> bytes | None:
         data: bytes | None = self._dequeue()
@@ -352,6 +385,7 @@ class Worker:
             self.consumer.stop(graceful=True)
         if self._kicker is not None:
             self._kicker.join(timeout=1.0)
+        self.huey.storage.close()  # its connections, the LISTEN ones too
         if self.alerter is not None:
             self.alerter.stop()
         try:
