@@ -25,6 +25,8 @@ class BoxProcess:
     The environment is the test's minus every ``INGRESS_BOX_*`` variable, plus the database,
     the address, the admin token and ``env``. ``nofile`` sets the child's open-files limit;
     ``port`` (default: a free one) lets a restarted box answer where its clients still post.
+    An ``INGRESS_BOX_DB`` in ``env`` (a PostgreSQL URL) replaces the file; ``db`` then only
+    names the folder the log goes to.
     """
 
     def __init__(

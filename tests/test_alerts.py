@@ -1,5 +1,5 @@
 """Alerts: instance.failing and instance.recovered, signed per Standard Webhooks, posted to a
-real local receiver, one per state change, across restarts on the same file."""
+real local receiver, one per state change, across restarts on the same store."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from waiting import eventually
 
 from ingress_box.alerts import Alerter
 from ingress_box.app import create_app
-from ingress_box.config import Settings, load_settings
+from ingress_box.config import DatabaseUrl, Settings, load_settings
 from ingress_box.errors import ConfigError
 from ingress_box.store import Database, open_database
 from ingress_box.store import health as store_health
@@ -32,6 +32,8 @@ TOKEN = "t" * 16
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 ALERT_SECRET = "whsec_" + "c2VjcmV0LWZvci1hbGVydHMtb25seQ=="
 
+pytestmark = pytest.mark.both_stores
+
 
 @pytest.fixture
 def receiver() -> Iterator[FakeTarget]:
@@ -40,9 +42,11 @@ def receiver() -> Iterator[FakeTarget]:
         yield r
 
 
-def box_settings(tmp_path: Path, receiver: FakeTarget | None, **changes: Any) -> Settings:
+def box_settings(
+    store: Path | DatabaseUrl, receiver: FakeTarget | None, **changes: Any
+) -> Settings:
     values: dict[str, Any] = {
-        "db_path": tmp_path / "box.db",
+        "db_path": store,
         "admin_token": TOKEN,
         "retry_max_attempts": 1000,  # failures pile up; no dead letter unless a test says
         "retry_base_seconds": 0.02,
@@ -93,8 +97,8 @@ def alerter_of(client: TestClient) -> Alerter:
 
 
 @pytest.fixture
-def instance(tmp_path: Path, target: FakeTarget) -> None:
-    db = Database(tmp_path / "box.db").open()
+def instance(store: Path | DatabaseUrl, target: FakeTarget) -> None:
+    db = open_database(store).open()
     try:
         insert_instance(db, target_url=target.url)
     finally:
@@ -103,12 +107,12 @@ def instance(tmp_path: Path, target: FakeTarget) -> None:
 
 @pytest.mark.usefixtures("instance")
 def test_one_failing_then_one_recovered_alert(
-    tmp_path: Path, target: FakeTarget, receiver: FakeTarget
+    store: Path | DatabaseUrl, target: FakeTarget, receiver: FakeTarget
 ) -> None:
     """Two failures in a row alert failing once (not again at the third or later); the first
     success alerts recovered."""
     target.reply(then=500)
-    with TestClient(create_app(box_settings(tmp_path, receiver))) as client:
+    with TestClient(create_app(box_settings(store, receiver))) as client:
         send(client, 1)
         (failing,) = alerts(receiver, 1)
         target.reply(then=200)
@@ -130,11 +134,11 @@ def test_one_failing_then_one_recovered_alert(
 
 @pytest.mark.usefixtures("instance")
 def test_a_dead_letter_alerts_failing_before_the_threshold(
-    tmp_path: Path, target: FakeTarget, receiver: FakeTarget
+    store: Path | DatabaseUrl, target: FakeTarget, receiver: FakeTarget
 ) -> None:
     """One attempt allowed, so the first failure dead-letters: that alone is instance.failing."""
     target.reply(then=500)
-    settings = box_settings(tmp_path, receiver, retry_max_attempts=1, alert_after_failures=5)
+    settings = box_settings(store, receiver, retry_max_attempts=1, alert_after_failures=5)
     with TestClient(create_app(settings)) as client:
         send(client, 1)
         (failing,) = alerts(receiver, 1)
@@ -145,11 +149,11 @@ def test_a_dead_letter_alerts_failing_before_the_threshold(
 
 @pytest.mark.usefixtures("instance")
 def test_restarts_neither_repeat_an_alert_nor_miss_a_recovery(
-    tmp_path: Path, target: FakeTarget, receiver: FakeTarget
+    store: Path | DatabaseUrl, target: FakeTarget, receiver: FakeTarget
 ) -> None:
     """Failing alerted; a restart while still failing sends nothing; a recovery made while no
     alerting process ran is sent by the next one that starts."""
-    settings = box_settings(tmp_path, receiver)
+    settings = box_settings(store, receiver)
     target.reply(then=500)
     with TestClient(create_app(settings)) as client:
         send(client, 1)
@@ -160,7 +164,7 @@ def test_restarts_neither_repeat_an_alert_nor_miss_a_recovery(
         assert alerter_of(client).check() == []
     assert len(receiver.received) == 1
     target.reply(then=200)
-    with TestClient(create_app(box_settings(tmp_path, None))) as client:  # no alerts here
+    with TestClient(create_app(box_settings(store, None))) as client:  # no alerts here
         wait_health(client, "the recovery", lambda h: h["state"] == "ok")
     assert len(receiver.received) == 1
     with TestClient(create_app(settings)):
@@ -170,14 +174,14 @@ def test_restarts_neither_repeat_an_alert_nor_miss_a_recovery(
 
 
 def test_an_alert_that_cannot_be_sent_is_retried_then_logged(
-    tmp_path: Path,
+    store: Path | DatabaseUrl,
     receiver: FakeTarget,
     make_dead_letters: MakeDeadLetters,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A receiver that answers 500: four tries with one webhook-id, then an error line."""
     receiver.reply(then=500)
-    settings = box_settings(tmp_path, receiver, alert_after_failures=1)
+    settings = box_settings(store, receiver, alert_after_failures=1)
     db = open_database(settings.db_path).open()
     try:
         insert_instance(db, target_url="http://127.0.0.1:9/hook")
@@ -195,10 +199,10 @@ def test_an_alert_that_cannot_be_sent_is_retried_then_logged(
 
 
 def test_a_change_is_claimed_once_however_many_processes_look(
-    tmp_path: Path, make_dead_letters: MakeDeadLetters
+    store: Path | DatabaseUrl, make_dead_letters: MakeDeadLetters
 ) -> None:
     """The claim is in the database: a second look finds nothing left to send."""
-    db = Database(tmp_path / "box.db").open()
+    db = open_database(store).open()
     try:
         insert_instance(db)
         make_dead_letters(db)
@@ -227,10 +231,10 @@ def attempt(db: Database, outcome: str, now: float) -> None:
 
 
 def test_a_run_of_failures_over_before_anyone_looked_is_still_alerted(
-    tmp_path: Path, receiver: FakeTarget, make_deliveries: MakeDeliveries
+    store: Path | DatabaseUrl, receiver: FakeTarget, make_deliveries: MakeDeliveries
 ) -> None:
     """Two failures and a success, all before a look: failing, then recovered, once each."""
-    settings = box_settings(tmp_path, receiver)
+    settings = box_settings(store, receiver)
     db = open_database(settings.db_path).open()
     try:
         insert_instance(db, target_url="http://127.0.0.1:9/hook")
@@ -251,10 +255,10 @@ def test_a_run_of_failures_over_before_anyone_looked_is_still_alerted(
 
 
 def test_what_happened_before_alerts_were_turned_on_is_not_alerted(
-    tmp_path: Path, receiver: FakeTarget, make_deliveries: MakeDeliveries
+    store: Path | DatabaseUrl, receiver: FakeTarget, make_deliveries: MakeDeliveries
 ) -> None:
     """A dead letter and a run of failures, both over before alerting started: nothing sent."""
-    settings = box_settings(tmp_path, receiver)
+    settings = box_settings(store, receiver)
     later = time.time() + 60  # after the instance was made, so only the baseline hides them
     db = open_database(settings.db_path).open()
     try:
@@ -272,9 +276,9 @@ def test_what_happened_before_alerts_were_turned_on_is_not_alerted(
     assert receiver.received == []
 
 
-def test_no_alert_url_means_no_alerter(tmp_path: Path) -> None:
+def test_no_alert_url_means_no_alerter(store: Path | DatabaseUrl) -> None:
     """Alerts are off unless INGRESS_BOX_ALERT_URL is set."""
-    with TestClient(create_app(box_settings(tmp_path, None))) as client:
+    with TestClient(create_app(box_settings(store, None))) as client:
         worker = box_of(client).worker
         assert isinstance(worker, Worker) and worker.alerter is None
 

@@ -1,36 +1,45 @@
-"""Crash safety with real processes: kill -9, SIGTERM, and two workers on one file."""
+"""Crash safety with real processes: kill -9, SIGTERM, and two workers on one store."""
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
 import httpx
+import pytest
+from conftest import scalar
 from fake_target import FakeTarget
 from serving import BoxProcess
 from signers import sign_generic
 from waiting import eventually
 
+from ingress_box.config import DatabaseUrl
+from ingress_box.store import open_database
 from ingress_box.worker import MAX_UNSETTLED
 
 SECRET = "crash-test-secret"
 
+pytestmark = pytest.mark.both_stores
+
 
 class Box(BoxProcess):
-    """`ingress-box serve` (or `worker`) on one file, with short leases and fast retries."""
+    """`ingress-box serve` (or `worker`) on one store, with short leases and fast retries; its
+    log goes to ``logs``."""
 
-    def __init__(self, db: Path, command: str = "serve", **env: str) -> None:
+    def __init__(
+        self, store: Path | DatabaseUrl, logs: Path, command: str = "serve", **env: str
+    ) -> None:
         fast = {
             "INGRESS_BOX_LEASE_SECONDS": "2",
             "INGRESS_BOX_DELIVERY_TIMEOUT_SECONDS": "1",
             "INGRESS_BOX_RETRY_BASE_SECONDS": "0.05",
             "INGRESS_BOX_RETRY_MAX_SECONDS": "0.2",
         }
-        super().__init__(db, command, env={**fast, **env})
+        where = {"INGRESS_BOX_DB": str(store)}
+        super().__init__(logs / "box.db", command, env={**fast, **where, **env})
         if command == "serve":
             self.wait_ready()
 
@@ -73,21 +82,22 @@ def wait_all(target: FakeTarget, ids: set[str], timeout: float = 30) -> collecti
         ) from None
 
 
-def claims(db: Path) -> tuple[int, int]:
-    """(outbox rows left, the most attempts any delivery was claimed for), read from the file."""
-    conn = sqlite3.connect(db)
+def claims(store: Path | DatabaseUrl) -> tuple[int, int]:
+    """(outbox rows left, the most attempts any delivery was claimed for), read from the store."""
+    db = open_database(store, readonly=True).open()
     try:
-        left = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
-        most = conn.execute("SELECT max(attempts) FROM deliveries").fetchone()[0]
+        left = scalar(db, "SELECT count(*) FROM outbox")
+        most = scalar(db, "SELECT max(attempts) FROM deliveries")
         return int(left), int(most or 0)
     finally:
-        conn.close()
+        db.close()
 
 
-def test_kill_9_under_load_loses_no_acked_delivery(tmp_path: Path, target: FakeTarget) -> None:
+def test_kill_9_under_load_loses_no_acked_delivery(
+    store: Path | DatabaseUrl, tmp_path: Path, target: FakeTarget
+) -> None:
     """Every webhook acked before a SIGKILL reaches the target after a restart."""
-    db = tmp_path / "box.db"
-    box = Box(db)
+    box = Box(store, tmp_path)
     box.add_generic(target.url)
     acked: set[str] = set()
 
@@ -102,7 +112,7 @@ def test_kill_9_under_load_loses_no_acked_delivery(tmp_path: Path, target: FakeT
         box.proc.wait(timeout=10)
         concurrent.futures.wait(futures)
     assert len(acked) >= 150
-    restarted = Box(db)
+    restarted = Box(store, tmp_path)
     try:
         got = wait_all(target, acked)
     finally:
@@ -115,12 +125,11 @@ def test_kill_9_under_load_loses_no_acked_delivery(tmp_path: Path, target: FakeT
 
 
 def test_sigterm_during_deliveries_exits_cleanly_and_loses_nothing(
-    tmp_path: Path, target: FakeTarget
+    store: Path | DatabaseUrl, tmp_path: Path, target: FakeTarget
 ) -> None:
     """SIGTERM with slow deliveries in flight: exit 0 within 15 s, all delivered after restart."""
     target.delay = 0.3
-    db = tmp_path / "box.db"
-    box = Box(db)
+    box = Box(store, tmp_path)
     box.add_generic(target.url)
     acked = {f"d-{n}" for n in range(20) if box.send(n)}
     assert len(acked) == 20
@@ -128,7 +137,7 @@ def test_sigterm_during_deliveries_exits_cleanly_and_loses_nothing(
     started = time.monotonic()
     assert box.stop(signal.SIGTERM, timeout=15) == 0
     assert time.monotonic() - started < 15
-    restarted = Box(db)
+    restarted = Box(store, tmp_path)
     try:
         wait_all(target, acked)
     finally:
@@ -136,13 +145,12 @@ def test_sigterm_during_deliveries_exits_cleanly_and_loses_nothing(
 
 
 def test_serve_and_a_separate_worker_deliver_each_event_once(
-    tmp_path: Path, target: FakeTarget
+    store: Path | DatabaseUrl, tmp_path: Path, target: FakeTarget
 ) -> None:
-    """Two processes draining one file never deliver one event twice in normal operation."""
-    db = tmp_path / "box.db"
-    box = Box(db)
+    """Two processes draining one store never deliver one event twice in normal operation."""
+    box = Box(store, tmp_path)
     box.add_generic(target.url)
-    worker = Box(db, command="worker")
+    worker = Box(store, tmp_path, command="worker")
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
             sent = pool.map(box.send, range(200))
@@ -151,8 +159,8 @@ def test_serve_and_a_separate_worker_deliver_each_event_once(
         got = wait_all(target, acked)
         # A claim needs an outbox row and counts an attempt: once the outbox is empty, every
         # claim there will be has been made, and a second claim of one event would show.
-        eventually(lambda: claims(db)[0] == 0, 10, "an empty outbox")
-        assert claims(db) == (0, 1)
+        eventually(lambda: claims(store)[0] == 0, 10, "an empty outbox")
+        assert claims(store) == (0, 1)
         assert max(delivered_ids(target).values()) == 1, got.most_common(3)
     finally:
         assert worker.stop() == 0
@@ -160,13 +168,12 @@ def test_serve_and_a_separate_worker_deliver_each_event_once(
 
 
 def test_serve_without_its_worker_wakes_a_separate_worker_at_once(
-    tmp_path: Path, target: FakeTarget
+    store: Path | DatabaseUrl, tmp_path: Path, target: FakeTarget
 ) -> None:
     """Split deployment: `serve --no-run-worker` accepts, an `ingress-box worker` delivers."""
-    db = tmp_path / "box.db"
-    box = Box(db, INGRESS_BOX_RUN_WORKER="0")
+    box = Box(store, tmp_path, INGRESS_BOX_RUN_WORKER="0")
     box.add_generic(target.url)
-    worker = Box(db, command="worker")
+    worker = Box(store, tmp_path, command="worker")
     try:
         worker.wait_started()
         started = time.monotonic()

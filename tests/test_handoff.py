@@ -28,14 +28,17 @@ from waiting import eventually
 
 from ingress_box import app as app_module
 from ingress_box.app import create_app
-from ingress_box.config import Settings
-from ingress_box.store import Database
+from ingress_box.config import DatabaseUrl, Settings
+from ingress_box.store import Database, open_database
 from ingress_box.store import instances as store_instances
 from ingress_box.store import outbox as store_outbox
 from ingress_box.store.acceptor import Acceptor
 from ingress_box.store.deliveries import NewDelivery
 from ingress_box.store.outbox import Claimed
+from ingress_box.store.sql import DATABASE_ERRORS, Conn, dialect
 from ingress_box.worker import Worker
+
+pytestmark = pytest.mark.both_stores
 
 
 class Taker:
@@ -76,8 +79,8 @@ def delivery(n: int, conversation: str | None) -> NewDelivery:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    opened = Database(tmp_path / "box.db").open()
+def db(store: Path | DatabaseUrl) -> Iterator[Database]:
+    opened = open_database(store).open()
     yield opened
     opened.close()
 
@@ -158,15 +161,29 @@ def test_a_duplicate_is_neither_handed_over_nor_counted(db: Database) -> None:
     assert [(len(rows), left) for rows, left, _ in taker.taken] == [(1, 0)]
 
 
+# A trigger that fails every outbox insert, as a full disk would.
+_FAIL_INSERTS = {
+    "sqlite": [
+        "CREATE TRIGGER no_commit AFTER INSERT ON outbox "
+        "BEGIN SELECT RAISE(FAIL, 'disk says no'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION no_commit() RETURNS trigger LANGUAGE plpgsql "
+        "AS $$ BEGIN RAISE EXCEPTION 'disk says no'; END $$",
+        "CREATE TRIGGER no_commit AFTER INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION no_commit()",
+    ],
+}
+
+
 def test_a_row_whose_accept_fails_is_not_handed_over(db: Database) -> None:
     taker = Taker(wanted=8)
-    db.write(
-        lambda conn: conn.execute(
-            "CREATE TRIGGER no_commit AFTER INSERT ON outbox "
-            "BEGIN SELECT RAISE(FAIL, 'disk says no'); END"
-        )
-    )
-    with pytest.raises(sqlite3.Error):
+
+    def fail_inserts(conn: Conn) -> None:
+        for sql in _FAIL_INSERTS[dialect(conn)]:
+            conn.execute(sql)
+
+    db.write(fail_inserts)
+    with pytest.raises(DATABASE_ERRORS):
         accept_in_one_batch(db, taker, [delivery(1, None)])
     assert taker.taken == []
 

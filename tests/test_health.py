@@ -20,7 +20,7 @@ from waiting import eventually
 
 from ingress_box import instance_health
 from ingress_box.app import create_app
-from ingress_box.config import Settings, load_settings
+from ingress_box.config import DatabaseUrl, Settings, load_settings
 from ingress_box.store import Database
 from ingress_box.store.health import Record
 from ingress_box.store.instances import Instance
@@ -29,10 +29,12 @@ AUTH = {"authorization": "Bearer " + "t" * 16}
 HOUR = 3600.0
 SCHEMA_0_1_0 = Path(__file__).parent / "data" / "schema-0.1.0.sql"
 
+pytestmark = pytest.mark.both_stores  # the upgraded file's test is SQLite's alone (no store)
 
-def box_settings(tmp_path: Path, **changes: Any) -> Settings:
+
+def box_settings(store: Path | DatabaseUrl, **changes: Any) -> Settings:
     values: dict[str, Any] = {
-        "db_path": tmp_path / "box.db",
+        "db_path": store,
         "admin_token": "t" * 16,
         "retry_max_attempts": 3,
         "retry_base_seconds": 30,  # a failed delivery stays pending while the test looks
@@ -43,8 +45,8 @@ def box_settings(tmp_path: Path, **changes: Any) -> Settings:
 
 
 @pytest.fixture
-def live(tmp_path: Path, target: FakeTarget) -> Iterator[LiveBox]:
-    with running_box(box_settings(tmp_path)) as box:
+def live(store: Path | DatabaseUrl, target: FakeTarget) -> Iterator[LiveBox]:
+    with running_box(box_settings(store)) as box:
         add_instance(box.box, target_url=target.url)
         yield box
 
@@ -121,10 +123,12 @@ def test_a_success_after_failures_makes_it_ok_again(live: LiveBox, target: FakeT
     assert found["pending"] == 1  # the first delivery still waits for its retry
 
 
-def test_failures_until_the_dead_letter_count_in_a_row(tmp_path: Path, target: FakeTarget) -> None:
+def test_failures_until_the_dead_letter_count_in_a_row(
+    store: Path | DatabaseUrl, target: FakeTarget
+) -> None:
     """Every attempt fails until the delivery is dead: 3 in a row, one dead letter open,
     failing since the first."""
-    settings = box_settings(tmp_path, retry_base_seconds=0.05, retry_max_seconds=0.1)
+    settings = box_settings(store, retry_base_seconds=0.05, retry_max_seconds=0.1)
     target.reply(then=503)
     with running_box(settings) as live:
         add_instance(live.box, target_url=target.url)
@@ -292,14 +296,14 @@ def test_an_upgraded_file_knows_its_instances_health_from_its_attempts(tmp_path:
 
 
 def test_the_dashboard_shows_a_failing_instance_unlike_a_healthy_one(
-    tmp_path: Path, target: FakeTarget
+    store: Path | DatabaseUrl, target: FakeTarget
 ) -> None:
     """A failing instance has a badge that says so and the reason; a healthy one says ok; the
     instance page has every figure; the overview lists the failing one first."""
     target.answer_with(
         lambda got: Reply(500) if got.headers["ingress-box-instance"] == "zzz" else Reply(200)
     )
-    with TestClient(create_app(box_settings(tmp_path))) as ui:
+    with TestClient(create_app(box_settings(store))) as ui:
         box = box_of(ui)
         add_instance(box, instance="aaa", target_url=target.url)
         add_instance(box, instance="zzz", target_url=target.url)

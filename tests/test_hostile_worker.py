@@ -22,10 +22,12 @@ from starlette.testclient import TestClient
 from waiting import eventually
 
 from ingress_box.app import create_app
-from ingress_box.config import load_settings
-from ingress_box.store import Database
+from ingress_box.config import DatabaseUrl, load_settings
+from ingress_box.store import open_database
 
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+pytestmark = pytest.mark.both_stores
 
 # A plugin that declares a handler of its own by module:function (any importable one will do).
 DECLARING_MANIFEST = """
@@ -40,13 +42,11 @@ allow_unsigned = true
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> Any:
+def client(tmp_path: Path, store: Path | DatabaseUrl) -> Any:
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "acme.toml").write_text(DECLARING_MANIFEST)
-    settings = load_settings(
-        {}, db_path=tmp_path / "box.db", admin_token=ADMIN_TOKEN, plugins_dir=plugins
-    )
+    settings = load_settings({}, db_path=store, admin_token=ADMIN_TOKEN, plugins_dir=plugins)
     with TestClient(create_app(settings, run_worker=False)) as c:
         yield c
 
@@ -99,14 +99,14 @@ def _post_generic(url: str, msg_id: str) -> httpx.Response:
 
 
 def test_an_attempt_at_a_trickling_target_ends_at_the_delivery_timeout(
-    tmp_path: Path, target: FakeTarget
+    store: Path | DatabaseUrl, target: FakeTarget
 ) -> None:
     """A target answering one byte at a time cannot stretch an attempt past its deadline: it is
     recorded as a timeout after DELIVERY_TIMEOUT_SECONDS, well inside its lease."""
     target.reply(TRICKLE)
     settings = load_settings(
         {},
-        db_path=tmp_path / "box.db",
+        db_path=store,
         admin_token=ADMIN_TOKEN,
         delivery_timeout_seconds=TIMEOUT,
         lease_seconds=3 * TIMEOUT,
@@ -127,22 +127,21 @@ def test_an_attempt_at_a_trickling_target_ends_at_the_delivery_timeout(
 
 
 def test_serve_stops_within_its_bound_on_sigterm_during_a_trickling_attempt(
-    tmp_path: Path, target: FakeTarget
+    store: Path | DatabaseUrl, target: FakeTarget
 ) -> None:
     """SIGTERM while an attempt trickles: serve exits 0 soon after the attempt's deadline (and
     so within the README's 10 s), not when the target is done."""
     target.reply(TRICKLE)
-    db_path = tmp_path / "box.db"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGRESS_BOX_")}
     env |= {
-        "INGRESS_BOX_DB": str(db_path),
+        "INGRESS_BOX_DB": str(store),
         "INGRESS_BOX_ADMIN_TOKEN": ADMIN_TOKEN,
         "INGRESS_BOX_HOST": "127.0.0.1",
         "INGRESS_BOX_PORT": str(port),
         "INGRESS_BOX_DELIVERY_TIMEOUT_SECONDS": "4",
     }
-    db = Database(db_path).open()
+    db = open_database(store).open()
     try:
         insert_instance(db, target_url=target.url)
     finally:

@@ -3,12 +3,12 @@
 The box here runs without a worker of its own (``run_worker`` off, as ``serve
 --no-run-worker``): it only enqueues drains through its own connection to the queue. The
 worker is a separate :class:`Worker` on its own connection, as ``ingress-box worker`` runs, so
-every wake-up it gets comes through the file, never through this process's Condition.
+every wake-up it gets comes through the database (the file's ``data_version``, or PostgreSQL's
+``NOTIFY``), never through this process's Condition.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +20,7 @@ from live import SECRET, LiveBox, add_instance, running_box
 from signers import sign_generic
 from waiting import eventually
 
-from ingress_box.config import Settings, load_settings
+from ingress_box.config import DatabaseUrl, Settings, load_settings
 from ingress_box.store import open_database
 from ingress_box.worker import Worker, wake_workers
 
@@ -32,10 +32,8 @@ IDLE_STATEMENTS_PER_SECOND = 60
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return load_settings(
-        {}, db_path=tmp_path / "box.db", admin_token="t" * 16, run_worker=False, workers=4
-    )
+def settings(store: Path | DatabaseUrl) -> Settings:
+    return load_settings({}, db_path=store, admin_token="t" * 16, run_worker=False, workers=4)
 
 
 @pytest.fixture
@@ -63,10 +61,12 @@ def send(live: LiveBox, n: int) -> None:
     assert httpx.post(live.url + URL, content=body, headers=headers).status_code == 202
 
 
+@pytest.mark.both_stores
 def test_a_webhook_accepted_by_another_connection_is_delivered_within_a_second(
     live: LiveBox, worker: Worker, target: FakeTarget
 ) -> None:
-    """The poll of the file finds the drain the box enqueued: no wait for the minute sweep."""
+    """The poll (or the notification) finds the drain the box enqueued: no wait for the minute
+    sweep."""
     for n in range(3):  # the first one may meet the worker's start-up; the others meet it idle
         started = time.monotonic()
         send(live, n)
@@ -74,20 +74,15 @@ def test_a_webhook_accepted_by_another_connection_is_delivered_within_a_second(
         assert time.monotonic() - started < 1.0, f"webhook {n} waited for the sweep"
 
 
-def test_a_drain_enqueued_by_wake_workers_is_taken_from_the_file(
+@pytest.mark.both_stores
+def test_a_drain_enqueued_by_wake_workers_is_taken_from_the_queue(
     settings: Settings, worker: Worker
 ) -> None:
     """What the CLI does after a redrive: a task in the queue, from another connection."""
     assert wake_workers(settings)
-    queue = sqlite3.connect(settings.db_path)
-    try:
-        eventually(
-            lambda: queue.execute("SELECT count(*) FROM task").fetchone()[0] == 0,
-            1.0,
-            "the worker to take the drain from the file",
-        )
-    finally:
-        queue.close()
+    eventually(
+        lambda: worker.huey.pending_count() == 0, 1.0, "the worker to take the drain from the queue"
+    )
 
 
 def test_an_idle_worker_reads_its_queue_a_few_times_a_second(worker: Worker) -> None:
@@ -106,6 +101,7 @@ def test_an_idle_worker_reads_its_queue_a_few_times_a_second(worker: Worker) -> 
     assert any("data_version" in s for s in statements), "nobody polls the file"
 
 
+@pytest.mark.both_stores
 def test_an_idle_worker_stops_at_once(settings: Settings, live: LiveBox) -> None:
     """Consumer threads waiting for the poller are let go by stop(), not by their timeout."""
     db = open_database(settings.db_path).open()
