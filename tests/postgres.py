@@ -16,7 +16,7 @@ import pytest
 
 from ingress_box.config import DatabaseUrl
 from ingress_box.store import Database
-from ingress_box.store.postgres import PgDatabase
+from ingress_box.store.postgres import WRITE_LOCK, PgDatabase
 from ingress_box.store.postgres import connect as pg_connect
 from ingress_box.store.sql import Conn
 
@@ -75,3 +75,19 @@ def outside(db: Database) -> Iterator[Conn]:
         yield lite
     finally:
         lite.close()
+
+
+@contextlib.contextmanager
+def write_locked(db: Database) -> Iterator[None]:
+    """Another process in the middle of a write transaction: it holds the store's write lock
+    (SQLite's, or PostgreSQL's advisory one) until the block ends."""
+    with outside(db) as conn:
+        if isinstance(db, PgDatabase):
+            conn.execute("BEGIN")
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+        else:
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")

@@ -15,6 +15,8 @@ from ingress_box.config import Settings
 from ingress_box.store.instances import mask
 from ingress_box.web.box import Box
 
+pytestmark = pytest.mark.both_stores
+
 Headers = dict[str, str]
 
 

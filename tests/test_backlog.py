@@ -7,6 +7,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from clirun import ok
 from conftest import ADMIN_TOKEN
 from live import SECRET, add_instance
@@ -15,10 +16,12 @@ from signers import sign_generic
 from starlette.testclient import TestClient
 
 from ingress_box.app import create_app
-from ingress_box.config import load_settings
+from ingress_box.config import DatabaseUrl, load_settings
 from ingress_box.store.deliveries import NewDelivery, accept
 from ingress_box.store.outbox import Outcome, claim, record_outcome
 from ingress_box.web.box import Box
+
+pytestmark = pytest.mark.both_stores
 
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -72,10 +75,12 @@ def park_a_strict_head(box: Box, received_at: float) -> None:
     box.db.write(op)
 
 
-def test_a_parked_lane_reads_the_same_on_the_dashboard_metrics_and_stats(tmp_path: Path) -> None:
+def test_a_parked_lane_reads_the_same_on_the_dashboard_metrics_and_stats(
+    store: Path | DatabaseUrl,
+) -> None:
     """With a strict lane parked behind its dead head, all three count both rows in the depth,
     the head as parked and as an open dead letter, and age only the event still pending."""
-    settings = load_settings({}, db_path=tmp_path / "box.db", admin_token=ADMIN_TOKEN)
+    settings = load_settings({}, db_path=store, admin_token=ADMIN_TOKEN)
     with TestClient(create_app(settings, run_worker=False)) as client:
         box: Box = client.app.state.box  # type: ignore[attr-defined]
         add_instance(box, lane_policy="strict", target_url="http://127.0.0.1:9/hook")

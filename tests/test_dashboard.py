@@ -18,6 +18,8 @@ from ingress_box.store.deliveries import NewDelivery, accept
 from ingress_box.web.box import Box
 from ingress_box.web.dashboard import COOKIE
 
+pytestmark = pytest.mark.both_stores
+
 UI = "/admin/ui"
 HOSTILE = '<script>alert("x")</script>'
 

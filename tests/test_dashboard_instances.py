@@ -19,6 +19,8 @@ from test_dashboard import csrf_of, log_in, one
 from ingress_box.store import instances as store_instances
 from ingress_box.web.box import Box
 
+pytestmark = pytest.mark.both_stores
+
 UI = "/admin/ui"
 NEW = {"plugin": "generic", "instance": "shop", "target_url": "http://127.0.0.1:9/hook"}
 

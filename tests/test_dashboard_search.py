@@ -17,6 +17,8 @@ from test_search import add, indexed
 
 from ingress_box.web.box import Box
 
+pytestmark = pytest.mark.both_stores
+
 
 @pytest.fixture
 def ui(client: TestClient) -> TestClient:

@@ -26,8 +26,10 @@ from starlette.testclient import TestClient
 from test_dashboard import add_delivery, csrf_of, log_in
 from waiting import eventually
 
-from ingress_box.config import Settings, load_settings
+from ingress_box.config import DatabaseUrl, Settings, load_settings
 from ingress_box.web.box import Box
+
+pytestmark = pytest.mark.both_stores
 
 UI = "/admin/ui"
 TOKEN = "delivery-page-token"
@@ -38,8 +40,8 @@ needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is no
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return load_settings({}, db_path=tmp_path / "box.db", admin_token=TOKEN)
+def settings(store: Path | DatabaseUrl) -> Settings:
+    return load_settings({}, db_path=store, admin_token=TOKEN)
 
 
 @pytest.fixture

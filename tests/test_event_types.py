@@ -15,6 +15,8 @@ from starlette.testclient import TestClient
 from ingress_box.errors import ManifestError
 from ingress_box.plugins import parse_manifest
 
+pytestmark = pytest.mark.both_stores
+
 Headers = dict[str, str]
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"

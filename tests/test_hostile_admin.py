@@ -11,11 +11,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import sqlite3
 from typing import Any
 
 import pytest
 from conftest import ADMIN_TOKEN, T0, Clock, MakeDeadLetters, Reply
+from postgres import outside
 from starlette.testclient import TestClient
 
 from ingress_box import extract, logs
@@ -25,6 +25,8 @@ from ingress_box.errors import ConfigError
 from ingress_box.store.deliveries import NewDelivery, accept
 from ingress_box.web.auth import FAILURE_BURST, Throttle
 from ingress_box.web.box import Box
+
+pytestmark = pytest.mark.both_stores
 
 Headers = dict[str, str]
 UI = "/admin/ui"
@@ -245,15 +247,13 @@ def test_a_config_of_moderate_depth_is_kept(client: TestClient, admin_headers: H
 
 def store_raw_instance(box: Box, instance_id: str, config: str) -> None:
     """A row as an older version could leave it, written past today's checks."""
-    conn = sqlite3.connect(box.settings.db_path)
-    with conn:
+    with outside(box.db) as conn:
         conn.execute(
             "INSERT INTO instances (plugin_id, instance_id, enabled, handler, secret, "
             "outbound_secret, lane_policy, config, created_at, updated_at) "
             "VALUES ('generic', ?, 1, 'forward', 's', 'o', 'progress', ?, ?, ?)",
             (instance_id, config, T0, T0),
         )
-    conn.close()
 
 
 def test_one_unreadable_row_never_breaks_a_list(

@@ -16,7 +16,9 @@ from starlette.testclient import TestClient
 from waiting import eventually
 
 from ingress_box.app import create_app
-from ingress_box.config import Settings, load_settings
+from ingress_box.config import DatabaseUrl, Settings, load_settings
+
+pytestmark = pytest.mark.both_stores
 
 TOKEN = "metrics-admin-token"
 URL = "/ingress/generic/main/events"
@@ -38,10 +40,10 @@ def sample(text: str, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(store: Path | DatabaseUrl) -> Settings:
     return load_settings(
         {},
-        db_path=tmp_path / "box.db",
+        db_path=store,
         admin_token=TOKEN,
         retry_max_attempts=1,
         retry_base_seconds=0.01,
@@ -65,13 +67,13 @@ def scrape(live: LiveBox) -> str:
     return response.text
 
 
-def test_metrics_need_the_admin_token_unless_public(tmp_path: Path) -> None:
+def test_metrics_need_the_admin_token_unless_public(store: Path | DatabaseUrl) -> None:
     """/metrics answers 401 without the token, and opens when configured public."""
-    s = load_settings({}, db_path=tmp_path / "a.db", admin_token=TOKEN)
+    s = load_settings({}, db_path=store, admin_token=TOKEN)
     with TestClient(create_app(s, run_worker=False)) as c:
         assert c.get("/metrics").status_code == 401
         assert c.get("/metrics", headers=AUTH).status_code == 200
-    s = load_settings({}, db_path=tmp_path / "b.db", admin_token=TOKEN, metrics_public=True)
+    s = load_settings({}, db_path=store, admin_token=TOKEN, metrics_public=True)
     with TestClient(create_app(s, run_worker=False)) as c:
         assert c.get("/metrics").status_code == 200
 
@@ -166,13 +168,13 @@ def test_logs_carry_outcomes_but_no_secret_or_body(
 
 
 def test_a_whole_flow_logs_no_secret_and_no_body(
-    tmp_path: Path, target: FakeTarget, caplog: pytest.LogCaptureFixture
+    store: Path | DatabaseUrl, target: FakeTarget, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Create, receive, fail, dead-letter, redrive, rotate: nothing secret reaches any log."""
     caplog.set_level(logging.DEBUG)
     settings = load_settings(
         {},
-        db_path=tmp_path / "box.db",
+        db_path=store,
         admin_token=TOKEN,
         retry_max_attempts=1,
         retry_base_seconds=0.01,

@@ -21,7 +21,9 @@ from starlette.testclient import TestClient
 from waiting import eventually
 
 from ingress_box.app import create_app
-from ingress_box.config import Settings, load_settings
+from ingress_box.config import DatabaseUrl, Settings, load_settings
+
+pytestmark = pytest.mark.both_stores
 
 TOKEN = "t" * 16
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -29,9 +31,9 @@ OUTBOUND = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 TEST = "/admin/instances/generic/main/test"
 
 
-def box_settings(tmp_path: Path, **changes: Any) -> Settings:
+def box_settings(store: Path | DatabaseUrl, **changes: Any) -> Settings:
     values: dict[str, Any] = {
-        "db_path": tmp_path / "box.db",
+        "db_path": store,
         "admin_token": TOKEN,
         "retry_base_seconds": 30,
         "retry_max_seconds": 30,
@@ -41,8 +43,8 @@ def box_settings(tmp_path: Path, **changes: Any) -> Settings:
 
 
 @pytest.fixture
-def live(tmp_path: Path, target: FakeTarget) -> Iterator[LiveBox]:
-    with running_box(box_settings(tmp_path)) as box:
+def live(store: Path | DatabaseUrl, target: FakeTarget) -> Iterator[LiveBox]:
+    with running_box(box_settings(store)) as box:
         add_instance(box.box, target_url=target.url, outbound_secret=OUTBOUND)
         yield box
 
@@ -79,18 +81,20 @@ def test_a_failing_target_answers_retry_with_its_status(live: LiveBox, target: F
     assert (result["status_code"], result["error"]) == (500, "HTTP 500: down")
 
 
-def test_a_test_event_with_one_attempt_allowed_is_dead(tmp_path: Path, target: FakeTarget) -> None:
+def test_a_test_event_with_one_attempt_allowed_is_dead(
+    store: Path | DatabaseUrl, target: FakeTarget
+) -> None:
     """With the retry budget of one attempt, a 500 makes it dead at once."""
     target.reply(then=500)
-    with running_box(box_settings(tmp_path, retry_max_attempts=1)) as live:
+    with running_box(box_settings(store, retry_max_attempts=1)) as live:
         add_instance(live.box, target_url=target.url)
         result = httpx.post(live.url + TEST, headers=AUTH, timeout=10).json()
     assert (result["outcome"], result["status_code"]) == ("dead", 500)
 
 
-def test_without_a_worker_the_answer_is_202_with_the_delivery(tmp_path: Path) -> None:
+def test_without_a_worker_the_answer_is_202_with_the_delivery(store: Path | DatabaseUrl) -> None:
     """No attempt ends within the delivery timeout + 2 s: 202, the delivery still pending."""
-    settings = box_settings(tmp_path, delivery_timeout_seconds=0.2)
+    settings = box_settings(store, delivery_timeout_seconds=0.2)
     with TestClient(create_app(settings, run_worker=False)) as client:
         add_instance(box_of(client), target_url="http://127.0.0.1:9/hook")
         answer = client.post(TEST, headers=AUTH)
@@ -101,11 +105,11 @@ def test_without_a_worker_the_answer_is_202_with_the_delivery(tmp_path: Path) ->
 
 
 def test_a_test_event_passes_a_strict_lane_held_by_a_dead_head(
-    tmp_path: Path, target: FakeTarget
+    store: Path | DatabaseUrl, target: FakeTarget
 ) -> None:
     """A conversation's dead head holds its strict lane; the test event, in no lane, goes."""
     target.reply(then=500)
-    with running_box(box_settings(tmp_path, retry_max_attempts=1)) as live:
+    with running_box(box_settings(store, retry_max_attempts=1)) as live:
         add_instance(live.box, target_url=target.url, lane_policy="strict")
         body = b'{"text": "hi"}'
         headers = {
@@ -204,11 +208,11 @@ def test_the_cli_exits_1_when_the_test_event_was_not_delivered(
 
 
 def test_the_dashboard_button_sends_a_test_event_and_shows_the_outcome(
-    tmp_path: Path, target: FakeTarget
+    store: Path | DatabaseUrl, target: FakeTarget
 ) -> None:
     """The instance page's button (a POST with the CSRF token) reports the first attempt."""
     target.reply(Reply(503, body=b"maintenance"), then=503)
-    with TestClient(create_app(box_settings(tmp_path))) as ui:
+    with TestClient(create_app(box_settings(store))) as ui:
         add_instance(box_of(ui), target_url=target.url)
         assert ui.post("/admin/ui/login", data={"token": TOKEN}).status_code == 200
         page = ui.get("/admin/ui/instances/generic/main")
@@ -223,9 +227,11 @@ def test_the_dashboard_button_sends_a_test_event_and_shows_the_outcome(
     assert target.received[0].headers["ingress-box-test"] == "1"
 
 
-def test_the_dashboard_button_needs_the_csrf_token(tmp_path: Path, target: FakeTarget) -> None:
+def test_the_dashboard_button_needs_the_csrf_token(
+    store: Path | DatabaseUrl, target: FakeTarget
+) -> None:
     """Without the token: 403 and nothing sent."""
-    with TestClient(create_app(box_settings(tmp_path))) as ui:
+    with TestClient(create_app(box_settings(store))) as ui:
         add_instance(box_of(ui), target_url=target.url)
         ui.post("/admin/ui/login", data={"token": TOKEN})
         answer = ui.post("/admin/ui/instances/generic/main/test", data={})

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,14 +21,17 @@ from urllib.parse import urlencode
 
 import pytest
 from clirun import ok, run
-from conftest import ADMIN_TOKEN, T0, Clock, Reply, box_of, file_of
+from conftest import ADMIN_TOKEN, T0, Clock, Reply, box_of
 from fake_target import FakeTarget
+from postgres import write_locked
 from signers import sign_generic, sign_stripe, sign_telegram, sign_twilio
 from starlette.testclient import TestClient
 
 from ingress_box.app import create_app
-from ingress_box.config import load_settings
+from ingress_box.config import DatabaseUrl, load_settings
 from ingress_box.quarantine import RATE_PER_SECOND
+
+pytestmark = pytest.mark.both_stores
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 SECRET = "quarantine-test-secret-01"  # what the box is configured with at first
@@ -42,7 +44,7 @@ EVENTS = "/ingress/generic/main/events"
 class Harness:
     client: TestClient
     clock: Clock
-    db_path: Path
+    db_path: Path | DatabaseUrl
 
     def add(self, plugin: str = "generic", instance: str = "main", **fields: Any) -> None:
         response = self.client.post(
@@ -89,12 +91,10 @@ class Harness:
         )
         assert response.status_code == 200, response.text
 
-    def rows(self, sql: str) -> list[sqlite3.Row]:
-        """Rows read from the file by a connection of our own."""
+    def rows(self, sql: str) -> list[Any]:
+        """Rows read from the store by a reader (not the writer)."""
         self.settle()
-        with contextlib.closing(sqlite3.connect(self.db_path)) as conn:
-            conn.row_factory = sqlite3.Row
-            return conn.execute(sql).fetchall()
+        return box_of(self.client).db.read(sql)
 
     def count(self, table: str) -> int:
         return int(self.rows(f"SELECT count(*) FROM {table}")[0][0])
@@ -104,12 +104,12 @@ OpenBox = Callable[..., Harness]
 
 
 @pytest.fixture
-def open_box(tmp_path: Path, clock: Clock) -> Iterator[OpenBox]:
+def open_box(store: Path | DatabaseUrl, clock: Clock) -> Iterator[OpenBox]:
     """``open_box(**settings)``: the app (no worker unless ``run_worker=True``) on one file."""
     with contextlib.ExitStack() as stack:
 
         def open_(run_worker: bool = False, **overrides: Any) -> Harness:
-            db_path = tmp_path / "box.db"
+            db_path = store
             settings = load_settings({}, db_path=db_path, admin_token=ADMIN_TOKEN, **overrides)
             app = create_app(settings, clock=clock, run_worker=run_worker)
             client = stack.enter_context(TestClient(app))
@@ -272,12 +272,10 @@ def test_the_refusal_does_not_wait_for_a_file_it_cannot_write(open_box: OpenBox)
     h = open_box(busy_timeout_seconds=3)
     h.add()
     h.settle()
-    with contextlib.closing(sqlite3.connect(h.db_path, isolation_level=None)) as other:
-        other.execute("BEGIN IMMEDIATE")
+    with write_locked(box_of(h.client).db):
         started = time.monotonic()
         h.wrong()
         assert time.monotonic() - started < 1.5
-        other.execute("ROLLBACK")
     h.wrong(b'{"n":2}')
     body = b'{"ok":1}'
     assert h.post(EVENTS, body, **sign_generic(SECRET, body)).status_code == 202
@@ -330,16 +328,16 @@ def test_keeping_is_capped_per_instance_per_second(open_box: OpenBox) -> None:
     assert h.count("rejections") >= RATE_PER_SECOND  # the first burst is kept
 
 
-def test_kept_requests_survive_a_restart(tmp_path: Path, clock: Clock) -> None:
-    """Closing the app and opening the same file again lists the same kept request."""
-    settings = load_settings({}, db_path=tmp_path / "box.db", admin_token=ADMIN_TOKEN)
+def test_kept_requests_survive_a_restart(store: Path | DatabaseUrl, clock: Clock) -> None:
+    """Closing the app and opening the same store again lists the same kept request."""
+    settings = load_settings({}, db_path=store, admin_token=ADMIN_TOKEN)
     with TestClient(create_app(settings, clock=clock, run_worker=False)) as client:
-        h = Harness(client, clock, file_of(settings.db_path))
+        h = Harness(client, clock, settings.db_path)
         h.add()
         h.wrong()
         before = h.kept()["items"]
     with TestClient(create_app(settings, clock=clock, run_worker=False)) as client:
-        assert Harness(client, clock, file_of(settings.db_path)).kept()["items"] == before
+        assert Harness(client, clock, settings.db_path).kept()["items"] == before
     assert len(before) == 1
 
 
@@ -483,12 +481,12 @@ def test_a_shared_secret_provider_is_admitted_with_its_token_kept(open_box: Open
 
 
 def test_a_twilio_request_refused_for_the_public_url_is_admitted_once_it_is_set(
-    tmp_path: Path, clock: Clock
+    store: Path | DatabaseUrl, clock: Clock
 ) -> None:
     """Twilio signs the URL it calls: refused behind a proxy without INGRESS_BOX_PUBLIC_URL,
     kept, and admitted after a restart with the public URL set."""
     public = "https://hooks.example.com"
-    db_path = tmp_path / "box.db"
+    db_path = store
     body = urlencode({"From": "whatsapp:+16505551234", "Body": "hi"}).encode()
     form = {"content-type": "application/x-www-form-urlencoded"}
     signed = sign_twilio(SECRET, body, url=public + "/ingress/twilio/main/messages")

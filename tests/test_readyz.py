@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,17 +9,18 @@ import httpx
 import pytest
 from conftest import ADMIN_TOKEN
 from live import LiveBox, running_box
+from postgres import write_locked
 
-from ingress_box.config import Settings, load_settings
+from ingress_box.config import DatabaseUrl, Settings, load_settings
 from ingress_box.worker import Worker
+
+pytestmark = pytest.mark.both_stores
 
 
 @pytest.fixture
-def quick_settings(tmp_path: Path) -> Settings:
+def quick_settings(store: Path | DatabaseUrl) -> Settings:
     # A short busy timeout, so a locked database is reported in a fraction of a second.
-    return load_settings(
-        {}, db_path=tmp_path / "box.db", admin_token=ADMIN_TOKEN, busy_timeout_seconds=0.2
-    )
+    return load_settings({}, db_path=store, admin_token=ADMIN_TOKEN, busy_timeout_seconds=0.2)
 
 
 @pytest.fixture
@@ -44,18 +44,12 @@ def test_readyz_is_503_when_the_worker_is_stopped(live: LiveBox) -> None:
     assert answer.json() == {"ready": False, "problems": ["worker not running"]}
 
 
-def test_readyz_is_503_while_the_database_cannot_be_written(
-    live: LiveBox, quick_settings: Settings
-) -> None:
+def test_readyz_is_503_while_the_database_cannot_be_written(live: LiveBox) -> None:
     """Another connection holding the write lock past the busy timeout makes it 503, then 200."""
-    blocker = sqlite3.connect(str(quick_settings.db_path), isolation_level=None)
-    try:
-        blocker.execute("BEGIN IMMEDIATE")
+    with write_locked(live.box.db):
         answer = httpx.get(f"{live.url}/readyz", timeout=10)
         assert answer.status_code == 503
         (problem,) = answer.json()["problems"]
-        assert problem.startswith("database not writable") and "locked" in problem
-        blocker.execute("ROLLBACK")
-        assert httpx.get(f"{live.url}/readyz", timeout=10).status_code == 200
-    finally:
-        blocker.close()
+        # SQLite says "database is locked"; PostgreSQL "canceling statement due to lock timeout".
+        assert problem.startswith("database not writable") and "lock" in problem
+    assert httpx.get(f"{live.url}/readyz", timeout=10).status_code == 200

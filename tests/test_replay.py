@@ -22,12 +22,14 @@ from starlette.testclient import TestClient
 from test_migrations import make_0_1_0_file
 from waiting import eventually
 
-from ingress_box.config import Settings, load_settings
+from ingress_box.config import DatabaseUrl, Settings, load_settings
 from ingress_box.store import Database, retention
 from ingress_box.store.deliveries import NewDelivery, accept
 from ingress_box.store.outbox import Outcome, claim, record_outcome
 from ingress_box.store.replay import MAX_REPLAY_BATCH
 from ingress_box.web.box import Box
+
+pytestmark = pytest.mark.both_stores
 
 URL = "/ingress/generic/main/events"
 TOKEN = "replay-admin-token"
@@ -36,16 +38,22 @@ OUTBOUND_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(store: Path | DatabaseUrl) -> Settings:
     return load_settings(
         {},
-        db_path=tmp_path / "box.db",
+        db_path=store,
         admin_token=TOKEN,
         retry_max_attempts=3,
         retry_base_seconds=0.05,
         retry_max_seconds=0.2,
         delivery_timeout_seconds=2,
     )
+
+
+@pytest.fixture
+def db_path(store: Path | DatabaseUrl) -> Path | DatabaseUrl:
+    """The store the CLI tests work on, on either engine."""
+    return store
 
 
 @pytest.fixture

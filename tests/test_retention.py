@@ -8,19 +8,21 @@ from pathlib import Path
 import pytest
 from conftest import scalar
 
-from ingress_box.config import Settings, load_settings
+from ingress_box.config import DatabaseUrl, Settings, load_settings
 from ingress_box.store import Database, open_database, outbox, retention
 from ingress_box.store import deliveries as d
+
+pytestmark = pytest.mark.both_stores
 
 DAY = 86_400.0
 T0 = 1_700_000_000.0
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(store: Path | DatabaseUrl) -> Settings:
     return load_settings(
         {},
-        db_path=tmp_path / "box.db",
+        db_path=store,
         payload_retention_days=1,
         dedup_retention_days=7,
         dlq_retention_days=90,
@@ -133,10 +135,13 @@ def test_pruning_works_in_bounded_batches(db: Database, settings: Settings) -> N
 
 
 def test_checkpoint_truncates_the_wal(db: Database, settings: Settings) -> None:
-    """After maintenance the WAL file is empty again."""
+    """After maintenance the WAL file is empty again; PostgreSQL's log is its own business."""
     for i in range(50):
         add(db, f"w{i}", None)
-    retention.run(db, settings, now=T0)
+    report = retention.run(db, settings, now=T0)
+    if not isinstance(settings.db_path, Path):
+        assert report["checkpoint"] == []
+        return
     wal = Path(str(settings.db_path) + "-wal")
     assert not wal.exists() or wal.stat().st_size == 0
 

@@ -22,7 +22,9 @@ from signers import Signer, sign_generic, sign_standard, sign_telegram
 from starlette.testclient import TestClient
 
 from ingress_box.app import create_app
-from ingress_box.config import load_settings
+from ingress_box.config import DatabaseUrl, load_settings
+
+pytestmark = pytest.mark.both_stores
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 DAY = 24 * 3600
@@ -92,16 +94,14 @@ OpenBox = Callable[..., Box]
 
 
 @pytest.fixture
-def open_box(tmp_path: Path, clock: Clock) -> Iterator[OpenBox]:
+def open_box(store: Path | DatabaseUrl, clock: Clock) -> Iterator[OpenBox]:
     """``open_box(kind, environ=None, real_clock=False)``: the app with one fresh instance."""
     with contextlib.ExitStack() as stack:
 
         def open_(
             kind: Kind = GENERIC, environ: Mapping[str, str] | None = None, real_clock: bool = False
         ) -> Box:
-            settings = load_settings(
-                environ or {}, db_path=tmp_path / "box.db", admin_token=ADMIN_TOKEN
-            )
+            settings = load_settings(environ or {}, db_path=store, admin_token=ADMIN_TOKEN)
             now: Callable[[], float] = time.time if real_clock else clock
             client = stack.enter_context(
                 TestClient(create_app(settings, clock=now, run_worker=False))

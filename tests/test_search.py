@@ -1,5 +1,5 @@
-"""Search of kept bodies (``?q=``, FTS5), the time filter (``?since=``/``?until=``) and the
-export of a filtered list (``/admin/deliveries/export``)."""
+"""Search of kept bodies (``?q=``: FTS5, or PostgreSQL's full-text search), the time filter
+(``?since=``/``?until=``) and the export of a filtered list (``/admin/deliveries/export``)."""
 
 from __future__ import annotations
 
@@ -22,11 +22,15 @@ from test_migrations import make_0_1_0_file
 from waiting import eventually
 
 from ingress_box import listing
+from ingress_box.config import DatabaseUrl
 from ingress_box.indexer import Indexer
-from ingress_box.store import Database, outbox, retention
+from ingress_box.store import Database, open_database, outbox, retention
 from ingress_box.store.deliveries import NewDelivery, accept, phrase
 from ingress_box.store.search import index_pending
+from ingress_box.store.sql import Conn, dialect
 from ingress_box.web.box import Box
+
+pytestmark = pytest.mark.both_stores
 
 Headers = dict[str, str]
 DAY = 86_400.0
@@ -87,10 +91,14 @@ def search(client: TestClient, headers: Headers, q: str, **params: str) -> list[
 
 
 def documents_with(db: Database, word: str) -> int:
-    """How many bodies the index itself holds ``word`` for (FTS5's vocabulary of it), so a
-    removal that left words behind shows even where a MATCH would hide it."""
+    """How many bodies the index itself holds ``word`` for (FTS5's vocabulary of it, or the
+    rows whose tsvector has it), so a removal that left words behind shows even where a MATCH
+    would hide it."""
 
-    def op(conn: sqlite3.Connection) -> int:
+    def op(conn: Conn) -> int:
+        if dialect(conn) == "postgresql":
+            found = "SELECT count(*) FROM deliveries_search WHERE ? = ANY(tsvector_to_array(words))"
+            return int(conn.execute(found, (word,)).fetchone()[0])
         conn.execute(
             "CREATE VIRTUAL TABLE IF NOT EXISTS temp.words "
             "USING fts5vocab(main, deliveries_search, 'row')"
@@ -196,6 +204,18 @@ def test_a_body_that_is_not_utf8_is_not_indexed(
     assert scalar(box.db, "SELECT searchable FROM deliveries") == 0
 
 
+def test_a_text_body_holding_a_nul_is_kept_and_the_others_still_indexed(
+    client: TestClient, admin_headers: Headers, box: Box
+) -> None:
+    """A UTF-8 body with a NUL (which PostgreSQL text cannot hold) never stops the indexer:
+    the bodies beside it are found, and it is marked done."""
+    add(box.db, 1, b'{"word": "wombat"}\x00 after the NUL')
+    wanted = add(box.db, 2, b'{"word": "wombat"}')
+    assert indexed(box.db) == 2
+    assert search(client, admin_headers, "wombat")[0] == wanted
+    assert scalar(box.db, "SELECT count(*) FROM deliveries WHERE searchable = 1") == 0
+
+
 HOSTILE = [
     '"',
     '""',
@@ -289,9 +309,9 @@ def test_an_upgraded_file_indexes_the_bodies_it_kept(tmp_path: Path) -> None:
         db.close()
 
 
-def test_the_indexer_catches_up_a_backlog_in_batches(tmp_path: Path) -> None:
+def test_the_indexer_catches_up_a_backlog_in_batches(store: Path | DatabaseUrl) -> None:
     """More bodies than one batch wait: one catch-up indexes them all."""
-    db = Database(tmp_path / "box.db").open()
+    db = open_database(store).open()
     try:
         for n in range(600):
             add(db, n, b'{"word": "lemur %d"}' % n)

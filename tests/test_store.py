@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,20 +11,25 @@ from typing import Any
 
 import pytest
 from conftest import scalar
+from postgres import write_locked
 from waiting import eventually
 
+from ingress_box.config import DatabaseUrl
 from ingress_box.errors import StorageUnavailable
-from ingress_box.store import Database, outbox
+from ingress_box.store import Database, open_database, outbox
 from ingress_box.store import dead_letters as dlq
 from ingress_box.store import deliveries as d
 from ingress_box.store.acceptor import Acceptor
 from ingress_box.store.dead_letters import Selection
 from ingress_box.store.instances import version
+from ingress_box.store.sql import INTEGRITY_ERRORS, Conn
+
+pytestmark = pytest.mark.both_stores
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(tmp_path / "box.db").open()
+def db(store: Path | DatabaseUrl) -> Iterator[Database]:
+    database = open_database(store).open()
     yield database
     database.close()
 
@@ -100,10 +104,14 @@ def test_schema_is_created_on_an_empty_path(tmp_path: Path) -> None:
     assert {"deliveries", "outbox", "dead_letters", "instances", "attempts"} <= tables
 
 
-def test_wal_and_synchronous_full_are_set(db: Database) -> None:
+def test_wal_and_synchronous_full_are_set(tmp_path: Path) -> None:
     """The file runs in WAL mode and the writer commits with synchronous=FULL."""
-    assert scalar(db, "PRAGMA journal_mode") == "wal"
-    assert db.write(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]) == 2
+    db = Database(tmp_path / "box.db").open()
+    try:
+        assert scalar(db, "PRAGMA journal_mode") == "wal"
+        assert db.write(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]) == 2
+    finally:
+        db.close()
 
 
 def test_same_dedup_key_is_stored_once(db: Database) -> None:
@@ -165,7 +173,7 @@ def test_a_lazy_write_waits_for_the_next_write_to_share_its_transaction(tmp_path
 def test_a_lone_op_that_fails_is_rolled_back_and_the_writer_goes_on(db: Database) -> None:
     """Without a savepoint (it runs alone), a failing op still leaves nothing behind."""
 
-    def half_then_fail(conn: sqlite3.Connection) -> None:
+    def half_then_fail(conn: Conn) -> None:
         d.accept(conn, new("half-1"))
         raise ValueError("no")
 
@@ -178,7 +186,7 @@ def test_a_lone_op_that_fails_is_rolled_back_and_the_writer_goes_on(db: Database
 def test_a_failing_op_does_not_undo_its_batch_mates(db: Database) -> None:
     """Each op runs in a savepoint: one error is returned to its caller only."""
 
-    def bad(conn: sqlite3.Connection) -> None:
+    def bad(conn: Conn) -> None:
         conn.execute("INSERT INTO deliveries (seq) VALUES (NULL)")  # violates NOT NULL
 
     futures: list[concurrent.futures.Future[Any]] = [
@@ -187,24 +195,20 @@ def test_a_failing_op_does_not_undo_its_batch_mates(db: Database) -> None:
         db.submit(lambda conn: d.accept(conn, new("ok-2"))),
     ]
     assert futures[0].result() is True
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(INTEGRITY_ERRORS):
         futures[1].result()
     assert futures[2].result() is True
 
 
-def test_locked_database_is_storage_unavailable(tmp_path: Path) -> None:
+def test_locked_database_is_storage_unavailable(store: Path | DatabaseUrl) -> None:
     """A write that cannot get the lock within the busy timeout fails as StorageUnavailable."""
-    database = Database(tmp_path / "box.db", busy_timeout=0.2).open()
-    blocker = sqlite3.connect(tmp_path / "box.db", isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
+    database = open_database(store, busy_timeout=0.2).open()
     try:
-        with pytest.raises(StorageUnavailable):
+        with write_locked(database), pytest.raises(StorageUnavailable):
             accept(database, new("x"))
+        assert accept(database, new("x")) is True
     finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
-    assert accept(database, new("x")) is True
-    database.close()
+        database.close()
 
 
 def test_claim_takes_only_the_head_of_each_lane(db: Database) -> None:

@@ -2,34 +2,47 @@
 
 Read-only queries for the dashboard and the doctor; the backlog's figures are
 :mod:`ingress_box.store.backlog`'s. Neither ``deliveries.received_at`` nor
-``attempts.started_at`` is indexed, but both grow with their table's rowid, so the last hour is
-found by walking the rowid down from the newest row until it is older than the window: the cost
-follows the last hour's traffic, not the table's size.
+``attempts.started_at`` is indexed, but both grow with their table's key (``seq``, ``id``), so
+the last hour is found by walking the key down from the newest row until it is older than the
+window: the cost follows the last hour's traffic, not the table's size.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
 from .backlog import Backlog, abacklog
 from .db import Database
 from .outbox import IS_LANE_HEAD
+from .sql import Conn, dialect
 
 MINUTES = 60
 
-# Rows newer than the newest row older than :since (rowids grow with time). An attempt row is
-# written when it ends, so its walk stops 300 s earlier: longer than any attempt's timeout.
-_RECEIVED = """
+# Rows newer than the newest row older than :since (seqs and ids grow with time). An attempt
+# row is written when it ends, so its walk stops 300 s earlier: longer than any attempt's
+# timeout. A minute is the time since :since cut down to whole minutes: SQLite's CAST truncates,
+# PostgreSQL's rounds, so it takes floor() (the times are never before :since).
+_RECEIVED = {
+    "sqlite": """
 SELECT CAST((received_at - :since) / 60 AS INTEGER) AS minute, count(*) AS n
 FROM deliveries
 WHERE seq > coalesce((SELECT seq FROM deliveries WHERE received_at < :since
                       ORDER BY seq DESC LIMIT 1), 0)
   AND received_at >= :since
 GROUP BY minute
-"""
-_SETTLED = """
+""",
+    "postgresql": """
+SELECT CAST(floor((received_at - :since) / 60) AS INTEGER) AS minute, count(*) AS n
+FROM deliveries
+WHERE seq > coalesce((SELECT seq FROM deliveries WHERE received_at < :since
+                      ORDER BY seq DESC LIMIT 1), 0)
+  AND received_at >= :since
+GROUP BY minute
+""",
+}
+_SETTLED = {
+    "sqlite": """
 SELECT CAST((started_at + duration_ms / 1000.0 - :since) / 60 AS INTEGER) AS minute,
        outcome, count(*) AS n
 FROM attempts
@@ -38,11 +51,28 @@ WHERE id > coalesce((SELECT id FROM attempts WHERE started_at < :since - 300
   AND started_at + duration_ms / 1000.0 >= :since
   AND outcome IN ('delivered', 'dead')
 GROUP BY minute, outcome
-"""
-_REDRIVEN = """
+""",
+    "postgresql": """
+SELECT CAST(floor((started_at + duration_ms / 1000.0 - :since) / 60) AS INTEGER) AS minute,
+       outcome, count(*) AS n
+FROM attempts
+WHERE id > coalesce((SELECT id FROM attempts WHERE started_at < :since - 300
+                     ORDER BY id DESC LIMIT 1), 0)
+  AND started_at + duration_ms / 1000.0 >= :since
+  AND outcome IN ('delivered', 'dead')
+GROUP BY minute, outcome
+""",
+}
+_REDRIVEN = {
+    "sqlite": """
 SELECT CAST((redriven_at - :since) / 60 AS INTEGER) AS minute, count(*) AS n
 FROM dead_letters WHERE redriven_at >= :since GROUP BY minute
-"""
+""",
+    "postgresql": """
+SELECT CAST(floor((redriven_at - :since) / 60) AS INTEGER) AS minute, count(*) AS n
+FROM dead_letters WHERE redriven_at >= :since GROUP BY minute
+""",
+}
 _PENDING = "SELECT count(*) FROM deliveries WHERE state = 'pending'"
 
 
@@ -90,9 +120,10 @@ async def aactivity(db: Database, now: float) -> Activity:
     since = now - MINUTES * 60
     pending = await db.aread_one(_PENDING)
     assert pending is not None  # an aggregate always answers one row
-    received = await db.aread(_RECEIVED, {"since": since})
-    settled = await db.aread(_SETTLED, {"since": since})
-    redriven = await db.aread(_REDRIVEN, {"since": since})
+    engine = dialect(db)
+    received = await db.aread(_RECEIVED[engine], {"since": since})
+    settled = await db.aread(_SETTLED[engine], {"since": since})
+    redriven = await db.aread(_REDRIVEN[engine], {"since": since})
     return Activity(
         now=now,
         backlog=await abacklog(db, now),
@@ -195,9 +226,7 @@ class StuckHead:
     waiting: int  # rows of its lane, itself included
 
 
-def stuck_heads_in(
-    conn: sqlite3.Connection, attempts: int, received_before: float
-) -> list[StuckHead]:
+def stuck_heads_in(conn: Conn, attempts: int, received_before: float) -> list[StuckHead]:
     """Lane heads parked, tried ``attempts`` times or more, or received before the cutoff;
     parked first, then the oldest (read on ``conn``, a snapshot)."""
     return [

@@ -10,10 +10,11 @@ row that the worker may still attempt, so never a parked one.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
+from typing import Any
 
 from .db import Database
+from .sql import Conn
 
 # The outbox's delivery_seq is unique (indexed) and the delivery's seq grows with received_at:
 # the first unparked row by it is the oldest received one waiting, found without a scan of the
@@ -54,7 +55,7 @@ class Backlog:
         return max(0.0, self.now - self.oldest_pending_at)
 
 
-def _backlog(row: sqlite3.Row | None, now: float) -> Backlog:
+def _backlog(row: Any, now: float) -> Backlog:
     assert row is not None  # scalar subqueries always answer one row
     return Backlog(
         now=now,
@@ -75,7 +76,6 @@ async def abacklog(db: Database, now: float) -> Backlog:
     return _backlog(await db.aread_one(_BACKLOG, {"now": now}), now)
 
 
-def backlog_in(conn: sqlite3.Connection, now: float) -> Backlog:
+def backlog_in(conn: Conn, now: float) -> Backlog:
     """The same, read inside a transaction already open on ``conn`` (a snapshot)."""
-    row: sqlite3.Row | None = conn.execute(_BACKLOG, {"now": now}).fetchone()
-    return _backlog(row, now)
+    return _backlog(conn.execute(_BACKLOG, {"now": now}).fetchone(), now)

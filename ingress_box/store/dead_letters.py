@@ -8,7 +8,6 @@ dead letters (or every one) in batches of at most :data:`MAX_REDRIVE_BATCH`.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from ..errors import NotFound
 from .db import Database
 from .outbox import LANE_SQL
 from .pages import Page, decode_cursor, page_of
-from .sql import dialect
+from .sql import Conn, dialect
 
 MAX_REDRIVE_BATCH = 1000  # dead letters redriven in one transaction
 
@@ -102,7 +101,7 @@ def redrive(selection: Selection, limit: int, now: float) -> Any:
     Returns ``(redriven, remaining)``. The attempt budget starts again; ``webhook-id`` stays.
     """
 
-    def op(conn: sqlite3.Connection) -> tuple[int, int]:
+    def op(conn: Conn) -> tuple[int, int]:
         where, params = selection.where()
         rows = conn.execute(
             f"SELECT x.id, d.seq, d.plugin_id, d.instance_id, d.conversation "
@@ -160,7 +159,7 @@ async def aredrive(
 def discard(dead_letter_id: str) -> Any:
     """An op: drop one open dead letter; a strict lane it was blocking moves on."""
 
-    def op(conn: sqlite3.Connection) -> None:
+    def op(conn: Conn) -> None:
         row = conn.execute(
             "SELECT delivery_seq FROM dead_letters WHERE id = ? AND redriven_at IS NULL",
             (dead_letter_id,),

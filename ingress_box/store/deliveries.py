@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from ..values import is_utf8
 from .db import Database
 from .outbox import LANE_SQL
 from .pages import MAX_LIMIT, Page, decode_cursor, page_of
-from .sql import dialect
+from .sql import Conn, Dialect, Row, dialect
 
 STATES = ("pending", "delivered", "dead")
 
@@ -91,7 +90,7 @@ def _rows(count: int, width: int) -> str:
     return ", ".join([one] * count)
 
 
-def accept_many(conn: sqlite3.Connection, items: Sequence[NewDelivery]) -> list[int | None]:
+def accept_many(conn: Conn, items: Sequence[NewDelivery]) -> list[int | None]:
     """Store deliveries and their outbox rows; for each, its new ``seq``, or None when its
     dedup key was there.
 
@@ -147,7 +146,7 @@ async def seen(db: Database, plugin_id: str, instance_id: str, provider_delivery
     return row is not None
 
 
-def accept(conn: sqlite3.Connection, d: NewDelivery) -> bool:
+def accept(conn: Conn, d: NewDelivery) -> bool:
     """Store one delivery and its outbox row; False when the dedup key is already there."""
     return accept_many(conn, [d])[0] is not None
 
@@ -213,7 +212,7 @@ class Delivery:
         return data
 
 
-def _delivery(row: sqlite3.Row) -> Delivery:
+def _delivery(row: Row) -> Delivery:
     return Delivery(
         seq=row["seq"],
         id=row["id"],
@@ -324,12 +323,23 @@ def phrase(text: str) -> str:
 
 
 # The rows of the full-text index that hold the phrase: a subquery the listing filters on.
-_MATCHING = "d.seq IN (SELECT rowid FROM deliveries_search WHERE deliveries_search MATCH ?)"
+# PostgreSQL's phraseto_tsquery takes the text as it is (it has no syntax to escape): its
+# words, lower-cased, each followed by the next.
+_MATCHING = {
+    "sqlite": "d.seq IN (SELECT rowid FROM deliveries_search WHERE deliveries_search MATCH ?)",
+    "postgresql": "d.seq IN (SELECT seq FROM deliveries_search "
+    "WHERE words @@ phraseto_tsquery('simple', ?))",
+}
 
 
-def _list_query(filters: Filters, cursor: str | None, limit: int) -> tuple[str, list[Any]]:
+def _list_query(
+    engine: Dialect, filters: Filters, cursor: str | None, limit: int
+) -> tuple[str, list[Any]]:
     where: list[str] = []
     params: list[Any] = []
+    search = filters.search
+    if search is not None and engine == "sqlite":
+        search = phrase(search)
     for condition, value in (
         ("d.plugin_id = ?", filters.plugin_id),
         ("d.instance_id = ?", filters.instance_id),
@@ -337,7 +347,7 @@ def _list_query(filters: Filters, cursor: str | None, limit: int) -> tuple[str, 
         ("d.event_type = ?", filters.event_type),
         ("d.received_at >= ?", filters.since),
         ("d.received_at < ?", filters.until),
-        (_MATCHING, None if filters.search is None else phrase(filters.search)),
+        (_MATCHING[engine], search),
     ):
         if value is not None and value != "":
             where.append(condition)
@@ -354,7 +364,7 @@ def _list_query(filters: Filters, cursor: str | None, limit: int) -> tuple[str, 
 async def alist_page(
     db: Database, filters: Filters, cursor: str | None, limit: int
 ) -> Page[Delivery]:
-    rows = await db.aread(*_list_query(filters, cursor, limit))
+    rows = await db.aread(*_list_query(dialect(db), filters, cursor, limit))
     return page_of([_delivery(r) for r in rows], limit, lambda d: [d.seq])
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from collections.abc import Collection
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -13,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ..errors import AlreadyExists, NotFound
 from .db import Database
 from .pages import Page, decode_cursor, page_of
+from .sql import INTEGRITY_ERRORS, Conn, Row, dialect
 
 LANE_POLICIES = ("progress", "strict")
 INSTANCE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what CONTRACT allows as an instance id
@@ -96,7 +96,7 @@ _COLUMNS = (
 )
 
 
-def _from_row(row: sqlite3.Row) -> Instance:
+def _from_row(row: Row) -> Instance:
     data = dict(row)
     data["enabled"] = bool(data["enabled"])
     data["config"] = json.loads(data["config"])
@@ -127,13 +127,13 @@ def _values(inst: Instance) -> tuple[Any, ...]:
 
 
 def insert(inst: Instance) -> Any:
-    def op(conn: sqlite3.Connection) -> Instance:
+    def op(conn: Conn) -> Instance:
         try:
             conn.execute(
                 f"INSERT INTO instances ({_COLUMNS}) VALUES ({', '.join('?' * 15)})",
                 _values(inst),
             )
-        except sqlite3.IntegrityError as exc:
+        except INTEGRITY_ERRORS as exc:
             raise AlreadyExists(
                 f"instance {inst.plugin_id}/{inst.instance_id} already exists"
             ) from exc
@@ -142,7 +142,7 @@ def insert(inst: Instance) -> Any:
     return op
 
 
-def _get_in(conn: sqlite3.Connection, plugin_id: str, instance_id: str) -> Instance:
+def _get_in(conn: Conn, plugin_id: str, instance_id: str) -> Instance:
     row = conn.execute(
         f"SELECT {_COLUMNS} FROM instances WHERE plugin_id = ? AND instance_id = ?",
         (plugin_id, instance_id),
@@ -155,7 +155,7 @@ def _get_in(conn: sqlite3.Connection, plugin_id: str, instance_id: str) -> Insta
 def update(plugin_id: str, instance_id: str, now: float, **changes: Any) -> Any:
     """An op that applies ``changes`` (Instance field names) and returns the new Instance."""
 
-    def op(conn: sqlite3.Connection) -> Instance:
+    def op(conn: Conn) -> Instance:
         current = _get_in(conn, plugin_id, instance_id)
         new = replace(current, updated_at=now, **changes)
         conn.execute(
@@ -190,7 +190,7 @@ def rotate(
 ) -> Any:
     """An op: the new secret verifies at once, the old one until ``now + grace_seconds``."""
 
-    def op(conn: sqlite3.Connection) -> Instance:
+    def op(conn: Conn) -> Instance:
         current = _get_in(conn, plugin_id, instance_id)
         change = update(
             plugin_id,
@@ -207,7 +207,7 @@ def rotate(
 
 
 def delete(plugin_id: str, instance_id: str) -> Any:
-    def op(conn: sqlite3.Connection) -> None:
+    def op(conn: Conn) -> None:
         cur = conn.execute(
             "DELETE FROM instances WHERE plugin_id = ? AND instance_id = ?",
             (plugin_id, instance_id),
@@ -235,7 +235,7 @@ def version(db: Database) -> str:
     return str(row[0]) if row is not None else ""
 
 
-def version_in(conn: sqlite3.Connection) -> str:
+def version_in(conn: Conn) -> str:
     """The same, read inside a transaction (the writer's)."""
     row = conn.execute(_VERSION).fetchone()
     return str(row[0]) if row is not None else ""
@@ -278,22 +278,32 @@ SELECT plugin_id || '/' || instance_id FROM instances
 WHERE enabled = 1 AND handler = 'forward' AND coalesce(trim(target_url), '') = ''
 ORDER BY 1
 """
-_NO_PUBLIC_URL = """
+_NO_PUBLIC_URL = {
+    "sqlite": """
 SELECT plugin_id || '/' || instance_id FROM instances
 WHERE plugin_id IN (SELECT value FROM json_each(?))
   AND coalesce(json_extract(config, '$.public_url'), '') = ''
 ORDER BY 1
-"""
+""",
+    "postgresql": """
+SELECT plugin_id || '/' || instance_id FROM instances
+WHERE plugin_id IN (SELECT jsonb_array_elements_text(CAST(? AS jsonb)))
+  AND coalesce(CAST(config AS jsonb) ->> 'public_url', '') = ''
+ORDER BY 1
+""",
+}
 
 
-def without_target_in(conn: sqlite3.Connection) -> list[str]:
+def without_target_in(conn: Conn) -> list[str]:
     """``plugin/instance`` of enabled forward instances with no target URL (on ``conn``)."""
     return [r[0] for r in conn.execute(_NO_TARGET)]
 
 
-def without_public_url_in(conn: sqlite3.Connection, plugin_ids: Collection[str]) -> list[str]:
+def without_public_url_in(conn: Conn, plugin_ids: Collection[str]) -> list[str]:
     """``plugin/instance`` of instances of these plugins with no ``public_url`` in their config."""
-    return [r[0] for r in conn.execute(_NO_PUBLIC_URL, (json.dumps(sorted(plugin_ids)),))]
+    return [
+        r[0] for r in conn.execute(_NO_PUBLIC_URL[dialect(conn)], (json.dumps(sorted(plugin_ids)),))
+    ]
 
 
 _MISSING: Any = object()

@@ -3,11 +3,11 @@ is what the operator waits for."""
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from .db import Database
 from .deliveries import Attempt, NewDelivery, accept
+from .sql import Conn, Row
 
 _FIRST_ATTEMPT = """
 SELECT a.attempt, a.started_at, a.duration_ms, a.outcome, a.status_code, a.error, a.response
@@ -19,13 +19,13 @@ WHERE d.id = ? ORDER BY a.id LIMIT 1
 def insert(event: NewDelivery) -> Any:
     """An op that stores the test event and its outbox row, like an accepted webhook."""
 
-    def op(conn: sqlite3.Connection) -> None:
+    def op(conn: Conn) -> None:
         accept(conn, event)  # its provider id is fresh: never a duplicate
 
     return op
 
 
-def _attempt(row: sqlite3.Row | None) -> Attempt | None:
+def _attempt(row: Row | None) -> Attempt | None:
     return Attempt(**dict(row)) if row is not None else None
 
 

@@ -11,13 +11,13 @@ trigger in ``schema.sql`` drops an instance's rows with it).
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import NotFound
 from .db import Database
 from .pages import Page, decode_cursor, page_of
+from .sql import Conn, Row
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ INSERT INTO rejections (plugin_id, instance_id, route, method, subpath, url, hea
                         received_at, status, reason, size)
 SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
 WHERE EXISTS (SELECT 1 FROM instances WHERE plugin_id = ? AND instance_id = ?)
+RETURNING id
 """
 _TRIM_INSTANCE = """
 DELETE FROM rejections WHERE plugin_id = ? AND instance_id = ? AND id <= (
@@ -87,7 +88,7 @@ DELETE FROM rejections WHERE plugin_id = ? AND instance_id = ? AND id <= (
 # The newest rows whose sizes add up to at most the cap stay; every older one goes.
 _TRIM_BYTES = """
 DELETE FROM rejections WHERE id <= (
-    SELECT id FROM (SELECT id, sum(size) OVER (ORDER BY id DESC) AS total FROM rejections)
+    SELECT id FROM (SELECT id, sum(size) OVER (ORDER BY id DESC) AS total FROM rejections) AS r
     WHERE total > ? ORDER BY id DESC LIMIT 1)
 """
 
@@ -96,10 +97,10 @@ def keep(new: NewRejection, kept: int, max_bytes: int) -> Any:
     """An op: store ``new``, then drop the oldest rows past the caps. The new row's id, or
     None when it was not stored (its instance is gone, or it alone is over the byte cap)."""
 
-    def op(conn: sqlite3.Connection) -> int | None:
+    def op(conn: Conn) -> int | None:
         if new.size > max_bytes:
             return None
-        cur = conn.execute(
+        row = conn.execute(
             _INSERT,
             (
                 new.plugin_id,
@@ -117,13 +118,14 @@ def keep(new: NewRejection, kept: int, max_bytes: int) -> Any:
                 new.plugin_id,
                 new.instance_id,
             ),
-        )
-        if cur.rowcount == 0:
+        ).fetchone()
+        if row is None:
             return None
         key = (new.plugin_id, new.instance_id)
         conn.execute(_TRIM_INSTANCE, (*key, *key, kept))
         conn.execute(_TRIM_BYTES, (max_bytes,))
-        return cur.lastrowid
+        rejection_id: int = row[0]
+        return rejection_id
 
     return op
 
@@ -131,7 +133,7 @@ def keep(new: NewRejection, kept: int, max_bytes: int) -> Any:
 def remove(plugin_id: str, instance_id: str, rejection_id: int) -> Any:
     """An op: drop one kept request (once admitted)."""
 
-    def op(conn: sqlite3.Connection) -> None:
+    def op(conn: Conn) -> None:
         conn.execute(
             "DELETE FROM rejections WHERE id = ? AND plugin_id = ? AND instance_id = ?",
             (rejection_id, plugin_id, instance_id),
@@ -146,7 +148,7 @@ _COLUMNS = (
 )
 
 
-def _from_row(row: sqlite3.Row) -> Rejection:
+def _from_row(row: Row) -> Rejection:
     fields = dict(row)
     fields["headers"] = json.loads(fields["headers"])
     return Rejection(**fields)

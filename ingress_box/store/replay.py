@@ -14,7 +14,6 @@ batches may come between them).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 from ..errors import AlreadyPending, InvalidInput, NotFound, PayloadPruned
 from .db import Database
 from .outbox import LANE_SQL
-from .sql import dialect
+from .sql import Conn, dialect
 
 MAX_REPLAY_BATCH = 500  # deliveries replayed in one transaction
 REPLAYABLE = ("delivered", "dead")
@@ -38,7 +37,7 @@ ON CONFLICT (delivery_seq) DO UPDATE SET parked = 0, available_at = excluded.ava
 }
 
 
-def _requeue(conn: sqlite3.Connection, seqs: Sequence[int], now: float) -> None:
+def _requeue(conn: Conn, seqs: Sequence[int], now: float) -> None:
     for seq in seqs:  # in the order given: that is the order their lanes get them in
         conn.execute("UPDATE deliveries SET state = 'pending', attempts = 0 WHERE seq = ?", (seq,))
         conn.execute(
@@ -52,7 +51,7 @@ def _requeue(conn: sqlite3.Connection, seqs: Sequence[int], now: float) -> None:
 def replay(delivery_id: str, now: float) -> Any:
     """An op: replay one delivery. NotFound, AlreadyPending, or PayloadPruned otherwise."""
 
-    def op(conn: sqlite3.Connection) -> None:
+    def op(conn: Conn) -> None:
         row = conn.execute(
             "SELECT seq, state, body IS NULL AS pruned FROM deliveries WHERE id = ?",
             (delivery_id,),
@@ -107,7 +106,7 @@ def replay_batch(selection: Range, after: int, limit: int, now: float) -> Any:
     """An op: replay up to ``limit`` deliveries of ``selection`` past seq ``after``, oldest
     first, skipping pruned ones; returns how many and the last seq looked at (None: none)."""
 
-    def op(conn: sqlite3.Connection) -> tuple[int, int | None]:
+    def op(conn: Conn) -> tuple[int, int | None]:
         where, params = selection.where(after)
         rows = conn.execute(
             f"SELECT seq, body IS NULL AS pruned FROM deliveries WHERE {where} "

@@ -1,4 +1,4 @@
-"""Retention: what may be forgotten, in bounded batches, and WAL checkpoints.
+"""Retention: what may be forgotten, in bounded batches, and (on SQLite) WAL checkpoints.
 
 - payloads of delivered events go first (``payload_retention_days``);
 - delivered events themselves, and so their dedup keys, after ``dedup_retention_days``;
@@ -9,12 +9,12 @@ A pending event, or the parked head of a strict lane, is never pruned.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 from ..config import Settings
 from .db import Database, connect
+from .sql import Conn, dialect
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ LIMIT ?
 """
 
 
-def _prune_deliveries(select_sql: str, cutoff: float) -> Callable[[sqlite3.Connection], int]:
-    def op(conn: sqlite3.Connection) -> int:
+def _prune_deliveries(select_sql: str, cutoff: float) -> Callable[[Conn], int]:
+    def op(conn: Conn) -> int:
         seqs = [r[0] for r in conn.execute(select_sql, (cutoff, BATCH))]
         if not seqs:
             return 0
@@ -54,15 +54,16 @@ def _prune_deliveries(select_sql: str, cutoff: float) -> Callable[[sqlite3.Conne
     return op
 
 
-def _drop_payloads(cutoff: float) -> Callable[[sqlite3.Connection], int]:
-    def op(conn: sqlite3.Connection) -> int:
-        return conn.execute(_DROP_PAYLOADS, (cutoff, BATCH)).rowcount
+def _drop_payloads(cutoff: float) -> Callable[[Conn], int]:
+    def op(conn: Conn) -> int:
+        dropped: int = conn.execute(_DROP_PAYLOADS, (cutoff, BATCH)).rowcount
+        return dropped
 
     return op
 
 
 def _until_done(
-    db: Database, op: Callable[[sqlite3.Connection], int], progress: Callable[[int], None] | None
+    db: Database, op: Callable[[Conn], int], progress: Callable[[int], None] | None
 ) -> int:
     total = 0
     while True:
@@ -74,18 +75,23 @@ def _until_done(
             return total
 
 
+# The LIMIT that is none: SQLite's is any negative number, PostgreSQL's is NULL.
+_NO_LIMIT = {"sqlite": -1, "postgresql": None}
+
+
 def due(db: Database, settings: Settings, now: float) -> int:
     """How many rows :func:`run` would touch now (payloads dropped plus events pruned)."""
+    unlimited = _NO_LIMIT[dialect(db)]
     row = db.read_one(
         f"SELECT (SELECT count(*) FROM deliveries WHERE state = 'delivered' AND body IS NOT NULL"
-        f" AND delivered_at < ?), (SELECT count(*) FROM ({_OLD_DELIVERED})),"
-        f" (SELECT count(*) FROM ({_OLD_DEAD}))",
+        f" AND delivered_at < ?), (SELECT count(*) FROM ({_OLD_DELIVERED}) AS delivered),"
+        f" (SELECT count(*) FROM ({_OLD_DEAD}) AS dead)",
         (
             now - settings.payload_retention_days * DAY,
             now - settings.dedup_retention_days * DAY,
-            -1,  # LIMIT -1: no limit
+            unlimited,
             now - settings.dlq_retention_days * DAY,
-            -1,
+            unlimited,
         ),
     )
     return sum(row) if row is not None else 0

@@ -1,4 +1,5 @@
-"""The state of the file at one moment, for ``ingress-box stats``: every figure from one snapshot.
+"""The state of the store at one moment, for ``ingress-box stats``: every figure from one
+snapshot (a read transaction; on PostgreSQL a repeatable-read one).
 
 The backlog's figures are :mod:`ingress_box.store.backlog`'s, the ones the dashboard and
 ``/metrics`` show.
@@ -6,22 +7,29 @@ The backlog's figures are :mod:`ingress_box.store.backlog`'s, the ones the dashb
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import dbfile
+from . import dbfile, postgres
 from .backlog import Backlog, backlog_in
 from .db import Database
+from .postgres import PgDatabase
+from .sql import Conn
 
 HOUR = 3600.0
 DAY = 86_400.0
 _ATTEMPT_OUTCOMES = ("delivered", "retry", "dead")
 
 _STATES = "SELECT state, count(*) FROM deliveries GROUP BY state"
-_RECEIVED = "SELECT sum(received_at >= ?), sum(received_at >= ?) FROM deliveries"
+_RECEIVED = (
+    "SELECT count(*) FILTER (WHERE received_at >= ?), count(*) FILTER (WHERE received_at >= ?) "
+    "FROM deliveries"
+)
 _ATTEMPTS = "SELECT outcome, count(*) FROM attempts WHERE started_at >= ? GROUP BY outcome"
 _REDRIVEN = "SELECT count(*) FROM dead_letters WHERE redriven_at IS NOT NULL"
-_INSTANCES = "SELECT count(*), coalesce(sum(enabled), 0) FROM instances"
+_INSTANCES = "SELECT count(*), count(*) FILTER (WHERE enabled = 1) FROM instances"
 
 
 @dataclass(frozen=True)
@@ -66,8 +74,23 @@ class Stats:
         }
 
 
+@contextlib.contextmanager
+def _snapshot(db: Database) -> Iterator[Conn]:
+    """One read transaction, so every figure is of the same moment."""
+    if not isinstance(db, PgDatabase):
+        with dbfile.snapshot(db) as lite:
+            yield lite
+        return
+    conn = postgres.connect(db.url, readonly=True)
+    try:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield conn
+    finally:
+        conn.close()
+
+
 def stats(db: Database, now: float) -> Stats:
-    with dbfile.snapshot(db) as conn:
+    with _snapshot(db) as conn:
         states = {r[0]: r[1] for r in conn.execute(_STATES)}
         hour, day = conn.execute(_RECEIVED, (now - HOUR, now - DAY)).fetchone()
         attempts = {r[0]: r[1] for r in conn.execute(_ATTEMPTS, (now - HOUR,))}
