@@ -233,7 +233,7 @@ def database(
         db.open()
     # garbage, a read-only folder, a file as a folder, a PostgreSQL server not reached
     except DATABASE_ERRORS + (OSError, StorageUnavailable) as exc:
-        raise Failed(f"cannot open {db.name}: {exc}") from exc
+        raise Failed(f"cannot open {db.name}: {' '.join(str(exc).split())}") from exc
     try:
         yield db
     finally:

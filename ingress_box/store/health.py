@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from .db import Database
-from .sql import dialect
 
 Key = tuple[str, str]  # (plugin_id, instance_id)
 
@@ -57,17 +56,16 @@ SELECT plugin_id, instance_id,
        CASE WHEN :ok THEN 0 ELSE 1 END, :error
 FROM deliveries WHERE seq = :seq
 ON CONFLICT (plugin_id, instance_id) DO UPDATE SET
-    last_success_at = coalesce(excluded.last_success_at, instance_health.last_success_at),
-    last_failure_at = coalesce(excluded.last_failure_at, instance_health.last_failure_at),
-    last_dead_at = coalesce(excluded.last_dead_at, instance_health.last_dead_at),
-    failing_since = CASE WHEN :ok THEN NULL ELSE coalesce(instance_health.failing_since, :now) END,
-    consecutive_failures = CASE WHEN :ok THEN 0 ELSE instance_health.consecutive_failures + 1 END,
+    last_success_at = coalesce(excluded.last_success_at, last_success_at),
+    last_failure_at = coalesce(excluded.last_failure_at, last_failure_at),
+    last_dead_at = coalesce(excluded.last_dead_at, last_dead_at),
+    failing_since = CASE WHEN :ok THEN NULL ELSE coalesce(failing_since, :now) END,
+    consecutive_failures = CASE WHEN :ok THEN 0 ELSE consecutive_failures + 1 END,
     last_error = excluded.last_error,
-    last_run_failures = CASE WHEN :ok AND instance_health.consecutive_failures > 0
-                        THEN instance_health.consecutive_failures
-                        ELSE instance_health.last_run_failures END,
-    last_run_ended_at = CASE WHEN :ok AND instance_health.consecutive_failures > 0
-                        THEN :now ELSE instance_health.last_run_ended_at END
+    last_run_failures = CASE WHEN :ok AND consecutive_failures > 0
+                        THEN consecutive_failures ELSE last_run_failures END,
+    last_run_ended_at = CASE WHEN :ok AND consecutive_failures > 0
+                        THEN :now ELSE last_run_ended_at END
 """
 
 
@@ -82,8 +80,7 @@ def record_in(
 
 # -- read for a page of instances ------------------------------------------------------------
 
-_READ = {
-    "sqlite": """
+_READ = """
 WITH page (plugin_id, instance_id) AS (
     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:keys)),
 waiting AS (
@@ -102,28 +99,7 @@ FROM page AS p
 LEFT JOIN instance_health AS h
        ON h.plugin_id = p.plugin_id AND h.instance_id = p.instance_id
 LEFT JOIN waiting AS w ON w.plugin_id = p.plugin_id AND w.instance_id = p.instance_id
-""",
-    "postgresql": """
-WITH page (plugin_id, instance_id) AS (
-    SELECT value ->> 0, value ->> 1 FROM jsonb_array_elements(CAST(:keys AS jsonb))),
-waiting AS (
-    SELECT d.plugin_id, d.instance_id, count(*) AS n
-    FROM outbox AS o JOIN deliveries AS d ON d.seq = o.delivery_seq
-    WHERE d.state = 'pending'
-    GROUP BY d.plugin_id, d.instance_id)
-SELECT p.plugin_id, p.instance_id, h.last_success_at, h.last_failure_at, h.last_dead_at,
-       h.failing_since, coalesce(h.consecutive_failures, 0) AS consecutive_failures,
-       h.last_error, coalesce(h.last_run_failures, 0) AS last_run_failures,
-       h.last_run_ended_at, coalesce(w.n, 0) AS pending,
-       (SELECT count(*) FROM dead_letters AS l
-        WHERE l.plugin_id = p.plugin_id AND l.instance_id = p.instance_id
-          AND l.redriven_at IS NULL) AS dead_letters_open
-FROM page AS p
-LEFT JOIN instance_health AS h
-       ON h.plugin_id = p.plugin_id AND h.instance_id = p.instance_id
-LEFT JOIN waiting AS w ON w.plugin_id = p.plugin_id AND w.instance_id = p.instance_id
-""",
-}
+"""
 
 
 def _params(keys: Iterable[Key]) -> dict[str, Any]:
@@ -150,11 +126,11 @@ def _records(rows: list[sqlite3.Row]) -> dict[Key, Record]:
 
 def read(db: Database, keys: Iterable[Key]) -> dict[Key, Record]:
     """The records of these instances, in one query."""
-    return _records(db.read(_READ[dialect(db)], _params(keys)))
+    return _records(db.read(_READ, _params(keys)))
 
 
 async def aread(db: Database, keys: Iterable[Key]) -> dict[Key, Record]:
-    return _records(await db.aread(_READ[dialect(db)], _params(keys)))
+    return _records(await db.aread(_READ, _params(keys)))
 
 
 # -- alerts ----------------------------------------------------------------------------------

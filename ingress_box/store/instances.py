@@ -13,7 +13,6 @@ from urllib.parse import urlsplit, urlunsplit
 from ..errors import AlreadyExists, NotFound
 from .db import Database
 from .pages import Page, decode_cursor, page_of
-from .sql import dialect
 
 LANE_POLICIES = ("progress", "strict")
 INSTANCE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what CONTRACT allows as an instance id
@@ -279,20 +278,12 @@ SELECT plugin_id || '/' || instance_id FROM instances
 WHERE enabled = 1 AND handler = 'forward' AND coalesce(trim(target_url), '') = ''
 ORDER BY 1
 """
-_NO_PUBLIC_URL = {
-    "sqlite": """
+_NO_PUBLIC_URL = """
 SELECT plugin_id || '/' || instance_id FROM instances
 WHERE plugin_id IN (SELECT value FROM json_each(?))
   AND coalesce(json_extract(config, '$.public_url'), '') = ''
 ORDER BY 1
-""",
-    "postgresql": """
-SELECT plugin_id || '/' || instance_id FROM instances
-WHERE plugin_id IN (SELECT jsonb_array_elements_text(CAST(? AS jsonb)))
-  AND coalesce(CAST(config AS jsonb) ->> 'public_url', '') = ''
-ORDER BY 1
-""",
-}
+"""
 
 
 def without_target_in(conn: sqlite3.Connection) -> list[str]:
@@ -302,9 +293,7 @@ def without_target_in(conn: sqlite3.Connection) -> list[str]:
 
 def without_public_url_in(conn: sqlite3.Connection, plugin_ids: Collection[str]) -> list[str]:
     """``plugin/instance`` of instances of these plugins with no ``public_url`` in their config."""
-    return [
-        r[0] for r in conn.execute(_NO_PUBLIC_URL[dialect(conn)], (json.dumps(sorted(plugin_ids)),))
-    ]
+    return [r[0] for r in conn.execute(_NO_PUBLIC_URL, (json.dumps(sorted(plugin_ids)),))]
 
 
 _MISSING: Any = object()

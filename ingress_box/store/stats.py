@@ -12,21 +12,16 @@ from typing import Any
 from . import dbfile
 from .backlog import Backlog, backlog_in
 from .db import Database
-from .sql import dialect
 
 HOUR = 3600.0
 DAY = 86_400.0
 _ATTEMPT_OUTCOMES = ("delivered", "retry", "dead")
 
 _STATES = "SELECT state, count(*) FROM deliveries GROUP BY state"
-_RECEIVED = {
-    "sqlite": "SELECT sum(received_at >= ?), sum(received_at >= ?) FROM deliveries",
-    "postgresql": "SELECT count(*) FILTER (WHERE received_at >= ?), "
-    "count(*) FILTER (WHERE received_at >= ?) FROM deliveries",
-}
+_RECEIVED = "SELECT sum(received_at >= ?), sum(received_at >= ?) FROM deliveries"
 _ATTEMPTS = "SELECT outcome, count(*) FROM attempts WHERE started_at >= ? GROUP BY outcome"
 _REDRIVEN = "SELECT count(*) FROM dead_letters WHERE redriven_at IS NOT NULL"
-_INSTANCES = "SELECT count(*), CAST(coalesce(sum(enabled), 0) AS INTEGER) FROM instances"
+_INSTANCES = "SELECT count(*), coalesce(sum(enabled), 0) FROM instances"
 
 
 @dataclass(frozen=True)
@@ -74,7 +69,7 @@ class Stats:
 def stats(db: Database, now: float) -> Stats:
     with dbfile.snapshot(db) as conn:
         states = {r[0]: r[1] for r in conn.execute(_STATES)}
-        hour, day = conn.execute(_RECEIVED[dialect(conn)], (now - HOUR, now - DAY)).fetchone()
+        hour, day = conn.execute(_RECEIVED, (now - HOUR, now - DAY)).fetchone()
         attempts = {r[0]: r[1] for r in conn.execute(_ATTEMPTS, (now - HOUR,))}
         redriven = conn.execute(_REDRIVEN).fetchone()[0]
         instances, enabled = conn.execute(_INSTANCES).fetchone()
