@@ -5,7 +5,7 @@ A snapshot is one read transaction (in WAL mode, the file as it was at one commi
 long as its ``with`` block: figures read inside it agree with each other, and a copy taken
 inside it is the file at that moment.
 
-On PostgreSQL a snapshot is a ``REPEATABLE READ`` transaction, and the size is the database's;
+On PostgreSQL a snapshot is a ``REPEATABLE READ`` transaction, and the size is the box's tables';
 there is no file to copy or check (``pg_dump`` backs it up, the server keeps its pages sound).
 """
 
@@ -128,11 +128,21 @@ class Sizes:
     wal_bytes: int
 
 
+# On PostgreSQL: what the box's tables take, their indexes and TOAST included. Its write-ahead
+# log is the server's, shared with every database there, so it is not the box's to report.
+_PG_BYTES = """
+SELECT CAST(coalesce(sum(pg_total_relation_size(c.oid)), 0) AS BIGINT)
+FROM pg_class AS c
+WHERE c.relnamespace = CAST(current_schema() AS regnamespace) AND c.relkind = 'r'
+"""
+
+
 def sizes(db: Database) -> Sizes:
-    """The database file's size and its write-ahead log's (0 for a file that is not there);
-    on PostgreSQL the database's size, and no log of ours to watch."""
-    if isinstance(db, PgDatabase):
-        return Sizes(int(db.read("SELECT pg_database_size(current_database())")[0][0]), 0)
+    """The database file's size and its write-ahead log's (0 for a file that is not there); on
+    PostgreSQL, the size of the box's tables, and 0 for the log."""
+    if db.dialect == "postgresql":
+        row = db.read_one(_PG_BYTES)
+        return Sizes(int(row[0]) if row is not None else 0, 0)
     return Sizes(_size(db.path), _size(Path(f"{db.path}-wal")))
 
 
