@@ -189,7 +189,9 @@ def test_a_database_that_holds_anything_is_refused(tmp_path: Path, pg: DatabaseU
     db = open_database(file).open()
     insert_instance(db)
     db.close()
-    ok("move", "--db", str(file), "--to", pg)
+    first = ok("move", "--db", str(file), "--to", pg, "--json", "--progress")
+    assert json.loads(first.stdout)["rows"]["instances"] == 1  # the bar stays on stderr
+    assert "moving" in first.stderr
     again = run("move", "--db", str(file), "--to", pg)
     assert again.exit_code == 2
     assert again.output.strip().count("\n") == 0
