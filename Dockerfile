@@ -1,20 +1,24 @@
 # ingress-box: one process, one SQLite file on the /data volume.
 #   docker build -t ingress-box .
 #   docker run -p 8080:8080 -v ingress-data:/data -e INGRESS_BOX_ADMIN_TOKEN=... ingress-box
+# The same image runs on PostgreSQL (the postgresql extra is installed; psycopg's binary wheel,
+# no libpq needed): -e INGRESS_BOX_DB=postgresql://user:password@host:5432/dbname
 # CI cannot run Docker: .ci/check-dockerfile replays these steps in fresh venvs instead.
 
 ARG PYTHON_VERSION=3.11
 
-# Stage 1: wheels of the project and its dependencies, installed into a venv that has no pip.
+# Stage 1: wheels of the project and its dependencies (with the postgresql extra), installed
+# into a venv that has no pip.
 FROM python:${PYTHON_VERSION}-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 # schema.sql: ingress_box/schema.sql is a symlink to it.
 COPY pyproject.toml README.md schema.sql ./
 COPY ingress_box ./ingress_box
-RUN pip wheel --wheel-dir /wheels . \
+RUN pip wheel --wheel-dir /wheels '.[postgresql]' \
     && python -m venv --without-pip /opt/ingress-box \
-    && pip --python /opt/ingress-box/bin/python install --no-index --find-links /wheels ingress-box
+    && pip --python /opt/ingress-box/bin/python install --no-index --find-links /wheels \
+        'ingress-box[postgresql]'
 
 # Stage 2: the slim base, the venv, a non-root user. No compiler, no wheels, no pip cache.
 FROM python:${PYTHON_VERSION}-slim

@@ -1,19 +1,22 @@
 """``ingress-box doctor``: every check of the file and its instances, from one snapshot.
 
 A ``fail`` needs an operator, a ``warn`` a look. The figures come from the store; this module
-decides what is worrying.
+decides what is worrying. On PostgreSQL the file's checks (integrity, WAL size) give way to
+the database's: reached, and at the schema version this release knows; the rest are the same.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 from .plugins import Registry
 from .store import Database, dbfile
 from .store import instances as store_instances
 from .store.activity import stuck_heads_in
 from .store.backlog import backlog_in
+from .store.postgres import SCHEMA_VERSION, PgDatabase, schema_version
 
 _MIB = 1024 * 1024
 
@@ -47,6 +50,29 @@ def _names(items: list[str], most: int = 5) -> str:
     return ", ".join(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
+def _file_checks(db: Database, conn: Any, limits: Limits, full: bool) -> list[Check]:
+    pragma, found = dbfile.integrity_in(conn, full)
+    wal = dbfile.sizes(db).wal_bytes
+    return [
+        Check("integrity", "ok" if found == ["ok"] else "fail", f"{pragma}: {_names(found, 3)}"),
+        Check(
+            "wal",
+            "warn" if wal > limits.wal_warn_bytes else "ok",
+            f"{wal / _MIB:.1f} MiB (warn above {limits.wal_warn_bytes / _MIB:.0f})",
+        ),
+    ]
+
+
+def _database_check(conn: Any) -> Check:
+    """PostgreSQL answers (the snapshot is its connection) with the schema this release knows."""
+    server = conn.execute("SHOW server_version").fetchone()[0]
+    version = schema_version(conn)
+    detail = f"PostgreSQL {server}, schema version {version}"
+    if version != SCHEMA_VERSION:
+        return Check("database", "fail", f"{detail} (this release knows {SCHEMA_VERSION})")
+    return Check("database", "ok", detail)
+
+
 def doctor(
     db: Database,
     *,
@@ -59,18 +85,10 @@ def doctor(
     """Every check, in a fixed order."""
     checks: list[Check] = []
     with dbfile.snapshot(db) as conn:
-        pragma, found = dbfile.integrity_in(conn, full)
-        checks.append(
-            Check("integrity", "ok" if found == ["ok"] else "fail", f"{pragma}: {_names(found, 3)}")
-        )
-        wal = dbfile.sizes(db).wal_bytes
-        checks.append(
-            Check(
-                "wal",
-                "warn" if wal > limits.wal_warn_bytes else "ok",
-                f"{wal / _MIB:.1f} MiB (warn above {limits.wal_warn_bytes / _MIB:.0f})",
-            )
-        )
+        if isinstance(db, PgDatabase):
+            checks.append(_database_check(conn))
+        else:
+            checks += _file_checks(db, conn, limits, full)
         # The forward handler dead-letters every event of such an instance at once.
         bare = store_instances.without_target_in(conn)
         checks.append(

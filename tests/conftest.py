@@ -101,13 +101,14 @@ def file_of(location: Path | DatabaseUrl) -> Path:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    """The file a CLI test works on."""
-    return tmp_path / "cli.db"
+def db_path(store: Path | DatabaseUrl, tmp_path: Path) -> Path | DatabaseUrl:
+    """What a CLI test passes as ``--db``: a file, or (in a test marked ``both_stores``, its
+    second run) the PostgreSQL schema's URL. ``file_of(db_path)`` where it must be the file."""
+    return store if isinstance(store, DatabaseUrl) else tmp_path / "cli.db"
 
 
 @pytest.fixture
-def db(db_path: Path) -> Iterator[Database]:
+def db(db_path: Path | DatabaseUrl) -> Iterator[Database]:
     """The same store the CLI works on, opened as serve would (it may run meanwhile)."""
     database = open_database(db_path).open()
     yield database

@@ -19,14 +19,17 @@ from conftest import MakeDeadLetters, MakeDeliveries
 from waiting import eventually
 
 from ingress_box import __version__
-from ingress_box.store import Database
+from ingress_box.config import DatabaseUrl
+from ingress_box.store import Database, open_database
 from ingress_box.store.dead_letters import MAX_REDRIVE_BATCH
 from ingress_box.web.auth import ensure_admin_token
+
+pytestmark = pytest.mark.both_stores
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def add(db_path: Path, *args: str) -> dict[str, Any]:
+def add(db_path: Path | DatabaseUrl, *args: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(
         ok("instances", "add", "--db", str(db_path), "--json", *args).stdout
     )
@@ -38,7 +41,7 @@ def test_version_prints_the_package_version() -> None:
     assert __version__ in ok("--version").stdout
 
 
-def test_instances_add_prints_every_secret(db_path: Path) -> None:
+def test_instances_add_prints_every_secret(db_path: Path | DatabaseUrl) -> None:
     """instances add prints the ingress URL and the three secrets, and warns they show once."""
     result = ok("instances", "add", "generic", "shop", "--db", str(db_path))
     assert "http://127.0.0.1:8080/ingress/generic/shop/events" in result.stdout
@@ -47,7 +50,7 @@ def test_instances_add_prints_every_secret(db_path: Path) -> None:
     assert "not shown again" in result.stderr
 
 
-def test_instances_add_json_matches_the_admin_api(db_path: Path) -> None:
+def test_instances_add_json_matches_the_admin_api(db_path: Path | DatabaseUrl) -> None:
     """instances add --json gives the same document as POST /admin/instances."""
     data = add(
         db_path,
@@ -67,7 +70,7 @@ def test_instances_add_json_matches_the_admin_api(db_path: Path) -> None:
     assert data["outbound_secret"].startswith("whsec_") and data["ingress_urls"]
 
 
-def test_instances_add_uses_the_public_url(db_path: Path) -> None:
+def test_instances_add_uses_the_public_url(db_path: Path | DatabaseUrl) -> None:
     """INGRESS_BOX_PUBLIC_URL is the base of the printed ingress URL."""
     result = ok(
         "instances",
@@ -84,26 +87,26 @@ def test_instances_add_uses_the_public_url(db_path: Path) -> None:
     )
 
 
-def test_instances_add_with_a_bad_id_exits_2(db_path: Path) -> None:
+def test_instances_add_with_a_bad_id_exits_2(db_path: Path | DatabaseUrl) -> None:
     """A bad instance id is bad input: a message on stderr and exit code 2."""
     result = run("instances", "add", "generic", "no spaces", "--db", str(db_path))
     assert result.exit_code == 2 and "instance must match" in result.stderr
 
 
-def test_instances_add_with_bad_config_json_exits_2(db_path: Path) -> None:
+def test_instances_add_with_bad_config_json_exits_2(db_path: Path | DatabaseUrl) -> None:
     """--config must be JSON."""
     result = run("instances", "add", "generic", "shop", "--db", str(db_path), "--config", "{")
     assert result.exit_code == 2 and "--config" in result.stderr
 
 
-def test_instances_add_twice_exits_1(db_path: Path) -> None:
+def test_instances_add_twice_exits_1(db_path: Path | DatabaseUrl) -> None:
     """Adding an instance that exists fails with exit code 1."""
     ok("instances", "add", "generic", "shop", "--db", str(db_path))
     result = run("instances", "add", "generic", "shop", "--db", str(db_path))
     assert result.exit_code == 1 and "already exists" in result.stderr
 
 
-def test_instances_list_shows_a_table_without_secrets(db_path: Path) -> None:
+def test_instances_list_shows_a_table_without_secrets(db_path: Path | DatabaseUrl) -> None:
     """instances list prints one row per instance, with its ingress URL, and no secret."""
     shown = add(db_path, "generic", "shop", "--target-url", "https://bot.example/in")
     out = ok("instances", "list", "--db", str(db_path)).stdout
@@ -131,14 +134,14 @@ def test_instances_list_shows_a_table_without_secrets(db_path: Path) -> None:
     assert shown["secret"] not in out
 
 
-def test_instances_list_json_masks_secrets(db_path: Path) -> None:
+def test_instances_list_json_masks_secrets(db_path: Path | DatabaseUrl) -> None:
     """instances list --json gives masked instances."""
     shown = add(db_path, "generic", "shop")
     (item,) = json.loads(ok("instances", "list", "--db", str(db_path), "--json").stdout)["items"]
     assert item["instance"] == "shop" and shown["secret"] not in json.dumps(item)
 
 
-def test_instances_list_filters_by_plugin(db_path: Path) -> None:
+def test_instances_list_filters_by_plugin(db_path: Path | DatabaseUrl) -> None:
     """--plugin keeps that plugin's instances."""
     add(db_path, "generic", "a")
     add(db_path, "github", "b")
@@ -148,7 +151,7 @@ def test_instances_list_filters_by_plugin(db_path: Path) -> None:
     assert [i["instance"] for i in data["items"]] == ["b"]
 
 
-def test_the_db_comes_from_the_environment(db_path: Path) -> None:
+def test_the_db_comes_from_the_environment(db_path: Path | DatabaseUrl) -> None:
     """INGRESS_BOX_DB stands in for --db."""
     add(db_path, "generic", "shop")
     out = ok("instances", "list", "--json", env={"INGRESS_BOX_DB": str(db_path)}).stdout
@@ -162,7 +165,7 @@ def test_reading_a_missing_database_exits_1(tmp_path: Path) -> None:
     assert not (tmp_path / "typo.db").exists()
 
 
-def test_instances_rotate_prints_the_new_secret(db_path: Path) -> None:
+def test_instances_rotate_prints_the_new_secret(db_path: Path | DatabaseUrl) -> None:
     """rotate prints a new secret; the old one stays valid as the previous secret."""
     old = add(db_path, "generic", "shop")["secret"]
     data = json.loads(
@@ -182,13 +185,13 @@ def test_instances_rotate_prints_the_new_secret(db_path: Path) -> None:
     assert data["previous_secret"] == "****" + old[-4:]
 
 
-def test_instances_rotate_of_an_unknown_instance_exits_1(db_path: Path) -> None:
+def test_instances_rotate_of_an_unknown_instance_exits_1(db_path: Path | DatabaseUrl) -> None:
     """Rotating a missing instance fails with exit code 1."""
     add(db_path, "generic", "shop")
     assert run("instances", "rotate", "generic", "nope", "--db", str(db_path)).exit_code == 1
 
 
-def test_instances_remove_deletes_it(db_path: Path) -> None:
+def test_instances_remove_deletes_it(db_path: Path | DatabaseUrl) -> None:
     """remove deletes the instance; removing it again exits 1."""
     add(db_path, "generic", "shop")
     ok("instances", "remove", "generic", "shop", "--db", str(db_path))
@@ -199,7 +202,7 @@ def test_instances_remove_deletes_it(db_path: Path) -> None:
 
 
 def test_dlq_list_shows_dead_letters(
-    db_path: Path, db: Database, make_dead_letters: MakeDeadLetters
+    db_path: Path | DatabaseUrl, db: Database, make_dead_letters: MakeDeadLetters
 ) -> None:
     """dlq list shows each open dead letter."""
     (dead,) = make_dead_letters(db)
@@ -208,7 +211,7 @@ def test_dlq_list_shows_dead_letters(
 
 
 def test_dlq_redrive_reports_counts(
-    db_path: Path, db: Database, make_dead_letters: MakeDeadLetters
+    db_path: Path | DatabaseUrl, db: Database, make_dead_letters: MakeDeadLetters
 ) -> None:
     """dlq redrive prints redriven and remaining; a second run redrives nothing."""
     make_dead_letters(db, 2)
@@ -220,7 +223,7 @@ def test_dlq_redrive_reports_counts(
 
 
 def test_dlq_redrive_goes_on_past_one_batch(
-    db_path: Path, db: Database, make_dead_letters: MakeDeadLetters
+    db_path: Path | DatabaseUrl, db: Database, make_dead_letters: MakeDeadLetters
 ) -> None:
     """Without --limit, redrive loops over bounded batches until none remain."""
     make_dead_letters(db, MAX_REDRIVE_BATCH + 5)
@@ -231,7 +234,7 @@ def test_dlq_redrive_goes_on_past_one_batch(
 
 
 def test_dlq_redrive_stops_at_the_limit(
-    db_path: Path, db: Database, make_dead_letters: MakeDeadLetters
+    db_path: Path | DatabaseUrl, db: Database, make_dead_letters: MakeDeadLetters
 ) -> None:
     """--limit bounds the total redriven."""
     make_dead_letters(db, 3)
@@ -240,7 +243,9 @@ def test_dlq_redrive_stops_at_the_limit(
     ) == {"redriven": 2, "remaining": 1}
 
 
-def test_dlq_redrive_by_id(db_path: Path, db: Database, make_dead_letters: MakeDeadLetters) -> None:
+def test_dlq_redrive_by_id(
+    db_path: Path | DatabaseUrl, db: Database, make_dead_letters: MakeDeadLetters
+) -> None:
     """--id selects exactly those dead letters."""
     _, second = make_dead_letters(db, 2)
     assert json.loads(
@@ -249,7 +254,7 @@ def test_dlq_redrive_by_id(db_path: Path, db: Database, make_dead_letters: MakeD
 
 
 def test_dlq_discard_then_unknown(
-    db_path: Path, db: Database, make_dead_letters: MakeDeadLetters
+    db_path: Path | DatabaseUrl, db: Database, make_dead_letters: MakeDeadLetters
 ) -> None:
     """discard drops a dead letter; discarding it again exits 1."""
     (dead,) = make_dead_letters(db)
@@ -258,7 +263,10 @@ def test_dlq_discard_then_unknown(
 
 
 def test_deliveries_list_filters_by_state(
-    db_path: Path, db: Database, make_deliveries: MakeDeliveries, make_dead_letters: MakeDeadLetters
+    db_path: Path | DatabaseUrl,
+    db: Database,
+    make_deliveries: MakeDeliveries,
+    make_dead_letters: MakeDeadLetters,
 ) -> None:
     """deliveries list --state keeps that state only."""
     make_dead_letters(db)
@@ -269,13 +277,15 @@ def test_deliveries_list_filters_by_state(
     assert [i["id"] for i in data["items"]] == pending
 
 
-def test_deliveries_list_rejects_an_unknown_state(db_path: Path, db: Database) -> None:
+def test_deliveries_list_rejects_an_unknown_state(
+    db_path: Path | DatabaseUrl, db: Database
+) -> None:
     """An unknown --state is a usage error (exit 2)."""
     assert run("deliveries", "list", "--db", str(db_path), "--state", "lost").exit_code == 2
 
 
 def test_deliveries_show_prints_the_body(
-    db_path: Path, db: Database, make_deliveries: MakeDeliveries
+    db_path: Path | DatabaseUrl, db: Database, make_deliveries: MakeDeliveries
 ) -> None:
     """deliveries show prints the delivery and its body."""
     (delivery_id,) = make_deliveries(db)
@@ -283,17 +293,21 @@ def test_deliveries_show_prints_the_body(
     assert f"id: {delivery_id}" in out and 'body: {"n": 1}' in out
 
 
-def test_deliveries_show_of_an_unknown_id_exits_1(db_path: Path, db: Database) -> None:
+def test_deliveries_show_of_an_unknown_id_exits_1(
+    db_path: Path | DatabaseUrl, db: Database
+) -> None:
     """Showing a missing delivery fails with exit code 1."""
     assert run("deliveries", "show", "msg_nope", "--db", str(db_path)).exit_code == 1
 
 
-def test_admin_token_reset_prints_a_token_that_is_stored(db_path: Path, db: Database) -> None:
+def test_admin_token_reset_prints_a_token_that_is_stored(
+    db_path: Path | DatabaseUrl, db: Database
+) -> None:
     """admin-token reset prints a new token, and the stored hash accepts it."""
     out = ok("admin-token", "reset", "--db", str(db_path)).stdout
     token = re.fullmatch(r"admin token: (\S+)\n", out)
     assert token is not None
-    database = Database(db_path).open()
+    database = open_database(db_path).open()
     try:
         auth, generated = ensure_admin_token(database, None)
     finally:
@@ -341,7 +355,7 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {**env, **(extra or {})}
 
 
-def test_python_m_runs_the_same_program(db_path: Path) -> None:
+def test_python_m_runs_the_same_program(db_path: Path | DatabaseUrl) -> None:
     """python -m ingress_box answers --version, and adds then lists instances on a file."""
     assert _python("--version").stdout.strip() == f"ingress-box, version {__version__}"
     added = _python("instances", "add", "generic", "shop", "--db", str(db_path), "--json")
@@ -357,7 +371,7 @@ def _free_port() -> int:
         return port
 
 
-def test_serve_prints_a_generated_token_and_exits_0_on_sigterm(db_path: Path) -> None:
+def test_serve_prints_a_generated_token_and_exits_0_on_sigterm(db_path: Path | DatabaseUrl) -> None:
     """serve prints a generated admin token once, serves it, and SIGTERM ends it with 0."""
     port = _free_port()
     process = subprocess.Popen(

@@ -11,15 +11,20 @@ from clirun import ok, run
 from conftest import T0
 from live import insert_instance
 
-from ingress_box.store import Database
+from ingress_box.config import DatabaseUrl
 from ingress_box.store import instances as store_instances
 from ingress_box.store import mappings as store_mappings
+from ingress_box.store import open_database
+
+pytestmark = pytest.mark.both_stores
 
 API_KEY = "gateway-api-key-0123456789"
 API_TOKEN = "chatwoot-api-token-0123456789"
 
 
-def add_args(db_path: Path, bridge_id: str = "shop", kind: str = "waha", *extra: str) -> list[str]:
+def add_args(
+    db_path: Path | DatabaseUrl, bridge_id: str = "shop", kind: str = "waha", *extra: str
+) -> list[str]:
     return [
         "bridges",
         "add",
@@ -46,13 +51,13 @@ def add_args(db_path: Path, bridge_id: str = "shop", kind: str = "waha", *extra:
     ]
 
 
-def add_json(db_path: Path, *extra: str, kind: str = "waha") -> dict[str, Any]:
+def add_json(db_path: Path | DatabaseUrl, *extra: str, kind: str = "waha") -> dict[str, Any]:
     data: dict[str, Any] = json.loads(ok(*add_args(db_path, "shop", kind, "--json", *extra)).stdout)
     return data
 
 
-def instances_of(db_path: Path) -> list[tuple[str, str, str]]:
-    db = Database(db_path).open()
+def instances_of(db_path: Path | DatabaseUrl) -> list[tuple[str, str, str]]:
+    db = open_database(db_path).open()
     try:
         rows = db.read("SELECT plugin_id, instance_id, handler FROM instances ORDER BY plugin_id")
         return [(r[0], r[1], r[2]) for r in rows]
@@ -60,7 +65,7 @@ def instances_of(db_path: Path) -> list[tuple[str, str, str]]:
         db.close()
 
 
-def test_add_prints_the_urls_secrets_and_where_to_paste_them(db_path: Path) -> None:
+def test_add_prints_the_urls_secrets_and_where_to_paste_them(db_path: Path | DatabaseUrl) -> None:
     """The two URLs and secrets once (a reminder on stderr), then the gateway's and Chatwoot's
     setup; the instances exist with the bridge handler."""
     result = ok(*add_args(db_path, "shop", "gowa"))
@@ -81,7 +86,7 @@ def test_add_prints_the_urls_secrets_and_where_to_paste_them(db_path: Path) -> N
     assert instances_of(db_path) == [("chatwoot", "shop", "bridge"), ("gowa", "shop", "bridge")]
 
 
-def test_add_json_matches_the_admin_api_shape(db_path: Path) -> None:
+def test_add_json_matches_the_admin_api_shape(db_path: Path | DatabaseUrl) -> None:
     """--json is the admin API's 201 body: masked credentials, the secrets, URLs and setup."""
     made = add_json(db_path, "--gateway-secret", "gw-secret", "--chatwoot-secret", "cw-secret")
     assert made["gateway"] == {
@@ -96,7 +101,7 @@ def test_add_json_matches_the_admin_api_shape(db_path: Path) -> None:
     assert any('"hmac": {"key": "gw-secret"}' in line for line in made["setup"])
 
 
-def test_add_uses_the_public_url(db_path: Path) -> None:
+def test_add_uses_the_public_url(db_path: Path | DatabaseUrl) -> None:
     """The printed URLs start with INGRESS_BOX_PUBLIC_URL when it is set."""
     env = {"INGRESS_BOX_PUBLIC_URL": "https://box.example"}
     made = json.loads(ok(*add_args(db_path, "shop", "waha", "--json"), env=env).stdout)
@@ -108,24 +113,26 @@ def test_add_uses_the_public_url(db_path: Path) -> None:
     [["--gateway-secret", ""], ["--gateway-url", "ftp://x"], ["--account-id", "0"]],
     ids=["empty-secret", "bad-url", "zero-account"],
 )
-def test_add_with_a_bad_value_exits_2_and_creates_nothing(db_path: Path, extra: list[str]) -> None:
+def test_add_with_a_bad_value_exits_2_and_creates_nothing(
+    db_path: Path | DatabaseUrl, extra: list[str]
+) -> None:
     """The admin API's checks: one line on stderr, exit 2, nothing made."""
     result = run(*add_args(db_path, "shop", "waha", *extra))
     assert result.exit_code == 2, result.output
-    assert not db_path.exists() or instances_of(db_path) == []
+    assert isinstance(db_path, Path) and not db_path.exists() or instances_of(db_path) == []
 
 
-def test_add_with_a_bad_id_or_kind_exits_2(db_path: Path) -> None:
+def test_add_with_a_bad_id_or_kind_exits_2(db_path: Path | DatabaseUrl) -> None:
     """An id outside the instance pattern, or an unknown gateway kind."""
     assert run(*add_args(db_path, "shop/1")).exit_code == 2
     assert run(*add_args(db_path, "shop", "twilio")).exit_code == 2
 
 
 def test_add_when_the_chatwoot_instance_exists_exits_1_and_creates_nothing(
-    db_path: Path,
+    db_path: Path | DatabaseUrl,
 ) -> None:
     """chatwoot/<id> is taken: exit 1, no bridge, no gateway instance."""
-    db = Database(db_path).open()
+    db = open_database(db_path).open()
     insert_instance(db, "chatwoot", "shop")
     db.close()
     result = run(*add_args(db_path))
@@ -135,10 +142,10 @@ def test_add_when_the_chatwoot_instance_exists_exits_1_and_creates_nothing(
     assert run("bridges", "show", "shop", "--db", str(db_path)).exit_code == 1
 
 
-def test_list_shows_a_table_without_secrets(db_path: Path) -> None:
+def test_list_shows_a_table_without_secrets(db_path: Path | DatabaseUrl) -> None:
     """One row per bridge: gateway kind, session, inbox, both instances, mapping count."""
     made = add_json(db_path)
-    db = Database(db_path).open()
+    db = open_database(db_path).open()
     db.write(
         store_mappings.upsert(store_mappings.Upsert("chatwoot", "shop", "default", "c", "1"), T0)
     )
@@ -159,7 +166,7 @@ def test_list_shows_a_table_without_secrets(db_path: Path) -> None:
         assert secret not in out
 
 
-def test_list_and_show_json_mask_secrets(db_path: Path) -> None:
+def test_list_and_show_json_mask_secrets(db_path: Path | DatabaseUrl) -> None:
     """--json lists and shows the masked bridges with their URLs and mapping counts."""
     made = add_json(db_path)
     listed = ok("bridges", "list", "--db", str(db_path), "--json").stdout
@@ -172,7 +179,7 @@ def test_list_and_show_json_mask_secrets(db_path: Path) -> None:
     assert shown["mappings"] == 0
 
 
-def test_show_prints_the_instances_and_masks_credentials(db_path: Path) -> None:
+def test_show_prints_the_instances_and_masks_credentials(db_path: Path | DatabaseUrl) -> None:
     """The text form names both instances with their URLs; the credentials masked."""
     add_json(db_path)
     out = ok("bridges", "show", "shop", "--db", str(db_path)).stdout
@@ -181,14 +188,14 @@ def test_show_prints_the_instances_and_masks_credentials(db_path: Path) -> None:
     assert API_TOKEN not in out
 
 
-def test_show_of_an_unknown_bridge_exits_1(db_path: Path) -> None:
+def test_show_of_an_unknown_bridge_exits_1(db_path: Path | DatabaseUrl) -> None:
     """No such bridge: exit 1 with one line."""
     add_json(db_path)
     result = run("bridges", "show", "nope", "--db", str(db_path))
     assert result.exit_code == 1 and "no bridge nope" in result.output
 
 
-def test_remove_asks_first_and_removes_both_instances(db_path: Path) -> None:
+def test_remove_asks_first_and_removes_both_instances(db_path: Path | DatabaseUrl) -> None:
     """Without --yes it asks; no keeps everything, yes removes the bridge and its instances."""
     add_json(db_path)
     refused = run("bridges", "remove", "shop", "--db", str(db_path), input="n\n")
@@ -200,10 +207,10 @@ def test_remove_asks_first_and_removes_both_instances(db_path: Path) -> None:
     assert instances_of(db_path) == []
 
 
-def test_remove_yes_json_answers_the_removed_bridge(db_path: Path) -> None:
+def test_remove_yes_json_answers_the_removed_bridge(db_path: Path | DatabaseUrl) -> None:
     """--yes --json removes without asking and prints the bridge, masked."""
     add_json(db_path)
-    db = Database(db_path).open()
+    db = open_database(db_path).open()
     insert_instance(db, "generic", "shop")
     db.close()
     out = ok("bridges", "remove", "shop", "--yes", "--json", "--db", str(db_path)).stdout
@@ -213,10 +220,10 @@ def test_remove_yes_json_answers_the_removed_bridge(db_path: Path) -> None:
     assert again.exit_code == 1 and "not found" in again.output
 
 
-def test_a_bridge_instance_keeps_its_secret_in_the_store(db_path: Path) -> None:
+def test_a_bridge_instance_keeps_its_secret_in_the_store(db_path: Path | DatabaseUrl) -> None:
     """The secret printed is the one the instance verifies with."""
     made = add_json(db_path)
-    db = Database(db_path).open()
+    db = open_database(db_path).open()
     try:
         inst = store_instances.get(db, "chatwoot", "shop")
     finally:

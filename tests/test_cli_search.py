@@ -8,19 +8,23 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from clirun import ok, run
 from conftest import T0
 from test_search import add, indexed
 
+from ingress_box.config import DatabaseUrl
 from ingress_box.store import Database
 
+pytestmark = pytest.mark.both_stores
 
-def listed(db_path: Path, *flags: str) -> list[str]:
+
+def listed(db_path: Path | DatabaseUrl, *flags: str) -> list[str]:
     out = ok("deliveries", "list", "--db", str(db_path), "--json", *flags).stdout
     return [item["id"] for item in json.loads(out)["items"]]
 
 
-def test_list_shows_the_event_type_column(db_path: Path, db: Database) -> None:
+def test_list_shows_the_event_type_column(db_path: Path | DatabaseUrl, db: Database) -> None:
     """The table has an EVENT column with each delivery's type."""
     add(db, 1, event_type="order.created")
     out = ok("deliveries", "list", "--db", str(db_path)).stdout
@@ -29,7 +33,9 @@ def test_list_shows_the_event_type_column(db_path: Path, db: Database) -> None:
     assert "order.created" in row.split()
 
 
-def test_list_filters_on_event_type_time_and_words(db_path: Path, db: Database) -> None:
+def test_list_filters_on_event_type_time_and_words(
+    db_path: Path | DatabaseUrl, db: Database
+) -> None:
     """--event-type, --since/--until (unix seconds or ISO 8601) and --search narrow the list."""
     early = add(db, 1, b'{"text": "capybara"}', at=T0, event_type="a")
     late = add(db, 2, b'{"text": "capybara"}', at=T0 + 100, event_type="b")
@@ -42,7 +48,7 @@ def test_list_filters_on_event_type_time_and_words(db_path: Path, db: Database) 
     assert listed(db_path, "--search", "capybara", "--since", str(T0 + 50)) == [late]
 
 
-def test_a_bad_time_is_one_line_and_exit_2(db_path: Path, db: Database) -> None:
+def test_a_bad_time_is_one_line_and_exit_2(db_path: Path | DatabaseUrl, db: Database) -> None:
     """A --since that is neither form is the caller's mistake, said in one line."""
     result = run("deliveries", "list", "--db", str(db_path), "--since", "last tuesday")
     assert result.exit_code == 2
@@ -50,7 +56,7 @@ def test_a_bad_time_is_one_line_and_exit_2(db_path: Path, db: Database) -> None:
     assert "Traceback" not in result.output
 
 
-def test_export_csv_matches_the_list(db_path: Path, db: Database) -> None:
+def test_export_csv_matches_the_list(db_path: Path | DatabaseUrl, db: Database) -> None:
     """deliveries export --format csv writes a header row and the listed deliveries."""
     for n in range(3):
         add(db, n, conversation=f"chat-{n}")
@@ -60,7 +66,7 @@ def test_export_csv_matches_the_list(db_path: Path, db: Database) -> None:
     assert [r["conversation"] for r in rows] == ["chat-2", "chat-1", "chat-0"]
 
 
-def test_export_json_takes_the_filters(db_path: Path, db: Database) -> None:
+def test_export_json_takes_the_filters(db_path: Path | DatabaseUrl, db: Database) -> None:
     """deliveries export --format json with filters writes a JSON array of those only."""
     add(db, 1, instance="a")
     wanted = add(db, 2, instance="b")
@@ -70,7 +76,7 @@ def test_export_json_takes_the_filters(db_path: Path, db: Database) -> None:
     assert [item["id"] for item in json.loads(out)] == [wanted]
 
 
-def test_export_needs_a_format(db_path: Path, db: Database) -> None:
+def test_export_needs_a_format(db_path: Path | DatabaseUrl, db: Database) -> None:
     """Without --format the command says so (exit 2)."""
     assert run("deliveries", "export", "--db", str(db_path)).exit_code == 2
 

@@ -10,14 +10,21 @@ import sys
 import time
 from pathlib import Path
 
+import postgres
 from live import free_port
 from serving import BoxProcess
 from waiting import eventually
 
 from ingress_box import heartbeat
+from ingress_box.store.postgres import redacted
 
 
 def health(db: Path, port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return health_of(str(db), port, *args)
+
+
+def health_of(db: str, port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ingress-box health`` with INGRESS_BOX_DB=db (a file or a URL)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGRESS_BOX_")}
     env |= {"INGRESS_BOX_DB": str(db), "INGRESS_BOX_PORT": str(port)}
     return subprocess.run(
@@ -84,3 +91,29 @@ def test_serve_says_where_its_dashboard_and_database_are(tmp_path: Path) -> None
     assert re.search(r"^admin token: ibx_\S+\n  shown this once", out, re.MULTILINE), out
     assert f"dashboard:   http://127.0.0.1:{serve.port}/admin/ui/ (log in" in out
     assert f"database:    {(tmp_path / 'box.db').resolve()}" in out
+
+
+def test_serve_and_a_worker_on_postgresql(tmp_path: Path) -> None:
+    """On a PostgreSQL URL: serve starts (no file to check) and names the database without
+    its password; a worker alone beats, and health follows its heartbeat."""
+    with postgres.fresh_schema() as url:
+        on_pg = {"INGRESS_BOX_DB": url}
+        serve = BoxProcess(tmp_path / "serve.db", env=on_pg).wait_ready()
+        try:
+            out = serve.output()
+            done = health_of(url, serve.port)
+            assert done.returncode == 0, done.stderr
+        finally:
+            assert serve.stop() == 0
+        assert f"database:    {redacted(url)}" in out and ":ingress@" not in out
+        worker = BoxProcess(tmp_path / "worker.db", "worker", env=on_pg).wait_started()
+        port = free_port()
+        try:
+            beat = heartbeat.path_for(url)
+            eventually(beat.exists, 30, "the worker's first heartbeat")
+            done = health_of(url, port)
+            assert done.returncode == 0 and "ok: worker heartbeat" in done.stdout, done.stderr
+        finally:
+            assert worker.stop() == 0
+        assert not beat.exists()
+        assert health_of(url, port).returncode == 1

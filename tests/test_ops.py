@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from signers import sign_generic
 from waiting import eventually
 
 from ingress_box import backup
-from ingress_box.config import Settings
+from ingress_box.config import DatabaseUrl, Settings
 from ingress_box.store import Database, tail
 from ingress_box.store.dead_letters import MAX_REDRIVE_BATCH
 from ingress_box.store.deliveries import NewDelivery, accept
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _numbers = itertools.count(1)
 
 
-def add_instance_cli(db_path: Path, plugin: str, instance: str, *args: str) -> None:
+def add_instance_cli(db_path: Path | DatabaseUrl, plugin: str, instance: str, *args: str) -> None:
     ok("instances", "add", plugin, instance, "--db", str(db_path), "--json", *args)
 
 
@@ -108,7 +109,7 @@ def attempt(
 
 
 def doctor_json(
-    db_path: Path, *args: str, env: dict[str, str] | None = None, exit_code: int = 0
+    db_path: Path | DatabaseUrl, *args: str, env: dict[str, str] | None = None, exit_code: int = 0
 ) -> dict[str, dict[str, str]]:
     result = run("doctor", "--db", str(db_path), "--json", *args, env=env)
     assert result.exit_code == exit_code, result.output
@@ -223,7 +224,7 @@ def test_backup_under_load_holds_every_delivery_acked_before_it_started(
 
 
 def test_backup_is_one_file_that_serve_can_open(
-    db_path: Path, db: Database, tmp_path: Path
+    db_path: Path | DatabaseUrl, db: Database, tmp_path: Path
 ) -> None:
     """The backup needs no -wal beside it and opens as a box database."""
     deliver(db)
@@ -239,7 +240,7 @@ def test_backup_is_one_file_that_serve_can_open(
 
 
 def test_backup_refuses_to_overwrite_without_force(
-    db_path: Path, db: Database, tmp_path: Path
+    db_path: Path | DatabaseUrl, db: Database, tmp_path: Path
 ) -> None:
     """An existing PATH is bad input unless --force is given."""
     target = tmp_path / "copy.db"
@@ -252,7 +253,7 @@ def test_backup_refuses_to_overwrite_without_force(
 
 
 def test_backup_into_a_folder_writes_a_dated_file(
-    db_path: Path, db: Database, tmp_path: Path
+    db_path: Path | DatabaseUrl, db: Database, tmp_path: Path
 ) -> None:
     """A folder as PATH gets an ingress-box-<UTC time>.db inside it."""
     folder = tmp_path / "backups"
@@ -270,7 +271,9 @@ def test_backup_reports_progress_up_to_every_page(db: Database, tmp_path: Path) 
     assert len(seen) > 1 and seen[-1] == (report.pages, report.pages)
 
 
-def test_backup_progress_bar_goes_to_stderr(db_path: Path, db: Database, tmp_path: Path) -> None:
+def test_backup_progress_bar_goes_to_stderr(
+    db_path: Path | DatabaseUrl, db: Database, tmp_path: Path
+) -> None:
     """--progress draws on stderr, so --json on stdout still parses."""
     result = ok("backup", str(tmp_path / "copy.db"), "--db", str(db_path), "--json", "--progress")
     assert "backing up" in result.stderr and json.loads(result.stdout)["deliveries"] == 0
@@ -280,7 +283,9 @@ def test_backup_progress_bar_goes_to_stderr(db_path: Path, db: Database, tmp_pat
 
 
 @pytest.fixture
-def busy_file(db_path: Path, db: Database, make_dead_letters: MakeDeadLetters) -> Path:
+def busy_file(
+    db_path: Path | DatabaseUrl, db: Database, make_dead_letters: MakeDeadLetters
+) -> Path | DatabaseUrl:
     """Two pending, one delivered, two dead (open), instances: one bare, one twilio."""
     make_dead_letters(db, 2)
     deliver(db)
@@ -293,7 +298,8 @@ def busy_file(db_path: Path, db: Database, make_dead_letters: MakeDeadLetters) -
     return db_path
 
 
-def test_stats_json_counts_everything(busy_file: Path) -> None:
+@pytest.mark.both_stores
+def test_stats_json_counts_everything(busy_file: Path | DatabaseUrl) -> None:
     """stats --json has the counts of deliveries, outbox, attempts, dead letters, instances."""
     data = json.loads(ok("stats", "--db", str(busy_file), "--json").stdout)
     assert data["deliveries"] == {"pending": 2, "delivered": 1, "dead": 2, "total": 5}
@@ -306,7 +312,8 @@ def test_stats_json_counts_everything(busy_file: Path) -> None:
     assert data["files"]["database_bytes"] > 0
 
 
-def test_stats_prints_one_line_per_section(busy_file: Path) -> None:
+@pytest.mark.both_stores
+def test_stats_prints_one_line_per_section(busy_file: Path | DatabaseUrl) -> None:
     """stats prints readable sections with the same figures."""
     lines = ok("stats", "--db", str(busy_file)).stdout.splitlines()
     assert lines[0].split() == [
@@ -327,23 +334,34 @@ def test_stats_prints_one_line_per_section(busy_file: Path) -> None:
 # -- doctor ----------------------------------------------------------------------------------
 
 
-def test_doctor_on_a_healthy_file_exits_0(db_path: Path, db: Database) -> None:
+@pytest.mark.both_stores
+def test_doctor_on_a_healthy_file_exits_0(db_path: Path | DatabaseUrl, db: Database) -> None:
     """Every check is ok on a file with a targeted instance and a fresh delivery."""
     add_instance_cli(db_path, "generic", "main", "--target-url", "https://bot.example/in")
     deliver(db)
     result = ok("doctor", "--db", str(db_path))
     assert all(line.startswith("ok ") for line in result.stdout.splitlines()), result.stdout
-    assert "integrity" in result.stdout and "quick_check: ok" in result.stdout
+    if isinstance(db_path, Path):
+        assert "integrity" in result.stdout and "quick_check: ok" in result.stdout
+    else:  # the database's check instead of the file's
+        assert "integrity" not in result.stdout and "wal" not in result.stdout
+        assert re.search(
+            r"^ok +database +PostgreSQL [\d.]+.*, schema version \d+$", result.stdout, re.M
+        )
 
 
-def test_doctor_fails_on_an_instance_without_target(busy_file: Path) -> None:
+@pytest.mark.both_stores
+def test_doctor_fails_on_an_instance_without_target(busy_file: Path | DatabaseUrl) -> None:
     """A forward instance without target_url is a fail: exit 1, named in the detail."""
     checks = doctor_json(busy_file, exit_code=1)
     assert checks["targets"]["status"] == "fail"
     assert "generic/bare" in checks["targets"]["detail"]
 
 
-def test_doctor_warns_about_twilio_without_public_url(db_path: Path, db: Database) -> None:
+@pytest.mark.both_stores
+def test_doctor_warns_about_twilio_without_public_url(
+    db_path: Path | DatabaseUrl, db: Database
+) -> None:
     """A Twilio instance without a public URL is a warning, which does not fail the run."""
     add_instance_cli(
         db_path, "twilio", "sms", "--target-url", "https://bot.example/in", "--secret", "auth-token"
@@ -354,7 +372,8 @@ def test_doctor_warns_about_twilio_without_public_url(db_path: Path, db: Databas
     )
 
 
-def test_doctor_accepts_the_public_url_setting(db_path: Path, db: Database) -> None:
+@pytest.mark.both_stores
+def test_doctor_accepts_the_public_url_setting(db_path: Path | DatabaseUrl, db: Database) -> None:
     """INGRESS_BOX_PUBLIC_URL clears the Twilio warning."""
     add_instance_cli(
         db_path, "twilio", "sms", "--target-url", "https://bot.example/in", "--secret", "auth-token"
@@ -363,7 +382,10 @@ def test_doctor_accepts_the_public_url_setting(db_path: Path, db: Database) -> N
     assert checks["public_url"]["status"] == "ok"
 
 
-def test_doctor_accepts_a_public_url_in_the_instance_config(db_path: Path, db: Database) -> None:
+@pytest.mark.both_stores
+def test_doctor_accepts_a_public_url_in_the_instance_config(
+    db_path: Path | DatabaseUrl, db: Database
+) -> None:
     """A public_url in the Twilio instance's config clears the warning too."""
     add_instance_cli(
         db_path,
@@ -379,7 +401,8 @@ def test_doctor_accepts_a_public_url_in_the_instance_config(db_path: Path, db: D
     assert doctor_json(db_path)["public_url"]["status"] == "ok"
 
 
-def test_doctor_fails_on_a_parked_lane(db_path: Path, db: Database) -> None:
+@pytest.mark.both_stores
+def test_doctor_fails_on_a_parked_lane(db_path: Path | DatabaseUrl, db: Database) -> None:
     """A strict lane whose dead head is parked fails the lanes check."""
     head = deliver(db, conversation="c1")
     deliver(db, conversation="c1")
@@ -389,7 +412,10 @@ def test_doctor_fails_on_a_parked_lane(db_path: Path, db: Database) -> None:
     assert "parked" in checks["lanes"]["detail"] and "2 waiting" in checks["lanes"]["detail"]
 
 
-def test_doctor_warns_on_a_lane_head_with_many_attempts(db_path: Path, db: Database) -> None:
+@pytest.mark.both_stores
+def test_doctor_warns_on_a_lane_head_with_many_attempts(
+    db_path: Path | DatabaseUrl, db: Database
+) -> None:
     """A lane head retried --stuck-attempts times is a warning."""
     head = deliver(db, conversation="c1")
     for _ in range(3):
@@ -398,7 +424,8 @@ def test_doctor_warns_on_a_lane_head_with_many_attempts(db_path: Path, db: Datab
     assert checks["lanes"]["status"] == "warn" and "3 attempts" in checks["lanes"]["detail"]
 
 
-def test_doctor_warns_on_old_pending_events(db_path: Path, db: Database) -> None:
+@pytest.mark.both_stores
+def test_doctor_warns_on_old_pending_events(db_path: Path | DatabaseUrl, db: Database) -> None:
     """A pending event older than --stuck-minutes warns, as oldest_pending and in its lane."""
     deliver(db, conversation="c1", received_at=time.time() - 3600)
     checks = doctor_json(db_path, "--stuck-minutes", "30")
@@ -407,8 +434,9 @@ def test_doctor_warns_on_old_pending_events(db_path: Path, db: Database) -> None
     assert checks["lanes"]["status"] == "warn"
 
 
+@pytest.mark.both_stores
 def test_doctor_counts_open_dead_letters(
-    db_path: Path, db: Database, make_dead_letters: MakeDeadLetters
+    db_path: Path | DatabaseUrl, db: Database, make_dead_letters: MakeDeadLetters
 ) -> None:
     """Open dead letters are a warning with their number."""
     make_dead_letters(db, 2)
@@ -419,7 +447,7 @@ def test_doctor_counts_open_dead_letters(
     }
 
 
-def test_doctor_fails_on_a_corrupt_file(db_path: Path, db: Database) -> None:
+def test_doctor_fails_on_a_corrupt_file(db_path: Path | DatabaseUrl, db: Database) -> None:
     """A damaged index fails the integrity check."""
     for _ in range(50):
         deliver(db)
@@ -441,7 +469,10 @@ def test_doctor_fails_on_a_corrupt_file(db_path: Path, db: Database) -> None:
 # -- tail ------------------------------------------------------------------------------------
 
 
-def test_tail_no_follow_prints_receipts_and_attempts(db_path: Path, db: Database) -> None:
+@pytest.mark.both_stores
+def test_tail_no_follow_prints_receipts_and_attempts(
+    db_path: Path | DatabaseUrl, db: Database
+) -> None:
     """tail --no-follow prints each receipt and attempt of the window, then exits."""
     seq = deliver(db, conversation="c9")
     attempt(db, seq, "retry")
@@ -453,7 +484,8 @@ def test_tail_no_follow_prints_receipts_and_attempts(db_path: Path, db: Database
     assert "delivered" in lines[2] and "attempt 2" in lines[2] and "HTTP 200" in lines[2]
 
 
-def test_tail_json_prints_one_object_per_line(db_path: Path, db: Database) -> None:
+@pytest.mark.both_stores
+def test_tail_json_prints_one_object_per_line(db_path: Path | DatabaseUrl, db: Database) -> None:
     """tail --json prints JSON lines with the delivery id and outcome."""
     seq = deliver(db)
     attempt(db, seq, "dead")
@@ -465,7 +497,8 @@ def test_tail_json_prints_one_object_per_line(db_path: Path, db: Database) -> No
     assert events[1]["outcome"] == "dead" and events[0]["id"] == events[1]["id"]
 
 
-def test_tail_since_leaves_out_older_events(db_path: Path, db: Database) -> None:
+@pytest.mark.both_stores
+def test_tail_since_leaves_out_older_events(db_path: Path | DatabaseUrl, db: Database) -> None:
     """--since SECONDS starts at that age: older receipts and attempts are not printed."""
     old = deliver(db, received_at=time.time() - 7200)
     attempt(db, old, "delivered", now=time.time() - 7000)
@@ -501,7 +534,8 @@ def test_tail_follow_yields_what_is_committed_later(db: Database) -> None:
 # -- prune and redrive progress --------------------------------------------------------------
 
 
-def test_prune_drops_what_retention_allows(db_path: Path, db: Database) -> None:
+@pytest.mark.both_stores
+def test_prune_drops_what_retention_allows(db_path: Path | DatabaseUrl, db: Database) -> None:
     """prune removes delivered events past the dedup window and keeps pending ones."""
     for _ in range(3):
         attempt(db, deliver(db, received_at=T0), "delivered", status_code=200, now=T0)
@@ -513,15 +547,17 @@ def test_prune_drops_what_retention_allows(db_path: Path, db: Database) -> None:
     )
 
 
-def test_prune_progress_bar_goes_to_stderr(db_path: Path, db: Database) -> None:
+@pytest.mark.both_stores
+def test_prune_progress_bar_goes_to_stderr(db_path: Path | DatabaseUrl, db: Database) -> None:
     """prune --progress labels its bar on stderr when there is something to prune."""
     attempt(db, deliver(db, received_at=T0), "delivered", status_code=200, now=T0)
     result = ok("prune", "--db", str(db_path), "--progress")
     assert "pruning" in result.stderr and "delivered pruned: 1" in result.stdout
 
 
+@pytest.mark.both_stores
 def test_dlq_redrive_progress_keeps_json_clean(
-    db_path: Path, db: Database, make_dead_letters: MakeDeadLetters
+    db_path: Path | DatabaseUrl, db: Database, make_dead_letters: MakeDeadLetters
 ) -> None:
     """A redrive over several batches draws its bar on stderr; stdout is still the JSON."""
     make_dead_letters(db, MAX_REDRIVE_BATCH + 5)
@@ -530,9 +566,30 @@ def test_dlq_redrive_progress_keeps_json_clean(
     assert "redriving" in result.stderr
 
 
+@pytest.mark.both_stores
 def test_dlq_redrive_draws_no_bar_by_default_off_a_terminal(
-    db_path: Path, db: Database, make_dead_letters: MakeDeadLetters
+    db_path: Path | DatabaseUrl, db: Database, make_dead_letters: MakeDeadLetters
 ) -> None:
     """Without --progress and without a terminal, nothing is drawn."""
     make_dead_letters(db, MAX_REDRIVE_BATCH + 5)
     assert ok("dlq", "redrive", "--db", str(db_path)).stderr == ""
+
+
+# -- on a PostgreSQL URL (no server needed) --------------------------------------------------
+
+
+def test_backup_of_a_postgresql_database_points_to_pg_dump(tmp_path: Path) -> None:
+    """backup copies a SQLite file; given a URL it refuses, naming pg_dump, and writes nothing."""
+    result = run("backup", str(tmp_path / "copy.db"), "--db", "postgresql://box:pw@127.0.0.1:1/box")
+    assert result.exit_code == 2 and "pg_dump (see the README)" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["doctor", "stats", "prune", "deliveries list"])
+def test_an_unreachable_database_is_one_line_without_its_password(command: str) -> None:
+    """A server that does not answer: exit 1, one line naming the database, no password."""
+    url = "postgresql://box:hunter2@127.0.0.1:1/box?connect_timeout=2"
+    result = run(*command.split(), "--db", url)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: cannot open postgresql://box:***@127.0.0.1:1/box")
+    assert "hunter2" not in result.output and result.output.count("\n") == 1

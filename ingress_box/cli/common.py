@@ -24,7 +24,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..config import DatabaseUrl, Declaration, Settings, declarations, env_name, for_command
-from ..errors import NotFound
+from ..errors import NotFound, StorageUnavailable
 from ..store import Database, open_database
 from ..store.sql import DATABASE_ERRORS
 
@@ -231,8 +231,9 @@ def database(
     )
     try:
         db.open()
-    except DATABASE_ERRORS + (OSError,) as exc:  # garbage, a read-only folder, a file as a folder
-        raise Failed(f"cannot open {db.name}: {exc}") from exc
+    # garbage, a read-only folder, a file as a folder, a PostgreSQL server not reached
+    except DATABASE_ERRORS + (OSError, StorageUnavailable) as exc:
+        raise Failed(f"cannot open {db.name}: {' '.join(str(exc).split())}") from exc
     try:
         yield db
     finally:

@@ -172,7 +172,7 @@ def _work_until_stopped(running: Worker) -> int:
         signal.signal(signum, lambda *_: stop.set())
     alive = heartbeat.path_for(running.settings.db_path)
     running.start()
-    log.info("worker %s started on %s", running.owner, running.settings.db_path)
+    log.info("worker %s started on %s", running.owner, running.db.name)
     try:
         heartbeat.beat(alive)
         while not stop.wait(1.0):

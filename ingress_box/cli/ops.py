@@ -1,7 +1,8 @@
-"""Operating the database file: ``backup``, ``stats``, ``tail``, ``doctor``, ``prune`` and
-``admin-token reset``.
+"""Operating the database: ``backup``, ``stats``, ``tail``, ``doctor``, ``prune``,
+``admin-token reset`` and ``move``.
 
-All of them work while ``serve`` runs. ``doctor`` exits 1 when a check fails; warnings do not.
+All of them but ``move`` work while ``serve`` runs. ``doctor`` exits 1 when a check fails;
+warnings do not.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from .. import backup, doctor
 from ..config import env_name, load_settings
 from ..errors import NotFound
 from ..plugins import load_registry
-from ..store import retention, stats, tail
+from ..store import move, retention, stats, tail
+from ..store.sql import is_postgres_url
 from ..web.auth import reset_admin_token
 from .common import (
     BadInput,
@@ -281,3 +283,38 @@ def admin_token_reset(yes: bool, db_path: Path | None, as_json: bool) -> None:
             err=True,
         )
     click.echo("A running serve keeps the old token until it restarts.", err=True)
+
+
+@click.command("move")
+@click.option(
+    "--to",
+    "url",
+    required=True,
+    metavar="URL",
+    help="the empty PostgreSQL database: postgresql://user:password@host:5432/dbname",
+)
+@progress_option
+@db_option
+@json_option
+def move_command(url: str, show_progress: bool | None, db_path: Path | None, as_json: bool) -> None:
+    """Copy this SQLite box into an empty PostgreSQL database, then run the box there with
+    INGRESS_BOX_DB=URL.
+
+    Stop serve and every worker on the file first: the copy is the file at one moment, and what
+    is accepted after it stays behind. Everything goes over (instances and their secrets,
+    pending and dead work, history, mappings, bridges, the admin token); the file is only read.
+    A database that holds anything is refused, and a move that fails leaves it empty.
+    """
+    settings = load_settings(db_path=db_path)
+    if not isinstance(settings.db_path, Path):
+        raise BadInput("--db is already a PostgreSQL database: move copies a SQLite file")
+    if not is_postgres_url(url):
+        raise BadInput("--to must be a postgresql:// URL")
+    with reading(settings) as db, Progress("moving", show_progress) as bar:
+        moved = move.move(db, url, bar.report)
+    if as_json:
+        print_json({"to": moved.to, "rows": moved.rows, "seconds": round(moved.seconds, 3)})
+    else:
+        copied = ", ".join(f"{table} {rows}" for table, rows in moved.rows.items() if rows)
+        click.echo(f"moved to {moved.to} in {moved.seconds:.2f}s: {copied or 'nothing'}")
+        click.echo(f"next: run the box with {env_name('db_path')}=<the URL>", err=True)

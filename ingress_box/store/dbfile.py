@@ -4,6 +4,9 @@ Each reads through a connection of its own, never the writer, so it works while 
 A snapshot is one read transaction (in WAL mode, the file as it was at one commit) held for as
 long as its ``with`` block: figures read inside it agree with each other, and a copy taken
 inside it is the file at that moment.
+
+On PostgreSQL a snapshot is a ``REPEATABLE READ`` transaction, and the size is the box's tables';
+there is no file to copy or check (``pg_dump`` backs it up, the server keeps its pages sound).
 """
 
 from __future__ import annotations
@@ -14,22 +17,40 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import StorageUnavailable
 from .db import Database, connect
+from .postgres import PgDatabase
+from .postgres import connect as pg_connect
 
 COPY_PAGES_PER_STEP = 1024  # 4 MiB a step with 4 KiB pages: a smooth bar, few callbacks
 
 
 @contextlib.contextmanager
-def snapshot(db: Database) -> Iterator[sqlite3.Connection]:
+def snapshot(db: Database) -> Iterator[Any]:
     """A read-only connection inside one read transaction, started now."""
+    if isinstance(db, PgDatabase):
+        with _pg_snapshot(db) as pg:
+            yield pg
+        return
     conn = connect(db.path, db.synchronous, db.busy_timeout, readonly=db.readonly)
     try:
         conn.execute("PRAGMA query_only = ON")
         conn.execute("BEGIN")
         # BEGIN is deferred: the snapshot is taken by the first read, so read at once.
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def _pg_snapshot(db: PgDatabase) -> Iterator[Any]:
+    conn = pg_connect(db.url, readonly=True)
+    try:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        conn.execute("SELECT 1").fetchone()  # the snapshot is taken by the first statement
         yield conn
     finally:
         conn.close()
