@@ -56,16 +56,19 @@ SELECT plugin_id, instance_id,
        CASE WHEN :ok THEN 0 ELSE 1 END, :error
 FROM deliveries WHERE seq = :seq
 ON CONFLICT (plugin_id, instance_id) DO UPDATE SET
-    last_success_at = coalesce(excluded.last_success_at, last_success_at),
-    last_failure_at = coalesce(excluded.last_failure_at, last_failure_at),
-    last_dead_at = coalesce(excluded.last_dead_at, last_dead_at),
-    failing_since = CASE WHEN :ok THEN NULL ELSE coalesce(failing_since, :now) END,
-    consecutive_failures = CASE WHEN :ok THEN 0 ELSE consecutive_failures + 1 END,
+    last_success_at = coalesce(excluded.last_success_at, instance_health.last_success_at),
+    last_failure_at = coalesce(excluded.last_failure_at, instance_health.last_failure_at),
+    last_dead_at = coalesce(excluded.last_dead_at, instance_health.last_dead_at),
+    failing_since = CASE WHEN :ok THEN NULL
+                    ELSE coalesce(instance_health.failing_since, :now) END,
+    consecutive_failures = CASE WHEN :ok THEN 0
+                           ELSE instance_health.consecutive_failures + 1 END,
     last_error = excluded.last_error,
-    last_run_failures = CASE WHEN :ok AND consecutive_failures > 0
-                        THEN consecutive_failures ELSE last_run_failures END,
-    last_run_ended_at = CASE WHEN :ok AND consecutive_failures > 0
-                        THEN :now ELSE last_run_ended_at END
+    last_run_failures = CASE WHEN :ok AND instance_health.consecutive_failures > 0
+                        THEN instance_health.consecutive_failures
+                        ELSE instance_health.last_run_failures END,
+    last_run_ended_at = CASE WHEN :ok AND instance_health.consecutive_failures > 0
+                        THEN :now ELSE instance_health.last_run_ended_at END
 """
 
 
