@@ -11,7 +11,6 @@ The SQL lives in :mod:`ingress_box.store.mappings`.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -22,6 +21,7 @@ from .store import Database, bridges
 from .store import mappings as store
 from .store.instances import INSTANCE_ID, Instance
 from .store.mappings import STATES, ConversationMapping, Upsert
+from .store.sql import Conn
 from .values import check_document, check_unicode
 
 MAX_TEXT = 256  # session, chat and conversation ids; a conversation id is cut to this on ingress
@@ -136,7 +136,7 @@ def conflict_note(exc: MappingConflict) -> str:
     )
 
 
-def learn(conn: sqlite3.Connection, delivery_id: str, m: Upsert, now: float) -> None:
+def learn(conn: Conn, delivery_id: str, m: Upsert, now: float) -> None:
     """Upsert inside the accepting transaction; a conflict is noted on the delivery instead."""
     try:
         store.upsert_in(conn, m, now)

@@ -144,7 +144,7 @@ class Bridged:
         """The error text of every attempt of the plugin's deliveries (a skip's reason)."""
         rows = self.live.box.db.read(
             "SELECT a.error FROM attempts a JOIN deliveries d ON d.seq = a.delivery_seq "
-            "WHERE d.plugin_id = ? ORDER BY a.rowid",
+            "WHERE d.plugin_id = ? ORDER BY a.id",
             (plugin,),
         )
         return [r["error"] or "" for r in rows]

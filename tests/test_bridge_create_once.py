@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pytest
 from bridging import CHATWOOT_SECRET, bridge_settings, gateway_double, join
 from doubles.base import Delivery
 from doubles.chatwoot import FakeChatwoot
@@ -23,6 +24,8 @@ from waiting import eventually
 
 from ingress_box.config import Settings
 from ingress_box.store import Database
+
+pytestmark = pytest.mark.both_stores
 
 KINDS = ("waha", "openwa")  # the gateways that report one message as @c.us and as @lid
 CONTACTS = ("628111", "628222", "628333")

@@ -12,6 +12,8 @@ from waiting import eventually
 
 from ingress_box.config import Settings
 
+pytestmark = pytest.mark.both_stores
+
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_contacts_message_becomes_one_incoming_message_in_its_conversation(
@@ -241,7 +243,7 @@ def test_a_deleted_conversation_is_made_again_for_the_next_message(settings: Set
 
 
 def _outcomes(b: Bridged) -> list[str]:
-    return [r["outcome"] for r in b.live.box.db.read("SELECT outcome FROM attempts")]
+    return [r["outcome"] for r in b.live.box.db.read("SELECT outcome FROM attempts ORDER BY id")]
 
 
 def _delete_conversation(b: Bridged, conversation_id: int) -> None:

@@ -12,6 +12,8 @@ from waiting import eventually
 
 from ingress_box.config import Settings
 
+pytestmark = pytest.mark.both_stores
+
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 OGG = b"OggS" + bytes(200)
 PDF = b"%PDF-1.4\n" + b"x" * 500

@@ -11,6 +11,8 @@ from waiting import eventually
 
 from ingress_box.config import Settings
 
+pytestmark = pytest.mark.both_stores
+
 
 def conversation_of_a_contact(b: Bridged) -> int:
     """The conversation the contact's first message made (that message bridged)."""

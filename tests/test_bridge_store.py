@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from ingress_box.config import DatabaseUrl
 from ingress_box.errors import AlreadyExists, NotFound
-from ingress_box.store import Database, bridge_links, bridges, instances
+from ingress_box.store import Database, bridge_links, bridges, instances, open_database
 from ingress_box.store.instances import Instance
+
+pytestmark = pytest.mark.both_stores
 
 NOW = 1_700_000_000.0
 
@@ -32,8 +35,8 @@ def its_instances(bridge: bridges.Bridge) -> list[Instance]:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    opened = Database(tmp_path / "box.db").open()
+def db(store: Path | DatabaseUrl) -> Iterator[Database]:
+    opened = open_database(store).open()
     yield opened
     opened.close()
 

@@ -1,12 +1,10 @@
-"""Conversation mappings: the store on a real SQLite file, the admin API, the CLI, and a
-rule-based property test against an in-memory model."""
+"""Conversation mappings: the store (a real SQLite file, or PostgreSQL), the admin API, the
+CLI, and a rule-based property test against an in-memory model."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,22 +14,25 @@ from click.testing import CliRunner, Result
 from conftest import Reply
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from starlette.testclient import TestClient
 
 from ingress_box.cli.main import main
+from ingress_box.config import DatabaseUrl
 from ingress_box.errors import MappingConflict, NotFound
-from ingress_box.store import Database
-from ingress_box.store import mappings as store
+from ingress_box.store import Database, mappings, open_database
 from ingress_box.store.mappings import ConversationMapping, Upsert
+from ingress_box.store.sql import Conn
+
+pytestmark = pytest.mark.both_stores
 
 Headers = dict[str, str]
 NOW = 1_700_000_000.0
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(tmp_path / "mappings.db").open()
+def db(store: Path | DatabaseUrl) -> Iterator[Database]:
+    database = open_database(store).open()
     yield database
     database.close()
 
@@ -45,13 +46,13 @@ def bind(
     **extra: Any,
 ) -> ConversationMapping:
     mapping, _ = db.write(
-        store.upsert(Upsert("generic", instance, session, chat, conversation, **extra), NOW)
+        mappings.upsert(Upsert("generic", instance, session, chat, conversation, **extra), NOW)
     )
     return mapping
 
 
 def owner(db: Database, conversation: str, instance: str = "main") -> str | None:
-    found = store.of_conversation(db, "generic", instance, conversation)
+    found = mappings.of_conversation(db, "generic", instance, conversation)
     return None if found is None else found.chat
 
 
@@ -104,7 +105,7 @@ def test_repointing_onto_a_held_conversation_conflicts_and_changes_nothing(db: D
 def test_delete_frees_the_conversation(db: Database) -> None:
     """Deleting a mapping frees its conversation id for any chat."""
     held = bind(db, "c1", "v1")
-    db.write(store.delete(held.id))
+    db.write(mappings.delete(held.id))
     assert owner(db, "v1") is None
     assert bind(db, "c2", "v1").chat == "c2"
 
@@ -112,7 +113,7 @@ def test_delete_frees_the_conversation(db: Database) -> None:
 def test_deleting_a_missing_mapping_is_not_found(db: Database) -> None:
     """Deleting an id that does not exist raises NotFound."""
     with pytest.raises(NotFound):
-        db.write(store.delete(12345))
+        db.write(mappings.delete(12345))
 
 
 def test_an_upsert_without_state_or_metadata_keeps_them(db: Database) -> None:
@@ -302,9 +303,9 @@ def cli(*args: str) -> Result:
     return CliRunner().invoke(main, list(args), env=clean)
 
 
-def test_cli_set_list_state_and_delete_work_on_the_file(tmp_path: Path) -> None:
-    """mappings set, list, state and delete round-trip on the database file."""
-    path = str(tmp_path / "cli.db")
+def test_cli_set_list_state_and_delete_work_on_the_store(store: Path | DatabaseUrl) -> None:
+    """mappings set, list, state and delete round-trip on the database."""
+    path = str(store)
     made = json.loads(
         cli(
             "mappings",
@@ -331,9 +332,9 @@ def test_cli_set_list_state_and_delete_work_on_the_file(tmp_path: Path) -> None:
     assert json.loads(cli("mappings", "list", "--db", path, "--json").stdout)["items"] == []
 
 
-def test_cli_conflict_exits_1_naming_the_chat(tmp_path: Path) -> None:
+def test_cli_conflict_exits_1_naming_the_chat(store: Path | DatabaseUrl) -> None:
     """mappings set onto a held conversation fails with exit 1 and names the holding chat."""
-    path = str(tmp_path / "cli.db")
+    path = str(store)
     first, second = (
         cli(
             "mappings",
@@ -363,18 +364,18 @@ STATES = st.none() | st.sampled_from(["bot", "human", "closed"])
 Key = tuple[str, str, str]  # instance, session, chat
 
 
+def _empty(conn: Conn) -> None:
+    conn.execute("DELETE FROM conversation_mappings")
+
+
 class MappingModel(RuleBasedStateMachine):
     """The table must always equal a dict of chat -> (id, conversation, state)."""
 
-    def __init__(self) -> None:
+    def __init__(self, db: Database) -> None:
         super().__init__()
-        self.folder = tempfile.mkdtemp()
-        self.db = Database(Path(self.folder) / "model.db", synchronous="NORMAL").open()
+        self.db = db
+        self.db.write(_empty)  # each example starts from an empty table
         self.model: dict[Key, tuple[int, str, str]] = {}
-
-    def teardown(self) -> None:
-        self.db.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
 
     @rule(
         instance=INSTANCES, session=SESSIONS, chat=CHATS, conversation=CONVERSATIONS, state=STATES
@@ -390,7 +391,9 @@ class MappingModel(RuleBasedStateMachine):
         ]
         try:
             mapping, created = self.db.write(
-                store.upsert(Upsert("generic", instance, session, chat, conversation, state), NOW)
+                mappings.upsert(
+                    Upsert("generic", instance, session, chat, conversation, state), NOW
+                )
             )
         except MappingConflict as exc:
             assert holder == [(instance, exc.session, exc.chat)]
@@ -407,10 +410,10 @@ class MappingModel(RuleBasedStateMachine):
         key = (instance, session, chat)
         if key not in self.model:
             return
-        deleted = self.db.write(store.delete(self.model.pop(key)[0]))
+        deleted = self.db.write(mappings.delete(self.model.pop(key)[0]))
         assert deleted.chat == chat
         with pytest.raises(NotFound):  # its id is gone for good
-            self.db.write(store.delete(deleted.id))
+            self.db.write(mappings.delete(deleted.id))
 
     @invariant()
     def table_equals_model(self) -> None:
@@ -426,18 +429,33 @@ class MappingModel(RuleBasedStateMachine):
     @invariant()
     def lookups_agree_with_model(self) -> None:
         for (instance, session, chat), (_, conversation, _) in self.model.items():
-            found = store.of_conversation(self.db, "generic", instance, conversation)
+            found = mappings.of_conversation(self.db, "generic", instance, conversation)
             assert found is not None and (found.session, found.chat) == (session, chat)
-            by_chat = store.of_chat(self.db, "generic", instance, session, chat)
+            by_chat = mappings.of_chat(self.db, "generic", instance, session, chat)
             assert by_chat is not None and by_chat.conversation == conversation
         bound = {(k[0], conv) for k, (_, conv, _) in self.model.items()}
         for instance in ("a", "b"):
             for conversation in ("v1", "v2", "v3"):
                 if (instance, conversation) not in bound:
-                    assert store.of_conversation(self.db, "generic", instance, conversation) is None
+                    assert (
+                        mappings.of_conversation(self.db, "generic", instance, conversation) is None
+                    )
 
 
-TestMappingModel = MappingModel.TestCase
-TestMappingModel.settings = hypothesis_settings(
-    max_examples=60, stateful_step_count=30, deadline=None
-)
+def test_any_upserts_and_deletes_keep_the_table_equal_to_the_model(
+    store: Path | DatabaseUrl,
+) -> None:
+    """Whatever the sequence, the table holds what the model holds and lookups agree."""
+    db = open_database(store, synchronous="NORMAL").open()
+
+    class OnThisStore(MappingModel):
+        def __init__(self) -> None:
+            super().__init__(db)
+
+    try:
+        run_state_machine_as_test(
+            OnThisStore,
+            settings=hypothesis_settings(max_examples=60, stateful_step_count=30, deadline=None),
+        )
+    finally:
+        db.close()

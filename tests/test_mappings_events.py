@@ -26,6 +26,8 @@ from ingress_box.store import mappings as store
 from ingress_box.store.mappings import ConversationMapping, Upsert
 from ingress_box.web.box import Box
 
+pytestmark = pytest.mark.both_stores
+
 SECRET = "s3cret-value"
 
 

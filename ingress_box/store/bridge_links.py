@@ -19,11 +19,11 @@ JID, filled from every event that carries both.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from .db import Database
+from .sql import Conn, Row
 
 DIRECTIONS = ("inbound", "outbound")
 
@@ -52,7 +52,7 @@ _COLUMNS = (
 _SELECT = f"SELECT {_COLUMNS} FROM bridge_messages"
 
 
-def _from_row(row: sqlite3.Row) -> Link:
+def _from_row(row: Row) -> Link:
     return Link(**dict(row))
 
 
@@ -63,8 +63,8 @@ INSERT INTO bridge_messages (bridge_id, direction, chat, wa_id, cw_message_id, p
     cw_conversation_id, created_at, updated_at)
 VALUES (?, 'inbound', ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (bridge_id, wa_id, part) WHERE wa_id IS NOT NULL DO UPDATE SET
-    cw_message_id = coalesce(excluded.cw_message_id, cw_message_id),
-    cw_conversation_id = coalesce(excluded.cw_conversation_id, cw_conversation_id),
+    cw_message_id = coalesce(excluded.cw_message_id, bridge_messages.cw_message_id),
+    cw_conversation_id = coalesce(excluded.cw_conversation_id, bridge_messages.cw_conversation_id),
     updated_at = excluded.updated_at
 """
 
@@ -84,7 +84,7 @@ def posted(
     missing.
     """
 
-    def op(conn: sqlite3.Connection) -> None:
+    def op(conn: Conn) -> None:
         conn.execute(
             _INBOUND, (bridge_id, chat, wa_id, cw_message_id, part, cw_conversation_id, now, now)
         )
@@ -101,7 +101,7 @@ def posting(
     its link has a ``cw_message_id`` once that post is known to have succeeded.
     """
 
-    def op(conn: sqlite3.Connection) -> tuple[Link, bool]:
+    def op(conn: Conn) -> tuple[Link, bool]:
         inserted = conn.execute(
             "INSERT INTO bridge_messages (bridge_id, direction, chat, wa_id, part, "
             "cw_conversation_id, created_at, updated_at) VALUES (?, 'inbound', ?, ?, ?, ?, ?, ?) "
@@ -121,8 +121,8 @@ def take_over(bridge_id: str, wa_id: str, part: int, claimed_at: float, now: flo
     ``claimed_at``, never recorded as posted). True for one caller only: the claim is renewed
     to ``now``, so a second taker sees another time and backs off."""
 
-    def op(conn: sqlite3.Connection) -> bool:
-        changed = conn.execute(
+    def op(conn: Conn) -> bool:
+        changed: int = conn.execute(
             "UPDATE bridge_messages SET created_at = ?, updated_at = ? WHERE bridge_id = ? "
             "AND direction = 'inbound' AND wa_id = ? AND part = ? AND cw_message_id IS NULL "
             "AND created_at = ?",
@@ -137,7 +137,7 @@ def unclaim(bridge_id: str, wa_id: str, part: int, claimed_at: float) -> Any:
     """An op that drops a claim made at ``claimed_at`` whose post was surely not made (the
     attempt failed before posting), so the next attempt claims the message afresh."""
 
-    def op(conn: sqlite3.Connection) -> None:
+    def op(conn: Conn) -> None:
         conn.execute(
             "DELETE FROM bridge_messages WHERE bridge_id = ? AND direction = 'inbound' "
             "AND wa_id = ? AND part = ? AND cw_message_id IS NULL AND created_at = ?",
@@ -155,7 +155,7 @@ def sending(
     Returns the part's link: a ``wa_id`` on it means that part went out already (skip it).
     """
 
-    def op(conn: sqlite3.Connection) -> Link:
+    def op(conn: Conn) -> Link:
         conn.execute(
             "INSERT INTO bridge_messages (bridge_id, direction, chat, cw_message_id, part, "
             "cw_conversation_id, created_at, updated_at) VALUES (?, 'outbound', ?, ?, ?, ?, ?, ?) "
@@ -175,7 +175,7 @@ def sending(
 def sent(bridge_id: str, cw_message_id: int, part: int, wa_id: str, now: float) -> Any:
     """An op that completes an outbound part with the WhatsApp id the gateway answered."""
 
-    def op(conn: sqlite3.Connection) -> None:
+    def op(conn: Conn) -> None:
         conn.execute(
             "UPDATE bridge_messages SET wa_id = ?, updated_at = ? "
             "WHERE bridge_id = ? AND cw_message_id = ? AND part = ?",
@@ -192,7 +192,7 @@ def unsent(bridge_id: str, cw_message_id: int, part: int) -> Any:
     """An op that forgets an outbound part in flight whose send surely did not happen (the
     gateway refused the connection), so the next attempt sends it afresh."""
 
-    def op(conn: sqlite3.Connection) -> None:
+    def op(conn: Conn) -> None:
         conn.execute(
             "DELETE FROM bridge_messages WHERE bridge_id = ? AND direction = 'outbound' "
             "AND cw_message_id = ? AND part = ? AND wa_id IS NULL",
@@ -210,7 +210,7 @@ def claim_echo(
     whose send started before ``settled_before`` (its attempt is over) and never learnt its
     outcome. True if there was one: the report is that part's echo."""
 
-    def op(conn: sqlite3.Connection) -> bool:
+    def op(conn: Conn) -> bool:
         row = conn.execute(
             "UPDATE bridge_messages SET wa_id = ?, updated_at = ? WHERE id = ("
             "SELECT id FROM bridge_messages WHERE bridge_id = ? AND chat = ? "
@@ -228,11 +228,11 @@ def opening(bridge_id: str, chat: str, abandoned_before: float, now: float) -> A
     attempt at a time. A claim made before ``abandoned_before`` (its attempt is over) is taken
     over."""
 
-    def op(conn: sqlite3.Connection) -> bool:
+    def op(conn: Conn) -> bool:
         row = conn.execute(
             "INSERT INTO bridge_openings (bridge_id, chat, claimed_at) VALUES (?, ?, ?) "
             "ON CONFLICT (bridge_id, chat) DO UPDATE SET claimed_at = excluded.claimed_at "
-            "WHERE claimed_at < ? RETURNING claimed_at",
+            "WHERE bridge_openings.claimed_at < ? RETURNING claimed_at",
             (bridge_id, chat, now, abandoned_before),
         ).fetchone()
         return row is not None
@@ -243,7 +243,7 @@ def opening(bridge_id: str, chat: str, abandoned_before: float, now: float) -> A
 def opened(bridge_id: str, chat: str, claimed_at: float) -> Any:
     """An op that ends the claim ``opening`` gave at ``claimed_at`` (made, or failed)."""
 
-    def op(conn: sqlite3.Connection) -> None:
+    def op(conn: Conn) -> None:
         conn.execute(
             "DELETE FROM bridge_openings WHERE bridge_id = ? AND chat = ? AND claimed_at = ?",
             (bridge_id, chat, claimed_at),
@@ -255,13 +255,13 @@ def opened(bridge_id: str, chat: str, claimed_at: float) -> Any:
 def alias(bridge_id: str, other: str, chat: str, now: float) -> Any:
     """An op that records ``other`` as another JID of canonical ``chat`` (idempotent)."""
 
-    def op(conn: sqlite3.Connection) -> None:
+    def op(conn: Conn) -> None:
         if other == chat:
             return
         conn.execute(
             "INSERT INTO bridge_aliases (bridge_id, alias, chat, updated_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (bridge_id, alias) DO UPDATE SET chat = excluded.chat, "
-            "updated_at = excluded.updated_at WHERE chat != excluded.chat",
+            "updated_at = excluded.updated_at WHERE bridge_aliases.chat != excluded.chat",
             (bridge_id, other, chat, now),
         )
 

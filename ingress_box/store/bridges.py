@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from .db import Database
 from .instances import Instance, mask, mask_url
 from .instances import delete as delete_instance
 from .instances import insert as insert_instance
+from .sql import INTEGRITY_ERRORS, Conn, Row
 
 GATEWAY_KINDS = ("waha", "evolution", "gowa", "openwa")
 HANDLER = "bridge"  # the handler of a bridge's two instances
@@ -83,7 +83,7 @@ _COLUMNS = (
 _SELECT = f"SELECT {_COLUMNS} FROM bridges"
 
 
-def _from_row(row: sqlite3.Row) -> Bridge:
+def _from_row(row: Row) -> Bridge:
     return Bridge(
         id=row["id"],
         gateway=Gateway(
@@ -109,7 +109,7 @@ def _from_row(row: sqlite3.Row) -> Bridge:
 def insert(bridge: Bridge, instances: Sequence[Instance]) -> Any:
     """An op that stores ``bridge`` and its instances together, or nothing (AlreadyExists)."""
 
-    def op(conn: sqlite3.Connection) -> Bridge:
+    def op(conn: Conn) -> Bridge:
         g, c = bridge.gateway, bridge.chatwoot
         try:
             conn.execute(
@@ -128,7 +128,7 @@ def insert(bridge: Bridge, instances: Sequence[Instance]) -> Any:
                     bridge.created_at,
                 ),
             )
-        except sqlite3.IntegrityError as exc:
+        except INTEGRITY_ERRORS as exc:
             raise AlreadyExists(f"bridge {bridge.id} already exists") from exc
         for instance in instances:  # an instance that exists fails the whole op
             insert_instance(instance)(conn)
@@ -143,7 +143,7 @@ def delete(bridge_id: str) -> Any:
     The instances go the way ``instances remove`` takes them (their deliveries stay readable).
     """
 
-    def op(conn: sqlite3.Connection) -> Bridge:
+    def op(conn: Conn) -> Bridge:
         row = conn.execute(f"{_SELECT} WHERE id = ?", (bridge_id,)).fetchone()
         if row is None:
             raise NotFound(f"bridge {bridge_id} not found")

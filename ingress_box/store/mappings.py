@@ -5,19 +5,20 @@ and reverse ``(plugin, instance, conversation)``. An upsert is one ``INSERT ... 
 (forward key) DO UPDATE`` statement, so concurrent writers of one chat converge on one row
 (same id, last conversation wins) and re-pointing a chat frees its old conversation. A clash on
 the reverse key surfaces here as :class:`~ingress_box.errors.MappingConflict`, never as an
-``sqlite3.IntegrityError``.
+driver's integrity error.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidInput, MappingConflict, NotFound
 from .db import Database, Op
 from .pages import Page, decode_cursor, page_of
+from .sql import INTEGRITY_ERRORS, Conn, Row
 
 STATES = ("bot", "human", "closed")
 
@@ -72,7 +73,8 @@ _BY_CHAT = " WHERE session = ? AND chat = ? AND plugin_id = ? AND instance_id = 
 _BY_CONVERSATION = " WHERE plugin_id = ? AND instance_id = ? AND provider_conversation_id = ?"
 
 # coalesce keeps the row's state and metadata when the caller gives none; the insert path
-# falls back to the column defaults the same way.
+# falls back to the column defaults the same way. The row's columns are named with the table
+# (PostgreSQL would find a bare ``state`` ambiguous with ``excluded.state``).
 _UPSERT = f"""
 INSERT INTO conversation_mappings (session, chat, plugin_id, instance_id,
     provider_conversation_id, state, metadata, created_at, updated_at)
@@ -80,14 +82,14 @@ VALUES (:session, :chat, :plugin, :instance, :conversation, coalesce(:state, 'bo
         coalesce(:metadata, '{{}}'), :now, :now)
 ON CONFLICT (session, chat, plugin_id, instance_id) DO UPDATE SET
     provider_conversation_id = excluded.provider_conversation_id,
-    state = coalesce(:state, state),
-    metadata = coalesce(:metadata, metadata),
+    state = coalesce(:state, conversation_mappings.state),
+    metadata = coalesce(:metadata, conversation_mappings.metadata),
     updated_at = excluded.updated_at
 RETURNING {_COLUMNS}
 """
 
 
-def _from_row(row: sqlite3.Row) -> ConversationMapping:
+def _from_row(row: Row) -> ConversationMapping:
     return ConversationMapping(
         id=row["id"],
         plugin_id=row["plugin_id"],
@@ -109,14 +111,16 @@ def _metadata(value: dict[str, Any] | None) -> str | None:
 # -- writes ----------------------------------------------------------------------------------
 
 
-def upsert_in(conn: sqlite3.Connection, m: Upsert, now: float) -> tuple[ConversationMapping, bool]:
+def upsert_in(conn: Conn, m: Upsert, now: float) -> tuple[ConversationMapping, bool]:
     """Bind inside the caller's transaction; the mapping and whether its row is new.
 
     The upsert runs in its own savepoint, so a conflict undoes only itself and the caller's
-    other writes in the same transaction (a delivery being accepted) stand.
+    other writes in the same transaction (a delivery being accepted) stand; on PostgreSQL the
+    rollback to it is also what lets the transaction go on after the error.
     """
     # Only labels the answer (201 or 200): the upsert alone decides, and the writer's
-    # BEGIN IMMEDIATE keeps any other writer out between the two statements.
+    # write lock (BEGIN IMMEDIATE, PostgreSQL's advisory lock) keeps any other writer out
+    # between the two statements.
     existed = conn.execute(
         "SELECT 1 FROM conversation_mappings" + _BY_CHAT,
         (m.session, m.chat, m.plugin_id, m.instance_id),
@@ -136,7 +140,7 @@ def upsert_in(conn: sqlite3.Connection, m: Upsert, now: float) -> tuple[Conversa
                 "now": now,
             },
         ).fetchone()
-    except sqlite3.IntegrityError as exc:
+    except INTEGRITY_ERRORS as exc:
         conn.execute("ROLLBACK TO mapping_upsert")
         conn.execute("RELEASE mapping_upsert")
         raise _translate(conn, m, exc) from exc
@@ -144,7 +148,7 @@ def upsert_in(conn: sqlite3.Connection, m: Upsert, now: float) -> tuple[Conversa
     return _from_row(row), existed is None
 
 
-def _translate(conn: sqlite3.Connection, m: Upsert, exc: sqlite3.IntegrityError) -> Exception:
+def _translate(conn: Conn, m: Upsert, exc: Exception) -> Exception:
     """The typed error for a failed upsert: who holds the conversation, else a bad value."""
     holder = conn.execute(
         _SELECT + _BY_CONVERSATION, (m.plugin_id, m.instance_id, m.conversation)
@@ -167,14 +171,14 @@ def _update_state(
     metadata: dict[str, Any] | None,
     now: float,
 ) -> Op[ConversationMapping]:
-    def op(conn: sqlite3.Connection) -> ConversationMapping:
+    def op(conn: Conn) -> ConversationMapping:
         try:
             row = conn.execute(
                 "UPDATE conversation_mappings SET state = ?, metadata = coalesce(?, metadata), "
                 f"updated_at = ?{where} RETURNING {_COLUMNS}",
                 (state, _metadata(metadata), now, *params),
             ).fetchone()
-        except sqlite3.IntegrityError as exc:  # the state CHECK: callers validate first
+        except INTEGRITY_ERRORS as exc:  # the state CHECK: callers validate first
             raise InvalidInput(f"state must be one of {', '.join(STATES)}") from exc
         if row is None:
             raise NotFound(missing)
@@ -214,7 +218,7 @@ def set_state_of_conversation(
 def delete(mapping_id: int) -> Op[ConversationMapping]:
     """An op that removes a mapping (freeing its conversation) and returns what it was."""
 
-    def op(conn: sqlite3.Connection) -> ConversationMapping:
+    def op(conn: Conn) -> ConversationMapping:
         row = conn.execute(
             f"DELETE FROM conversation_mappings WHERE id = ? RETURNING {_COLUMNS}", (mapping_id,)
         ).fetchone()
@@ -225,7 +229,7 @@ def delete(mapping_id: int) -> Op[ConversationMapping]:
     return op
 
 
-def note_delivery(conn: sqlite3.Connection, delivery_id: str, note: str) -> None:
+def note_delivery(conn: Conn, delivery_id: str, note: str) -> None:
     """Record what happened to a delivery's mapping on the delivery itself."""
     conn.execute("UPDATE deliveries SET note = ? WHERE id = ?", (note, delivery_id))
 
@@ -286,7 +290,7 @@ def _list_query(f: Filter, cursor: str | None, limit: int) -> tuple[str, list[An
     return sql, params
 
 
-def _page(rows: list[sqlite3.Row], limit: int) -> Page[ConversationMapping]:
+def _page(rows: Sequence[Row], limit: int) -> Page[ConversationMapping]:
     return page_of([_from_row(r) for r in rows], limit, lambda m: [m.id])
 
 

@@ -58,7 +58,7 @@ _PARAM = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(?<!:):([A-Za-z_]\w*)|\
 @functools.lru_cache(maxsize=1024)
 def to_psycopg(sql: str) -> str:
     """``sql`` with SQLite's ``?`` and ``:name`` as psycopg's ``%s`` and ``%(name)s`` (quoted
-    text and ``::`` casts left alone, a literal ``%`` doubled)."""
+    text and ``::`` casts left alone, every literal ``%`` doubled, quoted or not)."""
 
     def swap(m: re.Match[str]) -> str:
         text = m.group(0)
@@ -68,7 +68,7 @@ def to_psycopg(sql: str) -> str:
             return "%%"
         if m.group(1) is not None:
             return f"%({m.group(1)})s"
-        return text  # a quoted literal or name
+        return text.replace("%", "%%")  # a quoted literal or name: psycopg parses it too
 
     return _PARAM.sub(swap, sql)
 

@@ -97,6 +97,6 @@ def routes() -> list[BaseRoute]:
     """Mounted inside the admin mount, so the token guard and error shape apply."""
     return [
         Route("/mappings", Mappings),
-        # :int so "/mappings/abc" is a plain 404; ids are SQLite rowids (64-bit).
+        # :int so "/mappings/abc" is a plain 404; ids are 64-bit integers on either engine.
         Route("/mappings/{id:int}", MappingItem),
     ]
