@@ -5,8 +5,8 @@ Every flag of ``serve``/``worker`` is also an ``INGRESS_BOX_*`` variable (see
 modules and open the SQLite file directly, so they work while ``serve`` runs:
 :mod:`.instances` (``instances``), :mod:`.deliveries` (``deliveries``, ``dlq``),
 :mod:`.mappings` (``mappings``), :mod:`.bridges` (``bridges``), :mod:`.ops` (``backup``,
-``stats``, ``tail``, ``doctor``, ``prune``, ``admin-token``), :mod:`.plugins` (``plugins``) and
-:mod:`.health` (``health``).
+``stats``, ``tail``, ``doctor``, ``prune``, ``admin-token``, ``move``), :mod:`.plugins`
+(``plugins``) and :mod:`.health` (``health``).
 
 Exit codes: 0 success, 1 failure, 2 bad input.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -31,7 +30,8 @@ from ..config import Settings, load_settings
 from ..errors import ConfigError, IngressBoxError, InvalidInput, ManifestError
 from ..plugins import load_registry
 from ..store import Database, dbfile
-from ..store.postgres import redacted
+from ..store.postgres import PgDatabase, redacted
+from ..store.sql import DATABASE_ERRORS
 from ..web.auth import ensure_admin_token
 from ..web.dashboard import PREFIX as DASHBOARD
 from ..web.server import server_config
@@ -74,7 +74,7 @@ class _Group(click.Group):
             raise BadInput(str(exc)) from exc
         except IngressBoxError as exc:
             raise Failed(str(exc)) from exc
-        except sqlite3.Error as exc:  # e.g. a page found damaged in the middle of a read
+        except DATABASE_ERRORS as exc:  # e.g. a page found damaged in the middle of a read
             raise Failed(f"database error: {exc}") from exc
         except OSError as exc:  # a missing folder, a read-only file system, ...
             raise Failed(str(exc)) from exc
@@ -90,7 +90,8 @@ def _configure_logging(settings: Settings) -> None:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="ingress-box")
 def main() -> None:
-    """A durable, idempotent inbound-webhook appliance: one process, one SQLite file."""
+    """A durable, idempotent inbound-webhook appliance: one process and one SQLite file, or
+    any number of processes on one PostgreSQL database."""
 
 
 @main.command()
@@ -137,8 +138,9 @@ def _print_start(settings: Settings) -> None:
 
 
 def _check_sound(db: Database) -> None:
-    """Refuse a damaged file at start: it would fail every write and fill the log."""
-    if db.dialect != "sqlite":  # PostgreSQL checks its own pages
+    """Refuse a damaged file at start: it would fail every write and fill the log. (A
+    PostgreSQL server keeps its own pages sound: nothing to check here.)"""
+    if isinstance(db, PgDatabase):
         return
     found = dbfile.quick_check(db, START_CHECK_SECONDS)
     if found is None:
@@ -200,5 +202,6 @@ main.add_command(cli_ops.tail_command)
 main.add_command(cli_ops.doctor_command)
 main.add_command(cli_ops.prune_command)
 main.add_command(cli_ops.admin_token_group)
+main.add_command(cli_ops.move_command)
 main.add_command(cli_plugins.plugins_group)
 main.add_command(cli_health.health_command)
