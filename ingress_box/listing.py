@@ -67,7 +67,8 @@ def filters_of(query: Mapping[str, str | None]) -> Filters:
     search = given("q")
     if search is not None and len(search) > MAX_SEARCH_CHARS:
         raise InvalidInput(f"q must be at most {MAX_SEARCH_CHARS} characters")
-    if search is not None and "\x00" in search:  # FTS5 reads a NUL as the end of the query
+    # FTS5 reads a NUL as the end of the query; PostgreSQL text cannot hold one.
+    if search is not None and "\x00" in search:
         raise InvalidInput("q must not contain a NUL character")
     since, until = given("since"), given("until")
     return Filters(

@@ -216,6 +216,18 @@ def test_a_text_body_holding_a_nul_is_kept_and_the_others_still_indexed(
     assert scalar(box.db, "SELECT count(*) FROM deliveries WHERE searchable = 1") == 0
 
 
+def test_a_body_of_too_many_words_for_one_index_entry_is_indexed_with_its_batch(
+    client: TestClient, admin_headers: Headers, box: Box
+) -> None:
+    """Two megabytes of distinct words (past PostgreSQL's 1 MB tsvector) never stop the
+    indexer: the big body is found by its first words, and the body beside it too."""
+    words = " ".join(f"w{n:07d}" for n in range(250_000))
+    big = add(box.db, 1, ("capybara " + words).encode())
+    small = add(box.db, 2, b'{"word": "capybara"}')
+    assert indexed(box.db) == 2
+    assert search(client, admin_headers, "capybara") == [small, big]
+
+
 HOSTILE = [
     '"',
     '""',

@@ -16,15 +16,17 @@ from waiting import eventually
 
 from ingress_box.config import DatabaseUrl
 from ingress_box.errors import StorageUnavailable
-from ingress_box.store import Database, open_database, outbox
+from ingress_box.store import Database, activity, open_database, outbox
 from ingress_box.store import dead_letters as dlq
 from ingress_box.store import deliveries as d
 from ingress_box.store.acceptor import Acceptor
 from ingress_box.store.dead_letters import Selection
-from ingress_box.store.instances import version
+from ingress_box.store.instances import version, without_public_url_in
 from ingress_box.store.sql import INTEGRITY_ERRORS, Conn
 
 pytestmark = pytest.mark.both_stores
+
+URL = '{"public_url": "https://hooks.example.com"}'
 
 
 @pytest.fixture
@@ -326,3 +328,38 @@ def test_an_accept_checked_against_old_configuration_is_refused(db: Database) ->
     assert asyncio.run(accept("stale-" + current)) == (None, current)
     assert scalar(db, "SELECT count(*) FROM deliveries") == 0
     assert asyncio.run(accept(current)) == (True, current)
+
+
+def test_the_last_hours_flows_count_a_delivery_in_the_minute_it_came(db: Database) -> None:
+    """A delivery 59.7 s into the window's first minute counts in that minute, not the next
+    (a minute is cut down, never rounded)."""
+    now = 10_000.0
+    accept(db, new("early", at=now - 3600 + 59.7))
+    accept(db, new("late", at=now - 0.2))
+
+    async def read() -> activity.Activity:
+        await db.aopen()
+        try:
+            return await activity.aactivity(db, now)
+        finally:
+            await db.aclose()
+
+    flows = asyncio.run(read())
+    assert (flows.received[0], flows.received[1], flows.received[-1]) == (1, 0, 1)
+    assert flows.pending == 2
+
+
+def test_instances_without_a_public_url_are_named(db: Database) -> None:
+    """The doctor's check reads the config's public_url on either engine: empty or missing is
+    named, set is not, and other plugins are not looked at."""
+    rows = [("bare", "{}"), ("blank", '{"public_url": ""}'), ("set", URL)]
+    db.write(
+        lambda conn: conn.executemany(
+            "INSERT INTO instances (plugin_id, instance_id, secret, outbound_secret, "
+            "config, created_at, updated_at) VALUES ('twilio', ?, 's', 'o', ?, 1, 1)",
+            rows,
+        )
+    )
+    found = db.write(lambda conn: without_public_url_in(conn, ["twilio", "meta"]))
+    assert found == ["twilio/bare", "twilio/blank"]
+    assert db.write(lambda conn: without_public_url_in(conn, ["meta"])) == []

@@ -324,7 +324,9 @@ def phrase(text: str) -> str:
 
 # The rows of the full-text index that hold the phrase: a subquery the listing filters on.
 # PostgreSQL's phraseto_tsquery takes the text as it is (it has no syntax to escape): its
-# words, lower-cased, each followed by the next.
+# words, lower-cased, each followed by the next. Its parser cuts words a little differently
+# from FTS5's: it keeps diacritics ("u" does not find "ü"), and an email, a URL or a decimal
+# number is one word ("1.5" is found by "1.5", not by "1").
 _MATCHING = {
     "sqlite": "d.seq IN (SELECT rowid FROM deliveries_search WHERE deliveries_search MATCH ?)",
     "postgresql": "d.seq IN (SELECT seq FROM deliveries_search "

@@ -28,10 +28,12 @@ _INDEX = {
 INSERT INTO deliveries_search (rowid, body)
 SELECT seq, CAST(body AS TEXT) FROM deliveries WHERE seq IN ({seqs}) AND body IS NOT NULL
 """,
-    # PostgreSQL text cannot hold a NUL: a body with one stays out of the index.
+    # PostgreSQL text cannot hold a NUL: a body with one stays out of the index. A tsvector
+    # holds at most 1 MB, which a large body of distinct words can pass (and one failing body
+    # would stop its whole batch): the words of the first 100,000 characters are indexed.
     "postgresql": """
 INSERT INTO deliveries_search (seq, words)
-SELECT seq, to_tsvector('simple', convert_from(body, 'UTF8')) FROM deliveries
+SELECT seq, to_tsvector('simple', left(convert_from(body, 'UTF8'), 100000)) FROM deliveries
 WHERE seq IN ({seqs}) AND body IS NOT NULL AND position('\\x00'::bytea IN body) = 0
 """,
 }
