@@ -26,6 +26,8 @@ from ingress_box.store import instances as store_instances
 from ingress_box.store import mappings as store_mappings
 from ingress_box.web.box import Box
 
+pytestmark = pytest.mark.both_stores
+
 Headers = dict[str, str]
 API_KEY = "waha-api-key-0123456789"
 API_TOKEN = "chatwoot-api-token-0123456789"

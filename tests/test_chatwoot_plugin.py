@@ -23,6 +23,8 @@ from ingress_box.errors import ManifestError
 from ingress_box.plugins import parse_manifest
 from ingress_box.web.box import Box
 
+pytestmark = pytest.mark.both_stores
+
 URL = "/ingress/chatwoot/main/events"
 EVENT = {
     "event": "message_created",

@@ -41,6 +41,8 @@ from ingress_box.extract import (
 )
 from ingress_box.plugins import Route, parse_manifest
 
+pytestmark = pytest.mark.both_stores
+
 SECRET = "gateway-webhook-secret"
 CHAT = "628111"
 FAST = 0.01  # the doubles' retry delays, scaled down

@@ -1,10 +1,11 @@
 """Every built-in provider through the real app, signed the way that provider signs.
 
-Each request goes over HTTP to ``create_app`` (lifespan running, a real SQLite file), against an
-instance created through ``POST /admin/instances``, signed by ``signers.py`` (the providers' own
-libraries where they exist, else their documented recipe checked against the library or the
-documented example; svix signs its own test here). What is asserted is what the provider sees
-(status, content type, body) and what lands in the ``deliveries`` table.
+Each request goes over HTTP to ``create_app`` (lifespan running, a real SQLite file or a
+PostgreSQL schema), against an instance created through ``POST /admin/instances``, signed by
+``signers.py`` (the providers' own libraries where they exist, else their documented recipe
+checked against the library or the documented example; svix signs its own test here). What is
+asserted is what the provider sees (status, content type, body) and what lands in the
+``deliveries`` table.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ from starlette.testclient import TestClient
 from twilio.request_validator import RequestValidator
 
 from ingress_box.app import create_app
-from ingress_box.config import load_settings
+from ingress_box.config import DatabaseUrl, load_settings
+from ingress_box.store.postgres import connect as pg_connect
+
+pytestmark = pytest.mark.both_stores
 
 TEST_SERVER = "http://testserver"  # the base URL Starlette's TestClient calls
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -264,7 +268,7 @@ class Harness:
 
     client: TestClient
     clock: Clock
-    db_path: Path
+    store: Path | DatabaseUrl
     created: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, p: Provider, **fields: Any) -> dict[str, Any]:
@@ -310,33 +314,41 @@ class Harness:
         reply: Reply = self.client.post(target, content=body, headers=sent)
         return reply
 
-    def rows(self) -> list[sqlite3.Row]:
-        """The deliveries table, read from the file by a connection of our own."""
-        with contextlib.closing(sqlite3.connect(self.db_path)) as conn:
-            conn.row_factory = sqlite3.Row
-            return conn.execute("SELECT * FROM deliveries ORDER BY seq").fetchall()
+    def rows(self) -> list[Any]:
+        """The deliveries table, read from the store by a connection of our own."""
+        sql = "SELECT * FROM deliveries ORDER BY seq"
+        if isinstance(self.store, Path):
+            with contextlib.closing(sqlite3.connect(self.store)) as conn:
+                conn.row_factory = sqlite3.Row
+                return conn.execute(sql).fetchall()
+        pg = pg_connect(self.store)
+        try:
+            return list(pg.execute(sql).fetchall())
+        finally:
+            pg.close()
 
 
 OpenBox = Callable[..., Harness]
 
 
 @pytest.fixture
-def open_box(tmp_path: Path, clock: Clock) -> Iterator[OpenBox]:
-    """``open_box(environ=None, **settings)``: the app on a fresh database file, lifespan on."""
-    opened = 0
+def open_box(store: Path | DatabaseUrl, clock: Clock) -> Iterator[OpenBox]:
+    """``open_box(environ=None, **settings)``: the app on the test's (fresh) store, lifespan on;
+    once per test."""
+    opened = False
     with contextlib.ExitStack() as stack:
 
         def open_(environ: Mapping[str, str] | None = None, **overrides: Any) -> Harness:
             nonlocal opened
-            opened += 1
-            db_path = tmp_path / f"box-{opened}.db"
+            assert not opened, "one box per test: its store is fresh only once"
+            opened = True
             settings = load_settings(
-                environ or {}, db_path=db_path, admin_token=ADMIN_TOKEN, **overrides
+                environ or {}, db_path=store, admin_token=ADMIN_TOKEN, **overrides
             )
             client = stack.enter_context(
                 TestClient(create_app(settings, clock=clock, run_worker=False))
             )
-            return Harness(client, clock, db_path)
+            return Harness(client, clock, store)
 
         yield open_
 
