@@ -16,7 +16,7 @@ from .store import Database, dbfile
 from .store import instances as store_instances
 from .store.activity import stuck_heads_in
 from .store.backlog import backlog_in
-from .store.postgres import SCHEMA_VERSION, PgDatabase, schema_version
+from .store.postgres import SCHEMA_VERSION, PgDatabase, schema_version, server_version
 
 _MIB = 1024 * 1024
 
@@ -65,7 +65,7 @@ def _file_checks(db: Database, conn: Any, limits: Limits, full: bool) -> list[Ch
 
 def _database_check(conn: Any) -> Check:
     """PostgreSQL answers (the snapshot is its connection) with the schema this release knows."""
-    server = conn.execute("SHOW server_version").fetchone()[0]
+    server = server_version(conn)
     version = schema_version(conn)
     detail = f"PostgreSQL {server}, schema version {version}"
     if version != SCHEMA_VERSION:

@@ -22,11 +22,8 @@ With ``INGRESS_BOX_ALERT_URL`` set, a worker that delivers also runs an
 Wake-ups: :meth:`Worker.wake` says there is new work in the outbox (cheap, any thread). A drain
 idling in this process takes the work at once; otherwise a small kicker thread turns the wake
 into a huey task. The storage wakes this process's consumer threads as soon as a task is
-enqueued here. For tasks from other processes one idle consumer thread, not each of them,
-reads ``PRAGMA data_version`` (a counter SQLite bumps when another connection commits; no
-table is read) every 20 ms while the file changes, up to every ``POLL_SECONDS`` (100 ms) while
-it does not, and looks at the queue only when it moved; on PostgreSQL it waits on a ``LISTEN``
-for the ``NOTIFY`` each enqueue sends. A process
+enqueued here, and one idle consumer thread waits for the enqueues of other processes
+(:mod:`ingress_box.store.queue`). A process
 without a worker (the CLI after a redrive) calls :func:`wake_workers`, which only enqueues a
 drain.
 """
@@ -49,7 +46,6 @@ from typing import Any
 import httpx
 from huey import Huey, crontab
 from huey.consumer import Consumer
-from huey.storage import PostgresStorage, SqliteStorage
 
 from .alerts import Alerter
 from .attempt import Attempts
@@ -60,185 +56,15 @@ from .retry import Decision
 from .store import Database, retention
 from .store import instances as store_instances
 from .store import outbox as store_outbox
-from .store.postgres import WRITE_LOCK
+from .store.queue import POLL_MIN_SECONDS, PostgresQueue, SqliteQueue
 from .store.sql import DATABASE_ERRORS
 
 log = logging.getLogger("ingress_box.worker")
 
-# How often one idle consumer thread looks for the commits of other processes: every 20 ms
-# while the file changes (a split deployment under traffic), doubling to every 100 ms while
-# nothing commits (each look wakes a thread: ~0.2 ms of CPU on a small machine).
-POLL_SECONDS = 0.1
-POLL_MIN_SECONDS = 0.02
-WAIT_SECONDS = 1.0  # the longest an idle consumer thread waits before huey's loop goes round
 SHORT_WAIT_SECONDS = 1.0  # a retry due sooner than this is waited for in the drain itself
 MAX_CLAIM = 16  # rows one drain leases at once when there is a backlog
 MAX_UNSETTLED = MAX_CLAIM  # attempts a drain may have made whose outcomes are not committed
 IDLE_SECONDS = 1.0  # with an ingress in this process: how long an idle drain waits for it
-
-
-class _Waking:
-    """A huey storage woken at once by an enqueue from this process, and by one waiting thread
-    for the enqueues of other processes (:meth:`_poll`, per engine).
-
-    ``_generation`` counts the enqueues seen (here, or through the poll). A thread that found
-    the queue empty waits only if the count did not move since it looked, so no enqueue falls
-    between its look and its wait.
-    """
-
-    blocking = True  # dequeue() waits itself, so huey's worker loop does not sleep on top
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._changed = threading.Condition()
-        self._generation = 0
-        self._polling = False  # one waiting thread polls the file for all of them
-        self._data_version: int | None = None
-        self._interval = POLL_MIN_SECONDS
-        self._closing = False
-
-    def enqueue(self, data: bytes, priority: float | None = None) -> None:
-        super().enqueue(data, priority)  # type: ignore[misc]
-        self._bump()
-
-    def _bump(self) -> None:
-        with self._changed:
-            self._generation += 1
-            self._changed.notify_all()
-
-    def close_waits(self) -> None:
-        """Let every waiting thread return now, and wait no longer than a poll from here on
-        (huey's stop flag is checked between two dequeue calls)."""
-        with self._changed:
-            self._closing = True
-            self._changed.notify_all()
-
-    def dequeue(self) -> bytes | None:
-        seen = self._generation
-        data: bytes | None = self._take()
-        if data is not None:
-            return data
-        with self._changed:
-            if self._generation != seen:
-                return None  # an enqueue came meanwhile: look again at once
-            if self._polling or self._closing:
-                # The poller or an enqueue wakes this thread; the timeout only bounds a stop.
-                self._changed.wait(POLL_MIN_SECONDS if self._closing else WAIT_SECONDS)
-                return None
-            self._polling = True
-        try:
-            self._poll(seen)
-        finally:
-            with self._changed:
-                self._polling = False
-                self._changed.notify()  # another waiting thread takes the poll over
-        return None
-
-    def _take(self) -> bytes | None:
-        """A task from the queue, without waiting."""
-        raise NotImplementedError
-
-    def _poll(self, seen: int) -> None:
-        raise NotImplementedError
-
-
-class _Storage(_Waking, SqliteStorage):  # type: ignore[misc]
-    """huey's SQLite storage; other processes' enqueues are seen by polling the file."""
-
-    def _take(self) -> bytes | None:
-        data: bytes | None = SqliteStorage.dequeue(self)
-        return data
-
-    def _poll(self, seen: int) -> None:
-        """Wait until something is enqueued: here (a notify) or by another process (a commit
-        that moved ``data_version`` and left a task in the queue), or ``WAIT_SECONDS`` passed
-        (huey's loop looks at its stop flag between two dequeue calls)."""
-        until = time.monotonic() + WAIT_SECONDS
-        while time.monotonic() < until:
-            with self._changed:
-                if self._generation != seen or self._closing:
-                    return
-                self._changed.wait(self._interval)
-                if self._generation != seen or self._closing:
-                    return
-            # The version is read before the queue, so a commit after this read moves it again.
-            version = self.sql("pragma data_version", results=True)[0][0]
-            if version == self._data_version:
-                self._interval = min(self._interval * 2, POLL_SECONDS)
-                continue
-            self._data_version, self._interval = version, POLL_MIN_SECONDS
-            if self.sql("select 1 from task where queue = ? limit 1", (self.name,), results=True):
-                self._bump()
-                return
-
-
-class _PgStorage(_Waking, PostgresStorage):  # type: ignore[misc]
-    """huey's PostgreSQL storage; other processes' enqueues arrive as notifications
-    (``LISTEN``) on one connection, used by whichever thread polls (one at a time).
-
-    huey gives each thread a LISTEN connection of its own and leaves it to the garbage
-    collector; here there is one per storage, closed with it (:meth:`close`), so a process
-    holds two connections for its queue however many consumer threads it runs.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._listening: Any = None  # the LISTEN connection, opened by the first poll
-        self._listening_lock = threading.Lock()
-        super().__init__(*args, **kwargs)
-
-    def initialize_schema(self) -> None:
-        """huey's tables, made under the store's write lock: processes starting together would
-        otherwise race in ``CREATE TABLE IF NOT EXISTS`` (PostgreSQL refuses the second)."""
-        with self.db(commit=True, close=True) as cursor:
-            cursor.execute("select pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-            for statement in self.ddl:
-                cursor.execute(statement)
-
-    def _listen_conn(self) -> Any:
-        with self._listening_lock:
-            conn = self._listening
-            if conn is not None and (conn.closed or conn.broken):  # the server went away
-                self._close_quiet(conn)
-                conn = None
-            if conn is None:
-                conn = self._connect()
-                channel = self.channel.replace('"', '""')  # a quoted name, as huey quotes it
-                conn.execute(f'LISTEN "{channel}"')
-                self._listening = conn
-            return conn
-
-    def close(self) -> bool:
-        with self._listening_lock:
-            listening, self._listening = self._listening, None
-        if listening is not None:
-            self._close_quiet(listening)
-        closed: bool = super().close()
-        return closed
-
-    def _take(self) -> bytes | None:
-        data: bytes | None = self._dequeue()
-        return data
-
-    def _poll(self, seen: int) -> None:
-        """Wait for an enqueue here, a notification of one elsewhere, or ``WAIT_SECONDS``."""
-        listening = self._listen_conn()
-        if self._dequeue_peek():  # enqueued before the LISTEN began: not notified
-            self._bump()
-            return
-        until = time.monotonic() + WAIT_SECONDS
-        while time.monotonic() < until:
-            with self._changed:
-                if self._generation != seen or self._closing:
-                    return
-            if list(listening.notifies(timeout=POLL_SECONDS, stop_after=1)):
-                self._bump()
-                return
-
-    def _dequeue_peek(self) -> bool:
-        found = self.sql(
-            f"select 1 from {self.table_task} where queue = %s limit 1", (self.name,), results=True
-        )
-        return bool(found)
 
 
 class _QuietConsumer(Consumer):  # type: ignore[misc]
@@ -250,12 +76,12 @@ class _QuietConsumer(Consumer):  # type: ignore[misc]
 
 def make_huey(settings: Settings) -> Huey:
     if isinstance(settings.db_path, DatabaseUrl):  # huey's tables in the same database
-        return Huey("ingress-box", results=False, storage_class=_PgStorage, dsn=settings.db_path)
+        return Huey("ingress-box", results=False, storage_class=PostgresQueue, dsn=settings.db_path)
     # fsync off for huey's own connections: a lost task only delays (the outbox remembers).
     return Huey(
         "ingress-box",
         results=False,
-        storage_class=_Storage,
+        storage_class=SqliteQueue,
         filename=str(settings.db_path),
         fsync=False,
         timeout=settings.busy_timeout_seconds,

@@ -154,6 +154,10 @@ def schema_version(conn: PgConn) -> int | None:
     return int(row[0]) if row[0] is not None else None
 
 
+def server_version(conn: PgConn) -> str:
+    return str(conn.execute("SHOW server_version").fetchone()[0])
+
+
 def migrate(conn: PgConn, name: str) -> int:
     """Give an empty database the schema; refuse one from a newer release."""
     conn.execute("BEGIN")

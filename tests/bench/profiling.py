@@ -35,8 +35,9 @@ DOMINANT: list[tuple[str, str, str]] = [
     ("metrics (prometheus observers)", r"^ingress_box/metrics\.py", ""),
     (
         "huey queue (enqueue, dequeue polling, scheduler)",
-        r"^(huey/|ingress_box/worker\.py)",
-        r"^(Huey\.(dequeue|enqueue|pending_count)|_Storage\.|Scheduler\.|BaseProcess\.sleep)",
+        r"^(huey/|ingress_box/worker\.py|ingress_box/store/queue\.py)",
+        r"^(Huey\.(dequeue|enqueue|pending_count)|_Waking\.|SqliteQueue\.|PostgresQueue\.|"
+        r"Scheduler\.|BaseProcess\.sleep)",
     ),
     ("claim transaction (SQL)", r"^ingress_box/store/deliveries\.py", r"^claim\b"),
     ("outcome transaction (SQL)", r"^ingress_box/store/deliveries\.py", r"^(record_outcome|_rec)"),

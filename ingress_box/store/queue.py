@@ -1,0 +1,189 @@
+"""huey's queue in the box's own store: its SQLite storage in the same file, or its PostgreSQL
+storage in the same database, each woken at once by an enqueue from this process and, for the
+enqueues of other processes, by one waiting consumer thread (not each of them): on SQLite it
+reads ``PRAGMA data_version`` (a counter SQLite bumps when another connection commits; no table
+is read) every 20 ms while the file changes, up to every ``POLL_SECONDS`` (100 ms) while it
+does not, and looks at the queue only when it moved; on PostgreSQL it waits on a ``LISTEN``
+connection for huey's notification of an enqueue.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from huey.storage import PostgresStorage, SqliteStorage
+
+from .postgres import WRITE_LOCK
+
+# How often one idle consumer thread looks for the commits of other processes: every 20 ms
+# while the file changes (a split deployment under traffic), doubling to every 100 ms while
+# nothing commits (each look wakes a thread: ~0.2 ms of CPU on a small machine).
+POLL_SECONDS = 0.1
+POLL_MIN_SECONDS = 0.02
+WAIT_SECONDS = 1.0  # the longest an idle consumer thread waits before huey's loop goes round
+
+
+class _Waking:
+    """A huey storage woken at once by an enqueue from this process, and by one waiting thread
+    for the enqueues of other processes (:meth:`_poll`, per engine).
+
+    ``_generation`` counts the enqueues seen (here, or through the poll). A thread that found
+    the queue empty waits only if the count did not move since it looked, so no enqueue falls
+    between its look and its wait.
+    """
+
+    blocking = True  # dequeue() waits itself, so huey's worker loop does not sleep on top
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._changed = threading.Condition()
+        self._generation = 0
+        self._polling = False  # one waiting thread polls the file for all of them
+        self._data_version: int | None = None
+        self._interval = POLL_MIN_SECONDS
+        self._closing = False
+
+    def enqueue(self, data: bytes, priority: float | None = None) -> None:
+        super().enqueue(data, priority)  # type: ignore[misc]
+        self._bump()
+
+    def _bump(self) -> None:
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+
+    def close_waits(self) -> None:
+        """Let every waiting thread return now, and wait no longer than a poll from here on
+        (huey's stop flag is checked between two dequeue calls)."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+
+    def dequeue(self) -> bytes | None:
+        seen = self._generation
+        data: bytes | None = self._take()
+        if data is not None:
+            return data
+        with self._changed:
+            if self._generation != seen:
+                return None  # an enqueue came meanwhile: look again at once
+            if self._polling or self._closing:
+                # The poller or an enqueue wakes this thread; the timeout only bounds a stop.
+                self._changed.wait(POLL_MIN_SECONDS if self._closing else WAIT_SECONDS)
+                return None
+            self._polling = True
+        try:
+            self._poll(seen)
+        finally:
+            with self._changed:
+                self._polling = False
+                self._changed.notify()  # another waiting thread takes the poll over
+        return None
+
+    def _take(self) -> bytes | None:
+        """A task from the queue, without waiting."""
+        raise NotImplementedError
+
+    def _poll(self, seen: int) -> None:
+        raise NotImplementedError
+
+
+class SqliteQueue(_Waking, SqliteStorage):  # type: ignore[misc]
+    """huey's SQLite storage; other processes' enqueues are seen by polling the file."""
+
+    def _take(self) -> bytes | None:
+        data: bytes | None = SqliteStorage.dequeue(self)
+        return data
+
+    def _poll(self, seen: int) -> None:
+        """Wait until something is enqueued: here (a notify) or by another process (a commit
+        that moved ``data_version`` and left a task in the queue), or ``WAIT_SECONDS`` passed
+        (huey's loop looks at its stop flag between two dequeue calls)."""
+        until = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < until:
+            with self._changed:
+                if self._generation != seen or self._closing:
+                    return
+                self._changed.wait(self._interval)
+                if self._generation != seen or self._closing:
+                    return
+            # The version is read before the queue, so a commit after this read moves it again.
+            version = self.sql("pragma data_version", results=True)[0][0]
+            if version == self._data_version:
+                self._interval = min(self._interval * 2, POLL_SECONDS)
+                continue
+            self._data_version, self._interval = version, POLL_MIN_SECONDS
+            if self.sql("select 1 from task where queue = ? limit 1", (self.name,), results=True):
+                self._bump()
+                return
+
+
+class PostgresQueue(_Waking, PostgresStorage):  # type: ignore[misc]
+    """huey's PostgreSQL storage; other processes' enqueues arrive as notifications
+    (``LISTEN``) on one connection, used by whichever thread polls (one at a time).
+
+    huey gives each thread a LISTEN connection of its own and leaves it to the garbage
+    collector; here there is one per storage, closed with it (:meth:`close`), so a process
+    holds two connections for its queue however many consumer threads it runs.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._listening: Any = None  # the LISTEN connection, opened by the first poll
+        self._listening_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def initialize_schema(self) -> None:
+        """huey's tables, made under the store's write lock: processes starting together would
+        otherwise race in ``CREATE TABLE IF NOT EXISTS`` (PostgreSQL refuses the second)."""
+        with self.db(commit=True, close=True) as cursor:
+            cursor.execute("select pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            for statement in self.ddl:
+                cursor.execute(statement)
+
+    def _listen_conn(self) -> Any:
+        with self._listening_lock:
+            conn = self._listening
+            if conn is not None and (conn.closed or conn.broken):  # the server went away
+                self._close_quiet(conn)
+                conn = None
+            if conn is None:
+                conn = self._connect()
+                channel = self.channel.replace('"', '""')  # a quoted name, as huey quotes it
+                conn.execute(f'LISTEN "{channel}"')
+                self._listening = conn
+            return conn
+
+    def close(self) -> bool:
+        with self._listening_lock:
+            listening, self._listening = self._listening, None
+        if listening is not None:
+            self._close_quiet(listening)
+        closed: bool = super().close()
+        return closed
+
+    def _take(self) -> bytes | None:
+        data: bytes | None = self._dequeue()
+        return data
+
+    def _poll(self, seen: int) -> None:
+        """Wait for an enqueue here, a notification of one elsewhere, or ``WAIT_SECONDS``."""
+        listening = self._listen_conn()
+        if self._dequeue_peek():  # enqueued before the LISTEN began: not notified
+            self._bump()
+            return
+        until = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < until:
+            with self._changed:
+                if self._generation != seen or self._closing:
+                    return
+            if list(listening.notifies(timeout=POLL_SECONDS, stop_after=1)):
+                self._bump()
+                return
+
+    def _dequeue_peek(self) -> bool:
+        found = self.sql(
+            f"select 1 from {self.table_task} where queue = %s limit 1", (self.name,), results=True
+        )
+        return bool(found)
