@@ -47,7 +47,7 @@ def test_the_two_newcomer_commands_open_the_quick_start() -> None:
     """The quick start's first two blocks are the install-and-serve and the test command."""
     first, second = _blocks(_section("## Quick start"), "sh")[:2]
     assert _commands(first) == ["pip install . && ingress-box serve"]
-    assert _commands(second) == ["pip install '.[test]' && python -m pytest"]
+    assert _commands(second) == ["pip install '.[test]' && python -m pytest -n 2"]
 
 
 def test_a_command_that_keeps_the_terminal_ends_its_block() -> None:

@@ -31,8 +31,9 @@ CREATE TABLE instances (
     PRIMARY KEY (plugin_id, instance_id)
 );
 
--- Every change to instances bumps the version every process checks in its accept transaction,
--- and tells the processes listening that their caches are stale.
+-- Every change to instances bumps the version every process checks in its accept transaction
+-- (a request checked against an older configuration is checked again), and clears what the
+-- instance leaves behind.
 CREATE FUNCTION ingress_box_instances_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE meta SET value = (CAST(value AS BIGINT) + 1)::text WHERE key = 'instances_version';
@@ -43,7 +44,6 @@ BEGIN
         DELETE FROM instance_alerts
         WHERE plugin_id = OLD.plugin_id AND instance_id = OLD.instance_id;
     END IF;
-    PERFORM pg_notify('ingress_box_instances', '');
     RETURN NULL;
 END $$;
 CREATE TRIGGER instances_changed AFTER INSERT OR UPDATE OR DELETE ON instances
