@@ -147,7 +147,9 @@ def run_phase(
             run_wrk(wrk_args, work, box, f"{name}-w{i}", 2, f"{name}w{i}-")
         log.poll()
         runs: list[Run] = [Run() for _ in boxes]
-        cpu0 = sum(b.cpu_seconds() for b in boxes) + postgres_cpu_seconds()
+        on_postgres = store == "postgresql"
+        cpu0 = sum(b.cpu_seconds() for b in boxes)
+        cpu0 += postgres_cpu_seconds() if on_postgres else 0.0
         t0 = time.monotonic()
 
         def load(i: int) -> None:
@@ -173,7 +175,7 @@ def run_phase(
             while outbox_depth(db) > 0 and time.monotonic() < deadline:
                 time.sleep(0.2)
         cpu = sum(b.cpu_seconds() for b in boxes) - cpu0
-        cpu += postgres_cpu_seconds() if store == "postgresql" else 0.0
+        cpu += postgres_cpu_seconds() if on_postgres else 0.0
         phase.cpu_us = cpu * 1e6 / max(1, accepted)
     finally:
         for box in boxes:
