@@ -166,14 +166,23 @@ MakeDeliveries = Callable[..., list[str]]
 MakeDeadLetters = Callable[..., list[str]]
 
 
-def _new_delivery(n: int, plugin: str, instance: str, received_at: float) -> NewDelivery:
+def new_delivery(
+    n: int,
+    plugin: str = "generic",
+    instance: str = "main",
+    received_at: float = T0,
+    *,
+    conversation: str | None = None,
+    name: str = "test",
+) -> NewDelivery:
+    """The ``n``-th made-up delivery (``msg_<name>000001``, provider id ``<name>-1``)."""
     return NewDelivery(
-        id=f"msg_test{n:06d}",
+        id=f"msg_{name}{n:06d}",
         plugin_id=plugin,
         instance_id=instance,
         route="events",
-        provider_delivery_id=f"provider-{n}",
-        conversation=None,
+        provider_delivery_id=f"{name}-{n}",
+        conversation=conversation,
         method="POST",
         subpath="",
         content_type="application/json",
@@ -195,7 +204,7 @@ def make_deliveries() -> MakeDeliveries:
         instance: str = "main",
         received_at: float = T0,
     ) -> list[str]:
-        new = [_new_delivery(next(numbers), plugin, instance, received_at) for _ in range(count)]
+        new = [new_delivery(next(numbers), plugin, instance, received_at) for _ in range(count)]
 
         def op(conn: sqlite3.Connection) -> None:
             for delivery in new:

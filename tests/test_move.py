@@ -13,7 +13,7 @@ import httpx
 import postgres
 import pytest
 from clirun import ok, run
-from conftest import T0, MakeDeadLetters, MakeDeliveries
+from conftest import T0, MakeDeadLetters, MakeDeliveries, new_delivery
 from fake_target import FakeTarget
 from live import SECRET as INBOUND_SECRET
 from live import insert_instance, running_box
@@ -22,7 +22,7 @@ from waiting import eventually
 
 from ingress_box.config import DatabaseUrl, load_settings
 from ingress_box.store import Database, mappings, open_database
-from ingress_box.store.deliveries import NewDelivery, accept
+from ingress_box.store.deliveries import accept
 from ingress_box.store.meta import ADMIN_TOKEN_KEY
 from ingress_box.store.postgres import redacted
 from ingress_box.web.auth import ensure_admin_token
@@ -38,20 +38,7 @@ def pg() -> Iterator[DatabaseUrl]:
 
 
 def _in_lane(db: Database, n: int, conversation: str | None) -> str:
-    delivery = NewDelivery(
-        id=f"msg_lane{n:04d}",
-        plugin_id="generic",
-        instance_id="main",
-        route="events",
-        provider_delivery_id=f"lane-{n}",
-        conversation=conversation,
-        method="POST",
-        subpath="",
-        content_type="application/json",
-        headers="{}",
-        body=b'{"n": %d}' % n,
-        received_at=T0 + n,
-    )
+    delivery = new_delivery(n, received_at=T0 + n, conversation=conversation, name="lane")
     db.write(lambda conn: accept(conn, delivery))
     return delivery.id
 

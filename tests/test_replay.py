@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from clirun import ok, run
-from conftest import T0, Clock, MakeDeliveries
+from conftest import T0, Clock, MakeDeliveries, new_delivery
 from fake_target import FakeTarget, Received, Reply
 from live import SECRET as INBOUND_SECRET
 from live import LiveBox, add_instance, running_box
@@ -24,7 +24,7 @@ from waiting import eventually
 
 from ingress_box.config import DatabaseUrl, Settings, load_settings
 from ingress_box.store import Database, retention
-from ingress_box.store.deliveries import NewDelivery, accept
+from ingress_box.store.deliveries import accept
 from ingress_box.store.outbox import Outcome, claim, record_outcome
 from ingress_box.store.replay import MAX_REPLAY_BATCH
 from ingress_box.web.box import Box
@@ -227,20 +227,7 @@ def test_a_delivery_whose_body_was_pruned_cannot_be_replayed(
 
 
 def add_in_lane(db: Database, n: int, conversation: str = "chat-1") -> str:
-    new = NewDelivery(
-        id=f"msg_lane{n:04d}",
-        plugin_id="generic",
-        instance_id="main",
-        route="events",
-        provider_delivery_id=f"lane-{n}",
-        conversation=conversation,
-        method="POST",
-        subpath="",
-        content_type="application/json",
-        headers="{}",
-        body=b'{"n": %d}' % n,
-        received_at=T0 + n,
-    )
+    new = new_delivery(n, received_at=T0 + n, conversation=conversation, name="lane")
     assert db.write(lambda conn: accept(conn, new))
     return new.id
 

@@ -23,55 +23,39 @@ MINUTES = 60
 # row is written when it ends, so its walk stops 300 s earlier: longer than any attempt's
 # timeout. A minute is the time since :since cut down to whole minutes: SQLite's CAST truncates,
 # PostgreSQL's rounds, so it takes floor() (the times are never before :since).
+_MINUTE = {
+    "sqlite": "CAST(({at} - :since) / 60 AS INTEGER)",
+    "postgresql": "CAST(floor(({at} - :since) / 60) AS INTEGER)",
+}
 _RECEIVED = {
-    "sqlite": """
-SELECT CAST((received_at - :since) / 60 AS INTEGER) AS minute, count(*) AS n
+    engine: f"""
+SELECT {minute.format(at="received_at")} AS minute, count(*) AS n
 FROM deliveries
 WHERE seq > coalesce((SELECT seq FROM deliveries WHERE received_at < :since
                       ORDER BY seq DESC LIMIT 1), 0)
   AND received_at >= :since
 GROUP BY minute
-""",
-    "postgresql": """
-SELECT CAST(floor((received_at - :since) / 60) AS INTEGER) AS minute, count(*) AS n
-FROM deliveries
-WHERE seq > coalesce((SELECT seq FROM deliveries WHERE received_at < :since
-                      ORDER BY seq DESC LIMIT 1), 0)
-  AND received_at >= :since
-GROUP BY minute
-""",
+"""
+    for engine, minute in _MINUTE.items()
 }
 _SETTLED = {
-    "sqlite": """
-SELECT CAST((started_at + duration_ms / 1000.0 - :since) / 60 AS INTEGER) AS minute,
-       outcome, count(*) AS n
+    engine: f"""
+SELECT {minute.format(at="started_at + duration_ms / 1000.0")} AS minute, outcome, count(*) AS n
 FROM attempts
 WHERE id > coalesce((SELECT id FROM attempts WHERE started_at < :since - 300
                      ORDER BY id DESC LIMIT 1), 0)
   AND started_at + duration_ms / 1000.0 >= :since
   AND outcome IN ('delivered', 'dead')
 GROUP BY minute, outcome
-""",
-    "postgresql": """
-SELECT CAST(floor((started_at + duration_ms / 1000.0 - :since) / 60) AS INTEGER) AS minute,
-       outcome, count(*) AS n
-FROM attempts
-WHERE id > coalesce((SELECT id FROM attempts WHERE started_at < :since - 300
-                     ORDER BY id DESC LIMIT 1), 0)
-  AND started_at + duration_ms / 1000.0 >= :since
-  AND outcome IN ('delivered', 'dead')
-GROUP BY minute, outcome
-""",
+"""
+    for engine, minute in _MINUTE.items()
 }
 _REDRIVEN = {
-    "sqlite": """
-SELECT CAST((redriven_at - :since) / 60 AS INTEGER) AS minute, count(*) AS n
+    engine: f"""
+SELECT {minute.format(at="redriven_at")} AS minute, count(*) AS n
 FROM dead_letters WHERE redriven_at >= :since GROUP BY minute
-""",
-    "postgresql": """
-SELECT CAST(floor((redriven_at - :since) / 60) AS INTEGER) AS minute, count(*) AS n
-FROM dead_letters WHERE redriven_at >= :since GROUP BY minute
-""",
+"""
+    for engine, minute in _MINUTE.items()
 }
 _PENDING = "SELECT count(*) FROM deliveries WHERE state = 'pending'"
 

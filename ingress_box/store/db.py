@@ -365,21 +365,29 @@ class Database:
             conn.execute("SAVEPOINT op")
         try:
             result = op(conn)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of an op is its caller's answer
             self._note_damage(exc)
-            if not conn.in_transaction:  # SQLite rolled the whole transaction back (e.g. disk full)
-                raise sqlite3.OperationalError(str(exc)) from exc
+            self._check_transaction(conn, exc)
             if isolate:
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
             else:
                 conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError):
+            if isinstance(exc, self._unavailable_errors()):
                 return None, _unavailable(exc)
             return None, exc
         if isolate:
             conn.execute("RELEASE op")
         return result, None
+
+    def _check_transaction(self, conn: Any, exc: Exception) -> None:
+        """Raise when ``exc`` took the whole transaction with it, not only its op."""
+        if not conn.in_transaction:  # SQLite rolled it all back (e.g. disk full)
+            raise sqlite3.OperationalError(str(exc)) from exc
+
+    def _unavailable_errors(self) -> tuple[type[Exception], ...]:
+        """The errors that say the database cannot take the op now (not what the op did)."""
+        return (sqlite3.OperationalError,)
 
     # -- reads -----------------------------------------------------------------------------
 

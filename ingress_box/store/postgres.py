@@ -309,27 +309,12 @@ class PgDatabase(Database):
         conn.raw = fresh.raw
         self._limit_lock_wait(conn)
 
-    def _run_op(self, conn: Any, op: Any, isolate: bool) -> tuple[Any, BaseException | None]:
-        """Run ``op``; if it fails, undo it (its savepoint, or the whole transaction when it
-        runs alone) and return its error instead of its result."""
-        if isolate:
-            conn.execute("SAVEPOINT op")
-        try:
-            result = op(conn)
-        except Exception as exc:
-            if conn.raw.broken:
-                raise
-            if isolate:
-                conn.execute("ROLLBACK TO SAVEPOINT op")
-                conn.execute("RELEASE SAVEPOINT op")
-            else:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, psycopg.OperationalError):
-                return None, _unavailable(exc)
-            return None, exc
-        if isolate:
-            conn.execute("RELEASE SAVEPOINT op")
-        return result, None
+    def _check_transaction(self, conn: Any, exc: Exception) -> None:
+        if conn.raw.broken:  # the connection is gone, and the transaction with it
+            raise exc
+
+    def _unavailable_errors(self) -> tuple[type[Exception], ...]:
+        return (psycopg.OperationalError,)
 
     # -- reads -----------------------------------------------------------------------------
 
