@@ -84,7 +84,7 @@ def write_locked(db: Database) -> Iterator[None]:
     with outside(db) as conn:
         if isinstance(db, PgDatabase):
             conn.execute("BEGIN")
-            conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+            conn.execute(WRITE_LOCK)
         else:
             conn.execute("BEGIN IMMEDIATE")
         try:

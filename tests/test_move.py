@@ -20,7 +20,7 @@ from live import insert_instance, running_box
 from signers import sign_generic
 from waiting import eventually
 
-from ingress_box.config import DatabaseUrl, load_settings
+from ingress_box.config import CENTURY_DAYS, DatabaseUrl, load_settings
 from ingress_box.store import Database, mappings, open_database
 from ingress_box.store.deliveries import accept
 from ingress_box.store.meta import ADMIN_TOKEN_KEY
@@ -123,8 +123,15 @@ def test_a_moved_box_delivers_every_pending_event_once_with_its_webhook_id(
     assert result["rows"]["bridges"] == result["rows"]["bridge_messages"] == 1
     assert result["rows"]["bridge_aliases"] == result["rows"]["bridge_openings"] == 1
 
+    # The rows are from T0 (2023): kept for ever, so the hourly prune (at minute 7) keeps them.
+    keep = {f"{kind}_retention_days": CENTURY_DAYS for kind in ("dedup", "payload", "dlq")}
     settings = load_settings(
-        {}, db_path=pg, admin_token="t" * 16, retry_base_seconds=0.05, retry_max_seconds=0.2
+        {},
+        db_path=pg,
+        admin_token="t" * 16,
+        retry_base_seconds=0.05,
+        retry_max_seconds=0.2,
+        **keep,
     )
     with running_box(settings) as live:
         got = target.wait_for(len(pending))

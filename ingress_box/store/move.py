@@ -196,7 +196,7 @@ def move(source: Database, url: str, progress: Callable[[int, int], None] | None
             target.execute("BEGIN")
             try:
                 # As a writer: no serve or worker on the database writes while it fills.
-                target.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+                target.execute(WRITE_LOCK)
                 _refuse_unless_empty(target, name)
                 rows = {table: _copy(conn, target, table, report) for table in TABLES}
                 for table, column in IDENTITIES.items():

@@ -49,8 +49,10 @@ log = logging.getLogger(__name__)
 # The version an empty database gets from postgres_schema.sql; later migrations are numbered
 # after it, as for SQLite (store/migrations.py), each with its PostgreSQL text.
 SCHEMA_VERSION = 7
-# pg_advisory_xact_lock's key for "this transaction writes": any 64-bit number of our own.
-WRITE_LOCK = 0x1B0C_0001
+# "This transaction writes": a transaction-level advisory lock keyed by a number of our own and
+# the schema the box lives in, so two boxes in two schemas of one database (or two test runs)
+# never wait for each other.
+WRITE_LOCK = "SELECT pg_advisory_xact_lock(463208449, hashtext(current_schema()))"
 
 _PARAM = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(?<!:):([A-Za-z_]\w*)|\?|%")
 
@@ -162,7 +164,7 @@ def migrate(conn: PgConn, name: str) -> int:
     """Give an empty database the schema; refuse one from a newer release."""
     conn.execute("BEGIN")
     try:
-        conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+        conn.execute(WRITE_LOCK)
         version = schema_version(conn)  # under the lock: another process may have made it
         if version is None:
             conn.raw.execute(schema_sql())  # as written: no parameters to translate
@@ -271,7 +273,7 @@ class PgDatabase(Database):
         # A lone op needs no savepoint: if it fails, rolling back the transaction undoes it.
         isolate = len(batch.items) > 1
         try:
-            conn.raw.execute(f"{begin}SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+            conn.raw.execute(f"{begin}{WRITE_LOCK}")
             for future, op, _, _, _ in batch.items:
                 if not future.set_running_or_notify_cancel():
                     continue

@@ -138,7 +138,7 @@ class PostgresQueue(_Waking, PostgresStorage):  # type: ignore[misc]
         """huey's tables, made under the store's write lock: processes starting together would
         otherwise race in ``CREATE TABLE IF NOT EXISTS`` (PostgreSQL refuses the second)."""
         with self.db(commit=True, close=True) as cursor:
-            cursor.execute("select pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            cursor.execute(WRITE_LOCK)
             for statement in self.ddl:
                 cursor.execute(statement)
 
