@@ -162,11 +162,15 @@ class Database:
         except BaseException:
             conn.close()
             raise
+        self._start_writer(conn)
+        return self
+
+    def _start_writer(self, conn: Any) -> None:
+        """The writer thread, taking batches on ``conn`` until :meth:`close`."""
         self._writer = threading.Thread(
             target=self._run, args=(conn,), name="ingress-box-writer", daemon=True
         )
         self._writer.start()
-        return self
 
     def _check_readable(self) -> None:
         """The file is one of ours, of a version this program knows; nothing is changed."""

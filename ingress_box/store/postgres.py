@@ -26,7 +26,6 @@ import asyncio
 import functools
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
@@ -224,10 +223,7 @@ class PgDatabase(Database):
         except BaseException:
             conn.close()
             raise
-        self._writer = threading.Thread(
-            target=self._run, args=(conn,), name="ingress-box-writer", daemon=True
-        )
-        self._writer.start()
+        self._start_writer(conn)
         return self
 
     def _limit_lock_wait(self, conn: PgConn) -> None:
