@@ -71,8 +71,12 @@ class DatabaseUrl(str):
     SCHEMES = ("postgresql://", "postgres://")
 
     @classmethod
+    def matches(cls, text: str) -> bool:
+        return text.startswith(cls.SCHEMES)
+
+    @classmethod
     def parse(cls, text: str) -> Path | DatabaseUrl:
-        return cls(text) if text.startswith(cls.SCHEMES) else Path(text)
+        return cls(text) if cls.matches(text) else Path(text)
 
 
 @dataclass(frozen=True)

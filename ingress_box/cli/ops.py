@@ -17,11 +17,10 @@ from typing import Any
 import click
 
 from .. import backup, doctor
-from ..config import env_name, load_settings
+from ..config import DatabaseUrl, env_name, load_settings
 from ..errors import NotFound
 from ..plugins import load_registry
 from ..store import move, retention, stats, tail
-from ..store.sql import is_postgres_url
 from ..web.auth import reset_admin_token
 from .common import (
     BadInput,
@@ -308,7 +307,7 @@ def move_command(url: str, show_progress: bool | None, db_path: Path | None, as_
     settings = load_settings(db_path=db_path)
     if not isinstance(settings.db_path, Path):
         raise BadInput("--db is already a PostgreSQL database: move copies a SQLite file")
-    if not is_postgres_url(url):
+    if not DatabaseUrl.matches(url):
         raise BadInput("--to must be a postgresql:// URL")
     with reading(settings) as db, Progress("moving", show_progress) as bar:
         moved = move.move(db, url, bar.report)

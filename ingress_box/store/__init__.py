@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import DatabaseUrl
 from .db import Database
 
 
@@ -16,7 +17,7 @@ def open_database(
     readonly: bool = False,
 ) -> Database:
     """The store at ``location`` (a SQLite file, or a ``postgresql://`` URL), not yet opened."""
-    if isinstance(location, str) and location.startswith(("postgresql://", "postgres://")):
+    if isinstance(location, str) and DatabaseUrl.matches(location):
         from .postgres import PgDatabase  # psycopg is imported only by boxes that use it
 
         return PgDatabase(location, busy_timeout=busy_timeout, readonly=readonly)

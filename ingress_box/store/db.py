@@ -294,27 +294,33 @@ class Database:
             batch.items = self._begin(conn, batch.items)
         except sqlite3.Error as exc:  # disk I/O error, a damaged file, ...
             self._note_damage(exc)
-            for future, _, _, _, _ in batch.items:
-                _settle(future, None, _unavailable(exc))
+            _fail_all(batch, exc)
             return
         if not batch.items:  # every op's deadline passed while the file stayed locked
             return
-        # A lone op needs no savepoint: if it fails, rolling back the transaction undoes it.
-        isolate = len(batch.items) > 1
         try:
-            for future, op, _, _, _ in batch.items:
-                if not future.set_running_or_notify_cancel():
-                    continue
-                batch.outcomes.append((future, *self._run_op(conn, op, isolate)))
-            if conn.in_transaction:  # not when a lone op failed and was rolled back
-                conn.execute("COMMIT")
+            self._run_batch(conn, batch)
         except sqlite3.Error as exc:  # the transaction itself failed: nothing of it holds
             self._note_damage(exc)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for future, _, _, _, _ in batch.items:  # none is settled before the commit
-                _settle(future, None, _unavailable(exc))
+            _fail_all(batch, exc)
             return
+        self._committed(batch)
+
+    def _run_batch(self, conn: Any, batch: _Batch) -> None:
+        """Run the ops of ``batch`` in the transaction open on ``conn``, and commit it."""
+        # A lone op needs no savepoint: if it fails, rolling back the transaction undoes it.
+        isolate = len(batch.items) > 1
+        for future, op, _, _, _ in batch.items:
+            if not future.set_running_or_notify_cancel():
+                continue
+            batch.outcomes.append((future, *self._run_op(conn, op, isolate)))
+        if conn.in_transaction:  # not when a lone op failed and was rolled back
+            conn.execute("COMMIT")
+
+    def _committed(self, batch: _Batch) -> None:
+        """Tell each op's caller its result, then the observers the batch's size."""
         for future, result, error in batch.outcomes:
             _settle(future, result, error)
         for callback in self.on_commit:
@@ -330,11 +336,7 @@ class Database:
         locked: sqlite3.Error | None = self._locked
         while True:
             now = time.monotonic()
-            for future, _, _, deadline, _ in items:
-                if deadline <= now:
-                    why = locked or "waited past the busy timeout for the writer"
-                    _settle(future, None, _unavailable(why))
-            items = [item for item in items if item[3] > now]
+            items = _unexpired(items, now, locked or WAITED)
             if not items:
                 return items
             wait = min(item[3] for item in items) - now
@@ -429,6 +431,23 @@ class Database:
     async def aread_one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
         rows = await self.aread(sql, params)
         return rows[0] if rows else None
+
+
+WAITED = "waited past the busy timeout for the writer"
+
+
+def _unexpired(items: list[_Item], now: float, why: BaseException | str) -> list[_Item]:
+    """The ops whose deadline has not passed; the others fail (``why``)."""
+    for future, _, _, deadline, _ in items:
+        if deadline <= now:
+            _settle(future, None, _unavailable(why))
+    return [item for item in items if item[3] > now]
+
+
+def _fail_all(batch: _Batch, exc: BaseException) -> None:
+    """Every op of a batch whose transaction did not commit fails (none was settled yet)."""
+    for future, _, _, _, _ in batch.items:
+        _settle(future, None, _unavailable(exc))
 
 
 def _settle(

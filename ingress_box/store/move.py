@@ -26,7 +26,8 @@ from typing import Any
 from ..errors import InvalidInput
 from . import dbfile
 from .db import Database
-from .postgres import WRITE_LOCK, PgConn, connect, migrate, redacted
+from .outbox import LANE_JOIN
+from .postgres import WRITE_LOCK, PgConn, connect, migrate, redacted, tables
 
 BATCH_ROWS = 1000
 
@@ -148,10 +149,7 @@ def _count(conn: Any, table: str) -> int:
 
 
 def _refuse_unless_empty(conn: PgConn, name: str) -> None:
-    for row in conn.execute(
-        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename"
-    ).fetchall():
-        table = row[0]
+    for table in list(tables(conn)):
         if _count(conn, table) > _SCHEMA_ROWS.get(table, 0):
             raise InvalidInput(
                 f"{name} is not empty (table {table} has rows): move needs an empty database"
@@ -160,7 +158,7 @@ def _refuse_unless_empty(conn: PgConn, name: str) -> None:
 
 def _lane(lane: str | None) -> str | None:
     """A lane as outbox.LANE_SQL joins it on PostgreSQL."""
-    return None if lane is None else lane.replace("\0", "\x1f")
+    return None if lane is None else lane.replace(LANE_JOIN["sqlite"], LANE_JOIN["postgresql"])
 
 
 def _copy(source: Any, target: PgConn, table: str, report: Callable[[int], None]) -> int:

@@ -41,14 +41,14 @@ LANE_SQL = {
     "postgresql": "CASE WHEN conversation IS NULL THEN NULL "
     "ELSE plugin_id || chr(31) || instance_id || chr(31) || conversation END",
 }
-_LANE_JOIN = {"sqlite": "\0", "postgresql": "\x1f"}
+LANE_JOIN = {"sqlite": "\0", "postgresql": "\x1f"}
 
 
 def lane_of(event: Event, engine: Dialect = "sqlite") -> str | None:
     """The lane of ``event``'s row, as LANE_SQL computes it."""
     if event.conversation is None:
         return None
-    return _LANE_JOIN[engine].join((event.plugin, event.instance, event.conversation))
+    return LANE_JOIN[engine].join((event.plugin, event.instance, event.conversation))
 
 
 # -- the worker's claims and outcomes --------------------------------------------------------

@@ -30,10 +30,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ..errors import SchemaTooNew, StorageUnavailable
-from .db import LINGER_SECONDS, Database, _Batch, _settle, _unavailable
+from .db import LINGER_SECONDS, WAITED, Database, _Batch, _fail_all, _unavailable, _unexpired
 from .sql import Dialect, Params
 
 try:  # the PostgreSQL extra: pip install 'ingress-box[postgresql]'
@@ -42,7 +42,6 @@ try:  # the PostgreSQL extra: pip install 'ingress-box[postgresql]'
 except ImportError:  # pragma: no cover - only a box without the extra
     psycopg = None  # type: ignore[assignment]
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 # The version an empty database gets from postgres_schema.sql; later migrations are numbered
@@ -257,38 +256,22 @@ class PgDatabase(Database):
     # -- writes ----------------------------------------------------------------------------
 
     def _commit(self, conn: Any, batch: _Batch) -> None:
-        now = time.monotonic()
-        for future, _, _, deadline, _ in batch.items:
-            if deadline <= now:
-                _settle(future, None, _unavailable("waited past the busy timeout for the writer"))
-        batch.items = [item for item in batch.items if item[3] > now]
+        # The lock's wait is bounded by lock_timeout: ops that waited in the queue past their
+        # deadline fail before the transaction begins.
+        batch.items = _unexpired(batch.items, time.monotonic(), WAITED)
         if not batch.items:
             return
         # One round trip opens the transaction and takes the write lock.
         begin = "BEGIN; SET LOCAL synchronous_commit = off; " if not batch.durable else "BEGIN; "
-        # A lone op needs no savepoint: if it fails, rolling back the transaction undoes it.
-        isolate = len(batch.items) > 1
         try:
             conn.raw.execute(f"{begin}{WRITE_LOCK}")
-            for future, op, _, _, _ in batch.items:
-                if not future.set_running_or_notify_cancel():
-                    continue
-                batch.outcomes.append((future, *self._run_op(conn, op, isolate)))
-            if conn.in_transaction:  # not when a lone op failed and was rolled back
-                conn.execute("COMMIT")
+            self._run_batch(conn, batch)
         except psycopg.Error as exc:  # the transaction failed: nothing of it holds
             log.warning("PostgreSQL write failed: %s", exc)
-            for future, _, _, _, _ in batch.items:  # none is settled before the commit
-                _settle(future, None, _unavailable(exc))
+            _fail_all(batch, exc)
             self._recover(conn)
             return
-        for future, result, error in batch.outcomes:
-            _settle(future, result, error)
-        for callback in self.on_commit:
-            try:
-                callback(len(batch.outcomes))
-            except Exception:  # an observer must never stop the writer
-                log.exception("on_commit callback failed")
+        self._committed(batch)
 
     def _recover(self, conn: PgConn) -> None:
         """After a failed transaction: roll back, or reconnect when the connection is gone."""

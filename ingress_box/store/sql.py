@@ -20,7 +20,6 @@ from typing import Any, Literal, Protocol
 
 Params = Sequence[Any] | dict[str, Any]
 Dialect = Literal["sqlite", "postgresql"]
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 class Row(Protocol):
@@ -53,10 +52,6 @@ def dialect(conn: Any) -> Dialect:
     """Which engine ``conn`` (a connection, or a Database) speaks."""
     found: Dialect = getattr(conn, "dialect", "sqlite")
     return found
-
-
-def is_postgres_url(text: str) -> bool:
-    return text.startswith(POSTGRES_SCHEMES)
 
 
 def _integrity_errors() -> tuple[type[Exception], ...]:

@@ -7,16 +7,12 @@ The backlog's figures are :mod:`ingress_box.store.backlog`'s, the ones the dashb
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import dbfile, postgres
+from . import dbfile
 from .backlog import Backlog, backlog_in
 from .db import Database
-from .postgres import PgDatabase
-from .sql import Conn
 
 HOUR = 3600.0
 DAY = 86_400.0
@@ -74,23 +70,8 @@ class Stats:
         }
 
 
-@contextlib.contextmanager
-def _snapshot(db: Database) -> Iterator[Conn]:
-    """One read transaction, so every figure is of the same moment."""
-    if not isinstance(db, PgDatabase):
-        with dbfile.snapshot(db) as lite:
-            yield lite
-        return
-    conn = postgres.connect(db.url, readonly=True)
-    try:
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        yield conn
-    finally:
-        conn.close()
-
-
 def stats(db: Database, now: float) -> Stats:
-    with _snapshot(db) as conn:
+    with dbfile.snapshot(db) as conn:
         states = {r[0]: r[1] for r in conn.execute(_STATES)}
         hour, day = conn.execute(_RECEIVED, (now - HOUR, now - DAY)).fetchone()
         attempts = {r[0]: r[1] for r in conn.execute(_ATTEMPTS, (now - HOUR,))}
