@@ -346,15 +346,20 @@ class Worker:
         """Idle until rows are handed over or the outbox has more (False: end the drain)."""
         if self.idle_seconds <= 0:
             return False
+        deadline = time.monotonic() + self.idle_seconds
         with self._idle:
-            if not (self._handed or self._more):
+            # Woken, it may find the work gone to a drain that finished an attempt meanwhile:
+            # it waits on. Ending early made the next webhook start a drain through huey's
+            # queue (a write, a poll, a claim that found nothing): 80 of them in 5 s at 320/s.
+            while not (self._handed or self._more or self._stopping.is_set()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
                 self._idling += 1
                 try:
-                    self._idle.wait(self.idle_seconds)
+                    self._idle.wait(left)
                 finally:
                     self._idling -= 1
-            # Whatever woke it (or not: a notify can meet a wait that just timed out), the
-            # state decides: work that arrived stays with this drain.
             return bool(self._handed or self._more) and not self._stopping.is_set()
 
     def _deliver_claimed(self, rows: list[store_outbox.Claimed]) -> None:

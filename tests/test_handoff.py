@@ -229,3 +229,43 @@ def test_a_trickle_is_delivered_without_claim_transactions_and_lanes_keep_order(
             target.wait_for(n + 1)
         assert claims[looked:] == []  # every one was handed over by its accept
         assert [json.loads(r.body)["n"] for r in target.received] == [0, 1, 2, 3, 4]
+
+
+class _CountedWaits(threading.Condition):
+    """A Condition that counts the waits begun on it."""
+
+    waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        return super().wait(timeout)
+
+
+def test_a_drain_woken_to_find_its_work_taken_idles_on(settings: Settings) -> None:
+    # A notify whose row another drain (done with its attempt) popped first must not end the
+    # idle drain: at 320 webhooks/s that made huey start a drain again every 60 ms or so.
+    db = open_database(settings.db_path).open()
+    worker = Worker(settings, db, idle_seconds=60.0)
+    worker._idle = idle = _CountedWaits()
+    found: list[bool] = []
+    drain = threading.Thread(target=lambda: found.append(worker._wait_for_work()))
+    try:
+        drain.start()
+        eventually(lambda: idle.waits == 1, 5, "the drain to idle")
+        with idle:
+            idle.notify()  # as take() does, but the row is gone already
+        eventually(lambda: idle.waits == 2 or found, 5, "the drain to see nothing came")
+        assert found == []  # still idling, not ended
+        with idle:
+            worker._handed.append(Claimed(1, delivery(1, None).event(), T0 + 60))
+            idle.notify()
+        drain.join(5)
+        assert found == [True]
+    finally:
+        worker._stopping.set()
+        with idle:
+            idle.notify_all()
+        drain.join(5)
+        worker.huey.storage.close()
+        worker.client.close()
+        db.close()

@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from ..config import DatabaseUrl
 from ..errors import SchemaTooNew, StorageUnavailable
 from .migrations import MIGRATIONS, Migration, latest, migrate, user_version
 from .sql import Dialect
@@ -128,6 +129,9 @@ class Database:
         readonly: bool = False,
         linger: float = LINGER_SECONDS,
     ) -> None:
+        if str(path).startswith(tuple(scheme.rstrip("/") for scheme in DatabaseUrl.SCHEMES)):
+            # Path() folds the // of a URL: a file named after it would be made in the cwd.
+            raise ValueError(f"{path} is a server's URL, not a file: open it with open_database")
         self.path = Path(path)
         self.name = str(self.path)  # what messages call the database
         self.linger = linger

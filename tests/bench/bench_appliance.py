@@ -218,6 +218,8 @@ class Row:
     busy: float = float("nan")  # the machine, all cores
     wrk: Run | None = None
     bare_us: float = float("nan")  # the bare endpoint's CPU per request at the same offered rate
+    sys_share: float = float("nan")  # of cpu_us, the part in the kernel (system time)
+    switches: float = float("nan")  # the box's threads' context switches per acked webhook
 
     def ack_p(self, p: float) -> float:
         if self.wrk is not None:
@@ -253,6 +255,7 @@ def open_phase(
     depth = Depth(db)
     depth.start()
     cpu0, ticks, t0 = box.cpu_seconds(), benchlib.cpu_ticks(), time.monotonic()
+    kernel0 = benchlib.tree_kernel(box.proc.pid)
     try:
         s = sender.send(box.url, rate, seconds, prefix, args.connections)
         t1 = time.monotonic()
@@ -262,6 +265,7 @@ def open_phase(
         acked = {d for d, code in s["status"].items() if code == 202}
         missing, drain = settle_drain(box, log, depth, acked, t1, args.drain_timeout)
         cpu_all = box.cpu_seconds() - cpu0
+        kernel = benchlib.tree_kernel(box.proc.pid)
     finally:
         depth.stop()
     sender.show_send(f"  {prefix} sender", s, rate)
@@ -280,6 +284,8 @@ def open_phase(
         repeated=log.repeated(prefix),
         acked=len(acked),
         busy=busy,
+        sys_share=(kernel[0] - kernel0[0]) / cpu_all if cpu_all else float("nan"),
+        switches=(kernel[1] - kernel0[1]) / max(1, len(acked)),
     )
 
 
@@ -444,7 +450,7 @@ def table(rows: list[Row], idle: Row) -> None:
         f"\n{'load':<20} {'achieved':>8} {'box CPU':>8} {'CPU/webhook':>11} {'x bare':>6}"
         f" {'ack p50/p99':>14}"
         f" {'e2e p50/p99':>14} {'backlog':>9} {'deliv/s':>8} {'drain':>7} {'lost/rep':>9}"
-        f" {'machine':>7}"
+        f" {'machine':>7} {'sys':>4} {'switches':>8}"
     )
     print(f"{'idle':<20} {'':>8} {idle.cores:7.3f}c {'':>11}")
     for r in rows:
@@ -455,6 +461,7 @@ def table(rows: list[Row], idle: Row) -> None:
             f"{fmt(r.cpu_us / r.bare_us, '.1f'):>6} {ack:>14} {e2e:>14} "
             f"{fmt(r.slope, '+.0f'):>7}/s {fmt(r.delivered):>8} "
             f"{fmt(r.drain, '.1f'):>5} s {r.lost:>4}/{r.repeated:<4} {r.busy:6.0%}"
+            f" {fmt(r.sys_share * 100):>3}% {fmt(r.switches, '.1f'):>8}"
         )
     print(
         "  box CPU: cores while the load ran (process and descendants); CPU/webhook: the box's\n"
@@ -463,7 +470,9 @@ def table(rows: list[Row], idle: Row) -> None:
         "  backlog: slope of the outbox depth while sending (read-only sqlite3, each second);\n"
         "  deliv/s: target receives while sending; drain: last receive - last send; lost: acked\n"
         "  (closed loop: committed) but never received; rep: received more than once;\n"
-        "  machine: all cores busy (the load generators and other work share them)"
+        "  machine: all cores busy (the load generators and other work share them);\n"
+        "  sys: the kernel's part of CPU/webhook; switches: the box's threads' context switches\n"
+        "  (slept on a lock, queue or socket, or preempted) per webhook, from /proc/<pid>/task"
     )
 
 

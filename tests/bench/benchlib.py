@@ -183,6 +183,23 @@ def tree_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def tree_kernel(pid: int) -> tuple[float, int]:
+    """(system CPU seconds, context switches) of ``pid`` and its live descendants, over all
+    their threads: the part of the CPU spent in the kernel, and how often a thread slept on a
+    lock, a queue or a socket (voluntary) or was preempted, from ``/proc/<pid>/task``."""
+    ticks = switches = 0
+    for member in tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[12])
+            for task in os.listdir(f"/proc/{member}/task"):
+                with contextlib.suppress(OSError):
+                    for line in Path(f"/proc/{member}/task/{task}/status").read_text().split("\n"):
+                        if "ctxt_switches:" in line:  # voluntary_ and nonvoluntary_
+                            switches += int(line.split()[1])
+    return ticks / os.sysconf("SC_CLK_TCK"), switches
+
+
 def tree_rss_mib(pid: int) -> float:
     """VmRSS of ``pid`` and its live descendants, in MiB (shared pages counted per process)."""
     kib = 0
