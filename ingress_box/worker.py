@@ -65,6 +65,8 @@ SHORT_WAIT_SECONDS = 1.0  # a retry due sooner than this is waited for in the dr
 MAX_CLAIM = 16  # rows one drain leases at once when there is a backlog
 MAX_UNSETTLED = MAX_CLAIM  # attempts a drain may have made whose outcomes are not committed
 IDLE_SECONDS = 1.0  # with an ingress in this process: how long an idle drain waits for it
+SWEEP = crontab()  # when huey runs the sweep: every minute
+MAINTENANCE = crontab(minute="7")  # and the maintenance: hourly, by the wall clock
 
 
 class _QuietConsumer(Consumer):  # type: ignore[misc]
@@ -150,8 +152,8 @@ class Worker:
             settings, db, self.instances, self.client, self.outbound, clock=clock, rng=self.rng
         )
         self._drain = self.huey.task(name="drain")(self.drain)
-        self.huey.periodic_task(crontab(), name="sweep")(self.sweep)
-        self.huey.periodic_task(crontab(minute="7"), name="maintenance")(self.maintenance)
+        self.huey.periodic_task(SWEEP, name="sweep")(self.sweep)
+        self.huey.periodic_task(MAINTENANCE, name="maintenance")(self.maintenance)
         self.consumer: Consumer | None = None
         self._stopping = threading.Event()
         self._kick = threading.Event()

@@ -15,6 +15,7 @@ from fake_target import FakeTarget, running_target
 from hypothesis import settings as hypothesis_settings
 from starlette.testclient import TestClient
 
+from ingress_box import worker as worker_module
 from ingress_box.app import App, create_app
 from ingress_box.config import DatabaseUrl, Settings, load_settings
 from ingress_box.store import Database, open_database
@@ -30,6 +31,15 @@ T0 = 1_700_000_000.0  # the fake clock's start: far from 0 so no "falsy timestam
 # how long one example took.
 hypothesis_settings.register_profile("box", deadline=None)
 hypothesis_settings.load_profile("box")
+
+
+@pytest.fixture(autouse=True)
+def _no_hourly_maintenance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """huey runs the workers' maintenance at minute 7 of every hour, by the wall clock, and it
+    prunes by the wall clock too: a test's rows dated T0 (2023) would go if one of its boxes
+    were up then (a CI run met it). Tests run retention themselves; subprocess boxes that load
+    old rows set long retention (test_move)."""
+    monkeypatch.setattr(worker_module, "MAINTENANCE", lambda _when: False)
 
 
 @pytest.fixture
