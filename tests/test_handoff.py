@@ -262,10 +262,6 @@ def test_a_drain_woken_to_find_its_work_taken_idles_on(settings: Settings) -> No
         drain.join(5)
         assert found == [True]
     finally:
-        worker._stopping.set()
-        with idle:
-            idle.notify_all()
+        worker.stop()  # wakes the drain if it still idles
         drain.join(5)
-        worker.huey.storage.close()
-        worker.client.close()
         db.close()

@@ -82,7 +82,7 @@ class Server:
         return "settings: ?"
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = _stat(self.proc.pid)
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self, timeout: float = 20.0) -> None:
@@ -154,13 +154,19 @@ def count(path: Path, sql: str) -> int:
         conn.close()
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (which may hold spaces):
+    [1] ppid, [11] utime, [12] stime, [13] cutime, [14] cstime, in clock ticks."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def tree(pid: int) -> list[int]:
     """``pid`` and all its live descendants (from each process's ppid in /proc)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                ppid = int(_stat(int(entry))[1])
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry))
@@ -176,7 +182,7 @@ def tree_cpu_seconds(pid: int) -> float:
     ticks = 0
     for i, member in enumerate(tree(pid)):
         with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = _stat(member)
             ticks += int(fields[11]) + int(fields[12])
             if i == 0:  # cutime + cstime: children that exited and were waited for
                 ticks += int(fields[13]) + int(fields[14])
@@ -186,15 +192,17 @@ def tree_cpu_seconds(pid: int) -> float:
 def tree_kernel(pid: int) -> tuple[float, int]:
     """(system CPU seconds, context switches) of ``pid`` and its live descendants, over all
     their threads: the part of the CPU spent in the kernel, and how often a thread slept on a
-    lock, a queue or a socket (voluntary) or was preempted, from ``/proc/<pid>/task``."""
+    lock, a queue or a socket (voluntary) or was preempted, from ``/proc/<pid>/task``. The
+    system time covers the same processes as :func:`tree_cpu_seconds` (reaped children too)."""
     ticks = switches = 0
-    for member in tree(pid):
+    for i, member in enumerate(tree(pid)):
         with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[12])
+            fields = _stat(member)
+            ticks += int(fields[12]) + (int(fields[14]) if i == 0 else 0)
             for task in os.listdir(f"/proc/{member}/task"):
                 with contextlib.suppress(OSError):
-                    for line in Path(f"/proc/{member}/task/{task}/status").read_text().split("\n"):
+                    status = Path(f"/proc/{member}/task/{task}/status").read_text()
+                    for line in status.splitlines():
                         if "ctxt_switches:" in line:  # voluntary_ and nonvoluntary_
                             switches += int(line.split()[1])
     return ticks / os.sysconf("SC_CLK_TCK"), switches
