@@ -84,6 +84,7 @@ def create_app(
             )
             if settings.run_worker:  # the accept transaction hands new rows to this worker
                 ingress.acceptor.handoff = worker
+                worker.attach_loop(asyncio.get_running_loop())  # which forwards them here
             else:  # deliveries are made by `ingress-box worker` processes: wake them
                 ingress.on_accepted.append(worker.wake)
             worker.observers.append(metrics.on_attempt)
@@ -99,6 +100,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await indexing
             if worker is not None:
+                await worker.stop_on_loop()
                 worker.stop()
             await db.aclose()
             db.close()

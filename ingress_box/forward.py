@@ -5,17 +5,18 @@ headers. 2xx is delivered; 408, 429 and 5xx are :class:`~ingress_box.errors.Retr
 target's ``Retry-After``); timeouts and connection errors too; anything else is permanent.
 Sent with the worker's lean pooled client (:mod:`ingress_box.outbound`), not httpx: a webhook
 needs no cookies, auth or redirects, and the general client cost more CPU than the rest of a
-delivery.
+delivery. :func:`forward_on_loop` is the same request awaited on serve's event loop.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import importlib.metadata
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC
 from functools import cache
 from typing import Any
@@ -126,6 +127,24 @@ def request_headers(
 
 def forward(event: Event, ctx: HandlerContext) -> None:
     """POST the raw inbound bytes to the instance's target_url, signed per Standard Webhooks."""
+    url, wire = _request(event, ctx)
+    # Without the worker's pool (a context built by hand) the connection lasts one request.
+    pool = ctx.outbound or outbound.Pool(max_idle=0)
+    with _network_errors():
+        answer = pool.post(url, wire, event.body, ctx.timeout, MAX_RESPONSE_BYTES)
+    _judge(answer, ctx)
+
+
+async def forward_on_loop(event: Event, ctx: HandlerContext, pool: outbound.LoopPool) -> None:
+    """:func:`forward` on the running event loop, through ``pool``."""
+    url, wire = _request(event, ctx)
+    with _network_errors():
+        answer = await pool.post(url, wire, event.body, ctx.timeout, MAX_RESPONSE_BYTES)
+    _judge(answer, ctx)
+
+
+def _request(event: Event, ctx: HandlerContext) -> tuple[str, list[tuple[bytes, bytes]]]:
+    """The URL and the headers as they go on the wire."""
     url = ctx.target.url
     if not url:
         raise PermanentFailure("no target_url configured")
@@ -135,16 +154,25 @@ def forward(event: Event, ctx: HandlerContext) -> None:
         (k.encode("ascii"), _wire_bytes(v) if k == "content-type" else v.encode("utf-8"))
         for k, v in headers.items()
     ]
-    # Without the worker's pool (a context built by hand) the connection lasts one request.
-    pool = ctx.outbound or outbound.Pool(max_idle=0)
+    return url, wire
+
+
+@contextlib.contextmanager
+def _network_errors() -> Iterator[None]:
+    """What the client raises, as the outcome it means."""
     try:
-        answer = pool.post(url, wire, event.body, ctx.timeout, MAX_RESPONSE_BYTES)
+        yield
     except outbound.Timeout as exc:
         raise RetryLater("timeout") from exc
     except outbound.InvalidURL as exc:
         raise PermanentFailure(f"invalid target_url: {exc}") from exc
     except outbound.ConnectionFailed as exc:
         raise RetryLater(f"connection error: {exc}") from exc
+
+
+def _judge(answer: outbound.Answer, ctx: HandlerContext) -> None:
+    """2xx is delivered; 408, 429 and 5xx are retried (after the target's Retry-After); the
+    rest is permanent."""
     status = answer.status
     ctx.answered(status, answer.body)
     if 200 <= status < 300:

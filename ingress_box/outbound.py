@@ -16,6 +16,11 @@ send failed, or the reused connection ended before any byte of the answer arrive
 RFC 9112, 9.3.1, for a connection the server closed). Deliveries are at-least-once anyway, with a
 stable ``webhook-id``; this only keeps a routine idle close from costing an attempt.
 
+:class:`Pool` serves threads (blocking sockets); :class:`LoopPool` is the same client on an
+asyncio event loop (the in-process worker forwards there: no thread waits on the target, see
+:mod:`ingress_box.worker`). Both build the request the same way, parse the answer with the same
+functions, and keep the same deadline, reuse and error rules.
+
 Errors, all :class:`OutboundError`:
 
     OutboundError
@@ -26,6 +31,7 @@ Errors, all :class:`OutboundError`:
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import io
 import socket
@@ -34,6 +40,7 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import cast
 from urllib.parse import quote, urlsplit
 
 KEEPALIVE_SECONDS = 4.0  # under the 5 s idle timeout of common servers, to close first
@@ -104,6 +111,11 @@ def _target(url: str) -> _Target:
         path += "?" + quote(parts.query, safe=_UNRESERVED_OR_RESERVED)
     head = f"POST {path} HTTP/1.1\r\nHost: {authority}\r\n"
     return _Target(parts.scheme, host, port, head.encode("ascii"))
+
+
+def _request(target: _Target, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    lines = b"".join(b"%s: %s\r\n" % pair for pair in headers)
+    return b"%s%sContent-Length: %d\r\n\r\n%s" % (target.head, lines, len(body), body)
 
 
 class _Connection:
@@ -184,8 +196,7 @@ class Pool:
         the caller keeps CR and LF out of them."""
         deadline = time.monotonic() + timeout
         target = _target(url)
-        lines = b"".join(b"%s: %s\r\n" % pair for pair in headers)
-        request = b"%s%sContent-Length: %d\r\n\r\n%s" % (target.head, lines, len(body), body)
+        request = _request(target, headers, body)
         conn = self._take(target)
         try:
             if conn is not None:
@@ -280,9 +291,206 @@ class Pool:
             conn.close()
 
 
+class _Stream(asyncio.Protocol):
+    """One connection of a :class:`LoopPool`: what arrived so far, and whether it ended."""
+
+    def __init__(self, key: tuple[str, str, int]) -> None:
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.received = 0  # bytes of the current answer so far
+        self.ended = False
+        self.idle_since = 0.0
+        self._arrived: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self.received += len(data)
+        if len(self.buffer) > _MAX_BUFFERED:  # far more than any answer we read: hang up
+            self.close()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        self._wake()
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
+
+    async def more(self, deadline: float) -> None:
+        """Wait until more bytes arrive or the connection ends; TimeoutError at ``deadline``."""
+        self._arrived = asyncio.get_running_loop().create_future()
+        async with asyncio.timeout(_left(deadline)):
+            await self._arrived
+
+    def close(self) -> None:
+        self.ended = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class LoopPool:
+    """:class:`Pool` for coroutines on one event loop: the request waits for the target without
+    a thread. Use it from that loop only."""
+
+    def __init__(self, max_idle: int = 8, tls: ssl.SSLContext | None = None) -> None:
+        self.max_idle = max_idle
+        self._tls = tls
+        self._idle: list[_Stream] = []  # oldest first
+
+    async def post(
+        self,
+        url: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeout: float,  # noqa: ASYNC109 - as Pool's: it also cuts a body short, not only waits
+        limit: int,
+    ) -> Answer:
+        """As :meth:`Pool.post`."""
+        deadline = time.monotonic() + timeout
+        target = _target(url)
+        request = _request(target, headers, body)
+        conn = self._take(target)
+        try:
+            if conn is not None:
+                try:
+                    return await self._exchange(conn, request, deadline, limit, reused=True)
+                except _Stale:
+                    pass
+            conn = await self._open(target, deadline)
+            return await self._exchange(conn, request, deadline, limit, reused=False)
+        except TimeoutError as exc:
+            raise Timeout("timeout") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise ConnectionFailed(str(exc) or type(exc).__name__) from exc
+
+    async def _open(self, target: _Target, deadline: float) -> _Stream:
+        tls = None
+        if target.scheme == "https":
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            tls = self._tls
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(_left(deadline)):  # resolving, connecting, the handshake
+            _, conn = await loop.create_connection(
+                lambda: _Stream(target.key),
+                target.host,
+                target.port,
+                ssl=tls,
+                server_hostname=target.host if tls is not None else None,
+            )
+        return conn
+
+    async def _exchange(
+        self, conn: _Stream, request: bytes, deadline: float, limit: int, *, reused: bool
+    ) -> Answer:
+        conn.received = 0
+        keep = False
+        try:
+            if conn.ended or conn.transport is None:  # closed while it sat idle
+                raise _Stale if reused else ConnectionResetError("connection closed")
+            conn.transport.write(request)
+            status, headers, framing = await self._head(conn, deadline, reused=reused)
+            body, complete = await _body(conn, framing, limit, deadline)
+            keep = complete and framing is not None and not _closes(headers) and not conn.ended
+            return Answer(status, headers, body)
+        finally:
+            if keep:
+                self._put(conn)
+            else:
+                conn.close()
+
+    async def _head(
+        self, conn: _Stream, deadline: float, *, reused: bool
+    ) -> tuple[int, dict[str, str], int | None]:
+        """The final answer's head, parsed by :func:`_read_one_head` once all of it arrived."""
+        while True:
+            end = _head_end(conn.buffer)
+            if end < 0:
+                if len(conn.buffer) > _MAX_LINE * 2:
+                    raise http.client.HTTPException("answer head too long")
+                if conn.ended:
+                    if reused and conn.received == 0:
+                        raise _Stale
+                    _read_one_head(io.BytesIO(bytes(conn.buffer)))  # says what is wrong
+                    raise http.client.IncompleteRead(bytes(conn.buffer))
+                await conn.more(deadline)
+                continue
+            status, headers = _read_one_head(io.BytesIO(bytes(conn.buffer[:end])))
+            del conn.buffer[:end]
+            if not 100 <= status < 200:  # a 1xx is followed by the real answer
+                return status, headers, _framing(status, headers)
+
+    def _take(self, target: _Target) -> _Stream | None:
+        key, now = target.key, time.monotonic()
+        for i in range(len(self._idle) - 1, -1, -1):
+            if self._idle[i].key == key:
+                conn = self._idle.pop(i)
+                break
+        else:
+            return None
+        if now - conn.idle_since < KEEPALIVE_SECONDS and not conn.buffer:
+            return conn
+        conn.close()  # too old, or the target sent something unasked
+        return None
+
+    def _put(self, conn: _Stream) -> None:
+        conn.idle_since = time.monotonic()
+        self._idle.append(conn)
+        if len(self._idle) > self.max_idle:
+            self._idle.pop(0).close()
+
+    def idle(self) -> int:
+        """How many connections wait for reuse (those the target closed meanwhile excluded)."""
+        self._idle = [conn for conn in self._idle if not conn.ended]
+        return len(self._idle)
+
+    def close(self) -> None:
+        conns, self._idle = self._idle, []
+        for conn in conns:
+            conn.close()
+
+
+def _head_end(buffer: bytearray) -> int:
+    """Where the first answer head in ``buffer`` ends (after its blank line), or -1."""
+    ends = [i + len(blank) for blank in (b"\r\n\r\n", b"\n\n") if (i := buffer.find(blank)) >= 0]
+    return min(ends, default=-1)
+
+
+async def _body(
+    conn: _Stream, framing: int | None, limit: int, deadline: float
+) -> tuple[bytes, bool]:
+    """As :func:`_read_body`, over the bytes as they arrive: parsed again from its start each
+    time more comes (what is kept is at most ``limit`` bytes), until it is whole, cut at the
+    limit, or the connection ended. The deadline passing only shortens it."""
+    while True:
+        fp = io.BytesIO(bytes(conn.buffer))
+        body, complete = _read_body(fp, framing, limit)
+        if framing == _CHUNKED and complete:  # its last line may not have arrived in full yet
+            complete = conn.buffer[: fp.tell()].endswith((b"\r\n\r\n", b"\n\n"))
+        if complete or len(body) >= limit or conn.ended:
+            read = fp.tell()
+            del conn.buffer[:read]
+            return body, complete and not conn.buffer  # nothing unasked after it
+        try:
+            await conn.more(deadline)
+        except TimeoutError:
+            return body, False
+
+
 # -- reading the answer (RFC 9112) ----------------------------------------------------------------
 
 _MAX_LINE = 65536
+_MAX_BUFFERED = 1 << 20  # a LoopPool connection holding more unread bytes is closed
 _MAX_HEADERS = 100
 _CHUNKED = -1  # framing: a chunked body; None: until the connection ends; n >= 0: n bytes
 
@@ -298,39 +506,43 @@ def _read_head(fp: io.BufferedIOBase) -> tuple[int, dict[str, str], int | None]:
     """The status, the headers (lower-case names, repeated ones joined) and the body's framing;
     1xx answers are skipped."""
     while True:
+        status, headers = _read_one_head(fp)
+        if not 100 <= status < 200:  # 100 Continue, 103 Early Hints: the real answer follows
+            return status, headers, _framing(status, headers)
+
+
+def _read_one_head(fp: io.BufferedIOBase) -> tuple[int, dict[str, str]]:
+    """One status line and its headers (an HTTP/1.0 answer reads as ``connection: close``)."""
+    line = _line(fp)
+    if not line:
+        raise http.client.RemoteDisconnected("Remote end closed connection without response")
+    version, _, rest = line.partition(b" ")
+    code = rest[:3]
+    if (
+        not version.startswith(b"HTTP/1.")
+        or not (len(code) == 3 and code.isdigit() and code[:1] != b"0")
+        or rest[3:4] not in (b" ", b"\r", b"\n")
+    ):
+        raise http.client.BadStatusLine(repr(line[:80]))
+    headers: dict[str, str] = {}
+    name = ""
+    for _ in range(_MAX_HEADERS + 1):
         line = _line(fp)
-        if not line:
-            raise http.client.RemoteDisconnected("Remote end closed connection without response")
-        version, _, rest = line.partition(b" ")
-        code = rest[:3]
-        if (
-            not version.startswith(b"HTTP/1.")
-            or not (len(code) == 3 and code.isdigit() and code[:1] != b"0")
-            or rest[3:4] not in (b" ", b"\r", b"\n")
-        ):
-            raise http.client.BadStatusLine(repr(line[:80]))
-        headers: dict[str, str] = {}
-        name = ""
-        for _ in range(_MAX_HEADERS + 1):
-            line = _line(fp)
-            if line in (b"\r\n", b"\n", b""):
-                break
-            if line[:1] in (b" ", b"\t") and name:  # obsolete folding: a continuation
-                headers[name] += " " + line.strip().decode("latin-1")
-                continue
-            raw, colon, value = line.partition(b":")
-            if not colon:
-                raise http.client.HTTPException(f"malformed header line {line[:80]!r}")
-            name, text = raw.strip().lower().decode("latin-1"), value.strip().decode("latin-1")
-            headers[name] = f"{headers[name]}, {text}" if name in headers else text
-        else:
-            raise http.client.HTTPException(f"more than {_MAX_HEADERS} headers")
-        status = int(code)
-        if 100 <= status < 200:
-            continue  # 100 Continue, 103 Early Hints: the real answer follows
-        if version == b"HTTP/1.0":
-            headers["connection"] = "close"  # we never ask a 1.0 server to keep it alive
-        return status, headers, _framing(status, headers)
+        if line in (b"\r\n", b"\n", b""):
+            break
+        if line[:1] in (b" ", b"\t") and name:  # obsolete folding: a continuation
+            headers[name] += " " + line.strip().decode("latin-1")
+            continue
+        raw, colon, value = line.partition(b":")
+        if not colon:
+            raise http.client.HTTPException(f"malformed header line {line[:80]!r}")
+        name, text = raw.strip().lower().decode("latin-1"), value.strip().decode("latin-1")
+        headers[name] = f"{headers[name]}, {text}" if name in headers else text
+    else:
+        raise http.client.HTTPException(f"more than {_MAX_HEADERS} headers")
+    if version == b"HTTP/1.0":
+        headers["connection"] = "close"  # we never ask a 1.0 server to keep it alive
+    return int(code), headers
 
 
 def _framing(status: int, headers: dict[str, str]) -> int | None:

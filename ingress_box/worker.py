@@ -30,6 +30,7 @@ drain.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import logging
@@ -51,7 +52,7 @@ from .alerts import Alerter
 from .attempt import Attempts
 from .config import DatabaseUrl, Settings
 from .errors import StorageUnavailable
-from .outbound import Pool
+from .outbound import LoopPool, Pool
 from .retry import Decision
 from .store import Database, retention
 from .store import instances as store_instances
@@ -166,6 +167,12 @@ class Worker:
         self._handed: collections.deque[store_outbox.Claimed] = collections.deque()
         self._more = False  # the outbox may hold claimable work no drain was handed
         self._unsettled = threading.local()  # per drain thread: its last outcomes' futures
+        # Attempts in flight, on drains and on the loop: at most ``workers`` at once.
+        self._slots = threading.BoundedSemaphore(settings.workers)
+        self._loop: asyncio.AbstractEventLoop | None = None  # see attach_loop
+        self._loop_pool: LoopPool | None = None
+        self._loop_tasks: set[asyncio.Task[None]] = set()
+        self._loop_unsettled = 0  # outcomes of the loop's attempts not committed yet
         self.lease_seconds = settings.lease_seconds
         self.observers: list[Callable[[store_outbox.Claimed, Decision, float], None]] = []
         # Told once an outcome is committed, in the writer's thread: each must be quick.
@@ -251,16 +258,26 @@ class Worker:
         return self.clock()
 
     def wanted(self) -> int:
-        """Rows this worker's running drains would start next: one each, idle or busy (a
-        busy one takes its row after the attempt it is making; :meth:`take` starts another
-        drain when none idles). Read without the lock: a hint."""
+        """Rows this worker would start next: one per running drain, idle or busy (a busy one
+        takes its row after the attempt it is making; :meth:`take` starts another drain when
+        none idles), and up to ``workers`` on the event loop. Read without the lock: a hint."""
         if self._stopping.is_set() or self.consumer is None:
             return 0
-        return max(self._active - len(self._handed), 0)
+        on_loop = self.settings.workers if self._loop is not None else 0
+        return max(self._active - len(self._handed), 0) + on_loop
 
     def take(self, rows: list[store_outbox.Claimed], left: int, version: str) -> None:
         """Rows leased for this worker by an accept that committed (in the writer thread)."""
         self.instances.reset(version)  # what the accept checked against: current as of now
+        loop = self._loop
+        on_loop, rows = self._split_for_loop(rows)
+        if on_loop:
+            assert loop is not None
+            loop.call_soon_threadsafe(self._start_on_loop, on_loop)
+        if rows or left:
+            self._hand_to_drains(rows, left)
+
+    def _hand_to_drains(self, rows: list[store_outbox.Claimed], left: int) -> None:
         with self._idle:
             self._handed.extend(rows)
             self._more = self._more or left > 0
@@ -411,7 +428,18 @@ class Worker:
 
     def deliver(self, row: store_outbox.Claimed) -> None:
         """Make one attempt, tell the observers, and record its outcome."""
-        outcome, decision, duration = self.attempts.make(row, self.owner)
+        with self._slots:
+            outcome, decision, duration = self.attempts.make(row, self.owner)
+        self._unsettled_of_this_drain().append(self._record(row, outcome, decision, duration))
+
+    def _record(
+        self,
+        row: store_outbox.Claimed,
+        outcome: store_outbox.Outcome,
+        decision: Decision,
+        duration: float,
+    ) -> concurrent.futures.Future[Any]:
+        """Tell the observers, and queue the outcome for the writer; its future."""
         # Observers first: once a reader can see the outcome in the database, the counters
         # already show it (a done callback would run after the commit, leaving a window).
         try:
@@ -430,7 +458,81 @@ class Worker:
             future.add_done_callback(self._outcome_committed)
             for recorded in self.recorded:
                 future.add_done_callback(partial(_tell_recorded, recorded, row, decision))
-            self._unsettled_of_this_drain().append(future)
+        return future
+
+    # -- attempts on the event loop (serve) ------------------------------------------------
+
+    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attempt handed rows of ``forward`` instances on ``loop`` (serve's, which runs the
+        ingress): the target is awaited there, so a webhook wakes no drain thread and no thread
+        blocks on the network. Drains keep the rest: other handlers, claims (retries, a lane's
+        next row, a backlog), and any row that finds every slot busy."""
+        self._loop = loop
+        self._loop_pool = LoopPool(max_idle=self.settings.workers * 2)
+
+    def _split_for_loop(
+        self, rows: list[store_outbox.Claimed]
+    ) -> tuple[list[store_outbox.Claimed], list[store_outbox.Claimed]]:
+        """The rows the loop attempts (each holds a slot from now on), and the others."""
+        if self._loop is None or self._stopping.is_set():
+            return [], rows
+        mine: list[store_outbox.Claimed] = []
+        others: list[store_outbox.Claimed] = []
+        for row in rows:
+            instance = self.instances.get(row.event.plugin, row.event.instance)
+            if (
+                instance is not None
+                and instance.handler == "forward"
+                # as many outcomes ahead of the file as one drain may run (a crash repeats them)
+                and self._loop_unsettled + len(mine) < MAX_UNSETTLED
+                and self._slots.acquire(blocking=False)
+            ):
+                mine.append(row)
+            else:
+                others.append(row)
+        return mine, others
+
+    def _start_on_loop(self, rows: list[store_outbox.Claimed]) -> None:
+        loop = asyncio.get_running_loop()
+        for row in rows:
+            if self._stopping.is_set():  # stop() releases its lease
+                self._slots.release()
+                continue
+            task = loop.create_task(self._attempt_on_loop(row))
+            self._loop_tasks.add(task)
+            task.add_done_callback(self._loop_tasks.discard)
+
+    async def _attempt_on_loop(self, row: store_outbox.Claimed) -> None:
+        assert self._loop_pool is not None
+        try:
+            made = await self.attempts.forward_on_loop(row, self.owner, self._loop_pool)
+        finally:
+            self._slots.release()
+        if made is None:  # the instance no longer forwards: its handler runs on a drain
+            self._hand_to_drains([row], 0)
+            return
+        with self._active_lock:
+            self._loop_unsettled += 1
+        self._record(row, *made).add_done_callback(self._loop_outcome_settled)
+
+    def _loop_outcome_settled(self, future: Any) -> None:  # in the writer thread
+        with self._active_lock:
+            self._loop_unsettled -= 1
+
+    async def stop_on_loop(self, grace: float = 12.0) -> None:
+        """Stop handing rows to the loop and let its attempts in flight end (bounded); then
+        :meth:`stop` does the rest. Those still running after ``grace`` seconds are cancelled:
+        their rows are released, delivered again later."""
+        self._stopping.set()
+        if self._loop_tasks:
+            _, late = await asyncio.wait(set(self._loop_tasks), timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+        if self._loop_pool is not None:
+            self._loop_pool.close()
+        self._loop = None
 
     def _unsettled_of_this_drain(self) -> collections.deque[Any]:
         """The futures of this thread's last outcomes, oldest first (at most MAX_UNSETTLED)."""
