@@ -118,7 +118,8 @@ class Attempts:
             error=decision.error if error is not None or ctx is None else ctx.note,
             response=answer.excerpt if answer is not None else None,
             next_attempt_at=self.clock() + decision.delay,
-            dead_letter_id="dlq_" + uuid.uuid4().hex[:24],
+            # uuid4 reads the kernel's random source: only for the outcome that needs one
+            dead_letter_id="dlq_" + uuid.uuid4().hex[:24] if decision.outcome == "dead" else "",
             strict=instance is not None and instance.lane_policy == "strict",
         )
         return outcome, decision, duration

@@ -1,17 +1,19 @@
 """Forward on the event loop: serve's worker attempts a handed row of a ``forward`` instance on
 the loop that accepted it, and drains keep the rest (other handlers, rows that find every slot
-busy). Loop and drains together never make more than ``workers`` attempts at once, and a
-shutdown lets the loop's attempt in flight end and records it. Through the real app."""
+busy, every row while a drain is at work). Loop and drains together never make more than
+``workers`` attempts at once, and a shutdown lets the loop's attempt in flight end and records
+it. Through the real app."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 from conftest import box_of
-from fake_target import FakeTarget, Reply
+from fake_target import FakeTarget, Reply, running_target
 from live import SECRET, add_instance
 from signers import sign_generic
 from starlette.testclient import TestClient
@@ -131,3 +133,39 @@ def test_a_shutdown_lets_the_loops_attempt_end_and_records_it(
     finally:
         db.close()
     assert len(target.received) == 1
+
+
+def test_while_a_drain_is_at_work_new_rows_go_to_the_drains(settings: Settings) -> None:
+    """A drain busy (here with another handler's slow attempt) means a backlog may be forming:
+    a forward row accepted then goes to the drains too; once they idle, the loop takes rows
+    again."""
+    release = threading.Event()
+
+    def slow(event: Event, ctx: HandlerContext) -> None:
+        release.wait(10)
+
+    register_handler("test-loop-slow", slow)
+    with running_target() as target, TestClient(create_app(settings)) as client:
+        box = box_of(client)
+        add_instance(box, "generic", "slow", handler="test-loop-slow")
+        add_instance(box, target_url=target.url)
+        seen = attempts_seen(client)
+        worker = box.worker
+        assert isinstance(worker, Worker)
+        body = b"{}"
+        answer = client.post(
+            "/ingress/generic/slow/events",
+            content=body,
+            headers=sign_generic(SECRET, body, msg_id="slow-1"),
+        )
+        assert answer.status_code == 202
+        eventually(lambda: worker._active > worker._idling, 10, "a drain at work")
+        send(client, 1)
+        target.wait_for(1)
+        release.set()
+        eventually(lambda: len(seen) == 2, 10, "both attempts")
+        eventually(lambda: worker._active == worker._idling, 10, "the drains to idle")
+        send(client, 2)
+        target.wait_for(2)
+        eventually(lambda: len(seen) == 3, 10, "the third attempt")
+    assert sorted(seen) == [("loop-1", False), ("loop-2", True), ("slow-1", False)]
