@@ -32,12 +32,14 @@ Errors, all :class:`OutboundError`:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import io
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import cast
@@ -174,7 +176,33 @@ def _connect(target: _Target, deadline: float, tls: ssl.SSLContext | None) -> _C
     return _Connection(target, sock)
 
 
-class Pool:
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """The sockets' and the parser's exceptions, as this module's."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise Timeout("timeout") from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise ConnectionFailed(str(exc) or type(exc).__name__) from exc
+
+
+class _Clients:
+    """What both pools keep: how many idle connections, and the TLS context."""
+
+    def __init__(self, max_idle: int = 8, tls: ssl.SSLContext | None = None) -> None:
+        self.max_idle = max_idle
+        self._tls = tls
+
+    def _tls_for(self, target: _Target) -> ssl.SSLContext | None:
+        if target.scheme != "https":
+            return None
+        if self._tls is None:  # loading the CA store takes milliseconds: only when needed
+            self._tls = ssl.create_default_context()
+        return self._tls
+
+
+class Pool(_Clients):
     """Kept-alive connections, at most ``max_idle`` of them idle (the least recently used goes
     first); safe from any thread.
 
@@ -182,8 +210,7 @@ class Pool:
     """
 
     def __init__(self, max_idle: int = 8, tls: ssl.SSLContext | None = None) -> None:
-        self.max_idle = max_idle
-        self._tls = tls
+        super().__init__(max_idle, tls)
         self._idle: list[_Connection] = []  # oldest first, of every target (a handful)
         self._lock = threading.Lock()
 
@@ -197,27 +224,15 @@ class Pool:
         deadline = time.monotonic() + timeout
         target = _target(url)
         request = _request(target, headers, body)
-        conn = self._take(target)
-        try:
+        with _errors():
+            conn = self._take(target)
             if conn is not None:
                 try:
                     return self._exchange(target, conn, request, deadline, limit, reused=True)
                 except _Stale:
                     pass
-            conn = self._open(target, deadline)
+            conn = _connect(target, deadline, self._tls_for(target))
             return self._exchange(target, conn, request, deadline, limit, reused=False)
-        except TimeoutError as exc:
-            raise Timeout("timeout") from exc
-        except (OSError, http.client.HTTPException) as exc:
-            raise ConnectionFailed(str(exc) or type(exc).__name__) from exc
-
-    def _open(self, target: _Target, deadline: float) -> _Connection:
-        tls = None
-        if target.scheme == "https":
-            if self._tls is None:  # loading the CA store takes milliseconds: only when needed
-                self._tls = ssl.create_default_context()
-            tls = self._tls
-        return _connect(target, deadline, tls)
 
     def _exchange(
         self,
@@ -338,13 +353,12 @@ class _Stream(asyncio.Protocol):
             self.transport.close()
 
 
-class LoopPool:
+class LoopPool(_Clients):
     """:class:`Pool` for coroutines on one event loop: the request waits for the target without
     a thread. Use it from that loop only."""
 
     def __init__(self, max_idle: int = 8, tls: ssl.SSLContext | None = None) -> None:
-        self.max_idle = max_idle
-        self._tls = tls
+        super().__init__(max_idle, tls)
         self._idle: list[_Stream] = []  # oldest first
 
     async def post(
@@ -359,8 +373,8 @@ class LoopPool:
         deadline = time.monotonic() + timeout
         target = _target(url)
         request = _request(target, headers, body)
-        conn = self._take(target)
-        try:
+        with _errors():
+            conn = self._take(target)
             if conn is not None:
                 try:
                     return await self._exchange(conn, request, deadline, limit, reused=True)
@@ -368,17 +382,9 @@ class LoopPool:
                     pass
             conn = await self._open(target, deadline)
             return await self._exchange(conn, request, deadline, limit, reused=False)
-        except TimeoutError as exc:
-            raise Timeout("timeout") from exc
-        except (OSError, http.client.HTTPException) as exc:
-            raise ConnectionFailed(str(exc) or type(exc).__name__) from exc
 
     async def _open(self, target: _Target, deadline: float) -> _Stream:
-        tls = None
-        if target.scheme == "https":
-            if self._tls is None:
-                self._tls = ssl.create_default_context()
-            tls = self._tls
+        tls = self._tls_for(target)
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(_left(deadline)):  # resolving, connecting, the handshake
             _, conn = await loop.create_connection(
