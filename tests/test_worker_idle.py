@@ -94,11 +94,13 @@ def test_an_idle_worker_reads_its_queue_a_few_times_a_second(worker: Worker) -> 
         started = time.monotonic()
         time.sleep(2.0)  # a window measured, not an event waited for
         seconds = time.monotonic() - started
+        counted = len(statements)
+        # A poll must come; on a loaded machine it may come after the window (CI saw none in it).
+        eventually(lambda: any("data_version" in s for s in statements), 10, "a poll of the file")
     finally:
         conn.set_trace_callback(None)
-    rate = len(statements) / seconds
+    rate = counted / seconds
     assert rate < IDLE_STATEMENTS_PER_SECOND, (rate, statements[:20])
-    assert any("data_version" in s for s in statements), "nobody polls the file"
 
 
 @pytest.mark.both_stores
