@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import cast
+from typing import Generic, Protocol, TypeVar, cast
 from urllib.parse import quote, urlsplit
 
 KEEPALIVE_SECONDS = 4.0  # under the 5 s idle timeout of common servers, to close first
@@ -187,12 +187,28 @@ def _errors() -> Iterator[None]:
         raise ConnectionFailed(str(exc) or type(exc).__name__) from exc
 
 
-class _Clients:
-    """What both pools keep: how many idle connections, and the TLS context."""
+class _Kept(Protocol):
+    """What the idle list needs of a connection."""
+
+    key: tuple[str, str, int]
+    idle_since: float
+
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Kept)
+
+
+class _Clients(Generic[C]):
+    """What both pools share: the idle connections (at most ``max_idle``, the least recently
+    used goes first; the lock guards only this list, never held on the network) and the TLS
+    context."""
 
     def __init__(self, max_idle: int = 8, tls: ssl.SSLContext | None = None) -> None:
         self.max_idle = max_idle
         self._tls = tls
+        self._idle: list[C] = []  # oldest first, of every target (a handful)
+        self._lock = threading.Lock()
 
     def _tls_for(self, target: _Target) -> ssl.SSLContext | None:
         if target.scheme != "https":
@@ -201,18 +217,48 @@ class _Clients:
             self._tls = ssl.create_default_context()
         return self._tls
 
+    def _usable(self, conn: C) -> bool:
+        """Whether an idle connection may serve a request, as far as this pool can tell."""
+        return True
 
-class Pool(_Clients):
-    """Kept-alive connections, at most ``max_idle`` of them idle (the least recently used goes
-    first); safe from any thread.
+    def _take(self, target: _Target) -> C | None:
+        key, now = target.key, time.monotonic()
+        with self._lock:
+            # Newest first: the most recently used is the least likely to have been closed.
+            for i in range(len(self._idle) - 1, -1, -1):
+                if self._idle[i].key == key:
+                    conn = self._idle.pop(i)
+                    break
+            else:
+                return None
+        if now - conn.idle_since < KEEPALIVE_SECONDS and self._usable(conn):
+            return conn
+        conn.close()  # older ones of this target are older still; they go when pushed out
+        return None
 
-    The lock guards only the idle lists: no thread holds it while it waits on the network.
-    """
+    def _put(self, conn: C) -> None:
+        conn.idle_since = time.monotonic()
+        with self._lock:
+            self._idle.append(conn)
+            oldest = self._idle.pop(0) if len(self._idle) > self.max_idle else None
+        if oldest is not None:
+            oldest.close()
 
-    def __init__(self, max_idle: int = 8, tls: ssl.SSLContext | None = None) -> None:
-        super().__init__(max_idle, tls)
-        self._idle: list[_Connection] = []  # oldest first, of every target (a handful)
-        self._lock = threading.Lock()
+    def idle(self) -> int:
+        """How many connections wait for reuse (those known unusable left out)."""
+        with self._lock:
+            self._idle = [conn for conn in self._idle if self._usable(conn)]
+            return len(self._idle)
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._idle = self._idle, []
+        for conn in conns:
+            conn.close()
+
+
+class Pool(_Clients[_Connection]):
+    """Kept-alive connections for threads (blocking sockets); safe from any thread."""
 
     def post(
         self, url: str, headers: list[tuple[bytes, bytes]], body: bytes, timeout: float, limit: int
@@ -271,40 +317,6 @@ class Pool(_Clients):
             else:
                 conn.close()
 
-    def _take(self, target: _Target) -> _Connection | None:
-        key, now = target.key, time.monotonic()
-        with self._lock:
-            # Newest first: the most recently used is the least likely to have been closed.
-            for i in range(len(self._idle) - 1, -1, -1):
-                if self._idle[i].key == key:
-                    conn = self._idle.pop(i)
-                    break
-            else:
-                return None
-        if now - conn.idle_since < KEEPALIVE_SECONDS:
-            return conn
-        conn.close()  # older ones of this target are older still; they go when pushed out
-        return None
-
-    def _put(self, conn: _Connection) -> None:
-        conn.idle_since = time.monotonic()
-        with self._lock:
-            self._idle.append(conn)
-            oldest = self._idle.pop(0) if len(self._idle) > self.max_idle else None
-        if oldest is not None:
-            oldest.close()
-
-    def idle(self) -> int:
-        """How many connections wait for reuse."""
-        with self._lock:
-            return len(self._idle)
-
-    def close(self) -> None:
-        with self._lock:
-            conns, self._idle = self._idle, []
-        for conn in conns:
-            conn.close()
-
 
 class _Stream(asyncio.Protocol):
     """One connection of a :class:`LoopPool`: what arrived so far, and whether it ended."""
@@ -353,13 +365,12 @@ class _Stream(asyncio.Protocol):
             self.transport.close()
 
 
-class LoopPool(_Clients):
+class LoopPool(_Clients[_Stream]):
     """:class:`Pool` for coroutines on one event loop: the request waits for the target without
     a thread. Use it from that loop only."""
 
-    def __init__(self, max_idle: int = 8, tls: ssl.SSLContext | None = None) -> None:
-        super().__init__(max_idle, tls)
-        self._idle: list[_Stream] = []  # oldest first
+    def _usable(self, conn: _Stream) -> bool:
+        return not conn.ended and not conn.buffer  # closed meanwhile, or sent something unasked
 
     async def post(
         self,
@@ -435,35 +446,6 @@ class LoopPool(_Clients):
             del conn.buffer[:end]
             if not 100 <= status < 200:  # a 1xx is followed by the real answer
                 return status, headers, _framing(status, headers)
-
-    def _take(self, target: _Target) -> _Stream | None:
-        key, now = target.key, time.monotonic()
-        for i in range(len(self._idle) - 1, -1, -1):
-            if self._idle[i].key == key:
-                conn = self._idle.pop(i)
-                break
-        else:
-            return None
-        if now - conn.idle_since < KEEPALIVE_SECONDS and not conn.buffer:
-            return conn
-        conn.close()  # too old, or the target sent something unasked
-        return None
-
-    def _put(self, conn: _Stream) -> None:
-        conn.idle_since = time.monotonic()
-        self._idle.append(conn)
-        if len(self._idle) > self.max_idle:
-            self._idle.pop(0).close()
-
-    def idle(self) -> int:
-        """How many connections wait for reuse (those the target closed meanwhile excluded)."""
-        self._idle = [conn for conn in self._idle if not conn.ended]
-        return len(self._idle)
-
-    def close(self) -> None:
-        conns, self._idle = self._idle, []
-        for conn in conns:
-            conn.close()
 
 
 def _head_end(buffer: bytearray) -> int:
