@@ -180,7 +180,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None  # see attach_loop
         self._loop_pool: LoopPool | None = None
         self._loop_tasks: set[asyncio.Task[None]] = set()
-        self._loop_unsettled = 0  # outcomes of the loop's attempts not committed yet
+        self._loop_unsettled = 0  # rows the loop took whose outcome is not committed yet
         self.lease_seconds = settings.lease_seconds
         self.observers: list[Callable[[store_outbox.Claimed, Decision, float], None]] = []
         # Told once an outcome is committed, in the writer's thread: each must be quick.
@@ -268,10 +268,11 @@ class Worker:
     def wanted(self) -> int:
         """Rows this worker would start next: one per running drain, idle or busy (a busy one
         takes its row after the attempt it is making; :meth:`take` starts another drain when
-        none idles), and up to ``workers`` on the event loop. Read without the lock: a hint."""
+        none idles), and up to ``workers`` on the event loop when it takes rows. Read without the
+        lock: a hint."""
         if self._stopping.is_set() or self.consumer is None:
             return 0
-        on_loop = self.settings.workers if self._loop is not None else 0
+        on_loop = self.settings.workers if self._loop_takes_rows() else 0
         return max(self._active - len(self._handed), 0) + on_loop
 
     def take(self, rows: list[store_outbox.Claimed], left: int, version: str) -> None:
@@ -481,12 +482,9 @@ class Worker:
     def _split_for_loop(
         self, rows: list[store_outbox.Claimed]
     ) -> tuple[list[store_outbox.Claimed], list[store_outbox.Claimed]]:
-        """The rows the loop attempts (each holds a slot from now on), and the others.
-
-        Only while no drain is at work: a drain working a backlog claims rows by the dozen,
-        and a loop saturated with requests would hold its slots long (under wrk -c64 with the
-        loop taking rows too, 14 % fewer were delivered)."""
-        if self._loop is None or self._stopping.is_set() or self._active > self._idling:
+        """The rows the loop attempts (each holds a slot from now on, and counts as unsettled
+        until its outcome is committed), and the others."""
+        if not self._loop_takes_rows():
             return [], rows
         mine: list[store_outbox.Claimed] = []
         others: list[store_outbox.Claimed] = []
@@ -502,13 +500,28 @@ class Worker:
                 mine.append(row)
             else:
                 others.append(row)
+        with self._active_lock:
+            self._loop_unsettled += len(mine)
         return mine, others
+
+    def _loop_takes_rows(self) -> bool:
+        """Only while no drain is at work: a drain working a backlog claims rows by the dozen,
+        and a loop saturated with requests would hold its slots long (under wrk -c64 with the
+        loop taking rows too, 14 % fewer were delivered)."""
+        return (
+            self._loop is not None and not self._stopping.is_set() and self._active <= self._idling
+        )
+
+    def _loop_row_settled(self, _future: Any = None) -> None:  # any thread
+        with self._active_lock:
+            self._loop_unsettled -= 1
 
     def _start_on_loop(self, rows: list[store_outbox.Claimed]) -> None:
         loop = asyncio.get_running_loop()
         for row in rows:
             if self._stopping.is_set():  # stop() releases its lease
                 self._slots.release()
+                self._loop_row_settled()
                 continue
             task = loop.create_task(self._attempt_on_loop(row))
             self._loop_tasks.add(task)
@@ -518,18 +531,16 @@ class Worker:
         assert self._loop_pool is not None
         try:
             made = await self.attempts.forward_on_loop(row, self.owner, self._loop_pool)
+        except BaseException:  # cancelled at shutdown: stop() releases its lease
+            self._loop_row_settled()
+            raise
         finally:
             self._slots.release()
         if made is None:  # the instance no longer forwards: its handler runs on a drain
+            self._loop_row_settled()
             self._hand_to_drains([row], 0)
             return
-        with self._active_lock:
-            self._loop_unsettled += 1
-        self._record(row, *made).add_done_callback(self._loop_outcome_settled)
-
-    def _loop_outcome_settled(self, future: Any) -> None:  # in the writer thread
-        with self._active_lock:
-            self._loop_unsettled -= 1
+        self._record(row, *made).add_done_callback(self._loop_row_settled)
 
     async def stop_on_loop(self, grace: float = 12.0) -> None:
         """Stop handing rows to the loop and let its attempts in flight end (bounded); then
