@@ -168,6 +168,7 @@ class Worker:
         self._kick = threading.Event()
         self._kicker: threading.Thread | None = None
         self._active = 0
+        self._delivering = 0  # drains making attempts now (not idling, claiming or ending)
         self._active_lock = threading.Lock()
         self._scheduled_for: float | None = None  # when the drain huey holds for later runs
         self._idle = threading.Condition()  # drains waiting for work, woken one per wake()
@@ -393,6 +394,8 @@ class Worker:
     def _deliver_claimed(self, rows: list[store_outbox.Claimed]) -> None:
         margin = 3 * self.settings.delivery_timeout_seconds
         attempted = 0
+        with self._active_lock:
+            self._delivering += 1
         try:
             for row in rows:
                 # Never start an attempt that could outlive its lease (another worker could
@@ -404,6 +407,8 @@ class Worker:
                 self._await_earlier_outcomes()
                 self.deliver(row)
         finally:  # also when something escaped: what was not attempted goes back at once
+            with self._active_lock:
+                self._delivering -= 1
             if attempted < len(rows):
                 self.db.submit(
                     store_outbox.release(self.owner, [r.seq for r in rows[attempted:]]),
@@ -505,12 +510,11 @@ class Worker:
         return mine, others
 
     def _loop_takes_rows(self) -> bool:
-        """Only while no drain is at work: a drain working a backlog claims rows by the dozen,
+        """Only while no drain makes attempts (one idling, claiming or ending does not count: it
+        is not working a backlog): a drain working a backlog claims rows by the dozen,
         and a loop saturated with requests would hold its slots long (under wrk -c64 with the
         loop taking rows too, 14 % fewer were delivered)."""
-        return (
-            self._loop is not None and not self._stopping.is_set() and self._active <= self._idling
-        )
+        return self._loop is not None and not self._stopping.is_set() and not self._delivering
 
     def _loop_row_settled(self, _future: Any = None) -> None:  # any thread
         with self._active_lock:
