@@ -20,8 +20,8 @@ On serve's event loop (:meth:`Worker.attach_loop`), a handed row of a ``forward`
 not given to a drain at all: it rides the ack's call back to the loop, which POSTs it with
 :class:`~ingress_box.outbound.LoopPool` and records the outcome as a drain would. No thread is
 woken and none blocks on the target: 40 % fewer context switches per webhook, 3-27 % less CPU
-at 320-1,000 webhooks/s, a lower end-to-end p99 (README, Performance). Drains keep other
-handlers, claims, and every new row while a drain is at work (a backlog). Loop and drains share
+at 320-1,000 webhooks/s, a lower end-to-end p99 at 320/s (README). Drains keep other
+handlers, claims, and every new row while a drain makes attempts (a backlog). Loop and drains share
 ``workers`` slots: at most that many attempts at once.
 
 With ``INGRESS_BOX_ALERT_URL`` set, a worker that delivers also runs an
