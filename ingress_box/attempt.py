@@ -19,7 +19,7 @@ import httpx
 from . import handlers, mapping_rules
 from .config import Settings
 from .delivery import Handler, HandlerContext, Target
-from .errors import PermanentFailure
+from .errors import PermanentFailure, Waiting
 from .forward import forward, forward_on_loop
 from .outbound import LoopPool, Pool
 from .retry import Decision, RetryPolicy, decide
@@ -121,6 +121,7 @@ class Attempts:
             # uuid4 reads the kernel's random source: only for the outcome that needs one
             dead_letter_id="dlq_" + uuid.uuid4().hex[:24] if decision.outcome == "dead" else "",
             strict=instance is not None and instance.lane_policy == "strict",
+            waited=decision.outcome == "retry" and isinstance(error, Waiting),
         )
         return outcome, decision, duration
 

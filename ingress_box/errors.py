@@ -20,6 +20,7 @@ IngressBoxError
 ├── ClientDisconnected     the caller went away before its request was read
 └── DeliveryError          raised by a handler to say how an attempt ended
     ├── RetryLater         transient: try again (after ``delay`` seconds when given)
+    │   └── Waiting        not a failure: another delivery or attempt of the box goes first
     └── PermanentFailure   do not retry: dead-letter now
 
 A handler's failure may carry the target's HTTP ``status_code``, recorded with the attempt.
@@ -138,6 +139,13 @@ class RetryLater(DeliveryError):
     ) -> None:
         super().__init__(error, status_code)
         self.delay = delay
+
+
+class Waiting(RetryLater):
+    """The delivery must let another delivery or attempt of this box go first (an earlier
+    message of its chat, the attempt making the chat's conversation). Nothing failed, so it
+    does not spend the retry budget (see :func:`ingress_box.retry.decide`); each place that
+    raises it waits for something that ends by itself."""
 
 
 class PermanentFailure(DeliveryError):

@@ -13,7 +13,7 @@ from typing import Literal
 
 from .config import Settings
 from .delivery import ERROR_EXCERPT_CHARS
-from .errors import DeliveryError, PermanentFailure, RetryLater
+from .errors import DeliveryError, PermanentFailure, RetryLater, Waiting
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,9 @@ def decide(
 
     Retry-After (``RetryLater.delay``) is a floor under the jittered backoff, itself capped by
     ``max_seconds`` so a target cannot park a delivery for days. Anything that is not a
-    PermanentFailure is retried until the attempt budget is spent, then dead-lettered.
+    PermanentFailure is retried until the attempt budget is spent, then dead-lettered; a
+    :class:`~ingress_box.errors.Waiting` (nothing failed: another delivery goes first) is
+    always retried.
     """
     if result is None:
         return Decision("delivered", 0.0, None, None)
@@ -72,7 +74,7 @@ def decide(
         error, floor = result.error, result.delay
     else:
         error, floor = f"{type(result).__name__}: {str(result)[:ERROR_EXCERPT_CHARS]}", None
-    if attempt >= policy.max_attempts:
+    if attempt >= policy.max_attempts and not isinstance(result, Waiting):
         return Decision("dead", 0.0, error, status_code)
     delay = backoff(policy, attempt, rng)
     if floor is not None and math.isfinite(floor):

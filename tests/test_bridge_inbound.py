@@ -119,6 +119,45 @@ def test_a_message_reported_as_phone_jid_and_as_lid_is_posted_once(settings: Set
         assert len(b.conversations()) == 1
 
 
+def test_a_lid_report_waits_for_its_chat_without_spending_its_retry_budget(
+    settings: Settings,
+) -> None:
+    """The @lid report of a message waits while the chat's lane is still at the message (its
+    contact search stalls): however often it looks, the waits are not failures. With a retry
+    budget of two it is not dead-lettered, its attempts are given back, and the instance is
+    not failing."""
+    with bridged(settings, "openwa", retry_max_attempts=2) as b:
+        search = f"/api/v1/accounts/{b.account}/contacts/search"
+        b.chatwoot.stall_next("GET", search, seconds=1.5)
+        key = "3EB0AAAABBBBCCCCDDDDFF"
+        b.gateway.inbound(b.contact, "hi once", key_id=key)
+        b.gateway.inbound("1555@lid", "hi once", key_id=key, phone=b.contact)
+        (conversation,) = b.wait_conversations(1)
+        b.wait_messages(conversation["id"], 1)
+        b.wait_settled()
+        assert b.states("openwa") == ["delivered", "delivered"]
+        db = b.live.box.db
+        lid = db.read_one(
+            "SELECT seq, attempts FROM deliveries WHERE plugin_id = 'openwa' "
+            "ORDER BY seq DESC LIMIT 1"
+        )
+        assert lid is not None
+        waits = db.read(
+            "SELECT outcome, error FROM attempts WHERE delivery_seq = ? AND outcome = 'retry'",
+            (lid["seq"],),
+        )
+        assert len(waits) >= 2  # more than its budget: each a wait, none a failure
+        assert {w["error"] for w in waits} == {
+            "earlier messages of this chat are still on their way"
+        }
+        assert lid["attempts"] == 1  # the waits were given back; the attempt that posted counts
+        health = db.read_one(
+            "SELECT consecutive_failures FROM instance_health WHERE plugin_id = 'openwa'"
+        )
+        assert health is None or health["consecutive_failures"] == 0
+        assert len(b.messages(conversation["id"])) == 1
+
+
 def test_a_waha_message_reported_as_phone_jid_and_as_lid_is_posted_once(
     settings: Settings,
 ) -> None:

@@ -26,7 +26,7 @@ from standardwebhooks.webhooks import Webhook
 
 from ingress_box.config import Settings
 from ingress_box.delivery import Event, HandlerContext, Target
-from ingress_box.errors import PermanentFailure, RetryLater
+from ingress_box.errors import PermanentFailure, RetryLater, Waiting
 from ingress_box.forward import MAX_RESPONSE_BYTES, forward
 from ingress_box.handlers import register_handler, resolve_handler
 from ingress_box.retry import Decision, RetryPolicy, backoff, decide
@@ -445,6 +445,20 @@ def test_decide_dead_letters_at_the_budget_edge() -> None:
     """Attempt max_attempts failing transiently is dead-lettered with its last error."""
     decision = decide(RetryPolicy(max_attempts=3), 3, RetryLater("timeout"), random.Random(0))
     assert decision == Decision("dead", 0.0, "timeout", None)
+
+
+def test_decide_retries_a_wait_past_the_budget_from_its_floor() -> None:
+    """A Waiting (another delivery goes first) is no failure: retried at the budget's edge and
+    beyond it, no sooner than when what it waits for is next tried."""
+    for attempt in (3, 4, 100):
+        decision = decide(
+            RetryPolicy(max_attempts=3, base_seconds=0.01, max_seconds=60),
+            attempt,
+            Waiting("earlier messages of this chat are still on their way", 7.5),
+            random.Random(0),
+        )
+        assert decision.outcome == "retry"
+        assert 7.5 <= decision.delay <= 60
 
 
 def test_decide_permanent_failure_is_dead_at_once() -> None:

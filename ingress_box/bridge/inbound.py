@@ -36,7 +36,7 @@ import json
 from typing import Any
 
 from ..delivery import Event, HandlerContext
-from ..errors import MappingConflict, RetryLater
+from ..errors import MappingConflict, RetryLater, Waiting
 from ..mapping_rules import MappingAccess
 from ..store import Database, bridge_links
 from ..store import mappings as store_mappings
@@ -85,12 +85,14 @@ class Inbound:
             return None
         if any(link.direction == "inbound" and link.cw_message_id for link in links):
             return self.skip(f"message {msg.key_id} is in Chatwoot already")
-        if event.conversation not in (None, chat) and bridge_links.earlier_in_lane(
-            db, event.id, chat
-        ):
+        earlier = None
+        if event.conversation not in (None, chat):
+            earlier = bridge_links.earlier_in_lane(db, event.id, chat)
+        if earlier is not None:
             # Reported under another JID (its @lid), the message is in another lane than its
-            # chat's: it waits for what the chat's lane took before it, so the order holds.
-            raise RetryLater("earlier messages of this chat are still on their way")
+            # chat's: it waits for what the chat's lane took before it, so the order holds,
+            # and looks again when the first of those is next tried.
+            raise Waiting("earlier messages of this chat are still on their way", earlier - now)
         source_id = f"WAID:{msg.key_id}"
         # Media first: a download that fails leaves no claim behind to wait out.
         fields, files = self._message(msg, source_id)
@@ -110,10 +112,10 @@ class Inbound:
             # Another attempt claimed it: wait until it is surely over, then see what it did.
             over = claim.created_at + self.ctx.timeout
             if over > now:
-                raise RetryLater("another attempt is posting this message", delay=over - now)
+                raise Waiting("another attempt is posting this message", delay=over - now)
             taken = bridge_links.take_over(bridge.id, msg.key_id, 0, claim.created_at, now)
             if not db.write(taken):
-                raise RetryLater("another attempt took this message over", delay=self.ctx.timeout)
+                raise Waiting("another attempt took this message over", delay=self.ctx.timeout)
             conversation = claim.cw_conversation_id or self._conversation(msg, chat)
             existing = self.chatwoot.find_message(conversation, source_id)
             if existing is not None:
@@ -146,7 +148,7 @@ class Inbound:
             self.skip(f"the report of message {msg.key_id}, a send the bridge had no id for")
             return False
         if bridge_links.in_flight(self.db, self.bridge.id, chat, now - timeout):
-            raise RetryLater("a send to this chat is in flight: this may be its echo", delay=1.0)
+            raise Waiting("a send to this chat is in flight: this may be its echo", delay=1.0)
         return True
 
     def _posted(self, chat: str, msg: WhatsAppMessage, conversation: int, cw_id: int) -> None:
@@ -175,7 +177,7 @@ class Inbound:
         now = self.ctx.now()
         claim = bridge_links.opening(self.bridge.id, chat, now - self.ctx.timeout, now)
         if not self.db.write(claim):
-            raise RetryLater("another attempt is making this chat's conversation")
+            raise Waiting("another attempt is making this chat's conversation")
         try:
             return (again and self._mapped(msg, chat)) or self._make(msg, chat)
         finally:

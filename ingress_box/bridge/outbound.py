@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from ..delivery import Event, HandlerContext
-from ..errors import NotFound, PermanentFailure, RetryLater
+from ..errors import NotFound, PermanentFailure, Waiting
 from ..mapping_rules import MappingAccess
 from ..store import Database, bridge_links
 from ..store import mappings as store_mappings
@@ -125,7 +125,7 @@ class Outbound:
             if waited < ECHO_WAIT_TIMEOUTS * self.ctx.timeout:
                 # If it went out, the gateway's report of it names it (inbound.py): wait for it.
                 left = ECHO_WAIT_TIMEOUTS * self.ctx.timeout - waited
-                raise RetryLater("waiting for the gateway's report of an unanswered send", left)
+                raise Waiting("waiting for the gateway's report of an unanswered send", left)
             self.db.write(bridge_links.unsent(bridge_id, message_id, number))  # none came
             self.db.write(
                 bridge_links.sending(bridge_id, chat, message_id, number, conversation, now)

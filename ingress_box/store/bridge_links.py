@@ -296,16 +296,17 @@ def in_flight(db: Database, bridge_id: str, chat: str, since: float) -> bool:
     return row is not None
 
 
-def earlier_in_lane(db: Database, delivery_id: str, conversation: str) -> bool:
-    """Whether the instance of delivery ``delivery_id`` still has a pending delivery in lane
-    ``conversation`` that it took before that one."""
+def earlier_in_lane(db: Database, delivery_id: str, conversation: str) -> float | None:
+    """When the first of the pending deliveries that the instance of delivery ``delivery_id``
+    took before it in lane ``conversation`` is next due (None: there is none)."""
     row = db.read_one(
-        "SELECT 1 FROM deliveries AS d JOIN deliveries AS me ON me.id = ? "
+        "SELECT min(o.available_at) FROM deliveries AS d JOIN deliveries AS me ON me.id = ? "
+        "JOIN outbox AS o ON o.delivery_seq = d.seq "
         "WHERE d.state = 'pending' AND d.seq < me.seq AND d.plugin_id = me.plugin_id "
-        "AND d.instance_id = me.instance_id AND d.conversation = ? LIMIT 1",
+        "AND d.instance_id = me.instance_id AND d.conversation = ?",
         (delivery_id, conversation),
     )
-    return row is not None
+    return float(row[0]) if row is not None and row[0] is not None else None
 
 
 def canonical(db: Database, bridge_id: str, jid: str) -> str:

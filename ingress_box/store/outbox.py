@@ -186,11 +186,13 @@ class Outcome:
     next_attempt_at: float = 0.0  # for retry
     dead_letter_id: str = ""  # for dead
     strict: bool = False  # for dead: park the row so its lane waits for a redrive
+    waited: bool = False  # for retry: a wait, not a failure (errors.Waiting): attempt given back
 
 
 def record_outcome(o: Outcome, now: float) -> Any:
-    """An op that records an attempt's outcome, counted in its instance's health record; a
-    lost lease leaves the row to its new owner."""
+    """An op that records an attempt's outcome, counted in its instance's health record (a
+    wait is not); a lost lease leaves the row to its new owner. A wait gives its attempt back
+    to the retry budget, as a release does."""
 
     def op(conn: sqlite3.Connection) -> bool:
         conn.execute(
@@ -205,7 +207,8 @@ def record_outcome(o: Outcome, now: float) -> Any:
                 "response": o.response,
             },
         )
-        health.record_in(conn, o.seq, o.outcome, o.error, now)
+        if not o.waited:
+            health.record_in(conn, o.seq, o.outcome, o.error, now)
         if o.outcome == "delivered":
             # Delivered is the truth even if the lease expired meanwhile.
             conn.execute("DELETE FROM outbox WHERE delivery_seq = ?", (o.seq,))
@@ -239,7 +242,11 @@ def record_outcome(o: Outcome, now: float) -> Any:
             cur = conn.execute(f"DELETE FROM outbox WHERE {ours}", (o.seq, o.owner))
         if cur.rowcount == 0:
             return False
-        conn.execute("UPDATE deliveries SET last_error = ? WHERE seq = ?", (o.error, o.seq))
+        given_back = 1 if o.waited else 0
+        conn.execute(
+            "UPDATE deliveries SET last_error = ?, attempts = attempts - ? WHERE seq = ?",
+            (o.error, given_back, o.seq),
+        )
         if o.outcome == "dead":
             conn.execute("UPDATE deliveries SET state = 'dead' WHERE seq = ?", (o.seq,))
             conn.execute(
