@@ -220,6 +220,7 @@ class Row:
     bare_us: float = float("nan")  # the bare endpoint's CPU per request at the same offered rate
     sys_share: float = float("nan")  # of cpu_us, the part in the kernel (system time)
     switches: float = float("nan")  # the box's threads' context switches per acked webhook
+    threads: list[tuple[str, float, float]] = field(default_factory=list)  # label, user, sys s
 
     def ack_p(self, p: float) -> float:
         if self.wrk is not None:
@@ -256,6 +257,7 @@ def open_phase(
     depth.start()
     cpu0, ticks, t0 = box.cpu_seconds(), benchlib.cpu_ticks(), time.monotonic()
     kernel0 = benchlib.tree_kernel(box.proc.pid)
+    threads0 = benchlib.thread_times(box.proc.pid)
     try:
         s = sender.send(box.url, rate, seconds, prefix, args.connections)
         t1 = time.monotonic()
@@ -266,6 +268,7 @@ def open_phase(
         missing, drain = settle_drain(box, log, depth, acked, t1, args.drain_timeout)
         cpu_all = box.cpu_seconds() - cpu0
         kernel = benchlib.tree_kernel(box.proc.pid)
+        threads = benchlib.thread_split(threads0, benchlib.thread_times(box.proc.pid))
     finally:
         depth.stop()
     sender.show_send(f"  {prefix} sender", s, rate)
@@ -286,6 +289,7 @@ def open_phase(
         busy=busy,
         sys_share=(kernel[0] - kernel0[0]) / cpu_all if cpu_all else float("nan"),
         switches=(kernel[1] - kernel0[1]) / max(1, len(acked)),
+        threads=threads,
     )
 
 
@@ -473,6 +477,22 @@ def table(rows: list[Row], idle: Row) -> None:
         "  machine: all cores busy (the load generators and other work share them);\n"
         "  sys: the kernel's part of CPU/webhook; switches: the box's threads' context switches\n"
         "  (slept on a lock, queue or socket, or preempted) per webhook, from /proc/<pid>/task"
+    )
+
+
+def thread_table(rows: list[Row]) -> None:
+    """Each open-loop phase's CPU per webhook, thread by thread (user + system)."""
+    print("\nCPU per webhook by thread (open loop; user + system us, first send until drained):")
+    for r in rows:
+        if not r.threads or not r.acked:
+            continue
+        per = 1e6 / r.acked
+        cells = [f"{label}: {u * per:.0f} + {s * per:.0f}" for label, u, s in r.threads]
+        print(f"  {r.load:<18} " + "; ".join(cells))
+    print(
+        "  the main thread runs the event loop (HTTP in and out, the ingress pipeline, the\n"
+        "  forward); at these rates the busiest other thread is the SQLite writer (py-spy's\n"
+        "  --profile names the threads)"
     )
 
 
@@ -714,6 +734,7 @@ def main() -> int:
     ordered += [rows["before-closed"]] if "before-closed" in rows else []
     ordered += [logs_off] if logs_off is not None else []
     table(ordered, idle)
+    thread_table(ordered)
     closed = rows["closed"]
     sustained = min(closed.achieved, closed.delivered)
     print(

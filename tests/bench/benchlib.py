@@ -208,6 +208,48 @@ def tree_kernel(pid: int) -> tuple[float, int]:
     return ticks / os.sysconf("SC_CLK_TCK"), switches
 
 
+def thread_times(pid: int) -> dict[tuple[int, int], tuple[float, float]]:
+    """(user, system) CPU seconds so far of each thread of ``pid`` and of its live
+    descendants, keyed by (process, thread id); a process's main thread has tid == pid."""
+    out: dict[tuple[int, int], tuple[float, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for member in tree(pid):
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{member}/task"):
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    stat = Path(f"/proc/{member}/task/{task}/stat").read_text()
+                    fields = stat.rsplit(")", 1)[1].split()
+                    out[(member, int(task))] = (int(fields[11]) / tick, int(fields[12]) / tick)
+    return out
+
+
+def thread_split(
+    before: dict[tuple[int, int], tuple[float, float]],
+    after: dict[tuple[int, int], tuple[float, float]],
+    top: int = 3,
+) -> list[tuple[str, float, float]]:
+    """The busiest threads between two :func:`thread_times`: (label, user, system) seconds,
+    the main thread of each process first, then the others by CPU, the rest summed."""
+    used = {
+        key: (u - before.get(key, (0.0, 0.0))[0], s - before.get(key, (0.0, 0.0))[1])
+        for key, (u, s) in after.items()
+    }
+    mains = sorted(key for key in used if key[0] == key[1])
+    others = sorted((key for key in used if key[0] != key[1]), key=lambda k: -sum(used[k]))
+    rows = [(f"main thread of {pid}", *used[(pid, tid)]) for pid, tid in mains]
+    rows += [(f"thread {tid} of {pid}", *used[(pid, tid)]) for pid, tid in others[:top]]
+    rest = others[top:]
+    if rest:
+        rows.append(
+            (
+                f"{len(rest)} other threads",
+                sum(used[k][0] for k in rest),
+                sum(used[k][1] for k in rest),
+            )
+        )
+    return rows
+
+
 def tree_rss_mib(pid: int) -> float:
     """VmRSS of ``pid`` and its live descendants, in MiB (shared pages counted per process)."""
     kib = 0
