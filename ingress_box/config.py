@@ -27,6 +27,7 @@ from .errors import ConfigError
 ENV_PREFIX = "INGRESS_BOX_"
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 T = TypeVar("T")
 
@@ -333,6 +334,11 @@ class Settings:
     )
     metrics_public: bool = setting(False, "serve /metrics without the admin token", commands=SERVE)
     log_format: str = setting("text", "log line format", choices=LOG_FORMATS)
+    log_level: str = setting(
+        "info",
+        "the least severe log lines written (warning: none per request or attempt)",
+        choices=LOG_LEVELS,
+    )
     rejections_kept: int = setting(
         50,
         "rejected requests remembered per instance (in memory)",

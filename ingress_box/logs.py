@@ -232,7 +232,7 @@ class BufferedHandler(logging.Handler):
                 pass
 
 
-def configure(log_format: str) -> None:
+def configure(log_format: str, log_level: str = "info") -> None:
     # What no line of ours shows, and what logging looks up for every record: the caller's
     # file and line (a walk up the stack), the thread and process names (logging's documented
     # optimisations; it halves the cost of a line).
@@ -241,4 +241,4 @@ def configure(log_format: str) -> None:
     handler = BufferedHandler()
     handler.addFilter(RepeatFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)

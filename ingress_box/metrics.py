@@ -194,6 +194,8 @@ class Metrics:
         self.attempt_seconds.labels(event.plugin).observe(seconds)
         if decision.outcome == "delivered":
             self.end_to_end.labels(event.plugin).observe(max(0.0, time.time() - event.received_at))
+        if not delivery_log.isEnabledFor(logging.INFO):
+            return
         delivery_log.info(
             "attempt",
             extra={

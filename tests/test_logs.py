@@ -119,8 +119,9 @@ def test_a_traceback_keeps_its_lines_and_the_fields_stay_escaped() -> None:
     assert line.endswith(" error=a\\nb")
 
 
-def test_serve_writes_its_last_request_line_when_stopped_by_sigterm(tmp_path: Path) -> None:
-    """The lines still in the buffer at a SIGTERM are written before the process exits."""
+def _serve_one_request(tmp_path: Path, **env_extra: str) -> str:
+    """Start ``serve``, send it one request (to an unknown instance: 404), stop it with
+    SIGTERM, and return what it wrote to stderr."""
     port = free_port()
     err = tmp_path / "serve.err"
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGRESS_BOX_")}
@@ -133,6 +134,7 @@ def test_serve_writes_its_last_request_line_when_stopped_by_sigterm(tmp_path: Pa
                 "INGRESS_BOX_HOST": "127.0.0.1",
                 "INGRESS_BOX_PORT": str(port),
                 "INGRESS_BOX_ADMIN_TOKEN": "sigterm-test-token-0123",
+                **env_extra,
             },
             stdout=subprocess.DEVNULL,
             stderr=stderr,
@@ -156,6 +158,29 @@ def test_serve_writes_its_last_request_line_when_stopped_by_sigterm(tmp_path: Pa
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
-    requests = [line for line in err.read_text().splitlines() if ": request " in line]
-    assert len(requests) == 1, err.read_text()
+    return err.read_text()
+
+
+def test_serve_writes_its_last_request_line_when_stopped_by_sigterm(tmp_path: Path) -> None:
+    """The lines still in the buffer at a SIGTERM are written before the process exits."""
+    written = _serve_one_request(tmp_path)
+    requests = [line for line in written.splitlines() if ": request " in line]
+    assert len(requests) == 1, written
     assert "instance=nobody" in requests[0] and "status=404" in requests[0]
+
+
+def test_log_level_warning_drops_the_request_lines_and_keeps_warnings(tmp_path: Path) -> None:
+    """``INGRESS_BOX_LOG_LEVEL=warning``: no line per request (nor uvicorn's info lines), while
+    a warning still gets through."""
+    written = _serve_one_request(tmp_path, INGRESS_BOX_LOG_LEVEL="warning")
+    assert ": request " not in written and " INFO " not in written, written
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logs.configure("text", "warning")
+    try:
+        delivery = logging.getLogger("ingress_box.delivery")
+        assert not delivery.isEnabledFor(logging.INFO)
+        assert delivery.isEnabledFor(logging.WARNING)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)

@@ -81,7 +81,7 @@ class _Group(click.Group):
 
 
 def _configure_logging(settings: Settings) -> None:
-    logs.configure(settings.log_format)
+    logs.configure(settings.log_format, settings.log_level)
 
 
 # -- the program ------------------------------------------------------------------------------

@@ -281,7 +281,7 @@ def server_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
         port=settings.port,
         http=protocol_class(limits),
         lifespan="on",
-        log_level="info",
+        log_level=settings.log_level,
         timeout_keep_alive=int(KEEP_ALIVE_SECONDS),
         timeout_graceful_shutdown=10,
         access_log=False,  # the box logs one structured line per request itself
