@@ -10,9 +10,11 @@ meanwhile (:class:`RepeatFilter`), so the log stays readable and the disk is not
 Lines are cheap because serve logs two per webhook: a line is formatted without logging's
 ``Formatter`` machinery (the timestamp prefix is built once a second), the handler takes no
 lock, and one writer thread writes what gathered in :data:`FLUSH_SECONDS` with one ``write()``
-(:class:`BufferedHandler`). Warnings and errors are written at once, and logging's exit hook
-flushes the rest, so a normal stop (SIGTERM) loses no line; a crash loses at most the last
-:data:`FLUSH_SECONDS` of info lines.
+(:class:`BufferedHandler`). Those two lines go through :func:`info`, which, when serve's handler
+is the only one they would reach, queues the formatted line without making a ``LogRecord``.
+Warnings and errors are written at once, and logging's exit hook flushes the rest, so a normal
+stop (SIGTERM) loses no line; a crash loses at most the last :data:`FLUSH_SECONDS` of info
+lines.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields = getattr(record, "fields", None)
     return fields if isinstance(fields, dict) else {}
+
+
+def _msecs(created: float) -> int:
+    """The milliseconds of an epoch time, as ``LogRecord.msecs`` has them."""
+    return int((created - int(created)) * 1000)
 
 
 def escape(text: str) -> str:
@@ -68,21 +75,36 @@ class TextFormatter(logging.Formatter):
         return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
-        pairs = " ".join(f"{k}={v}" for k, v in _fields(record).items() if v is not None)
         if record.exc_info or record.exc_text or record.stack_info:
             line = super().format(record)  # logging's own way: the traceback keeps its lines
+            pairs = " ".join(f"{k}={v}" for k, v in _fields(record).items() if v is not None)
             return f"{line} {escape(pairs)}" if pairs else line
+        stamp = self._asctime(record.created, int(record.msecs))
+        return self._line(
+            stamp, record.levelname, record.name, record.getMessage(), _fields(record)
+        )
+
+    def line(
+        self, created: float, level: str, logger: str, message: str, fields: dict[str, Any]
+    ) -> str:
+        """The line of a record without a traceback (what :func:`info` queues directly)."""
+        return self._line(self._asctime(created, _msecs(created)), level, logger, message, fields)
+
+    def _line(
+        self, stamp: str, level: str, logger: str, message: str, fields: dict[str, Any]
+    ) -> str:
+        pairs = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        line = f"{stamp} {level} {logger}: {message}"
         # Escaping is per character, so one pass over the whole line does it for every part.
-        line = f"{self._asctime(record)} {record.levelname} {record.name}: {record.getMessage()}"
         return escape(f"{line} {pairs}" if pairs else line)
 
-    def _asctime(self, record: logging.LogRecord) -> str:
+    def _asctime(self, created: float, msecs: int) -> str:
         """What ``formatTime`` writes (``2024-01-01 12:00:00,123``), strftime once a second."""
-        second = int(record.created)
+        second = int(created)
         if second != self._second:  # a race only builds the same text twice
             self._stamp = time.strftime(self.default_time_format, self.converter(second))
             self._second = second
-        return f"{self._stamp},{int(record.msecs):03d}"
+        return f"{self._stamp},{msecs:03d}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -94,25 +116,50 @@ class JsonFormatter(logging.Formatter):
         self._second = -1
         self._prefix = ""
 
-    def _timestamp(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
+    def _timestamp(self, created: float, msecs: int) -> str:
+        second = int(created)
         if second != self._second:  # strftime once a second; a race builds the same text twice
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        return f"{self._prefix}.{int(record.msecs):03d}Z"
+        return f"{self._prefix}.{msecs:03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": record.created,
-            "timestamp": self._timestamp(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-            **_fields(record),
-        }
+        line = self._object(
+            record.created,
+            int(record.msecs),
+            record.levelname,
+            record.name,
+            record.getMessage(),
+            _fields(record),
+        )
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)
+
+    def line(
+        self, created: float, level: str, logger: str, message: str, fields: dict[str, Any]
+    ) -> str:
+        """The line of a record without a traceback (what :func:`info` queues directly)."""
+        line = self._object(created, _msecs(created), level, logger, message, fields)
+        return json.dumps(line, default=str)
+
+    def _object(
+        self,
+        created: float,
+        msecs: int,
+        level: str,
+        logger: str,
+        message: str,
+        fields: dict[str, Any],
+    ) -> dict[str, Any]:
+        return {
+            "time": created,
+            "timestamp": self._timestamp(created, msecs),
+            "level": level.lower(),
+            "logger": logger,
+            "message": message,
+            **fields,
+        }
 
 
 class RepeatFilter(logging.Filter):
@@ -186,15 +233,37 @@ class BufferedHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._lines.append(self.format(record) + "\n")
+            line = self.format(record)
         except Exception:  # noqa: BLE001 (logging's contract: report it, never raise)
             self.handleError(record)
             return
-        if record.levelno >= logging.WARNING:
+        self.queue(line, record.levelno)
+
+    def queue(self, line: str, level: int) -> None:
+        """Write ``line`` (formatted, without its newline) with the next batch, or at once if it
+        is a warning or worse."""
+        self._lines.append(line + "\n")
+        if level >= logging.WARNING:
             self.flush()
         elif not self._pending:  # set back to False before the writer takes the lines
             self._pending = True
             self._wake_writer()
+
+    def only_handler_for(self, logger: logging.Logger) -> bool:
+        """Whether an INFO record of ``logger`` would reach this handler and no other, with
+        nothing on the way to change or drop it: no filter on the logger, no other handler up
+        its chain (pytest's ``caplog`` adds one to the root), this handler's filters only
+        :class:`RepeatFilter` (which lets INFO through)."""
+        if logger.filters or logger.disabled or self.level > logging.INFO:
+            return False
+        if any(not isinstance(f, RepeatFilter) for f in self.filters):
+            return False
+        current: logging.Logger | None = logger
+        while current is not None:
+            if current.handlers:
+                return current.handlers == [self] and current is logging.root
+            current = current.parent if current.propagate else None
+        return False
 
     def _wake_writer(self) -> None:
         if self._writer is None:
@@ -232,13 +301,44 @@ class BufferedHandler(logging.Handler):
                 pass
 
 
+LineFormatter = TextFormatter | JsonFormatter
+_direct: tuple[BufferedHandler, LineFormatter] | None = None  # serve's handler, set by configure
+
+
+def info(logger: logging.Logger, event: str, fields: dict[str, Any]) -> None:
+    """``logger.info(event, extra={"fields": fields})``, for the lines of every webhook.
+
+    When serve's own handler (:func:`configure`) is the only one the record would reach, the
+    line is formatted and queued directly: no ``LogRecord``, no walk of the handlers, no
+    filters. Measured in serve under a closed loop, a line through logging costs 11-21 µs of
+    CPU; this is most of that cost. Anything else (a test's ``caplog``, a handler an operator's
+    code added) gets the record through logging as before."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    direct = _direct
+    if direct is not None:
+        handler, formatter = direct
+        if handler.formatter is formatter and handler.only_handler_for(logger):
+            try:
+                line = formatter.line(time.time(), "INFO", logger.name, event, fields)
+            except Exception:  # noqa: BLE001 (a field that cannot be written: logging reports it)
+                pass
+            else:
+                handler.queue(line, logging.INFO)
+                return
+    logger.info(event, extra={"fields": fields})
+
+
 def configure(log_format: str, log_level: str = "info") -> None:
     # What no line of ours shows, and what logging looks up for every record: the caller's
     # file and line (a walk up the stack), the thread and process names (logging's documented
     # optimisations; it halves the cost of a line).
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    global _direct
     handler = BufferedHandler()
     handler.addFilter(RepeatFilter())
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    formatter = JsonFormatter() if log_format == "json" else TextFormatter()
+    handler.setFormatter(formatter)
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
+    _direct = (handler, formatter)

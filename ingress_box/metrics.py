@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from . import logs
 from .ingress import Answer, Inbound
 from .retry import Decision
 from .store import Database, dbfile
@@ -172,19 +173,18 @@ class Metrics:
             self.unmatched.note(req.plugin, req.instance)
         if not access_log.isEnabledFor(logging.INFO):
             return
-        access_log.info(
+        logs.info(
+            access_log,
             "request",
-            extra={
-                "fields": {
-                    "plugin": req.plugin[:64],
-                    "instance": req.instance[:64],
-                    "route": req.route[:64],
-                    "method": req.method,
-                    "status": answer.status,
-                    "outcome": answer.outcome,
-                    "delivery_id": answer.delivery_id,
-                    "ms": round(seconds * 1000, 2),
-                }
+            {
+                "plugin": req.plugin[:64],
+                "instance": req.instance[:64],
+                "route": req.route[:64],
+                "method": req.method,
+                "status": answer.status,
+                "outcome": answer.outcome,
+                "delivery_id": answer.delivery_id,
+                "ms": round(seconds * 1000, 2),
             },
         )
 
@@ -196,19 +196,18 @@ class Metrics:
             self.end_to_end.labels(event.plugin).observe(max(0.0, time.time() - event.received_at))
         if not delivery_log.isEnabledFor(logging.INFO):
             return
-        delivery_log.info(
+        logs.info(
+            delivery_log,
             "attempt",
-            extra={
-                "fields": {
-                    "plugin": event.plugin,
-                    "instance": event.instance,
-                    "delivery_id": event.id,
-                    "attempt": event.attempt,
-                    "outcome": decision.outcome,
-                    "status": decision.status_code,
-                    "error": decision.error,
-                    "next_in_s": round(decision.delay, 3) if decision.outcome == "retry" else None,
-                    "ms": round(seconds * 1000, 2),
-                }
+            {
+                "plugin": event.plugin,
+                "instance": event.instance,
+                "delivery_id": event.id,
+                "attempt": event.attempt,
+                "outcome": decision.outcome,
+                "status": decision.status_code,
+                "error": decision.error,
+                "next_in_s": round(decision.delay, 3) if decision.outcome == "retry" else None,
+                "ms": round(seconds * 1000, 2),
             },
         )

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -184,3 +184,116 @@ def test_log_level_warning_drops_the_request_lines_and_keeps_warnings(tmp_path: 
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+@pytest.fixture
+def configure(
+    monkeypatch: pytest.MonkeyPatch, stream: io.StringIO
+) -> Iterator[Callable[[str, str], None]]:
+    """``logs.configure`` as serve calls it, its handler writing into ``stream``; logging put
+    back as it was after the test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    monkeypatch.setattr(logs, "_direct", None)
+
+    def configure(log_format: str, log_level: str) -> None:
+        logs.configure(log_format, log_level)
+        handler = root.handlers[0]
+        assert isinstance(handler, logs.BufferedHandler)
+        handler.stream = stream
+
+    try:
+        yield configure
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def _records_made(monkeypatch: pytest.MonkeyPatch) -> list[logging.LogRecord]:
+    made: list[logging.LogRecord] = []
+    factory = logging.getLogRecordFactory()
+
+    def counting(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        made.append(record)
+        return record
+
+    monkeypatch.setattr(logging, "_logRecordFactory", counting)  # what makeRecord calls
+    return made
+
+
+def _without_time(line: str, log_format: str) -> str:
+    if log_format == "json":
+        fields = json.loads(line)
+        assert abs(fields.pop("time") - datetime.now(UTC).timestamp()) < 60
+        assert fields.pop("timestamp").endswith("Z")
+        return json.dumps(fields)
+    return line.split(" ", 2)[2]  # the date and the time, then the rest
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_info_writes_the_line_logging_would_without_making_a_record(
+    monkeypatch: pytest.MonkeyPatch,
+    configure: Callable[[str, str], None],
+    stream: io.StringIO,
+    log_format: str,
+) -> None:
+    """The request and attempt lines skip logging's record and handler walk when serve's
+    handler is the only one, and read the same as a line through logging."""
+    configure(log_format, "info")
+    made = _records_made(monkeypatch)
+    log = logging.getLogger("ingress_box.access")
+    fields = {"plugin": "generic", "status": 202, "error": None, "path": "/a\nb", "ms": 1.5}
+    logs.info(log, "request", fields)
+    assert made == []
+    log.info("request", extra={"fields": fields})
+    assert len(made) == 1
+    logging.getLogger().handlers[0].flush()
+    direct, through_logging = stream.getvalue().splitlines()
+    assert _without_time(direct, log_format) == _without_time(through_logging, log_format)
+    if log_format == "text":
+        assert direct.split(" ", 2)[2] == (
+            "INFO ingress_box.access: request plugin=generic status=202 path=/a\\nb ms=1.5"
+        )
+
+
+def test_info_gives_a_record_to_any_other_handler(
+    configure: Callable[[str, str], None], stream: io.StringIO
+) -> None:
+    """Another handler on the way (pytest's caplog, an operator's own) gets the record with its
+    fields; serve's handler still writes the line once. A filter on the logger is honoured."""
+    configure("text", "info")
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    other = Keep()
+    logging.getLogger().addHandler(other)
+    log = logging.getLogger("ingress_box.delivery")
+    logs.info(log, "attempt", {"outcome": "delivered"})
+    assert [r.getMessage() for r in seen] == ["attempt"]
+    assert seen[0].fields == {"outcome": "delivered"}  # type: ignore[attr-defined]
+    logging.getLogger().removeHandler(other)
+
+    def drop(record: logging.LogRecord) -> bool:
+        return False
+
+    log.addFilter(drop)
+    try:
+        logs.info(log, "attempt", {"outcome": "dead"})
+    finally:
+        log.removeFilter(drop)
+    logging.getLogger().handlers[0].flush()
+    assert stream.getvalue().count(": attempt ") == 1, stream.getvalue()
+    assert "outcome=delivered" in stream.getvalue()
+
+
+def test_info_writes_nothing_below_the_log_level(
+    configure: Callable[[str, str], None], stream: io.StringIO
+) -> None:
+    configure("text", "warning")
+    logs.info(logging.getLogger("ingress_box.access"), "request", {"status": 202})
+    logging.getLogger().handlers[0].flush()
+    assert stream.getvalue() == ""
