@@ -13,6 +13,7 @@ Exit codes: 0 success, 1 failure, 2 bad input.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -115,9 +116,19 @@ def serve(**flags: Any) -> None:
     # makes an early signal stop the start-up.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
+    freeze_start_up()
     server.run()
     if not server.started:
         sys.exit(1)
+
+
+def freeze_start_up() -> None:
+    """Leave what start-up made (the modules and the app, about 57,000 objects) out of the
+    garbage collector's full passes, which look at every object it tracks: in serve under a
+    closed loop, one pass took 17-19 ms of the event loop, about one every second; 4.5 ms once
+    these are frozen."""
+    gc.collect()
+    gc.freeze()
 
 
 def _print_start(settings: Settings) -> None:
@@ -160,7 +171,9 @@ def worker_command(**flags: Any) -> None:
     load_registry(settings.plugins_dir)  # a bad manifest stops this process as it stops serve
     with database(settings, create=True) as db:
         _check_sound(db)
-        sys.exit(_work_until_stopped(Worker(settings, db)))
+        running = Worker(settings, db)
+        freeze_start_up()
+        sys.exit(_work_until_stopped(running))
 
 
 def _work_until_stopped(running: Worker) -> int:
