@@ -27,7 +27,10 @@ target (``serve.py target``, answers 200 at once and logs receive times), and me
    (``--logs-off-flags``, else detected), the order alternating from pair to pair; the cost is
    one minus the median of the pairs' accepted/s ratios (one pair of 10 s runs on this kind of
    machine is within its noise);
-8. ``--baseline REF``: the same open-loop phases on the code of git ``REF`` (a second ``serve``,
+8. ``--split``: the open-loop phases and the closed loop again on the contract's split
+   deployment, ``serve --no-run-worker`` and one ``ingress-box worker`` on the same file (CPU
+   and RSS of both processes; the thread table shows serve's threads only);
+9. ``--baseline REF``: the same open-loop phases on the code of git ``REF`` (a second ``serve``,
    ``python -m ingress_box`` from the exported tree), each right after this code's phase, so a
    change is measured before/after in one run.
 
@@ -35,7 +38,7 @@ CPU and RSS are summed over the box process and its descendants (``/proc``). Exi
 when an acked webhook was lost; a missed target prints FAIL.
 
     python tests/bench/bench_appliance.py [--quick] [--profile] [--rates 200,320,1000]
-        [--baseline REF]
+        [--baseline REF] [--split]
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ class Box(Server):
         program = (
             [str(cli)] if cli.exists() and tree is None else [sys.executable, "-m", "ingress_box"]
         )
+        self.program, self.env = program, {"PYTHONPATH": str(tree)} if tree is not None else {}
         self.cmd = [*program, "serve", "--db", str(db), "--port", str(self.port), *flags]
         self.stdout = workdir / f"serve-{self.port}.stdout"
         self.out = workdir / f"serve-{self.port}.stderr"  # where start-up errors go
@@ -129,6 +133,41 @@ class Box(Server):
             {"plugin": "generic", "instance": instance, "secret": SECRET, "target_url": target_url},
         )
         assert created["target_url"] == target_url, created
+
+
+class SplitBox(Box):
+    """The split deployment of the contract: ``serve --no-run-worker`` and one ``ingress-box
+    worker`` on the same file, two processes (CPU and RSS are both's)."""
+
+    def __init__(self, workdir: Path, db: Path, *flags: str) -> None:
+        super().__init__(workdir, db, "--no-run-worker", *flags)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INGRESS_BOX_")}
+        self.worker_out = workdir / f"worker-{self.port}.stderr"
+        self.worker_cmd = [*self.program, "worker", "--db", str(db)]
+        with open(self.worker_out, "wb") as err:
+            self.worker = subprocess.Popen(
+                self.worker_cmd,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+                env={**env, **self.env},
+            )
+
+    def cpu_seconds(self) -> float:
+        return super().cpu_seconds() + benchlib.tree_cpu_seconds(self.worker.pid)
+
+    def rss_mib(self) -> float:
+        return super().rss_mib() + benchlib.tree_rss_mib(self.worker.pid)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.worker.poll() is None:
+            self.worker.terminate()
+            try:
+                self.worker.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait(5)
+        super().stop(timeout)
 
 
 class TargetLog:
@@ -472,6 +511,28 @@ def logs_pairs(
     return pairs
 
 
+def split_phases(
+    args: argparse.Namespace, work: Path, target: Server, log: TargetLog, servers: list[Server]
+) -> dict[str, Row]:
+    """The open-loop phases and the closed loop again, on a fresh :class:`SplitBox`."""
+    db = work / "split.db"
+    box = SplitBox(work, db)
+    servers.append(box)
+    box.wait_ready()
+    box.add_instance("bench", target.url + "/hook")
+    print("split:", shlex.join(box.cmd), "+", shlex.join(box.worker_cmd))
+    rows = {}
+    for rate in args.rates:
+        row = open_phase(args, box, log, db, rate, args.duration, f"s{rate:g}-")
+        row.load = f"split: {row.load}"
+        rows[f"split-{rate:g}"] = row
+    row = closed_phase(args, work, box, log, db, "wrks")
+    row.load = "split: wrk closed"
+    rows["split-closed"] = row
+    box.stop()
+    return rows
+
+
 def fmt(v: float, spec: str = ".0f") -> str:
     return "-" if v != v else format(v, spec)
 
@@ -591,8 +652,13 @@ def plot(rows: list[Row], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    open_rows = [r for r in rows if r.wrk is None and "py-spy" not in r.load]
-    closed = [r for r in rows if r.wrk is not None and "pair" not in r.load]
+    open_rows = [
+        r for r in rows if r.wrk is None and "py-spy" not in r.load and "split" not in r.load
+    ]
+    closed = [
+        r for r in rows if r.wrk is not None and "pair" not in r.load and "split" not in r.load
+    ]
+    split = [r for r in rows if "split" in r.load]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     panels: list[tuple[Any, Callable[[Row], float], str]] = [
         (a, lambda r: r.cpu_us, "box CPU per webhook (us)"),
@@ -601,6 +667,9 @@ def plot(rows: list[Row], path: Path) -> None:
     for ax, value, title in panels:
         ax.plot([r.offered for r in open_rows], [value(r) for r in open_rows], "o-", label="open")
         ax.plot([r.achieved for r in closed], [value(r) for r in closed], "s", label="wrk closed")
+        if split:
+            x = [r.offered if r.wrk is None else r.achieved for r in split]
+            ax.plot(x, [value(r) for r in split], "^", label="split: serve + worker")
         ax.set(title=title, xlabel="webhooks/s (offered; closed loop: accepted)")
         ax.legend()
     path.parent.mkdir(exist_ok=True)
@@ -637,6 +706,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--logs-off-duration", type=float, default=10.0, help="s per box")
     parser.add_argument(
         "--logs-pairs", type=int, default=3, help="fresh boxes, logs on and off, closed loop"
+    )
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="also the split deployment: serve --no-run-worker + one worker process",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument(
@@ -756,13 +830,17 @@ def main() -> int:
         else:
             print("logs off:", shlex.join(flags), f"({args.logs_pairs} pairs of fresh boxes)")
             log_pairs = logs_pairs(args, work, target, log, flags, servers)
+        if args.split:
+            rows.update(split_phases(args, work, target, log, servers))
     finally:
         for server in servers:
             server.stop()
 
-    ordered = [r for k, r in rows.items() if "closed" not in k] + [rows["closed"]]
+    ordered = [r for k, r in rows.items() if "closed" not in k and not k.startswith("split")]
+    ordered += [rows["closed"]]
     ordered += [rows["before-closed"]] if "before-closed" in rows else []
     ordered += [row for pair in log_pairs for row in pair]
+    ordered += [r for k, r in rows.items() if k.startswith("split")]
     table(ordered, idle)
     thread_table(ordered)
     closed = rows["closed"]
@@ -773,6 +851,14 @@ def main() -> int:
         f"= min(accepted/s, delivered/s) = {sustained:.0f}/s = {sustained / r_bare.rps:.3f} of "
         f"bare; accepted/bare {closed.achieved / r_bare.rps:.3f}"
     )
+    if "split-closed" in rows:
+        split = rows["split-closed"]
+        print(
+            f"split (serve --no-run-worker + worker), closed loop: accepted "
+            f"{split.achieved:.0f}/s, "
+            f"delivered {split.delivered:.0f}/s while wrk ran ({split.achieved / r_bare.rps:.3f} "
+            f"and {split.delivered / r_bare.rps:.3f} of bare)"
+        )
     if log_pairs:
         ratios = ", ".join(f"{on.achieved / off.achieved:.2f}" for on, off in log_pairs)
         print(f"logs on/off accepted/s, pair by pair: {ratios}")
