@@ -151,6 +151,7 @@ class Metrics:
         )
         self.registry.register(_DatabaseCollector(db))
         self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._attempt_children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -190,10 +191,20 @@ class Metrics:
 
     def on_attempt(self, row: Claimed, decision: Decision, seconds: float) -> None:
         event = row.event
-        self.attempts.labels(event.plugin, event.instance, decision.outcome).inc()
-        self.attempt_seconds.labels(event.plugin).observe(seconds)
+        key = (event.plugin, event.instance, decision.outcome)
+        children = self._attempt_children.get(key)
+        if children is None:  # as for requests (any thread may fill it: labels() is safe)
+            plugin = event.plugin
+            children = (
+                self.attempts.labels(*key),
+                self.attempt_seconds.labels(plugin),
+                self.end_to_end.labels(plugin),
+            )
+            self._attempt_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if decision.outcome == "delivered":
-            self.end_to_end.labels(event.plugin).observe(max(0.0, time.time() - event.received_at))
+            children[2].observe(max(0.0, time.time() - event.received_at))
         if not delivery_log.isEnabledFor(logging.INFO):
             return
         logs.info(
