@@ -7,8 +7,9 @@ what a webhook needs: the standard library's connection and response parsing
 no decoding of the answer.
 
 The deadline covers the whole attempt (connect, TLS, send, status line, headers, body): before
-each socket operation the socket's timeout is set to the time left, so a target that trickles
-one byte a second is cut at the deadline. Name resolution is the one step outside it.
+each socket operation the socket's timeout is made to end by the deadline (give or take
+:data:`DEADLINE_SLACK`), so a target that trickles one byte a second is cut at the deadline.
+Name resolution is the one step outside it.
 
 A kept-alive connection may have been closed by the target while it sat idle. Such a request is
 sent again, once, on a fresh connection, but only when the target cannot have processed it: the
@@ -45,6 +46,7 @@ from functools import lru_cache
 from typing import Generic, Protocol, TypeVar, cast
 from urllib.parse import quote, urlsplit
 
+DEADLINE_SLACK = 0.05  # how far past the deadline a socket wait may end (see _keep_to_deadline)
 KEEPALIVE_SECONDS = 4.0  # under the 5 s idle timeout of common servers, to close first
 _UNRESERVED_OR_RESERVED = "/?#[]@!$&'()*+,;=%:-._~"  # kept as is; anything else is escaped
 
@@ -147,10 +149,22 @@ class _DeadlineReader(io.RawIOBase):
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         conn = self._conn
-        conn.sock.settimeout(conn.left())
+        _keep_to_deadline(conn)
         n = conn.sock.recv_into(buffer)
         conn.received += n
         return n
+
+
+def _keep_to_deadline(conn: _Connection) -> None:
+    """Make the socket's next wait end by the deadline (give or take :data:`DEADLINE_SLACK`).
+
+    ``settimeout`` is a system call, and from a thread a hand-off of the GIL, so the timeout
+    set for the send is kept for the reads that follow it as long as it still ends within the
+    slack of the deadline: a quick answer costs one ``settimeout``, not one per read."""
+    left = conn.left()  # raises TimeoutError once none is left
+    timeout = conn.sock.gettimeout()
+    if timeout is None or timeout < left or timeout > left + DEADLINE_SLACK:
+        conn.sock.settimeout(left)
 
 
 def _left(deadline: float) -> float:
@@ -294,7 +308,7 @@ class Pool(_Clients[_Connection]):
         keep = False
         try:
             try:
-                conn.sock.settimeout(conn.left())
+                _keep_to_deadline(conn)
                 conn.sock.sendall(request)  # since 3.5 the timeout bounds the whole send
             except TimeoutError:
                 raise

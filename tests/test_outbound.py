@@ -424,3 +424,37 @@ def test_the_loop_client_hangs_up_on_a_flood() -> None:
     conn = outbound._Stream(("http", "127.0.0.1", 80))
     conn.data_received(b"x" * (outbound._MAX_BUFFERED + 1))
     assert conn.ended
+
+
+def test_the_threads_client_sets_a_timeout_once_per_quick_exchange(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``settimeout`` is a system call: a wait is bounded by the deadline give or take
+    DEADLINE_SLACK, so the timeout set before the send serves the reads of a quick answer, and
+    is set again when time went by, or for the next exchange's later deadline."""
+    set_to: list[float | None] = []
+    settimeout = socket.socket.settimeout
+
+    def counting(sock: socket.socket, value: float | None) -> None:
+        set_to.append(value)
+        settimeout(sock, value)
+
+    monkeypatch.setattr(socket.socket, "settimeout", counting)
+    mine, other = socket.socketpair()
+    with mine, other:
+        conn = outbound._Connection(outbound._target("http://127.0.0.1:9/"), mine)
+        conn.deadline = time.monotonic() + 10
+        outbound._keep_to_deadline(conn)  # before the send
+        outbound._keep_to_deadline(conn)  # before a read of the answer, at once
+        assert len(set_to) == 1 and set_to[0] is not None and 9 < set_to[0] <= 10
+        conn.deadline -= 1  # as if a second went by: the timeout set would overshoot
+        outbound._keep_to_deadline(conn)
+        assert len(set_to) == 2 and set_to[1] is not None and set_to[1] <= 9
+        conn.deadline = time.monotonic() + 20  # the next exchange: more time than set
+        outbound._keep_to_deadline(conn)
+        assert len(set_to) == 3 and set_to[2] is not None and set_to[2] > 19
+        left = mine.gettimeout()
+        assert left is not None and left <= conn.left() + outbound.DEADLINE_SLACK
+        conn.deadline = time.monotonic() - 0.001
+        with pytest.raises(TimeoutError):
+            outbound._keep_to_deadline(conn)
