@@ -349,6 +349,7 @@ def closed_phase(
     depth = Depth(db)
     depth.start()
     cpu0, t0 = box.cpu_seconds(), time.monotonic()
+    threads0 = benchlib.thread_times(box.proc.pid)
     try:
         run = run_wrk(wrk_args, work, box, name, args.closed_duration, prefix)
         t1 = time.monotonic()
@@ -369,6 +370,7 @@ def closed_phase(
             conn.close()
         missing, drain = settle_drain(box, log, depth, rows, t1, args.drain_timeout)
         cpu_all = box.cpu_seconds() - cpu0
+        threads = benchlib.thread_split(threads0, benchlib.thread_times(box.proc.pid), top=6)
     finally:
         depth.stop()
     # Every 202 is a committed row; rows beyond the 202s are requests wrk never read the
@@ -392,6 +394,7 @@ def closed_phase(
         acked=n202,
         busy=run.busy,
         wrk=run,
+        threads=threads,
     )
 
 
@@ -578,8 +581,8 @@ def table(rows: list[Row], idle: Row) -> None:
 
 
 def thread_table(rows: list[Row]) -> None:
-    """Each open-loop phase's CPU per webhook, thread by thread (user + system)."""
-    print("\nCPU per webhook by thread (open loop; user + system us, first send until drained):")
+    """Each phase's CPU per webhook, thread by thread (user + system)."""
+    print("\nCPU per webhook by thread (user + system us, first request until drained):")
     for r in rows:
         if not r.threads or not r.acked:
             continue
@@ -588,7 +591,8 @@ def thread_table(rows: list[Row]) -> None:
         print(f"  {r.load:<18} " + "; ".join(cells))
     print(
         "  the main thread runs the event loop (HTTP in and out, the ingress pipeline, the\n"
-        "  forward); at these rates the busiest other thread is the SQLite writer (py-spy's\n"
+        "  forward); at these rates the busiest other thread is the SQLite writer; in the closed\n"
+        "  loop the drain threads (four, as busy as each other) deliver the backlog (py-spy's\n"
         "  --profile names the threads)"
     )
 

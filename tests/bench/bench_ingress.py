@@ -15,8 +15,8 @@ bodies, a unique X-Delivery per request). wrk's Lua counts statuses and requests
 (wrk calls request() once more to check the script: that id, m1-1, is never sent), so the script
 checks that every 202 is a committed row: 202s <= rows <= 202s + requests still in flight when
 wrk stopped (their answer was never read; the box may have committed them). It exits 1 if that
-fails or if the dup run stores anything; target misses (box >= 70% of bare rps, p99 < 50 ms) only
-print FAIL.
+fails or if the dup run stores anything; target misses (box >= 70% of bare rps, the first
+release's target, and >= 50%, issue "Light as shipped"; p99 < 50 ms) only print FAIL.
 
     python tests/bench/bench_ingress.py [--duration 15] [--warmup 3] [--connections 64]
 """
@@ -242,6 +242,7 @@ def main() -> int:
     if r_log is not None:
         print(f"ratio box-with-logs/box rps {r_log.rps / r_box.rps:.2f}")
     print(f"{'PASS' if ratio >= 0.70 else 'FAIL'}  box >= 70% of bare rps ({ratio:.0%})")
+    print(f"{'PASS' if ratio >= 0.50 else 'FAIL'}  box >= 50% of bare rps, issue 12 ({ratio:.0%})")
     p99 = r_box.p99_us / 1000
     print(f"{'PASS' if p99 < 50 else 'FAIL'}  box p99 < 50 ms ({p99:.1f} ms)")
 
