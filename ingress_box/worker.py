@@ -74,6 +74,7 @@ SHORT_WAIT_SECONDS = 1.0  # a retry due sooner than this is waited for in the dr
 MAX_CLAIM = 16  # rows one drain leases at once when there is a backlog
 MAX_UNSETTLED = MAX_CLAIM  # attempts a drain may have made whose outcomes are not committed
 IDLE_SECONDS = 1.0  # with an ingress in this process: how long an idle drain waits for it
+STRANDED_SECONDS = 0.1  # how long handed rows may wait for a drain of this process to start
 SWEEP = crontab()  # when huey runs the sweep: every minute
 MAINTENANCE = crontab(minute="7")  # and the maintenance: hourly, by the wall clock
 
@@ -304,6 +305,27 @@ class Worker:
             if self._stopping.is_set():
                 return
             self._ensure_drains()
+            if self._stranded():
+                try:
+                    self.drain()  # here, in this thread: the rows are leased to this process
+                except Exception:  # as huey would for a task: logged, and the kicker goes on
+                    log.exception("a drain of handed rows failed")
+
+    def _stranded(self) -> bool:
+        """Whether rows handed to this process's drains still wait with no drain here to take
+        them, :data:`STRANDED_SECONDS` after a drain was asked for. huey's queue may be shared
+        with other processes (PostgreSQL, or several on one file), and the drain it runs can
+        start in any of them; the rows' lease is this process's, so none would take them until
+        it ran out, and then two would deliver them."""
+        with self._idle:
+            if not self._handed:
+                return False
+        if self._stopping.wait(STRANDED_SECONDS):
+            return False
+        with self._idle:
+            handed = bool(self._handed)
+        with self._active_lock:
+            return handed and self._active == 0
 
     def _ensure_drains(self) -> None:
         """Enqueue one more drain unless ``workers`` run or one is queued already.
@@ -399,9 +421,12 @@ class Worker:
         try:
             for row in rows:
                 # Never start an attempt that could outlive its lease (another worker could
-                # claim the row and deliver it twice): give the rest back. The first always goes.
-                late = self.clock() + margin > row.lease_until
-                if attempted and (self._stopping.is_set() or late):
+                # claim the row and deliver it twice): give the rest back. The first goes
+                # unless its lease already ran out (a handed row that waited too long: another
+                # process may hold it now).
+                now = self.clock()
+                late = now + margin > row.lease_until
+                if now >= row.lease_until or (attempted and (self._stopping.is_set() or late)):
                     break
                 attempted += 1
                 self._await_earlier_outcomes()

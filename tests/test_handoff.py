@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from conftest import T0, box_of
 from fake_target import FakeTarget
-from live import SECRET, add_instance
+from live import SECRET, add_instance, insert_instance
 from signers import sign_generic
 from starlette.testclient import TestClient
 from waiting import eventually
@@ -186,6 +186,58 @@ def test_a_row_whose_accept_fails_is_not_handed_over(db: Database) -> None:
     with pytest.raises(DATABASE_ERRORS):
         accept_in_one_batch(db, taker, [delivery(1, None)])
     assert taker.taken == []
+
+
+# -- the worker's side of a hand-off -----------------------------------------------------------
+
+
+def handed_row(db: Database, target: FakeTarget) -> tuple[Claimed, str]:
+    """One new row of generic/main (forwarding to ``target``), leased to ``Taker.owner`` by its
+    accept until T0 + 60; and the instances version the accept checked."""
+    insert_instance(db, target_url=target.url)
+    taker = Taker(wanted=1)
+    accept_in_one_batch(db, taker, [delivery(1, None)])
+    [([row], _, version)] = taker.taken
+    return row, version
+
+
+def test_a_handed_row_whose_lease_ran_out_is_given_back_not_attempted(
+    settings: Settings, db: Database, target: FakeTarget
+) -> None:
+    """Past its lease another process may have claimed it: attempting it too would deliver it
+    twice. The attempt is not made and the lease goes back (if it is still this worker's)."""
+    row, _ = handed_row(db, target)
+    worker = Worker(settings, db, clock=lambda: T0 + 61)
+    worker.owner = Taker.owner
+    try:
+        worker._deliver_claimed([row])
+        eventually(lambda: leases(db)[row.seq] == (None, 0), 10, "the lease given back")
+    finally:
+        worker.stop()
+    assert target.received == []
+
+
+def test_rows_handed_to_this_process_are_delivered_here_when_its_drain_starts_elsewhere(
+    settings: Settings, db: Database, target: FakeTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """huey's queue may be shared with other processes (PostgreSQL, several on one file): the
+    drain a hand-off asks for can run in another one, which cannot take rows leased here. Left
+    alone they would wait out their lease and then be delivered twice (the duplicate storm
+    over three serves saw it); the kicker drains them here instead."""
+    row, version = handed_row(db, target)
+    asked: list[int] = []
+    worker = Worker(settings, db, clock=lambda: T0 + 1)
+    worker.owner = Taker.owner
+    monkeypatch.setattr(worker, "_drain", lambda: asked.append(1))  # runs "elsewhere"
+    worker.start()
+    try:
+        worker.take([row], 0, version)
+        eventually(lambda: len(target.received) == 1, 10, "the handed row delivered here")
+        eventually(lambda: not leases(db), 10, "its outcome committed")
+    finally:
+        worker.stop()
+    assert asked, "a drain was asked of huey first"
+    assert len(target.received) == 1
 
 
 # -- through the app -------------------------------------------------------------------------
