@@ -205,20 +205,27 @@ class Metrics:
         children[1].observe(seconds)
         if decision.outcome == "delivered":
             children[2].observe(max(0.0, time.time() - event.received_at))
-        if not delivery_log.isEnabledFor(logging.INFO):
-            return
-        logs.info(
-            delivery_log,
-            "attempt",
-            {
-                "plugin": event.plugin,
-                "instance": event.instance,
-                "delivery_id": event.id,
-                "attempt": event.attempt,
-                "outcome": decision.outcome,
-                "status": decision.status_code,
-                "error": decision.error,
-                "next_in_s": round(decision.delay, 3) if decision.outcome == "retry" else None,
-                "ms": round(seconds * 1000, 2),
-            },
-        )
+        log_attempt(row, decision, seconds)
+
+
+def log_attempt(row: Claimed, decision: Decision, seconds: float) -> None:
+    """The line of an attempt (an observer of ``serve``'s worker through :class:`Metrics`, and
+    of ``ingress-box worker``'s, which has no metrics to keep)."""
+    if not delivery_log.isEnabledFor(logging.INFO):
+        return
+    event = row.event
+    logs.info(
+        delivery_log,
+        "attempt",
+        {
+            "plugin": event.plugin,
+            "instance": event.instance,
+            "delivery_id": event.id,
+            "attempt": event.attempt,
+            "outcome": decision.outcome,
+            "status": decision.status_code,
+            "error": decision.error,
+            "next_in_s": round(decision.delay, 3) if decision.outcome == "retry" else None,
+            "ms": round(seconds * 1000, 2),
+        },
+    )

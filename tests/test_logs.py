@@ -16,10 +16,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fake_target import FakeTarget
 from live import free_port
+from serving import BoxProcess
+from signers import sign_generic
 from waiting import eventually
 
 from ingress_box import logs
+
+SPLIT_SECRET = "split-deployment-secret"
 
 
 @pytest.fixture
@@ -297,3 +302,30 @@ def test_info_writes_nothing_below_the_log_level(
     logs.info(logging.getLogger("ingress_box.access"), "request", {"status": 202})
     logging.getLogger().handlers[0].flush()
     assert stream.getvalue() == ""
+
+
+def test_a_worker_process_writes_the_line_of_each_attempt(
+    tmp_path: Path, target: FakeTarget
+) -> None:
+    """The split deployment (serve --no-run-worker beside ingress-box worker): the worker's
+    log has the same attempt line serve's would."""
+    db = tmp_path / "box.db"
+    serve = BoxProcess(db, env={"INGRESS_BOX_RUN_WORKER": "0"}).wait_ready()
+    worker = BoxProcess(db, "worker").wait_started()
+    try:
+        serve.add_instance(target_url=target.url, secret=SPLIT_SECRET)
+        body = b'{"id": "split-1"}'
+        headers = {"content-type": "application/json", **sign_generic(SPLIT_SECRET, body)}
+        posted = httpx.post(
+            serve.url + "/ingress/generic/main/events", content=body, headers=headers
+        )
+        assert posted.status_code == 202, posted.text
+        eventually(lambda: len(target.received) == 1, 30, "the worker's delivery")
+        line = eventually(
+            lambda: next((x for x in worker.output().splitlines() if ": attempt " in x), None),
+            10,
+            "the worker's attempt line",
+        )
+    finally:
+        assert worker.stop() == 0 and serve.stop() == 0
+    assert "plugin=generic instance=main" in line and "outcome=delivered" in line, line

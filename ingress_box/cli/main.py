@@ -29,6 +29,7 @@ from .. import __version__, heartbeat, logs
 from ..app import create_app
 from ..config import Settings, load_settings
 from ..errors import ConfigError, IngressBoxError, InvalidInput, ManifestError
+from ..metrics import log_attempt
 from ..plugins import load_registry
 from ..store import Database, dbfile
 from ..store.postgres import PgDatabase, redacted
@@ -172,6 +173,7 @@ def worker_command(**flags: Any) -> None:
     with database(settings, create=True) as db:
         _check_sound(db)
         running = Worker(settings, db)
+        running.observers.append(log_attempt)  # the line per attempt, as serve writes it
         freeze_start_up()
         sys.exit(_work_until_stopped(running))
 
