@@ -317,11 +317,13 @@ class Worker:
         with other processes (PostgreSQL, or several on one file), and the drain it runs can
         start in any of them; the rows' lease is this process's, so none would take them until
         it ran out, and then two would deliver them."""
-        with self._idle:
-            if not self._handed:
-                return False
+        if not self._handed_and_no_drain():
+            return False  # the usual case: a drain here takes them
         if self._stopping.wait(STRANDED_SECONDS):
             return False
+        return self._handed_and_no_drain()
+
+    def _handed_and_no_drain(self) -> bool:
         with self._idle:
             handed = bool(self._handed)
         with self._active_lock:
