@@ -249,6 +249,20 @@ class BufferedHandler(logging.Handler):
             self._pending = True
             self._wake_writer()
 
+    def direct_line(self, logger: logging.Logger, event: str, fields: dict[str, Any]) -> str | None:
+        """The line this handler would write for an INFO record ``event`` of ``logger``, made
+        without the record; None when the record must go through logging (another handler or
+        a filter on its way, a formatter not of this module, a field that cannot be written)."""
+        formatter = self.formatter
+        if not isinstance(formatter, TextFormatter | JsonFormatter):
+            return None
+        if not self.only_handler_for(logger):
+            return None
+        try:
+            return formatter.line(time.time(), "INFO", logger.name, event, fields)
+        except Exception:  # noqa: BLE001 (logging reports it, through the record)
+            return None
+
     def only_handler_for(self, logger: logging.Logger) -> bool:
         """Whether an INFO record of ``logger`` would reach this handler and no other, with
         nothing on the way to change or drop it: no filter on the logger, no other handler up
@@ -301,8 +315,7 @@ class BufferedHandler(logging.Handler):
                 pass
 
 
-LineFormatter = TextFormatter | JsonFormatter
-_direct: tuple[BufferedHandler, LineFormatter] | None = None  # serve's handler, set by configure
+_direct: BufferedHandler | None = None  # serve's handler, set by configure
 
 
 def info(logger: logging.Logger, event: str, fields: dict[str, Any]) -> None:
@@ -315,17 +328,11 @@ def info(logger: logging.Logger, event: str, fields: dict[str, Any]) -> None:
     code added) gets the record through logging as before."""
     if not logger.isEnabledFor(logging.INFO):
         return
-    direct = _direct
-    if direct is not None:
-        handler, formatter = direct
-        if handler.formatter is formatter and handler.only_handler_for(logger):
-            try:
-                line = formatter.line(time.time(), "INFO", logger.name, event, fields)
-            except Exception:  # noqa: BLE001 (a field that cannot be written: logging reports it)
-                pass
-            else:
-                handler.queue(line, logging.INFO)
-                return
+    handler = _direct
+    line = handler.direct_line(logger, event, fields) if handler is not None else None
+    if handler is not None and line is not None:
+        handler.queue(line, logging.INFO)
+        return
     logger.info(event, extra={"fields": fields})
 
 
@@ -338,7 +345,6 @@ def configure(log_format: str, log_level: str = "info") -> None:
     global _direct
     handler = BufferedHandler()
     handler.addFilter(RepeatFilter())
-    formatter = JsonFormatter() if log_format == "json" else TextFormatter()
-    handler.setFormatter(formatter)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
-    _direct = (handler, formatter)
+    _direct = handler
