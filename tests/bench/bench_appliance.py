@@ -64,7 +64,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import benchlib
 import profiling
@@ -467,6 +467,18 @@ def memory_phase(args: argparse.Namespace, box: Box, db: Path) -> dict[str, floa
     }
 
 
+B = TypeVar("B", bound=Box)
+
+
+def started(box: B, target: Server, servers: list[Server]) -> B:
+    """``box`` once it answers, stopped with the rest at the end, with ``generic/bench``
+    forwarding to ``target``."""
+    servers.append(box)
+    box.wait_ready()
+    box.add_instance("bench", target.url + "/hook")
+    return box
+
+
 def logs_off_flags(args: argparse.Namespace, box_cmd: list[str]) -> list[str] | None:
     """The ``serve`` flags that turn the request/attempt logs off, if this version has any."""
     if args.logs_off_flags is not None:
@@ -500,10 +512,7 @@ def logs_pairs(
             for logs_on in (True, False) if n % 2 == 0 else (False, True):
                 name = f"{'on' if logs_on else 'off'}{n}"
                 db = work / f"{name}.db"
-                box = Box(work, db) if logs_on else Box(work, db, *flags)
-                servers.append(box)
-                box.wait_ready()
-                box.add_instance("bench", target.url + "/hook")
+                box = started(Box(work, db, *([] if logs_on else flags)), target, servers)
                 row = closed_phase(args, work, box, log, db, name)
                 box.stop()
                 row.load = f"wrk, pair {n + 1}, logs {'on' if logs_on else 'off'}"
@@ -519,10 +528,7 @@ def split_phases(
 ) -> dict[str, Row]:
     """The open-loop phases and the closed loop again, on a fresh :class:`SplitBox`."""
     db = work / "split.db"
-    box = SplitBox(work, db)
-    servers.append(box)
-    box.wait_ready()
-    box.add_instance("bench", target.url + "/hook")
+    box = started(SplitBox(work, db), target, servers)
     print("split:", shlex.join(box.cmd), "+", shlex.join(box.worker_cmd))
     rows = {}
     for rate in args.rates:
@@ -763,11 +769,8 @@ def main() -> int:
         servers.append(target)
         log = TargetLog(work / "target.log")
         db = work / "box.db"
-        box = Box(work, db)
-        servers.append(box)
-        box.wait_ready()
+        box = started(Box(work, db), target, servers)
         print("box:", shlex.join(box.cmd), "(INGRESS_BOX_ADMIN_TOKEN set)")
-        box.add_instance("bench", target.url + "/hook")
         time.sleep(args.settle)  # start-up settles (first drains, caches) before idle counts
         cpu0 = box.cpu_seconds()
         time.sleep(args.idle)
@@ -778,10 +781,8 @@ def main() -> int:
         before: tuple[Box, Path] | None = None
         if args.baseline:
             tree = benchlib.export(args.baseline, work / "baseline")
-            before = (Box(work, work / "before.db", tree=tree), work / "before.db")
-            servers.append(before[0])
-            before[0].wait_ready()
-            before[0].add_instance("bench", target.url + "/hook")
+            before_box = started(Box(work, work / "before.db", tree=tree), target, servers)
+            before = (before_box, work / "before.db")
             print(f"before: {args.baseline} as {shlex.join(before[0].cmd)}")
         for rate in args.rates:
             key = f"{rate:g}"
