@@ -116,6 +116,16 @@ def test_wal_and_synchronous_full_are_set(tmp_path: Path) -> None:
         db.close()
 
 
+def test_the_writer_keeps_its_temporary_storage_in_memory(tmp_path: Path) -> None:
+    """temp_store = MEMORY (2) on the writer: a big batch never spills into a file of the
+    system's temporary folder (created, written and deleted per spill, outside the volume)."""
+    db = Database(tmp_path / "box.db").open()
+    try:
+        assert db.write(lambda conn: conn.execute("PRAGMA temp_store").fetchone()[0]) == 2
+    finally:
+        db.close()
+
+
 def test_same_dedup_key_is_stored_once(db: Database) -> None:
     """INSERT OR IGNORE on the unique index: the second accept reports a duplicate."""
     assert accept(db, new("a")) is True
