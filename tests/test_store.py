@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,22 @@ def test_the_writer_keeps_its_temporary_storage_in_memory(tmp_path: Path) -> Non
     db = Database(tmp_path / "box.db").open()
     try:
         assert db.write(lambda conn: conn.execute("PRAGMA temp_store").fetchone()[0]) == 2
+    finally:
+        db.close()
+
+
+def test_a_write_waits_out_another_writer_in_short_steps(tmp_path: Path) -> None:
+    """The writer's connection has no busy timeout of its own (SQLite's sleeps up to 100 ms
+    between tries): Database._begin tries again every few milliseconds. A batch behind a lock
+    held for a third of a second (many pauses) commits once it is released, not failing."""
+    db = Database(tmp_path / "box.db", busy_timeout=5.0).open()
+    try:
+        assert db.write(lambda conn: conn.execute("PRAGMA busy_timeout").fetchone()[0]) == 0
+        with write_locked(db):
+            waiting = db.submit(lambda conn: d.accept(conn, new("behind-the-lock")))
+            time.sleep(0.3)  # the other writer's transaction, not a wait for an event
+            assert not waiting.done()
+        assert waiting.result(timeout=5) is True
     finally:
         db.close()
 

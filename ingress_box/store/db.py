@@ -53,9 +53,9 @@ Params = Sequence[Any] | dict[str, Any]
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 512
-# How much longer than its deadline an op may wait for the write lock: the price of not setting
-# the connection's busy timeout anew for every batch (see Database._begin).
-DEADLINE_SLACK = 0.05
+# The writer's pauses between tries for a write lock another process holds, then the last one
+# again until the batch's deadline (see Database._begin).
+LOCK_PAUSES = (0.0005, 0.001, 0.002)
 # How long a batch of only lazy ops (an attempt's outcome) waits for other writes to join it.
 LINGER_SECONDS = 0.005
 _STOP = object()
@@ -172,6 +172,7 @@ class Database:
         # flood, where the ingress then took 30-40 % fewer webhooks (README, Performance).
         # Set after the migrations: an index build may sort a whole table, and that may spill.
         conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("PRAGMA busy_timeout = 0")  # the writer waits for the lock its way: _begin
         self._start_writer(conn)
         return self
 
@@ -341,22 +342,23 @@ class Database:
 
     def _begin(self, conn: sqlite3.Connection, items: list[_Item]) -> list[_Item]:
         """BEGIN IMMEDIATE, waiting for the lock no longer than the batch's earliest deadline;
-        the ops whose deadline passed fail, the others wait on. The ops left to run."""
+        the ops whose deadline passed fail, the others wait on. The ops left to run.
+
+        The writer's connection does not wait for the lock itself (its busy timeout is 0): it
+        tries again here every :data:`LOCK_PAUSES` at most. SQLite's own wait sleeps 1, 2, 5,
+        10, 15, 20, 25 ms and on between tries, so behind another process's writer (``serve``
+        and ``ingress-box worker`` on one file) a batch slept tens of milliseconds for a lock
+        held for one (README, Performance)."""
         # Ops whose deadline passed while a batch ahead waited for the lock failed on the lock too.
         locked: sqlite3.Error | None = self._locked
+        pauses = iter(LOCK_PAUSES)
+        pause = 0.0
         while True:
             now = time.monotonic()
             items = _unexpired(items, now, locked or WAITED)
             if not items:
                 return items
-            wait = min(item[3] for item in items) - now
-            # The connection waits up to busy_timeout for the lock. Only a batch that already
-            # waited (behind a locked file) needs a shorter wait set, and that costs two more
-            # statements, so a batch taken at once (the usual case) goes straight to BEGIN.
-            shorter = wait < self.busy_timeout - DEADLINE_SLACK
             try:
-                if shorter:
-                    conn.execute(f"PRAGMA busy_timeout = {max(1, int(wait * 1000))}")
                 conn.execute("BEGIN IMMEDIATE")
                 self._locked = None
                 return items
@@ -364,9 +366,9 @@ class Database:
                 if _code(exc) not in _LOCK_CODES:
                     raise
                 locked = self._locked = exc
-            finally:
-                if shorter:
-                    conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            pause = next(pauses, pause)
+            earliest = min(item[3] for item in items)
+            time.sleep(max(min(pause, earliest - time.monotonic()), 0.0))
 
     def _note_damage(self, exc: BaseException) -> None:
         if isinstance(exc, sqlite3.Error) and _code(exc) in _DAMAGE_CODES:
