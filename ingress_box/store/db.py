@@ -53,8 +53,8 @@ Params = Sequence[Any] | dict[str, Any]
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 512
-# The writer's pauses between tries for a write lock another process holds, then the last one
-# again until the batch's deadline (see Database._begin).
+# The writer's pauses between tries for a write lock another connection holds (another
+# process's writer, huey's queue), the last one again until the batch's deadline (_begin).
 LOCK_PAUSES = (0.0005, 0.001, 0.002)
 # How long a batch of only lazy ops (an attempt's outcome) waits for other writes to join it.
 LINGER_SECONDS = 0.005
@@ -345,10 +345,10 @@ class Database:
         the ops whose deadline passed fail, the others wait on. The ops left to run.
 
         The writer's connection does not wait for the lock itself (its busy timeout is 0): it
-        tries again here every :data:`LOCK_PAUSES` at most. SQLite's own wait sleeps 1, 2, 5,
-        10, 15, 20, 25 ms and on between tries, so behind another process's writer (``serve``
-        and ``ingress-box worker`` on one file) a batch slept tens of milliseconds for a lock
-        held for one (README, Performance)."""
+        tries again here, after each pause of :data:`LOCK_PAUSES` and then every last one.
+        SQLite's own wait sleeps 1, 2, 5, 10, 15, 20, 25 ms and on between tries, so behind
+        another process's writer (``serve`` and ``ingress-box worker`` on one file) a batch
+        slept tens of milliseconds for a lock held for one (README, Performance)."""
         # Ops whose deadline passed while a batch ahead waited for the lock failed on the lock too.
         locked: sqlite3.Error | None = self._locked
         pauses = iter(LOCK_PAUSES)
