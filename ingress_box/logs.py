@@ -329,10 +329,11 @@ def info(logger: logging.Logger, event: str, fields: dict[str, Any]) -> None:
     if not logger.isEnabledFor(logging.INFO):
         return
     handler = _direct
-    line = handler.direct_line(logger, event, fields) if handler is not None else None
-    if handler is not None and line is not None:
-        handler.queue(line, logging.INFO)
-        return
+    if handler is not None:
+        line = handler.direct_line(logger, event, fields)
+        if line is not None:
+            handler.queue(line, logging.INFO)
+            return
     logger.info(event, extra={"fields": fields})
 
 
