@@ -240,6 +240,25 @@ def test_locked_database_is_storage_unavailable(store: Path | DatabaseUrl) -> No
         database.close()
 
 
+def test_a_write_that_times_out_behind_a_locked_batch_says_the_lock(
+    store: Path | DatabaseUrl,
+) -> None:
+    """An op whose deadline passes in the queue, while the batch ahead waits for another
+    connection's lock, fails on that lock (/readyz tells the operator why), not on the queue."""
+    database = open_database(store, busy_timeout=1.0).open()
+    try:
+        with write_locked(database):
+            ahead = database.submit(lambda conn: d.accept(conn, new("ahead")))
+            eventually(lambda: database.queued() == 0, 5, "the writer to take the first batch")
+            database.busy_timeout = 0.05  # the next op's deadline passes while the batch waits
+            behind = database.submit(lambda conn: d.accept(conn, new("behind")))
+            for future in (ahead, behind):
+                with pytest.raises(StorageUnavailable, match="lock"):
+                    future.result(timeout=10)
+    finally:
+        database.close()
+
+
 def test_claim_takes_only_the_head_of_each_lane(db: Database) -> None:
     """Rows of one conversation are claimable one at a time, oldest first."""
     for i in range(3):

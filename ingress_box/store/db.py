@@ -147,7 +147,7 @@ class Database:
         self._async_reader: aiosqlite.Connection | None = None
         self.on_commit: list[Callable[[int], None]] = []  # called with the batch size
         self._mode = synchronous  # the writer connection's synchronous setting right now
-        self._locked: sqlite3.Error | None = None  # why the last BEGIN failed, until one works
+        self._locked: Exception | None = None  # why the last BEGIN failed, until one works
         # Why the file is known to be damaged (SQLite said so to a write), else None. Damage
         # does not heal: /readyz reports it until the process restarts on a repaired file.
         self.damage: str | None = None
@@ -350,7 +350,7 @@ class Database:
         another process's writer (``serve`` and ``ingress-box worker`` on one file) a batch
         slept tens of milliseconds for a lock held for one (README, Performance)."""
         # Ops whose deadline passed while a batch ahead waited for the lock failed on the lock too.
-        locked: sqlite3.Error | None = self._locked
+        locked: Exception | None = self._locked
         pauses = iter(LOCK_PAUSES)
         pause = 0.0
         while True:

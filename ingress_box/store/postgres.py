@@ -257,17 +257,21 @@ class PgDatabase(Database):
 
     def _commit(self, conn: Any, batch: _Batch) -> None:
         # The lock's wait is bounded by lock_timeout: ops that waited in the queue past their
-        # deadline fail before the transaction begins.
-        batch.items = _unexpired(batch.items, time.monotonic(), WAITED)
+        # deadline fail before the transaction begins, on the lock when a batch ahead of them
+        # timed out on it.
+        batch.items = _unexpired(batch.items, time.monotonic(), self._locked or WAITED)
         if not batch.items:
             return
         # One round trip opens the transaction and takes the write lock.
         begin = "BEGIN; SET LOCAL synchronous_commit = off; " if not batch.durable else "BEGIN; "
         try:
             conn.raw.execute(f"{begin}{WRITE_LOCK}")
+            self._locked = None
             self._run_batch(conn, batch)
         except psycopg.Error as exc:  # the transaction failed: nothing of it holds
             log.warning("PostgreSQL write failed: %s", exc)
+            if isinstance(exc, psycopg.errors.LockNotAvailable):
+                self._locked = exc
             _fail_all(batch, exc)
             self._recover(conn)
             return
