@@ -5,16 +5,23 @@ reads ``PRAGMA data_version`` (a counter SQLite bumps when another connection co
 is read) every 20 ms while the file changes, up to every ``POLL_SECONDS`` (100 ms) while it
 does not, and looks at the queue only when it moved; on PostgreSQL it waits on a ``LISTEN``
 connection for huey's notification of an enqueue.
+
+On SQLite, huey's connection waits for another connection's write lock (the box's writer, the
+other process's) as the box's writer does, in short steps (:class:`_PatientCursor`), not with
+SQLite's own busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25, 50 then 100 ms between tries
+while holding the storage's one lock, so every consumer thread of the process waited behind it.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from typing import Any
 
 from huey.storage import PostgresStorage, SqliteStorage
 
+from .db import _LOCK_CODES, LOCK_PAUSES, _code
 from .postgres import WRITE_LOCK
 
 # How often one idle consumer thread looks for the commits of other processes: every 20 ms
@@ -90,8 +97,54 @@ class _Waking:
         raise NotImplementedError
 
 
+class _PatientConnection(sqlite3.Connection):
+    """huey's connection: no busy timeout of SQLite's; its cursors wait for a lock themselves."""
+
+    lock_timeout = 5.0  # seconds a statement waits for another connection's lock
+
+    def cursor(self, factory: Any = None) -> Any:
+        return super().cursor(factory or _PatientCursor)
+
+
+class _PatientCursor(sqlite3.Cursor):
+    """Runs a statement again while another connection holds the lock it needs, after each
+    pause of :data:`LOCK_PAUSES` and then every last one, until the connection's
+    ``lock_timeout``. Only a statement outside a transaction is run again (huey's
+    ``BEGIN EXCLUSIVE``, or a statement on its own): it did nothing when it failed, and inside
+    huey's transaction the lock is held already."""
+
+    connection: _PatientConnection
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        conn = self.connection
+        if conn.in_transaction:
+            return super().execute(sql, parameters)
+        deadline = time.monotonic() + conn.lock_timeout
+        pauses = iter(LOCK_PAUSES)
+        pause = 0.0
+        while True:
+            try:
+                return super().execute(sql, parameters)
+            except sqlite3.OperationalError as exc:
+                left = deadline - time.monotonic()
+                if _code(exc) not in _LOCK_CODES or left <= 0:
+                    raise
+            pause = next(pauses, pause)
+            time.sleep(min(pause, left))
+
+
 class SqliteQueue(_Waking, SqliteStorage):  # type: ignore[misc]
     """huey's SQLite storage; other processes' enqueues are seen by polling the file."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, factory=_PatientConnection, **kwargs)  # sqlite3.connect's
+
+    def _create_connection(self) -> sqlite3.Connection:
+        conn = super()._create_connection()
+        assert isinstance(conn, _PatientConnection)
+        conn.execute("PRAGMA busy_timeout = 0")  # its cursors wait for a lock instead
+        conn.lock_timeout = self._timeout
+        return conn
 
     def _take(self) -> bytes | None:
         data: bytes | None = SqliteStorage.dequeue(self)

@@ -1,0 +1,69 @@
+"""huey's queue on SQLite waits for another connection's write lock in short steps."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from ingress_box.store.queue import SqliteQueue
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> Iterator[SqliteQueue]:
+    storage = SqliteQueue("q", filename=str(tmp_path / "box.db"), timeout=5.0)
+    yield storage
+    storage.close()
+
+
+@contextmanager
+def locked(path: str) -> Iterator[None]:
+    """Another connection in the middle of a write transaction on the file."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+def test_an_enqueue_waits_out_another_writer_in_short_steps(queue: SqliteQueue) -> None:
+    """huey's connection has no busy timeout of SQLite's (whose sleeps reach 100 ms while the
+    storage's lock keeps every consumer thread out): an enqueue behind a lock held a third of
+    a second lands once it is released, and a dequeue then takes it."""
+    assert queue.sql("PRAGMA busy_timeout", results=True) == [(0,)]
+    done = threading.Event()
+
+    def enqueue() -> None:
+        queue.enqueue(b"task")
+        done.set()
+
+    with locked(queue.filename):
+        thread = threading.Thread(target=enqueue)
+        thread.start()
+        time.sleep(0.3)  # the other writer's transaction, not a wait for an event
+        assert not done.is_set()
+    assert done.wait(5)
+    thread.join(5)
+    assert queue.dequeue() == b"task"
+
+
+def test_an_enqueue_behind_a_lock_held_past_the_timeout_fails(tmp_path: Path) -> None:
+    """The wait is bounded by huey's timeout: then the lock's error, as SQLite's own wait gave."""
+    storage = SqliteQueue("q", filename=str(tmp_path / "box.db"), timeout=0.2)
+    try:
+        with locked(storage.filename):
+            started = time.monotonic()
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                storage.enqueue(b"task")
+            assert 0.2 <= time.monotonic() - started < 2.0
+        storage.enqueue(b"task")  # the connection is usable again
+        assert storage.dequeue() == b"task"
+    finally:
+        storage.close()
