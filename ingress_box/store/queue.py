@@ -105,6 +105,9 @@ class _PatientConnection(sqlite3.Connection):
     def cursor(self, factory: Any = None) -> Any:
         return super().cursor(factory or _PatientCursor)
 
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        return self.cursor().execute(sql, parameters)  # sqlite3's own takes a plain cursor
+
 
 class _PatientCursor(sqlite3.Cursor):
     """Runs a statement again while another connection holds the lock it needs, after each
