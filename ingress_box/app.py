@@ -17,7 +17,7 @@ from starlette.datastructures import State
 from starlette.routing import Mount
 from starlette.types import Receive, Scope, Send
 
-from .config import Settings
+from .config import DatabaseUrl, Settings
 from .indexer import Indexer
 from .ingress import Ingress
 from .metrics import Metrics
@@ -85,8 +85,10 @@ def create_app(
             if settings.run_worker:  # the accept transaction hands new rows to this worker
                 ingress.acceptor.handoff = worker
                 worker.attach_loop(asyncio.get_running_loop())  # which forwards them here
-            else:  # deliveries are made by `ingress-box worker` processes: wake them
+            elif isinstance(settings.db_path, DatabaseUrl):
+                # `ingress-box worker` processes deliver: huey's NOTIFY wakes them.
                 ingress.on_accepted.append(worker.wake)
+            # On SQLite they watch the file's outbox themselves: no drain enqueued per webhook.
             worker.observers.append(metrics.on_attempt)
             worker.start(consume=settings.run_worker)
         app.state.box = Box(

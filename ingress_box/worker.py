@@ -33,7 +33,9 @@ into a huey task. The storage wakes this process's consumer threads as soon as a
 enqueued here, and one idle consumer thread waits for the enqueues of other processes
 (:mod:`ingress_box.store.queue`). A process
 without a worker (the CLI after a redrive) calls :func:`wake_workers`, which only enqueues a
-drain.
+drain. On SQLite, ``ingress-box worker`` also watches the outbox (``watch_outbox``): the poll
+that sees another process's commit starts a drain when a claim would find a row, so ``serve
+--no-run-worker`` does not wake it per webhook (on PostgreSQL it does: huey's ``NOTIFY``).
 """
 
 from __future__ import annotations
@@ -136,9 +138,12 @@ class Worker:
         transport: httpx.BaseTransport | None = None,
         rng: random.Random | None = None,
         idle_seconds: float = 0.0,
+        watch_outbox: bool = False,
     ) -> None:
         """``idle_seconds``: how long a drain with nothing to do waits for a wake() before it
-        ends; worth it only where the ingress runs in the same process and calls wake()."""
+        ends; worth it only where the ingress runs in the same process and calls wake().
+        ``watch_outbox``: on SQLite, start a drain when another process's commit left a row to
+        claim, with no task enqueued (``ingress-box worker``; see store.queue)."""
         self.settings = settings
         self.db = db
         self.clock = clock
@@ -162,6 +167,11 @@ class Worker:
             settings, db, self.instances, self.client, self.outbound, clock=clock, rng=self.rng
         )
         self._drain = self.huey.task(name="drain")(self.drain)
+        if watch_outbox and isinstance(self.huey.storage, SqliteQueue):
+            self.huey.storage.watch(
+                lambda: store_outbox.claimable(db, self.clock()),
+                lambda: self.huey.serialize_task(self._drain.s()),
+            )
         self.huey.periodic_task(SWEEP, name="sweep")(self.sweep)
         self.huey.periodic_task(MAINTENANCE, name="maintenance")(self.maintenance)
         self.consumer: Consumer | None = None

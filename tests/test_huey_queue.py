@@ -67,3 +67,32 @@ def test_an_enqueue_behind_a_lock_held_past_the_timeout_fails(tmp_path: Path) ->
         assert storage.dequeue() == b"task"
     finally:
         storage.close()
+
+
+def test_a_watching_queue_hands_out_a_drain_when_another_connection_leaves_work(
+    queue: SqliteQueue,
+) -> None:
+    """With no task enqueued, the poll that sees another connection's commit asks ``ready``;
+    when it says there is work, a dequeue returns the watcher's drain, once."""
+    work = threading.Event()
+    queue.watch(work.is_set, lambda: b"drain")
+    taken: list[bytes] = []
+
+    def consume() -> None:  # a consumer thread: dequeue until it gets something
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not taken:
+            data = queue.dequeue()
+            if data is not None:
+                taken.append(data)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    work.set()
+    other = sqlite3.connect(queue.filename, isolation_level=None)
+    try:
+        other.execute("CREATE TABLE made_by_another (n INTEGER)")  # a commit the poll sees
+    finally:
+        other.close()
+    thread.join(15)
+    assert taken == [b"drain"]
+    assert queue.dequeue() is None  # handed out once; the file has not changed since

@@ -46,7 +46,7 @@ def live(settings: Settings, target: FakeTarget) -> Iterator[LiveBox]:
 @pytest.fixture
 def worker(settings: Settings, live: LiveBox) -> Iterator[Worker]:
     db = open_database(settings.db_path).open()
-    worker = Worker(settings, db)
+    worker = Worker(settings, db, watch_outbox=True)  # as `ingress-box worker` runs
     worker.start()
     try:
         yield worker
@@ -72,6 +72,25 @@ def test_a_webhook_accepted_by_another_connection_is_delivered_within_a_second(
         send(live, n)
         target.wait_for(n + 1, timeout=10)
         assert time.monotonic() - started < 1.0, f"webhook {n} waited for the sweep"
+
+
+def test_on_sqlite_the_box_enqueues_no_drain_per_webhook_for_a_watching_worker(
+    live: LiveBox, worker: Worker, target: FakeTarget
+) -> None:
+    """``ingress-box worker`` watches the file's outbox: the box's accepts reach it with no
+    task in huey's queue (each was an enqueue by the box, and a dequeue there)."""
+    box_worker = live.box.worker
+    assert isinstance(box_worker, Worker)
+    statements: list[str] = []
+    box_worker.huey.storage.conn.set_trace_callback(statements.append)
+    try:
+        for n in range(5):  # one at a time: each would have found the queue empty
+            send(live, n)
+            target.wait_for(n + 1, timeout=10)
+    finally:
+        box_worker.huey.storage.conn.set_trace_callback(None)
+    enqueues = [s for s in statements if s.lower().startswith("insert into task")]
+    assert len(enqueues) <= 1, enqueues  # the box's start-up wake may fall in the window
 
 
 @pytest.mark.both_stores
@@ -108,7 +127,7 @@ def test_an_idle_worker_stops_at_once(settings: Settings, live: LiveBox) -> None
     """Consumer threads waiting for the poller are let go by stop(), not by their timeout."""
     db = open_database(settings.db_path).open()
     try:
-        worker = Worker(settings, db)
+        worker = Worker(settings, db, watch_outbox=True)  # as `ingress-box worker` runs
         worker.start()
         time.sleep(0.3)  # let every consumer thread reach its wait (a window, not an event)
         started = time.monotonic()

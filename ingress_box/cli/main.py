@@ -172,7 +172,7 @@ def worker_command(**flags: Any) -> None:
     load_registry(settings.plugins_dir)  # a bad manifest stops this process as it stops serve
     with database(settings, create=True) as db:
         _check_sound(db)
-        running = Worker(settings, db)
+        running = Worker(settings, db, watch_outbox=True)  # serve needs not wake it on SQLite
         running.observers.append(log_attempt)  # the line per attempt, as serve writes it
         freeze_start_up()
         sys.exit(_work_until_stopped(running))

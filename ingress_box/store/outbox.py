@@ -86,6 +86,11 @@ FROM deliveries WHERE seq IN ({marks}) ORDER BY seq
 """
 
 
+def claimable(db: Database, now: float) -> bool:
+    """Whether a claim at ``now`` would lease a row (a read; for a worker watching the file)."""
+    return bool(db.read(_CLAIMABLE, {"now": now, "limit": 1}))
+
+
 def claim(owner: str, now: float, lease_seconds: float, limit: int) -> Any:
     """An op that leases up to ``limit`` claimable rows and counts their attempt."""
 

@@ -6,6 +6,11 @@ is read) every 20 ms while the file changes, up to every ``POLL_SECONDS`` (100 m
 does not, and looks at the queue only when it moved; on PostgreSQL it waits on a ``LISTEN``
 connection for huey's notification of an enqueue.
 
+On SQLite a worker may also watch the outbox (:meth:`SqliteQueue.watch`): when the poll sees
+another connection's commit and no task, it asks whether a claim would find work, and if so
+hands a consumer thread a drain of its own making. ``ingress-box worker`` does, so ``serve
+--no-run-worker`` enqueues no drain per webhook (README, Performance).
+
 On SQLite, huey's connection waits for another connection's write lock (the box's writer, the
 other process's) as the box's writer does, in short steps (:class:`_PatientCursor`), not with
 SQLite's own busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25, 50 then 100 ms between tries
@@ -17,6 +22,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from huey.storage import PostgresStorage, SqliteStorage
@@ -51,6 +57,7 @@ class _Waking:
         self._data_version: int | None = None
         self._interval = POLL_MIN_SECONDS
         self._closing = False
+        self._found: Callable[[], bytes] | None = None  # a drain the poll made, for dequeue
 
     def enqueue(self, data: bytes, priority: float | None = None) -> None:
         super().enqueue(data, priority)  # type: ignore[misc]
@@ -69,6 +76,11 @@ class _Waking:
             self._changed.notify_all()
 
     def dequeue(self) -> bytes | None:
+        if self._found is not None:  # read without the lock: taken under it
+            with self._changed:
+                found, self._found = self._found, None
+            if found is not None:
+                return found()
         seen = self._generation
         data: bytes | None = self._take()
         if data is not None:
@@ -140,7 +152,15 @@ class SqliteQueue(_Waking, SqliteStorage):  # type: ignore[misc]
     """huey's SQLite storage; other processes' enqueues are seen by polling the file."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._ready: Callable[[], bool] | None = None
+        self._drain: Callable[[], bytes] = bytes
         super().__init__(*args, factory=_PatientConnection, **kwargs)  # sqlite3.connect's
+
+    def watch(self, ready: Callable[[], bool], drain: Callable[[], bytes]) -> None:
+        """When the poll sees another connection's commit and no task, and ``ready()`` says
+        there is work, a consumer thread runs ``drain()`` (a serialized task) as if it had been
+        enqueued: the enqueues of the process that made the work are not needed."""
+        self._ready, self._drain = ready, drain
 
     def _create_connection(self) -> sqlite3.Connection:
         conn = super()._create_connection()
@@ -172,6 +192,11 @@ class SqliteQueue(_Waking, SqliteStorage):  # type: ignore[misc]
                 continue
             self._data_version, self._interval = version, POLL_MIN_SECONDS
             if self.sql("select 1 from task where queue = ? limit 1", (self.name,), results=True):
+                self._bump()
+                return
+            if self._ready is not None and self._ready():
+                with self._changed:
+                    self._found = self._drain
                 self._bump()
                 return
 
