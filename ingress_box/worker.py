@@ -169,8 +169,7 @@ class Worker:
         self._drain = self.huey.task(name="drain")(self.drain)
         if watch_outbox and isinstance(self.huey.storage, SqliteQueue):
             self.huey.storage.watch(
-                lambda: store_outbox.claimable(db, self.clock()),
-                lambda: self.huey.serialize_task(self._drain.s()),
+                self._claimable, lambda: self.huey.serialize_task(self._drain.s())
             )
         self.huey.periodic_task(SWEEP, name="sweep")(self.sweep)
         self.huey.periodic_task(MAINTENANCE, name="maintenance")(self.maintenance)
@@ -355,6 +354,13 @@ class Worker:
 
     def sweep(self) -> None:
         self._ensure_drains()
+
+    def _claimable(self) -> bool:
+        """Whether a drain would find a row now (for the queue's watch of the file)."""
+        try:
+            return store_outbox.claimable(self.db, self.clock())
+        except StorageUnavailable:  # the next change of the file, or the sweep, looks again
+            return False
 
     def maintenance(self) -> None:
         retention.run(self.db, self.settings, self.clock())

@@ -152,15 +152,14 @@ class SqliteQueue(_Waking, SqliteStorage):  # type: ignore[misc]
     """huey's SQLite storage; other processes' enqueues are seen by polling the file."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._ready: Callable[[], bool] | None = None
-        self._drain: Callable[[], bytes] = bytes
+        self._watch: tuple[Callable[[], bool], Callable[[], bytes]] | None = None
         super().__init__(*args, factory=_PatientConnection, **kwargs)  # sqlite3.connect's
 
     def watch(self, ready: Callable[[], bool], drain: Callable[[], bytes]) -> None:
         """When the poll sees another connection's commit and no task, and ``ready()`` says
         there is work, a consumer thread runs ``drain()`` (a serialized task) as if it had been
         enqueued: the enqueues of the process that made the work are not needed."""
-        self._ready, self._drain = ready, drain
+        self._watch = (ready, drain)
 
     def _create_connection(self) -> sqlite3.Connection:
         conn = super()._create_connection()
@@ -194,9 +193,9 @@ class SqliteQueue(_Waking, SqliteStorage):  # type: ignore[misc]
             if self.sql("select 1 from task where queue = ? limit 1", (self.name,), results=True):
                 self._bump()
                 return
-            if self._ready is not None and self._ready():
+            if self._watch is not None and self._watch[0]():
                 with self._changed:
-                    self._found = self._drain
+                    self._found = self._watch[1]
                 self._bump()
                 return
 
