@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -91,6 +92,12 @@ def connect(
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     return conn
+
+
+def lock_pauses() -> Iterator[float]:
+    """The pauses between tries for a lock another connection holds: :data:`LOCK_PAUSES`,
+    then the last of them again, for as long as the caller's deadline allows."""
+    return itertools.chain(LOCK_PAUSES, itertools.repeat(LOCK_PAUSES[-1]))
 
 
 def _unavailable(exc: BaseException | str) -> StorageUnavailable:
@@ -351,8 +358,7 @@ class Database:
         slept tens of milliseconds for a lock held for one (README, Performance)."""
         # Ops whose deadline passed while a batch ahead waited for the lock failed on the lock too.
         locked: Exception | None = self._locked
-        pauses = iter(LOCK_PAUSES)
-        pause = 0.0
+        pauses = lock_pauses()
         while True:
             now = time.monotonic()
             items = _unexpired(items, now, locked or WAITED)
@@ -366,9 +372,8 @@ class Database:
                 if _code(exc) not in _LOCK_CODES:
                     raise
                 locked = self._locked = exc
-            pause = next(pauses, pause)
             earliest = min(item[3] for item in items)
-            time.sleep(max(min(pause, earliest - time.monotonic()), 0.0))
+            time.sleep(max(min(next(pauses), earliest - time.monotonic()), 0.0))
 
     def _note_damage(self, exc: BaseException) -> None:
         if isinstance(exc, sqlite3.Error) and _code(exc) in _DAMAGE_CODES:

@@ -27,7 +27,7 @@ from typing import Any
 
 from huey.storage import PostgresStorage, SqliteStorage
 
-from .db import _LOCK_CODES, LOCK_PAUSES, _code
+from .db import _LOCK_CODES, _code, lock_pauses
 from .postgres import WRITE_LOCK
 
 # How often one idle consumer thread looks for the commits of other processes: every 20 ms
@@ -123,7 +123,7 @@ class _PatientConnection(sqlite3.Connection):
 
 class _PatientCursor(sqlite3.Cursor):
     """Runs a statement again while another connection holds the lock it needs, after each
-    pause of :data:`LOCK_PAUSES` and then every last one, until the connection's
+    pause of :func:`~ingress_box.store.db.lock_pauses`, until the connection's
     ``lock_timeout``. Only a statement outside a transaction is run again (huey's
     ``BEGIN EXCLUSIVE``, or a statement on its own): it did nothing when it failed, and inside
     huey's transaction the lock is held already."""
@@ -135,8 +135,7 @@ class _PatientCursor(sqlite3.Cursor):
         if conn.in_transaction:
             return super().execute(sql, parameters)
         deadline = time.monotonic() + conn.lock_timeout
-        pauses = iter(LOCK_PAUSES)
-        pause = 0.0
+        pauses = lock_pauses()
         while True:
             try:
                 return super().execute(sql, parameters)
@@ -144,8 +143,7 @@ class _PatientCursor(sqlite3.Cursor):
                 left = deadline - time.monotonic()
                 if _code(exc) not in _LOCK_CODES or left <= 0:
                     raise
-            pause = next(pauses, pause)
-            time.sleep(min(pause, left))
+            time.sleep(min(next(pauses), left))
 
 
 class SqliteQueue(_Waking, SqliteStorage):  # type: ignore[misc]
