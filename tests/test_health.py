@@ -37,11 +37,17 @@ def box_settings(store: Path | DatabaseUrl, **changes: Any) -> Settings:
         "db_path": store,
         "admin_token": "t" * 16,
         "retry_max_attempts": 3,
-        "retry_base_seconds": 30,  # a failed delivery stays pending while the test looks
+        "retry_base_seconds": 30,
         "retry_max_seconds": 30,
         "delivery_timeout_seconds": 2,
     }
     return load_settings({}, **{**values, **changes})
+
+
+# The target's failure: its Retry-After floors the jittered backoff and max_seconds caps it, so
+# a failed delivery waits exactly 30 s and stays pending while the test looks. (The jitter
+# alone, uniform from 0 to 30 s, retried it within the test now and then.)
+FAIL = Reply(500, retry_after=30)
 
 
 @pytest.fixture
@@ -98,7 +104,7 @@ def test_a_failed_attempt_makes_the_instance_failing_with_the_delivery_pending(
     live: LiveBox, target: FakeTarget
 ) -> None:
     """The target answers 500: failing, one failure, the error, the delivery still pending."""
-    target.reply(500, then=500)
+    target.reply(FAIL, then=FAIL)
     send(live, 1)
     found = health_when(live, "one failure", consecutive_failures=1)
     assert found["state"] == "failing"
@@ -111,7 +117,7 @@ def test_a_failed_attempt_makes_the_instance_failing_with_the_delivery_pending(
 
 def test_a_success_after_failures_makes_it_ok_again(live: LiveBox, target: FakeTarget) -> None:
     """A failing instance whose next attempt succeeds is ok: the run and its start cleared."""
-    target.reply(500, then=200)
+    target.reply(FAIL, then=200)
     send(live, 1)
     failing = health_when(live, "one failure", consecutive_failures=1)
     send(live, 2)  # answered 200, while the first waits for its retry
@@ -178,7 +184,7 @@ def test_a_new_instance_of_a_removed_one_s_name_starts_clean(
     live: LiveBox, target: FakeTarget
 ) -> None:
     """Deleting an instance forgets its record; its deliveries stay, so they still count."""
-    target.reply(500, then=500)
+    target.reply(FAIL, then=FAIL)
     send(live, 1)
     health_when(live, "one failure", consecutive_failures=1)
     assert httpx.delete(f"{live.url}/admin/instances/generic/main", headers=AUTH).status_code == 204
@@ -190,7 +196,7 @@ def test_a_new_instance_of_a_removed_one_s_name_starts_clean(
 
 def test_the_cli_lists_and_shows_the_health(live: LiveBox, target: FakeTarget) -> None:
     """`instances list` has a HEALTH column; `show` says why, `show --json` is the API's."""
-    target.reply(500, then=500)
+    target.reply(FAIL, then=FAIL)
     send(live, 1)
     health_when(live, "one failure", consecutive_failures=1)
     db = str(live.box.settings.db_path)
