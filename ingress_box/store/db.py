@@ -94,6 +94,17 @@ def connect(
     return conn
 
 
+def writer_settings(conn: sqlite3.Connection) -> None:
+    """What the writer's connection sets beyond :func:`connect`'s PRAGMAs."""
+    # Its temporary storage in memory. With SQLite's default, big batches (a flood's accepts,
+    # the indexer's 256 bodies) made it create, write and delete files in the system's
+    # temporary folder, outside the data volume: several a second under a flood, where the
+    # ingress then took 30-40 % fewer webhooks (README, Performance). Not for the migrations:
+    # an index build may sort a whole table, and that may spill.
+    conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute("PRAGMA busy_timeout = 0")  # the writer waits for the lock its way: _begin
+
+
 def lock_pauses() -> Iterator[float]:
     """The pauses between tries for a lock another connection holds: :data:`LOCK_PAUSES`,
     then the last of them again, for as long as the caller's deadline allows."""
@@ -173,13 +184,7 @@ class Database:
         except BaseException:
             conn.close()
             raise
-        # The writer's temporary storage in memory. With SQLite's default, big batches (a
-        # flood's accepts, the indexer's 256 bodies) made it create, write and delete files in
-        # the system's temporary folder, outside the data volume: several a second under a
-        # flood, where the ingress then took 30-40 % fewer webhooks (README, Performance).
-        # Set after the migrations: an index build may sort a whole table, and that may spill.
-        conn.execute("PRAGMA temp_store = MEMORY")
-        conn.execute("PRAGMA busy_timeout = 0")  # the writer waits for the lock its way: _begin
+        writer_settings(conn)  # after the migrations: an index build may sort a whole table
         self._start_writer(conn)
         return self
 

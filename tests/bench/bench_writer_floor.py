@@ -37,13 +37,14 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import benchlib
 
 from ingress_box.store import Database
-from ingress_box.store.db import connect
+from ingress_box.store.acceptor import _savepoint as savepoint  # the accept's own
+from ingress_box.store.db import connect, writer_settings
 from ingress_box.store.deliveries import NewDelivery, accept_many
 from ingress_box.store.instances import version_in
 from ingress_box.store.outbox import Outcome, lease_new, record_outcome
@@ -133,13 +134,6 @@ class Webhooks:
         self.previous, self.i = seq, self.i + 1
 
 
-@contextlib.contextmanager
-def savepoint(conn: sqlite3.Connection, name: str) -> Iterator[None]:
-    conn.execute(f"SAVEPOINT {name}")
-    yield
-    conn.execute(f"RELEASE {name}")
-
-
 def fresh(work: Path, name: str) -> Path:
     path = work / f"{name}.db"
     benchlib.prepare_db(path, "http://127.0.0.1:9/hook")  # the schema and generic/bench
@@ -147,10 +141,9 @@ def fresh(work: Path, name: str) -> Path:
 
 
 def writer_connection(path: Path) -> sqlite3.Connection:
-    """A connection set up as the box's writer's (store/db.py, Database.open)."""
+    """A connection set up as the box's writer's (Database.open)."""
     conn = connect(path, "FULL", 5.0)
-    conn.execute("PRAGMA temp_store = MEMORY")
-    conn.execute("PRAGMA busy_timeout = 0")
+    writer_settings(conn)
     return conn
 
 
