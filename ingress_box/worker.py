@@ -107,9 +107,10 @@ def wake_workers(settings: Settings) -> bool:
 
     For a process that made work without a :class:`Worker` of its own (the CLI's redrive while
     ``serve`` runs): it enqueues one ``drain`` in the file's huey queue, unless one is queued
-    already, and starts no consumer. A consumer polling the file takes it within
-    ``POLL_SECONDS``; with none running, the next one to start does (a drain finding nothing is
-    harmless). False when the queue could not be written; the minute sweep finds the work then.
+    already, and starts no consumer. A consumer polling the file takes it within a second
+    (``serve``'s; a split deployment's worker within ``POLL_SECONDS``); with none running, the
+    next one to start does (a drain finding nothing is harmless). False when the queue could
+    not be written; the minute sweep finds the work then.
     """
     huey = make_huey(settings)
     try:

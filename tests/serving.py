@@ -26,7 +26,8 @@ class BoxProcess:
     the address, the admin token and ``env``. ``nofile`` sets the child's open-files limit;
     ``port`` (default: a free one) lets a restarted box answer where its clients still post.
     An ``INGRESS_BOX_DB`` in ``env`` (a PostgreSQL URL) replaces the file; ``db`` then only
-    names the folder the log goes to.
+    names the folder the log goes to. ``prelude`` is Python the child runs before the CLI (a
+    test's change to a module's constant).
     """
 
     def __init__(
@@ -38,6 +39,7 @@ class BoxProcess:
         nofile: tuple[int, int] | None = None,
         env: Mapping[str, str] | None = None,
         port: int | None = None,
+        prelude: str | None = None,
     ) -> None:
         self.db = db
         self.token = token
@@ -58,9 +60,15 @@ class BoxProcess:
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
 
+        program = ["-m", "ingress_box"]
+        if prelude is not None:
+            program = [
+                "-c",
+                f"{prelude}\nimport runpy\nrunpy.run_module('ingress_box', run_name='__main__')",
+            ]
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ingress_box", command],
+                [sys.executable, *program, command],
                 env=environ,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -23,7 +23,6 @@ from types import FrameType
 from typing import Any
 
 import click
-import uvicorn
 
 from .. import __version__, heartbeat, logs
 from ..app import create_app
@@ -36,7 +35,7 @@ from ..store.postgres import PgDatabase, redacted
 from ..store.sql import DATABASE_ERRORS
 from ..web.auth import ensure_admin_token
 from ..web.dashboard import PREFIX as DASHBOARD
-from ..web.server import server_config
+from ..web.server import Server, server_config
 from ..worker import Worker
 from . import bridges as cli_bridges
 from . import deliveries as cli_deliveries
@@ -107,7 +106,7 @@ def serve(**flags: Any) -> None:
     load_registry(settings.plugins_dir)
     _print_start(settings)
     config = server_config(create_app(settings), settings)
-    server = uvicorn.Server(config)
+    server = Server(config)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         server.should_exit = True

@@ -2,9 +2,10 @@
 storage in the same database, each woken at once by an enqueue from this process and, for the
 enqueues of other processes, by one waiting consumer thread (not each of them): on SQLite it
 reads ``PRAGMA data_version`` (a counter SQLite bumps when another connection commits; no table
-is read) every 20 ms while the file changes, up to every ``POLL_SECONDS`` (100 ms) while it
-does not, and looks at the queue only when it moved; on PostgreSQL it waits on a ``LISTEN``
-connection for huey's notification of an enqueue.
+is read) and looks at the queue only when it moved: once a second in ``serve`` (its own
+webhooks wake its worker directly), and in a worker that watches the outbox every 20 ms while
+the file changes, up to every ``POLL_SECONDS`` (100 ms) while it does not. On PostgreSQL it
+waits on a ``LISTEN`` connection for huey's notification of an enqueue.
 
 On SQLite a worker may also watch the outbox (:meth:`SqliteQueue.watch`): when the poll sees
 another connection's commit and no task, it asks whether a claim would find work, and if so
@@ -30,12 +31,22 @@ from huey.storage import PostgresStorage, SqliteStorage
 from .db import _LOCK_CODES, _code, lock_pauses
 from .postgres import WRITE_LOCK
 
-# How often one idle consumer thread looks for the commits of other processes: every 20 ms
-# while the file changes (a split deployment under traffic), doubling to every 100 ms while
-# nothing commits (each look wakes a thread: ~0.2 ms of CPU on a small machine).
+# How often one idle consumer thread of a worker that watches the outbox (the split
+# deployment's) looks for the commits of other processes: every 20 ms while the file changes
+# (serve under traffic), doubling to every 100 ms while nothing commits (each look wakes a
+# thread: ~0.2 ms of CPU on a small machine).
 POLL_SECONDS = 0.1
 POLL_MIN_SECONDS = 0.02
-WAIT_SECONDS = 1.0  # the longest an idle consumer thread waits before huey's loop goes round
+# How often one that does not watch looks: serve's own webhooks wake its worker directly, and
+# what comes through the file is another process's enqueue (the CLI's redrive), rare and not
+# urgent. Once a second, whatever moves (the file moves with every webhook serve takes).
+QUIET_POLL_SECONDS = 1.0
+# The longest an idle consumer thread waits before huey's loop goes round (and looks at the
+# queue). Only a safety net: an enqueue here, the poll's finding and a stop (close_waits) wake
+# it at once. Once a second, each of them touched the file for nothing: on a small machine a
+# wake-up that reads SQLite after a second of sleep costs milliseconds of CPU, not
+# microseconds (README, Performance: idle).
+WAIT_SECONDS = 60.0
 
 
 class _Waking:
@@ -184,10 +195,10 @@ class SqliteQueue(_Waking, SqliteStorage):  # type: ignore[misc]
                     return
             # The version is read before the queue, so a commit after this read moves it again.
             version = self.sql("pragma data_version", results=True)[0][0]
-            if version == self._data_version:
-                self._interval = min(self._interval * 2, POLL_SECONDS)
+            moved, self._data_version = version != self._data_version, version
+            self._interval = self._next_interval(moved)
+            if not moved:
                 continue
-            self._data_version, self._interval = version, POLL_MIN_SECONDS
             if self.sql("select 1 from task where queue = ? limit 1", (self.name,), results=True):
                 self._bump()
                 return
@@ -196,6 +207,11 @@ class SqliteQueue(_Waking, SqliteStorage):  # type: ignore[misc]
                     self._found = self._watch[1]
                 self._bump()
                 return
+
+    def _next_interval(self, moved: bool) -> float:
+        if self._watch is None:
+            return QUIET_POLL_SECONDS
+        return POLL_MIN_SECONDS if moved else min(self._interval * 2, POLL_SECONDS)
 
 
 class PostgresQueue(_Waking, PostgresStorage):  # type: ignore[misc]

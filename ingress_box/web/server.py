@@ -34,11 +34,13 @@ The subclass relies on uvicorn internals (the parser callbacks, ``self.connectio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import resource
 import time
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, ClassVar
 
 import uvicorn
@@ -266,6 +268,35 @@ def connection_cap(settings: Settings) -> int:
 
 
 # -- the server -------------------------------------------------------------------------------
+
+TICK_SECONDS = 1.0
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, waking once a second while it runs instead of ten times.
+
+    uvicorn's main loop sleeps 100 ms at a time to look at its stop flag, and refreshes the
+    ``Date`` header every tenth time: ten wake-ups a second of an idle box, about a quarter of
+    its idle CPU (README, Performance). This one refreshes the header once a second as uvicorn
+    does, and the signal that stops it wakes it at once.
+    """
+
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    async def main_loop(self) -> None:
+        self._stop = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        counter = 0
+        while not await self.on_tick(counter):
+            counter += 10  # on_tick refreshes the Date header when its counter is a multiple of 10
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), TICK_SECONDS)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._stop.set)
 
 
 def server_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
