@@ -94,7 +94,9 @@ def create_app(
         app.state.box = Box(
             settings, db, registry, ingress, auth, worker, metrics, clock, generated
         )
-        indexing = asyncio.create_task(Indexer(db).run())
+        indexer = Indexer(db)
+        ingress.on_accepted.append(indexer.accepted)
+        indexing = asyncio.create_task(indexer.run())
         try:
             yield
         finally:

@@ -7,10 +7,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from ingress_box.store import queue as queue_module
 from ingress_box.store.queue import SqliteQueue
 
 
@@ -95,4 +97,47 @@ def test_a_watching_queue_hands_out_a_drain_when_another_connection_leaves_work(
         other.close()
     thread.join(15)
     assert taken == [b"drain"]
-    assert queue.dequeue() is None  # handed out once; the file has not changed since
+    queue.close_waits()  # an idle dequeue would wait up to WAIT_SECONDS for a wake-up
+    assert queue.dequeue() is None  # handed out once
+
+
+def test_the_schedule_is_read_only_when_a_task_of_this_queue_is_due(tmp_path: Path) -> None:
+    """huey's scheduler asks every second; the file is read (a write-locking transaction)
+    only when a task this queue scheduled is due: behind another writer's lock, a read before
+    that answers at once, and the read at the due time waits for the lock like any write."""
+    storage = SqliteQueue("q", filename=str(tmp_path / "box.db"), timeout=0.2)
+    try:
+        now = datetime(2026, 1, 1, 12, 0)
+        assert storage.read_schedule(now) == []  # the first call always looks
+        storage.add_to_schedule(b"later", now + timedelta(hours=1))
+        with locked(storage.filename):
+            assert storage.read_schedule(now + timedelta(minutes=59)) == []
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                storage.read_schedule(now + timedelta(hours=1))
+        assert storage.read_schedule(now + timedelta(hours=1)) == [b"later"]
+        assert storage.read_schedule(now + timedelta(hours=2)) == []
+    finally:
+        storage.close()
+
+
+def test_another_connections_schedule_is_read_at_the_next_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task another process scheduled is not known here: the look every
+    SCHEDULE_LOOK_SECONDS finds it, not the reads before (a minute by default)."""
+    path = str(tmp_path / "box.db")
+    now = datetime(2026, 1, 1, 12, 0)
+
+    def read_after_another_schedules(name: str) -> list[bytes]:
+        mine, other = SqliteQueue(name, filename=path), SqliteQueue(name, filename=path)
+        try:
+            assert mine.read_schedule(now) == []  # the first call always looks
+            other.add_to_schedule(b"theirs", now)
+            return mine.read_schedule(now + timedelta(seconds=1))
+        finally:
+            mine.close()
+            other.close()
+
+    assert read_after_another_schedules("minute") == []
+    monkeypatch.setattr(queue_module, "SCHEDULE_LOOK_SECONDS", 0.0)
+    assert read_after_another_schedules("always") == [b"theirs"]

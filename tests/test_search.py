@@ -10,19 +10,23 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import T0, scalar
+from conftest import ADMIN_TOKEN, T0, scalar
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from live import SECRET, add_instance
+from signers import sign_generic
 from starlette.testclient import TestClient
 from test_migrations import make_0_1_0_file
 from waiting import eventually
 
-from ingress_box import listing
-from ingress_box.config import DatabaseUrl
+from ingress_box import indexer, listing
+from ingress_box.app import create_app
+from ingress_box.config import DatabaseUrl, load_settings
 from ingress_box.indexer import Indexer
 from ingress_box.store import Database, open_database, outbox, retention
 from ingress_box.store.deliveries import NewDelivery, accept, phrase
@@ -141,12 +145,34 @@ def test_search_finds_a_word_of_a_kept_body(
     assert search(client, admin_headers, "Lovelace Ada") == []  # a phrase: words in order
 
 
-def test_serve_indexes_new_bodies_by_itself(
+def test_serve_indexes_an_accepted_body_by_itself(
     client: TestClient, admin_headers: Headers, box: Box
 ) -> None:
-    """The indexer in serve's lifespan picks up a new body within about a second."""
-    wanted = add(box.db, 1, b'{"note": "zebra crossing"}')
+    """The indexer in serve's lifespan picks up the body of a webhook it accepted within about
+    a second (its quiet look, for bodies stored otherwise, is a minute away)."""
+    add_instance(box, target_url="http://127.0.0.1:9/hook")
+    body = b'{"note": "zebra crossing"}'
+    headers = {"content-type": "application/json", **sign_generic(SECRET, body, msg_id="z-1")}
+    answer = client.post("/ingress/generic/main/events", content=body, headers=headers)
+    assert answer.status_code == 202, answer.text
+    wanted = answer.json()["id"]
     eventually(lambda: search(client, admin_headers, "zebra") == [wanted], 10, "the body indexed")
+
+
+def test_serve_indexes_a_body_stored_otherwise_at_its_quiet_look(
+    store: Path | DatabaseUrl, admin_headers: Headers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body no accept of this process announced (another process's, a probe's) is found by
+    the indexer's look every QUIET_SECONDS: the second one too, added once a round of the
+    indexer has passed (so the round at start-up cannot be what finds it)."""
+    monkeypatch.setattr(indexer, "QUIET_SECONDS", 0.05)
+    settings = load_settings({}, db_path=store, admin_token=ADMIN_TOKEN)
+    with TestClient(create_app(settings, run_worker=False)) as client:
+        box: Box = client.app.state.box  # type: ignore[attr-defined]
+        for n, word in enumerate(["quokka", "numbat"]):
+            wanted = add(box.db, n, b'{"note": "%s"}' % word.encode())
+            found = eventually(partial(search, client, admin_headers, word), 10, f"{word} found")
+            assert found == [wanted]
 
 
 def test_a_pruned_body_is_no_longer_found(

@@ -24,6 +24,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from huey.storage import PostgresStorage, SqliteStorage
@@ -47,6 +48,11 @@ QUIET_POLL_SECONDS = 1.0
 # wake-up that reads SQLite after a second of sleep costs milliseconds of CPU, not
 # microseconds (README, Performance: idle).
 WAIT_SECONDS = 60.0
+# huey's scheduler reads the schedule every second: on SQLite a ``BEGIN EXCLUSIVE`` transaction
+# (the file's write lock) for a schedule that is nearly always empty. This process knows when
+# the tasks it schedules fall due and reads the schedule only then, or this often in case
+# another process scheduled one (the sweep would find its work within a minute anyway).
+SCHEDULE_LOOK_SECONDS = 60.0
 
 
 class _Waking:
@@ -162,6 +168,9 @@ class SqliteQueue(_Waking, SqliteStorage):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._watch: tuple[Callable[[], bool], Callable[[], bytes]] | None = None
+        self._schedule_lock = threading.Lock()
+        self._next_due: float | None = None  # the earliest task in the schedule, as huey stores it
+        self._look_at = 0.0  # monotonic: when to read the schedule anyway (0: at the first call)
         super().__init__(*args, factory=_PatientConnection, **kwargs)  # sqlite3.connect's
 
     def watch(self, ready: Callable[[], bool], drain: Callable[[], bytes]) -> None:
@@ -169,6 +178,26 @@ class SqliteQueue(_Waking, SqliteStorage):  # type: ignore[misc]
         there is work, a consumer thread runs ``drain()`` (a serialized task) as if it had been
         enqueued: the enqueues of the process that made the work are not needed."""
         self._watch = (ready, drain)
+
+    def add_to_schedule(self, data: bytes, ts: datetime) -> None:
+        with self._schedule_lock:
+            super().add_to_schedule(data, ts)
+            due = ts.timestamp()  # what huey stores and compares
+            self._next_due = due if self._next_due is None else min(self._next_due, due)
+
+    def read_schedule(self, ts: datetime) -> list[bytes]:
+        """huey's read of the tasks due at ``ts``, made only when one of this process's is due
+        or ``SCHEDULE_LOOK_SECONDS`` passed (huey's scheduler asks every second)."""
+        with self._schedule_lock:
+            due = self._next_due
+            if time.monotonic() < self._look_at and (due is None or ts.timestamp() < due):
+                return []
+            tasks: list[bytes] = super().read_schedule(ts)
+            rows = self.sql(
+                "select min(timestamp) from schedule where queue = ?", (self.name,), results=True
+            )
+            self._next_due, self._look_at = rows[0][0], time.monotonic() + SCHEDULE_LOOK_SECONDS
+            return tasks
 
     def _create_connection(self) -> sqlite3.Connection:
         conn = super()._create_connection()
