@@ -10,10 +10,11 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import postgres
 import pytest
 
 from ingress_box.store import queue as queue_module
-from ingress_box.store.queue import SqliteQueue
+from ingress_box.store.queue import PostgresQueue, SqliteQueue
 
 
 @pytest.fixture
@@ -141,3 +142,38 @@ def test_another_connections_schedule_is_read_at_the_next_look(
     assert read_after_another_schedules("minute") == []
     monkeypatch.setattr(queue_module, "SCHEDULE_LOOK_SECONDS", 0.0)
     assert read_after_another_schedules("always") == [b"theirs"]
+
+
+def test_a_stop_wakes_the_thread_waiting_on_postgresqls_listen_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On PostgreSQL the polling thread waits on its LISTEN connection, not on the condition:
+    close_waits notifies the channel, so that thread returns now even with a wait made an
+    hour long."""
+    monkeypatch.setattr(queue_module, "LISTEN_SECONDS", 3600.0)
+    with postgres.fresh_schema() as url:
+        storage = PostgresQueue("q", dsn=url)
+        try:
+            waiting = threading.Event()
+            peek = storage._dequeue_peek
+
+            def peek_then_wait() -> bool:
+                found = peek()
+                waiting.set()  # the thread goes on to its LISTEN wait
+                return found
+
+            monkeypatch.setattr(storage, "_dequeue_peek", peek_then_wait)
+            returned = threading.Event()
+
+            def consume() -> None:
+                assert storage.dequeue() is None
+                returned.set()
+
+            thread = threading.Thread(target=consume, daemon=True)
+            thread.start()
+            assert waiting.wait(10), "the thread never reached its LISTEN wait"
+            storage.close_waits()
+            assert returned.wait(10), "the waiting thread did not return after the stop"
+            thread.join(10)
+        finally:
+            storage.close()
