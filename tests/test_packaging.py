@@ -66,3 +66,23 @@ def test_the_appliance_never_imports_what_the_single_file_leaves_out() -> None:
                     f"{path.relative_to(ROOT)} imports {name}: keep it in the single file "
                     "(UNUSED in tests/build_single_file.sh)"
                 )
+
+
+def test_the_box_runs_without_the_postgresql_extra() -> None:
+    """psycopg is the ``postgresql`` extra (the single file leaves it out): with it made
+    unimportable, every module of the package still imports and the CLI answers."""
+    program = (
+        "import sys, pkgutil, importlib, runpy\n"
+        "sys.modules['psycopg'] = None  # import psycopg now raises ImportError\n"
+        "import ingress_box\n"
+        "for m in pkgutil.walk_packages(ingress_box.__path__, 'ingress_box.'):\n"
+        "    if m.name != 'ingress_box.__main__':\n"
+        "        importlib.import_module(m.name)\n"
+        "sys.argv = ['ingress-box', 'serve', '--help']\n"
+        "runpy.run_module('ingress_box', run_name='__main__')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Usage: ingress-box serve" in done.stdout

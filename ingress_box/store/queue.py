@@ -28,7 +28,6 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from huey.storage import PostgresStorage, SqliteStorage
 
 from .db import _LOCK_CODES, _code, lock_pauses
@@ -300,6 +299,8 @@ class PostgresQueue(_Waking, PostgresStorage):  # type: ignore[misc]
         threading.Thread(target=self._notify, name="ingress-box-queue-wake", daemon=True).start()
 
     def _notify(self) -> None:
+        import psycopg  # the PostgreSQL extra: only a box on PostgreSQL has this queue
+
         with (
             contextlib.suppress(psycopg.Error),
             psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn,
